@@ -1,0 +1,477 @@
+//! Composition root: settings → store → sources and sinks → scheduler, for each mode (`run`,
+//! `backfill`, `check`, `state`).
+//!
+//! Owns: which concrete source and sink types a configuration builds, and how a mode ends. Must not:
+//! parse command lines or choose exit codes (see `main.rs`), or print secrets. Invariant: the only
+//! place that names vendor types outside their own modules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, SinkReport};
+use crate::settings::{Settings, SinkSettings, SourceSettings};
+use crate::sinks::file::FileSink;
+use crate::sinks::Sink;
+use crate::sources::sophos::SophosSource;
+use crate::sources::{http, Source};
+use crate::store::{CursorState, OutboxTotals, SinkState, Store, StoreError};
+
+/// Failures that end a command. Each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built (TLS setup).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    /// `--source` names no configured source.
+    #[error("no source named `{0}` in the configuration")]
+    UnknownSource(String),
+}
+
+/// What a `run` or `backfill` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Per partition.
+    pub partitions: Vec<PartitionReport>,
+    /// Per sink.
+    pub sinks: Vec<SinkReport>,
+}
+
+impl RunSummary {
+    /// Backfill succeeded: every partition caught up and every sink took everything.
+    pub fn complete(&self) -> bool {
+        self.partitions
+            .iter()
+            .all(|p| p.caught_up && p.error.is_none())
+            && self
+                .sinks
+                .iter()
+                .all(|s| s.backlog == 0 && s.error.is_none())
+    }
+}
+
+/// Options of `secrelay backfill`.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillOptions {
+    /// Only this source (default: every enabled source).
+    pub source: Option<String>,
+    /// Forget cursors first.
+    pub reset: bool,
+    /// With `reset`: also forget seen ids of the last N days, and start N days back.
+    pub days: Option<u32>,
+}
+
+/// Runs the daemon until `stop` is cancelled; sinks then flush within the grace period.
+pub async fn run(settings: &Settings, stop: CancellationToken) -> Result<RunSummary, AppError> {
+    let store = Store::open(&settings.store.path).await?;
+    let grace = Duration::from_secs_f64(settings.scheduler.shutdown_grace_secs);
+    let pruner = tokio::spawn(prune_seen_periodically(
+        store.clone(),
+        settings.clone(),
+        stop.clone(),
+    ));
+    let summary = pipeline(settings, &store, Mode::Daemon, grace, None, None, stop).await;
+    pruner.abort();
+    store.close().await;
+    summary
+}
+
+/// One-shot backfill: optionally reset, poll every selected source until caught up, drain to sinks.
+pub async fn backfill(
+    settings: &Settings,
+    options: &BackfillOptions,
+    stop: CancellationToken,
+) -> Result<RunSummary, AppError> {
+    if let Some(id) = &options.source {
+        if !settings.sources.contains_key(id) {
+            return Err(AppError::UnknownSource(id.clone()));
+        }
+    }
+    let store = Store::open(&settings.store.path).await?;
+    let lookback = options.days.map(|d| chrono::Duration::days(i64::from(d)));
+    if options.reset {
+        for id in settings.sources.keys() {
+            if options.source.as_ref().is_some_and(|only| only != id) {
+                continue;
+            }
+            let since = lookback.map(|l| Utc::now() - l);
+            let done = store.reset(id, since).await?;
+            tracing::info!(source = %id, cursors = done.cursors, seen_ids = done.seen, "reset");
+        }
+    }
+    let mode = Mode::Backfill {
+        max_poll_failures: settings.backfill.max_poll_failures.max(1),
+    };
+    let drain = Duration::from_secs_f64(settings.backfill.drain_timeout_secs);
+    let summary = pipeline(
+        settings,
+        &store,
+        mode,
+        drain,
+        options.source.as_deref(),
+        lookback,
+        stop,
+    )
+    .await;
+    store.close().await;
+    summary
+}
+
+/// Builds and runs sources and sinks until the mode says stop.
+async fn pipeline(
+    settings: &Settings,
+    store: &Store,
+    mode: Mode,
+    drain_within: Duration,
+    only_source: Option<&str>,
+    lookback: Option<chrono::Duration>,
+    stop: CancellationToken,
+) -> Result<RunSummary, AppError> {
+    let selected: BTreeMap<&String, &SourceSettings> = settings
+        .sources
+        .iter()
+        .filter(|(id, s)| s.enabled() && only_source.is_none_or(|only| only == id.as_str()))
+        .collect();
+    let mut sinks_of_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, source) in &settings.sources {
+        sinks_of_source.insert(id.clone(), source.sinks().to_vec());
+    }
+    let ctx = Context::new(
+        store.clone(),
+        settings.scheduler.clone(),
+        settings.outbox.max_bytes,
+        mode,
+        drain_within,
+        sinks_of_source,
+        stop,
+    );
+    let client = http::client(&settings.http).map_err(|e| AppError::Http(e.to_string()))?;
+
+    let mut source_tasks = JoinSet::new();
+    for (id, source) in &selected {
+        let interval = Duration::from_secs_f64(source.interval_secs());
+        match source {
+            SourceSettings::Sophos(s) => {
+                let built = Arc::new(SophosSource::new(id, s.clone(), client.clone(), lookback));
+                source_tasks.spawn(run_source(ctx.clone(), built, interval));
+            }
+        }
+    }
+
+    let mut sink_tasks = JoinSet::new();
+    for (name, sources) in settings.routes() {
+        let sources: Vec<String> = sources
+            .into_iter()
+            .filter(|s| selected.contains_key(s) || mode == Mode::Daemon)
+            .collect();
+        if sources.is_empty() {
+            continue;
+        }
+        let Some(sink_settings) = settings.sinks.get(&name) else {
+            continue;
+        };
+        let batch = sink_settings.batch_size();
+        match sink_settings {
+            SinkSettings::File(f) => {
+                let sink = FileSink::new(&name, f.clone());
+                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
+            }
+        }
+    }
+
+    let mut partitions = Vec::new();
+    while let Some(joined) = source_tasks.join_next().await {
+        match joined {
+            Ok(reports) => partitions.extend(reports),
+            Err(e) => tracing::error!("source task failed: {e}"),
+        }
+    }
+    ctx.sources_done.cancel();
+    let mut sinks = Vec::new();
+    while let Some(joined) = sink_tasks.join_next().await {
+        match joined {
+            Ok(report) => sinks.push(report),
+            Err(e) => tracing::error!("sink task failed: {e}"),
+        }
+    }
+    partitions
+        .sort_by(|a, b| (&a.source, &a.stream, &a.tenant).cmp(&(&b.source, &b.stream, &b.tenant)));
+    sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
+    Ok(RunSummary { partitions, sinks })
+}
+
+/// Forgets seen ids older than each source's retention, hourly, until stopped.
+async fn prune_seen_periodically(store: Store, settings: Settings, stop: CancellationToken) {
+    loop {
+        for (id, source) in &settings.sources {
+            let hours = settings
+                .store
+                .seen_retention_hours
+                .max(source.lookback_hours() * 2);
+            let before = Utc::now() - chrono::Duration::hours(hours as i64);
+            match store.prune_seen(id, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(source = %id, removed = n, "pruned old seen ids"),
+                Err(e) => tracing::warn!(source = %id, "{e}"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// One line of `secrelay check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// `source sophos_eu`, `sink archive`, `store`.
+    pub what: String,
+    /// Whether it worked.
+    pub ok: bool,
+    /// What was found, or the error.
+    pub detail: String,
+}
+
+/// Validated settings are given; this reaches the store, each API and each sink without moving data.
+pub async fn check(settings: &Settings) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    match Store::open(&settings.store.path).await {
+        Ok(store) => {
+            results.push(CheckResult {
+                what: "store".into(),
+                ok: true,
+                detail: settings.store.path.display().to_string(),
+            });
+            store.close().await;
+        }
+        Err(e) => results.push(CheckResult {
+            what: "store".into(),
+            ok: false,
+            detail: e.to_string(),
+        }),
+    }
+    let client = match http::client(&settings.http) {
+        Ok(c) => c,
+        Err(e) => {
+            results.push(CheckResult {
+                what: "http client".into(),
+                ok: false,
+                detail: e.to_string(),
+            });
+            return results;
+        }
+    };
+    for (id, source) in &settings.sources {
+        let outcome = match source {
+            SourceSettings::Sophos(s) => {
+                SophosSource::new(id, s.clone(), client.clone(), None)
+                    .partitions()
+                    .await
+            }
+        };
+        results.push(match outcome {
+            Ok(p) => CheckResult {
+                what: format!("source {id}"),
+                ok: true,
+                detail: format!("{} partitions: {}", p.len(), join(&p)),
+            },
+            Err(e) => CheckResult {
+                what: format!("source {id}"),
+                ok: false,
+                detail: e.to_string(),
+            },
+        });
+    }
+    for (name, sink) in &settings.sinks {
+        let outcome = match sink {
+            SinkSettings::File(f) => FileSink::new(name, f.clone()).check().await,
+        };
+        results.push(CheckResult {
+            what: format!("sink {name}"),
+            ok: outcome.is_ok(),
+            detail: outcome
+                .err()
+                .map_or_else(|| "writable".to_string(), |e| e.to_string()),
+        });
+    }
+    results
+}
+
+fn join(partitions: &[crate::event::Partition]) -> String {
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `secrelay state` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateReport {
+    /// When this was read.
+    pub at: DateTime<Utc>,
+    /// Outbox rows and bytes.
+    pub outbox: OutboxTotals,
+    /// The configured cap.
+    pub outbox_cap_bytes: u64,
+    /// True while sources are paused because the outbox is full.
+    pub sources_paused: bool,
+    /// Per partition.
+    pub partitions: Vec<CursorState>,
+    /// Per sink, with its backlog.
+    pub sinks: Vec<SinkStateWithBacklog>,
+}
+
+/// A sink's stored state plus the records waiting for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStateWithBacklog {
+    /// Stored state.
+    #[serde(flatten)]
+    pub state: SinkState,
+    /// Records routed to this sink still in the outbox.
+    pub backlog: i64,
+}
+
+/// Reads the state database (creating it if it does not exist yet).
+pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
+    let store = Store::open(&settings.store.path).await?;
+    let outbox = store.outbox_totals().await?;
+    let partitions = store.cursor_states().await?;
+    let mut stored: BTreeMap<String, SinkState> = store
+        .sink_states()
+        .await?
+        .into_iter()
+        .map(|s| (s.sink.clone(), s))
+        .collect();
+    let mut sinks = Vec::new();
+    for (name, sources) in settings.routes() {
+        let state = stored.remove(&name).unwrap_or(SinkState {
+            sink: name.clone(),
+            delivered_seq: 0,
+            updated_at: None,
+            delivered_total: 0,
+            last_error: None,
+            last_error_at: None,
+            dead_letters: 0,
+        });
+        let backlog = store.backlog(state.delivered_seq, &sources).await?;
+        sinks.push(SinkStateWithBacklog { state, backlog });
+    }
+    // Sinks no longer configured still show, so their dead letters are not forgotten.
+    for (_, state) in stored {
+        sinks.push(SinkStateWithBacklog { state, backlog: 0 });
+    }
+    store.close().await;
+    Ok(StateReport {
+        at: Utc::now(),
+        sources_paused: outbox.bytes as u64 >= settings.outbox.max_bytes,
+        outbox,
+        outbox_cap_bytes: settings.outbox.max_bytes,
+        partitions,
+        sinks,
+    })
+}
+
+impl StateReport {
+    /// The human table `secrelay state` prints.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let ago = |t: Option<DateTime<Utc>>| match t {
+            None => "-".to_string(),
+            Some(t) => {
+                let secs = (self.at - t).num_seconds().max(0);
+                match secs {
+                    0..=119 => format!("{secs}s ago"),
+                    120..=7199 => format!("{}m ago", secs / 60),
+                    _ => format!("{}h ago", secs / 3600),
+                }
+            }
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "outbox: {} records, {} of {} bytes{}",
+            self.outbox.rows,
+            self.outbox.bytes,
+            self.outbox_cap_bytes,
+            if self.sources_paused {
+                "  — FULL: sources are paused until sinks catch up"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "\nSOURCES");
+        let _ = writeln!(
+            out,
+            "{:<16} {:<10} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
+            "SOURCE",
+            "STREAM",
+            "TENANT",
+            "EVENTS",
+            "DUPS",
+            "CLAMPS",
+            "CURSOR MOVED",
+            "LAST OK",
+            "LAG"
+        );
+        for p in &self.partitions {
+            let error = match (&p.last_error, p.last_error_at) {
+                (Some(e), Some(at)) if p.last_success_at.is_none_or(|ok| at > ok) => {
+                    format!("{} ({})", e, ago(Some(at)))
+                }
+                (Some(_), Some(at)) => format!("(recovered; last failure {})", ago(Some(at))),
+                _ => "-".into(),
+            };
+            let lag = p.newest_event_at.map_or("-".to_string(), |t| {
+                ago(Some(t)).trim_end_matches(" ago").to_string()
+            });
+            let _ = writeln!(
+                out,
+                "{:<16} {:<10} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
+                p.source,
+                p.stream,
+                if p.tenant.is_empty() { "-" } else { &p.tenant },
+                p.events_total,
+                p.duplicates_total,
+                p.clamps_total,
+                ago(p.updated_at),
+                ago(p.last_success_at),
+                lag,
+                error
+            );
+        }
+        let _ = writeln!(out, "\nSINKS");
+        let _ = writeln!(
+            out,
+            "{:<16} {:>10} {:>10} {:>12} {:>12} {:<12} LAST ERROR",
+            "SINK", "POSITION", "BACKLOG", "DELIVERED", "DEAD LETTERS", "LAST MOVED"
+        );
+        for s in &self.sinks {
+            let error = match (&s.state.last_error, s.state.last_error_at) {
+                (Some(e), Some(at)) => format!("{} ({})", e, ago(Some(at))),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:>10} {:>10} {:>12} {:>12} {:<12} {}",
+                s.state.sink,
+                s.state.delivered_seq,
+                s.backlog,
+                s.state.delivered_total,
+                s.state.dead_letters,
+                ago(s.state.updated_at),
+                error
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,95 @@
+//! The JSON event envelope, one compact object per line (NDJSON).
+//!
+//! Owns: the envelope's field names and order. Must not: pretty-print, or emit a raw CR or LF inside
+//! a line. Invariant: each call appends exactly one line ending in `\n`; the vendor record is
+//! embedded whole, as the compact text the outbox holds.
+
+use chrono::SecondsFormat;
+
+use crate::store::OutboxRecord;
+
+/// Appends the envelope of `record` and a `\n` to `out`:
+/// `{"source":…,"stream":…,"tenant":…,"id":…,"time":…,"ingest_time":…,"severity":…,"record":{…}}`.
+/// Times are RFC 3339 UTC with milliseconds.
+pub fn write_line(record: &OutboxRecord, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"source\":");
+    write_str(&record.source, out);
+    out.extend_from_slice(b",\"stream\":");
+    write_str(&record.stream, out);
+    out.extend_from_slice(b",\"tenant\":");
+    write_str(&record.tenant, out);
+    out.extend_from_slice(b",\"id\":");
+    write_str(&record.event_id, out);
+    out.extend_from_slice(b",\"time\":");
+    write_str(
+        &record
+            .event_time
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
+        out,
+    );
+    out.extend_from_slice(b",\"ingest_time\":");
+    write_str(
+        &record
+            .ingest_time
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
+        out,
+    );
+    out.extend_from_slice(b",\"severity\":");
+    out.extend_from_slice(record.severity.to_string().as_bytes());
+    out.extend_from_slice(b",\"record\":");
+    // The outbox holds compact JSON (see `Event::new`); guard the one-line invariant anyway.
+    if record.record.bytes().any(|b| b == b'\n' || b == b'\r') {
+        out.extend_from_slice(crate::event::compact_json(&record.record).as_bytes());
+    } else {
+        out.extend_from_slice(record.record.as_bytes());
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn write_str(text: &str, out: &mut Vec<u8>) {
+    // serde_json's string escaping is exact JSON; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn record(text: &str) -> OutboxRecord {
+        OutboxRecord {
+            seq: 7,
+            source: "sophos_eu".into(),
+            stream: "events".into(),
+            tenant: "t-1".into(),
+            event_id: "id\"1".into(),
+            event_time: Utc.timestamp_millis_opt(1_700_000_000_123).unwrap(),
+            ingest_time: Utc.timestamp_millis_opt(1_700_000_001_000).unwrap(),
+            severity: 8,
+            record: text.into(),
+        }
+    }
+
+    #[test]
+    fn envelope_bytes_are_exact() {
+        let mut out = Vec::new();
+        write_line(&record(r#"{"b":1,"a":"x\ny"}"#), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"source\":\"sophos_eu\",\"stream\":\"events\",\"tenant\":\"t-1\",\"id\":\"id\\\"1\",\
+             \"time\":\"2023-11-14T22:13:20.123Z\",\"ingest_time\":\"2023-11-14T22:13:21.000Z\",\
+             \"severity\":8,\"record\":{\"b\":1,\"a\":\"x\\ny\"}}\n"
+        );
+    }
+
+    #[test]
+    fn a_record_with_raw_line_breaks_still_makes_one_line() {
+        let mut out = Vec::new();
+        write_line(&record("{\n\"a\": 1\r\n}"), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(text.ends_with(",\"record\":{\"a\":1}}\n"), "{text}");
+        let parsed: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(parsed["record"]["a"], 1);
+    }
+}

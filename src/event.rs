@@ -1,0 +1,150 @@
+//! The vendor-neutral unit of work: [`Event`], its [`Severity`], the partition it came from and the
+//! [`Page`] a source returns from one poll.
+//!
+//! Owns: the shape every source produces and every sink consumes. Must not: know any vendor's field
+//! names. Invariant: `Event::record` is the vendor's record whole (unknown fields survive), as compact
+//! JSON text without raw line breaks, so it can be embedded in NDJSON or HEC as it is.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+/// Severity on the 0–10 scale CEF uses. Values above 10 are clamped to 10 on construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Severity(u8);
+
+impl Severity {
+    /// Builds a severity, clamping to 0–10 so a vendor's out-of-range value can never escape.
+    pub fn new(value: u8) -> Self {
+        Severity(value.min(10))
+    }
+
+    /// The 0–10 value.
+    pub fn value(self) -> u8 {
+        self.0
+    }
+}
+
+/// Which slice of a source a cursor belongs to: one stream of one tenant.
+///
+/// Sources with a single tenant use the empty string for `tenant`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Partition {
+    /// Stream name, e.g. `events`, `alerts`, `file_events`.
+    pub stream: String,
+    /// Vendor tenant id, or `""` when the source has only one.
+    pub tenant: String,
+}
+
+impl Partition {
+    /// A partition of `stream` for `tenant` (`""` when there is no tenant).
+    pub fn new(stream: impl Into<String>, tenant: impl Into<String>) -> Self {
+        Partition {
+            stream: stream.into(),
+            tenant: tenant.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tenant.is_empty() {
+            f.write_str(&self.stream)
+        } else {
+            write!(f, "{}@{}", self.stream, self.tenant)
+        }
+    }
+}
+
+/// One vendor record on its way to the sinks.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Vendor-stable identity, unique within (source, stream); the seen-set key.
+    pub id: String,
+    /// When the vendor says it happened (or was recorded, where that is what the vendor cursors on).
+    pub time: DateTime<Utc>,
+    /// Normalised severity.
+    pub severity: Severity,
+    /// The vendor's record, compact JSON, whole.
+    pub record: Box<RawValue>,
+}
+
+impl Event {
+    /// Builds an event, compacting `record` so that it holds no raw whitespace outside strings.
+    pub fn new(id: String, time: DateTime<Utc>, severity: Severity, record: &RawValue) -> Self {
+        let text = compact_json(record.get());
+        // Compacting valid JSON yields valid JSON; fall back to the original text if that ever fails.
+        let record = RawValue::from_string(text).unwrap_or_else(|_| record.to_owned());
+        Event {
+            id,
+            time,
+            severity,
+            record,
+        }
+    }
+}
+
+/// Removes insignificant whitespace from JSON text, leaving strings, numbers and key order exactly
+/// as they were. Raw line breaks can only occur outside strings in valid JSON, so the result is safe
+/// to put on one line.
+pub fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What one poll of one partition returned.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Records in vendor order; duplicates of earlier pages are allowed (the seen-set drops them).
+    pub events: Vec<Event>,
+    /// The cursor to store once these events are safe; `None` keeps the stored cursor.
+    pub cursor: Option<String>,
+    /// The vendor says more is waiting right now: poll again without waiting for the interval.
+    pub more: bool,
+    /// Set when the source had to move a stored cursor forward because the vendor no longer serves
+    /// data that old; the text says why. The scheduler logs it as a warning and counts it.
+    pub cursor_clamped: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_json_strips_whitespace_outside_strings_only() {
+        let text = "{\n  \"a\" : [1, 2],\n\t\"b\": \"x y\\\" \\n z\" }";
+        assert_eq!(compact_json(text), r#"{"a":[1,2],"b":"x y\" \n z"}"#);
+    }
+
+    #[test]
+    fn severity_is_clamped_to_ten() {
+        assert_eq!(Severity::new(42).value(), 10);
+        assert_eq!(Severity::new(7).value(), 7);
+    }
+
+    #[test]
+    fn event_record_is_compacted_and_keeps_key_order() {
+        let raw =
+            RawValue::from_string("{ \"z\": 1,\n \"a\": {\"k\": \"v\"} }".to_string()).unwrap();
+        let event = Event::new("id".into(), Utc::now(), Severity::new(1), &raw);
+        assert_eq!(event.record.get(), r#"{"z":1,"a":{"k":"v"}}"#);
+    }
+}

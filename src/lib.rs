@@ -1,0 +1,34 @@
+//! secrelay polls security vendor APIs and relays their records to the systems analysts work in —
+//! never lost, never flooded with duplicates.
+//!
+//! # Data flow
+//! ```text
+//!  vendor API ──► Source::poll(cursor) ──► Page ──► Store::commit_page ──► outbox ──► Sink::deliver
+//!                 (one page, no loops)       one SQLite transaction:         each sink reads after
+//!                                            drop seen ids, append events,   its own position and
+//!                                            remember ids, move the cursor   moves it only once the
+//!                                                                            receiver accepted
+//! ```
+//! # Delivery guarantees
+//! - **At-least-once.** A page's events, their ids and the new cursor are committed together; a
+//!   sink's position moves only after its receiver accepted the batch. A crash can repeat at most
+//!   the one batch per sink that was in flight.
+//! - **Bounded duplicates.** The seen-set is durable, so overlapping windows, cursor boundary
+//!   repeats and `backfill --reset` (without `--days`) deliver nothing twice.
+//! - **Back-pressure, never drop.** Over `outbox.max_bytes` sources pause until sinks catch up.
+//!
+//! Modules: [`settings`] (configuration), [`store`] (all SQL), [`scheduler`] (timing, both loops),
+//! [`sources`] (one module per vendor), [`sinks`] (one module per transport), [`encode`] (pure
+//! formats), [`simulate`] (vendor simulators), [`app`] (composition), [`demo`].
+
+pub mod app;
+pub mod demo;
+pub mod encode;
+pub mod event;
+pub mod scheduler;
+pub mod settings;
+pub mod signals;
+pub mod simulate;
+pub mod sinks;
+pub mod sources;
+pub mod store;

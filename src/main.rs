@@ -1,0 +1,195 @@
+//! The `secrelay` binary: command-line parsing, logging setup and exit codes only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrelay::app::{self, BackfillOptions, RunSummary};
+use secrelay::demo::{self, DemoOptions};
+use secrelay::settings::Settings;
+use secrelay::signals;
+
+/// Exit status: configuration invalid.
+const EXIT_CONFIG: u8 = 2;
+/// Exit status: the command ran but did not finish its job (undelivered records, failed checks).
+const EXIT_INCOMPLETE: u8 = 1;
+
+/// Relays security events from vendor APIs to SIEM sinks, never lost, never duplicated in floods.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML), layered over the built-in defaults; SECRELAY__* variables override it.
+    #[arg(long, short, global = true, env = "SECRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: poll every source, deliver to every sink, until SIGTERM/SIGINT.
+    Run,
+    /// Catch up once, drain the outbox to the sinks, print a summary; exit 0 only if all was delivered.
+    Backfill {
+        /// Only this source id.
+        #[arg(long)]
+        source: Option<String>,
+        /// Forget the stored cursors first, so history is pulled again (seen ids still drop repeats).
+        #[arg(long)]
+        reset: bool,
+        /// With --reset: start N days back and forget the seen ids of those days, so they are sent again.
+        #[arg(long, requires = "reset")]
+        days: Option<u32>,
+    },
+    /// Validate the configuration, resolve secrets, reach every API and sink (moves no data).
+    Check,
+    /// Show cursors, lag, errors, outbox backlog and dead letters.
+    State {
+        /// Machine-readable JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the built-in vendor simulators and run the real pipeline into ./demo-out/.
+    Demo {
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Output directory.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn print_summary(summary: &RunSummary) {
+    println!(
+        "{:<16} {:<10} {:<38} {:>10} {:>10}  STATUS",
+        "SOURCE", "STREAM", "TENANT", "NEW", "REPEATS"
+    );
+    for p in &summary.partitions {
+        let status = match (&p.error, p.caught_up) {
+            (Some(e), _) => format!("FAILED: {e}"),
+            (None, true) => "caught up".to_string(),
+            (None, false) => "stopped".to_string(),
+        };
+        let tenant = if p.tenant.is_empty() { "-" } else { &p.tenant };
+        println!(
+            "{:<16} {:<10} {:<38} {:>10} {:>10}  {status}",
+            p.source, p.stream, tenant, p.appended, p.duplicates
+        );
+    }
+    println!(
+        "{:<16} {:>10} {:>12} {:>10}  STATUS",
+        "SINK", "DELIVERED", "DEAD LETTERS", "BACKLOG"
+    );
+    for s in &summary.sinks {
+        let status = s
+            .error
+            .as_deref()
+            .map_or("ok".to_string(), |e| format!("FAILED: {e}"));
+        println!(
+            "{:<16} {:>10} {:>12} {:>10}  {status}",
+            s.sink, s.delivered, s.dead_letters, s.backlog
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Demo { seconds, out } = &cli.command {
+        init_logging("info");
+        let stop = match signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let options = DemoOptions {
+            seconds: *seconds,
+            out: out.clone(),
+        };
+        return match demo::run(&options, stop).await {
+            Ok(summary) => {
+                print_summary(&summary);
+                println!("events are in {}", out.join("events.ndjson").display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&settings.log.level);
+    let result: anyhow::Result<ExitCode> = async {
+        match cli.command {
+            Command::Run => {
+                let stop = signals::install()?;
+                app::run(&settings, stop).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Backfill { source, reset, days } => {
+                let stop = signals::install()?;
+                let options = BackfillOptions { source, reset, days };
+                let summary = app::backfill(&settings, &options, stop).await?;
+                print_summary(&summary);
+                Ok(if summary.complete() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("backfill incomplete: see the summary above; undelivered records stay in the outbox");
+                    ExitCode::from(EXIT_INCOMPLETE)
+                })
+            }
+            Command::Check => {
+                let results = app::check(&settings).await;
+                for r in &results {
+                    println!("{:<4} {:<24} {}", if r.ok { "ok" } else { "FAIL" }, r.what, r.detail);
+                }
+                Ok(if results.iter().all(|r| r.ok) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_INCOMPLETE)
+                })
+            }
+            Command::State { json } => {
+                let report = app::state(&settings).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.to_table());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Demo { .. } => Ok(ExitCode::SUCCESS),
+        }
+    }
+    .await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The delivery half: one loop per sink that reads the outbox after the sink's position, delivers,
+//! and moves the position only after the receiver accepted.
+//!
+//! Must not: poll sources or format records. Invariant: the position moves in the same transaction
+//! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok`; on stop the
+//! loop drains what it can within the grace period and abandons the rest to the outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{Context, Mode};
+use crate::sinks::{Sink, SinkError};
+
+/// How long an idle sink waits for a commit notification before looking at the store again.
+const IDLE_RECHECK: Duration = Duration::from_millis(500);
+
+/// What one sink did during this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkReport {
+    /// Sink name.
+    pub sink: String,
+    /// Records the receiver accepted.
+    pub delivered: u64,
+    /// Records it rejected (now in dead letters).
+    pub dead_letters: u64,
+    /// Records routed to it still waiting in the outbox when it stopped.
+    pub backlog: i64,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Delivers to `sink` the records of `sources`, in log order, until told to finish.
+pub async fn run_sink<K: Sink>(
+    ctx: Arc<Context>,
+    mut sink: K,
+    sources: Vec<String>,
+    batch_size: usize,
+) -> SinkReport {
+    let name = sink.name().to_string();
+    let mut report = SinkReport {
+        sink: name.clone(),
+        delivered: 0,
+        dead_letters: 0,
+        backlog: 0,
+        error: None,
+    };
+    let mut backoff = ctx.backoff();
+    let mut position = loop {
+        match ctx.store.sink_position(&name).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::error!(sink = %name, "{e}");
+                tokio::time::sleep(backoff.next_delay(None)).await;
+            }
+        }
+    };
+    // Set once the sink is told to finish: drain until empty or until this instant.
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let finishing = ctx.stop.is_cancelled() || ctx.sources_done.is_cancelled();
+        if finishing {
+            let limit = if ctx.stop.is_cancelled() {
+                Duration::from_secs_f64(ctx.timing.shutdown_grace_secs).min(ctx.drain_within)
+            } else {
+                ctx.drain_within
+            };
+            let candidate = Instant::now() + limit;
+            deadline = Some(deadline.map_or(candidate, |d| d.min(candidate)));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(sink = %name, "stopping with records still waiting (they stay in the outbox)");
+            break;
+        }
+        let batch = match ctx.store.read_batch(position, &sources, batch_size).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(sink = %name, "{e}");
+                tokio::time::sleep(backoff.next_delay(None)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if finishing {
+                break;
+            }
+            let notified = ctx.appended.notified();
+            tokio::select! {
+                _ = notified => {},
+                _ = tokio::time::sleep(IDLE_RECHECK) => {},
+                _ = ctx.stop.cancelled() => {},
+                _ = ctx.sources_done.cancelled() => {},
+            }
+            continue;
+        }
+
+        let delivered = match deadline {
+            Some(d) => tokio::select! {
+                r = sink.deliver(&batch) => r,
+                _ = tokio::time::sleep_until(d) => {
+                    tracing::warn!(sink = %name, "grace period over with a batch in flight; it will be sent again");
+                    break;
+                }
+            },
+            None => sink.deliver(&batch).await,
+        };
+        match delivered {
+            Ok(outcome) => {
+                backoff.reset();
+                let last = batch.last().map_or(position, |r| r.seq);
+                let rejected: Vec<_> = outcome
+                    .rejected
+                    .into_iter()
+                    .filter_map(|(i, reason)| batch.get(i).map(|r| (r.clone(), reason)))
+                    .collect();
+                for (record, reason) in &rejected {
+                    tracing::warn!(sink = %name, source = %record.source, event_id = %record.event_id,
+                        "receiver rejected a record; kept as a dead letter: {reason}");
+                }
+                let accepted = (batch.len() - rejected.len()) as u64;
+                // The advance itself is never abandoned: the receiver has the batch.
+                loop {
+                    match ctx
+                        .store
+                        .advance_sink(&name, last, accepted, &rejected, Utc::now())
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::error!(sink = %name, "{e}");
+                            tokio::time::sleep(backoff.next_delay(None)).await;
+                        }
+                    }
+                }
+                position = last;
+                report.delivered += accepted;
+                report.dead_letters += rejected.len() as u64;
+                for source in &sources {
+                    let sinks = ctx
+                        .sinks_of_source
+                        .get(source)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    if let Err(e) = ctx.store.prune_outbox(source, sinks).await {
+                        tracing::warn!(sink = %name, "{e}");
+                    }
+                }
+            }
+            Err(e @ SinkError::Fatal { .. }) => {
+                tracing::error!(sink = %name, "{e}; its records wait in the outbox");
+                let _ = ctx
+                    .store
+                    .record_sink_error(&name, &e.to_string(), Utc::now())
+                    .await;
+                report.error = Some(e.to_string());
+                break;
+            }
+            Err(e @ SinkError::Unavailable { .. }) => {
+                let retry_after = match &e {
+                    SinkError::Unavailable { retry_after, .. } => *retry_after,
+                    SinkError::Fatal { .. } => None,
+                };
+                let delay = backoff.next_delay(retry_after);
+                tracing::warn!(sink = %name, retry_in_ms = delay.as_millis() as u64, "delivery failed: {e}");
+                let _ = ctx
+                    .store
+                    .record_sink_error(&name, &e.to_string(), Utc::now())
+                    .await;
+                let wake = Instant::now() + delay;
+                let wake = deadline.map_or(wake, |d| d.min(wake));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {},
+                    // A stop shortens the wait to the grace period.
+                    _ = ctx.stop.cancelled(), if deadline.is_none() => {},
+                }
+            }
+        }
+    }
+    report.backlog = ctx.store.backlog(position, &sources).await.unwrap_or(-1);
+    if ctx.mode != Mode::Daemon || report.backlog > 0 {
+        tracing::info!(sink = %name, delivered = report.delivered, backlog = report.backlog, "sink finished");
+    }
+    report
+}

@@ -1,0 +1,245 @@
+//! The polling half: discover a source's partitions, then one loop per partition that polls,
+//! commits and waits.
+//!
+//! Must not: encode or deliver. Invariant: the cursor a poll starts from is the one committed last;
+//! on error nothing is committed and the wait is at least the vendor's `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::{with_jitter, Context, Mode};
+use crate::event::Partition;
+use crate::sources::Source;
+
+/// How often a running daemon looks for new tenants.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
+/// How often a paused source checks whether the outbox has room again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(500);
+
+/// What one partition did during this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    /// Source id.
+    pub source: String,
+    /// Stream.
+    pub stream: String,
+    /// Tenant (`""` when none).
+    pub tenant: String,
+    /// Events appended to the outbox.
+    pub appended: u64,
+    /// Events dropped as already seen.
+    pub duplicates: u64,
+    /// Backfill: the partition reached the vendor's present.
+    pub caught_up: bool,
+    /// Why the partition was given up, if it was.
+    pub error: Option<String>,
+}
+
+/// Runs a source until stopped (daemon) or until each partition caught up (backfill).
+pub async fn run_source<S: Source>(
+    ctx: Arc<Context>,
+    source: Arc<S>,
+    interval: Duration,
+) -> Vec<PartitionReport> {
+    let id = source.id().to_string();
+    let mut backoff = ctx.backoff();
+    let partitions = loop {
+        let found = tokio::select! {
+            _ = ctx.stop.cancelled() => return Vec::new(),
+            found = source.partitions() => found,
+        };
+        match found {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::error!(source = %id, "discovery failed: {e}");
+                let failures = backoff.failures() + 1;
+                if let Mode::Backfill { max_poll_failures } = ctx.mode {
+                    if failures >= max_poll_failures {
+                        return vec![PartitionReport {
+                            source: id,
+                            stream: "(discovery)".into(),
+                            tenant: String::new(),
+                            appended: 0,
+                            duplicates: 0,
+                            caught_up: false,
+                            error: Some(e.to_string()),
+                        }];
+                    }
+                }
+                if !ctx.pause(backoff.next_delay(e.retry_after())).await {
+                    return Vec::new();
+                }
+            }
+        }
+    };
+    tracing::info!(source = %id, partitions = partitions.len(), "polling");
+    let mut known: std::collections::BTreeSet<Partition> = partitions.iter().cloned().collect();
+    let mut tasks = JoinSet::new();
+    for partition in partitions {
+        tasks.spawn(run_partition(
+            ctx.clone(),
+            source.clone(),
+            partition,
+            interval,
+        ));
+    }
+    let mut reports = Vec::new();
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(report)) => reports.push(report),
+                Some(Err(e)) => tracing::error!(source = %id, "partition task failed: {e}"),
+                None => break,
+            },
+            // A daemon picks up tenants added after it started.
+            _ = tokio::time::sleep(REDISCOVER_EVERY), if ctx.mode == Mode::Daemon => {
+                match source.partitions().await {
+                    Ok(found) => for partition in found {
+                        if known.insert(partition.clone()) {
+                            tracing::info!(source = %id, partition = %partition, "new partition discovered");
+                            tasks.spawn(run_partition(ctx.clone(), source.clone(), partition, interval));
+                        }
+                    },
+                    Err(e) => tracing::warn!(source = %id, "rediscovery failed (keeping known partitions): {e}"),
+                }
+            }
+        }
+    }
+    reports
+}
+
+/// Polls one partition: wait for outbox room, poll from the committed cursor, commit, repeat.
+async fn run_partition<S: Source>(
+    ctx: Arc<Context>,
+    source: Arc<S>,
+    partition: Partition,
+    interval: Duration,
+) -> PartitionReport {
+    let id = source.id().to_string();
+    let mut report = PartitionReport {
+        source: id.clone(),
+        stream: partition.stream.clone(),
+        tenant: partition.tenant.clone(),
+        appended: 0,
+        duplicates: 0,
+        caught_up: false,
+        error: None,
+    };
+    let mut backoff = ctx.backoff();
+    let mut paused = false;
+    while !ctx.stop.is_cancelled() {
+        // Back-pressure: never poll while the outbox is over its cap.
+        match ctx.store.outbox_totals().await {
+            Ok(totals) if totals.bytes as u64 >= ctx.outbox_cap => {
+                if !paused {
+                    tracing::warn!(source = %id, partition = %partition, outbox_bytes = totals.bytes,
+                        cap = ctx.outbox_cap, "outbox full: pausing until sinks catch up");
+                    paused = true;
+                }
+                if !ctx.pause(PAUSED_RECHECK).await {
+                    break;
+                }
+                continue;
+            }
+            Ok(_) if paused => {
+                tracing::info!(source = %id, partition = %partition, "outbox has room again: resuming");
+                paused = false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(source = %id, partition = %partition, "{e}");
+                if !ctx.pause(backoff.next_delay(None)).await {
+                    break;
+                }
+                continue;
+            }
+        }
+
+        let cursor = match ctx.store.cursor(&id, &partition).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(source = %id, partition = %partition, "{e}");
+                if !ctx.pause(backoff.next_delay(None)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        // A stop abandons the request in flight; nothing of it was committed.
+        let polled = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            polled = source.poll(&partition, cursor.as_deref()) => polled,
+        };
+        let page = match polled {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(source = %id, partition = %partition, "poll failed: {e}");
+                let message = e.to_string();
+                if let Err(store_err) = ctx
+                    .store
+                    .record_poll_error(&id, &partition, &message, Utc::now())
+                    .await
+                {
+                    tracing::error!(source = %id, "{store_err}");
+                }
+                let delay = backoff.next_delay(e.retry_after());
+                if let Mode::Backfill { max_poll_failures } = ctx.mode {
+                    if backoff.failures() >= max_poll_failures {
+                        report.error = Some(message);
+                        break;
+                    }
+                }
+                tracing::debug!(source = %id, partition = %partition, delay_ms = delay.as_millis() as u64, "retrying");
+                if !ctx.pause(delay).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if let Some(why) = &page.cursor_clamped {
+            tracing::warn!(source = %id, partition = %partition, "cursor clamped: {why}");
+        }
+        // The commit is not raced against the stop signal: it finishes or never started.
+        match ctx
+            .store
+            .commit_page(&id, &partition, &page, Utc::now())
+            .await
+        {
+            Ok(summary) => {
+                backoff.reset();
+                report.appended += summary.appended;
+                report.duplicates += summary.duplicates;
+                if summary.appended > 0 {
+                    ctx.appended.notify_waiters();
+                }
+                tracing::debug!(source = %id, partition = %partition, appended = summary.appended,
+                    duplicates = summary.duplicates, more = page.more, "page committed");
+            }
+            Err(e) => {
+                tracing::error!(source = %id, partition = %partition, "{e}");
+                if !ctx.pause(backoff.next_delay(None)).await {
+                    break;
+                }
+                continue;
+            }
+        }
+        if page.more {
+            continue;
+        }
+        if let Mode::Backfill { .. } = ctx.mode {
+            report.caught_up = true;
+            break;
+        }
+        if !ctx
+            .pause(with_jitter(interval, ctx.timing.jitter_secs))
+            .await
+        {
+            break;
+        }
+    }
+    report
+}

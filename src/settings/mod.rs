@@ -1,0 +1,511 @@
+//! Configuration: the serde structs, their layering and their validation.
+//!
+//! Layers, lowest first: `config/default.toml` (built into the binary), the file given with
+//! `--config`, then `SECRELAY__SECTION__KEY` environment variables (`__` separates levels, e.g.
+//! `SECRELAY__SOURCES__SOPHOS_EU__CLIENT_SECRET`). Owns: turning those into a validated
+//! [`Settings`] with every secret resolved. Must not: open connections or files other than secret
+//! files. Invariant: an unknown key is an error naming its full path; a secret never reaches `Debug`,
+//! logs or errors.
+
+mod secret;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use secret::Secret;
+
+/// The built-in lowest layer: every top-level key with its default.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Configuration problems. All of them stop the program: fix the named key and start again.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The configuration file could not be read or parsed.
+    #[error("cannot read configuration {path}: {reason}")]
+    File {
+        /// The file given with `--config`.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key is unknown, has the wrong type or is missing.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// Full key path, e.g. `sources.sophos_eu.interval_secs`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Everything secrelay is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The state database.
+    pub store: StoreSettings,
+    /// The outbox log.
+    pub outbox: OutboxSettings,
+    /// Polling and retry timing.
+    pub scheduler: SchedulerSettings,
+    /// One-shot `backfill` limits.
+    pub backfill: BackfillSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// HTTP client used by every source.
+    pub http: HttpSettings,
+    /// Sources keyed by id, e.g. `[sources.sophos_eu]`. Default: none.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceSettings>,
+    /// Sinks keyed by name, e.g. `[sinks.archive]`. Default: none.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkSettings>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Path of the SQLite state database; created with mode 0600. Default `/var/lib/secrelay/state.db`.
+    pub path: PathBuf,
+    /// Shortest time seen ids are kept for dedup, in hours. Default 168 (7 days).
+    pub seen_retention_hours: u64,
+}
+
+/// `[outbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Back-pressure cap in bytes of records waiting for sinks; above it sources pause (nothing is
+    /// dropped). Default 268435456 (256 MiB).
+    pub max_bytes: u64,
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Upper bound of the random delay added to each poll interval, in seconds. Default 5.
+    pub jitter_secs: f64,
+    /// First pause after a failure, in seconds; doubles per further failure. Default 1.
+    pub backoff_initial_secs: f64,
+    /// Longest pause after failures, in seconds. Default 300.
+    pub backoff_max_secs: f64,
+    /// How long a stop (SIGTERM/SIGINT) may spend flushing sinks, in seconds. Default 30.
+    pub shutdown_grace_secs: f64,
+}
+
+/// `[backfill]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSettings {
+    /// How long `backfill` waits for sinks to take the whole outbox, in seconds. Default 600.
+    pub drain_timeout_secs: f64,
+    /// Consecutive failed polls of one partition after which `backfill` gives it up. Default 8.
+    pub max_poll_failures: u32,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Filter in `tracing` syntax, e.g. `info` or `secrelay=debug`. `RUST_LOG` overrides. Default `info`.
+    pub level: String,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Whole-request timeout, in seconds. Default 60.
+    pub timeout_secs: f64,
+    /// TCP+TLS connect timeout, in seconds. Default 10.
+    pub connect_timeout_secs: f64,
+}
+
+/// One `[sources.<id>]` table, selected by its `type` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceSettings {
+    /// `type = "sophos"`: Sophos Central SIEM events and alerts.
+    Sophos(SophosSettings),
+}
+
+impl SourceSettings {
+    /// Sink names this source's events are routed to.
+    pub fn sinks(&self) -> &[String] {
+        match self {
+            SourceSettings::Sophos(s) => &s.sinks,
+        }
+    }
+
+    /// Poll interval once caught up, in seconds.
+    pub fn interval_secs(&self) -> f64 {
+        match self {
+            SourceSettings::Sophos(s) => s.interval_secs,
+        }
+    }
+
+    /// Whether the source runs at all.
+    pub fn enabled(&self) -> bool {
+        match self {
+            SourceSettings::Sophos(s) => s.enabled,
+        }
+    }
+
+    /// How far back this source may re-fetch, in hours: seen ids must outlive it.
+    pub fn lookback_hours(&self) -> u64 {
+        match self {
+            SourceSettings::Sophos(_) => 24,
+        }
+    }
+}
+
+/// The SIEM streams Sophos Central offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SophosStream {
+    /// `/siem/v1/events`
+    Events,
+    /// `/siem/v1/alerts`
+    Alerts,
+}
+
+/// `[sources.<id>]` with `type = "sophos"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SophosSettings {
+    /// Whether this source runs. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Poll interval once caught up, in seconds. Default 60.
+    #[serde(default = "sixty")]
+    pub interval_secs: f64,
+    /// Sink names to deliver to. Required.
+    pub sinks: Vec<String>,
+    /// API client id (tenant, partner or organization credential). Required.
+    pub client_id: String,
+    /// API client secret inline; prefer `client_secret_file` or the environment.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// File holding the client secret; relative paths are read from `$CREDENTIALS_DIRECTORY`.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// OAuth2 token endpoint. Default `https://id.sophos.com/api/v2/oauth2/token`.
+    #[serde(default = "sophos_token_url")]
+    pub token_url: String,
+    /// Global API host (whoami, tenant listing). Default `https://api.central.sophos.com`.
+    #[serde(default = "sophos_api_url")]
+    pub api_url: String,
+    /// Streams to poll. Default both: `["events", "alerts"]`.
+    #[serde(default = "sophos_streams")]
+    pub streams: Vec<SophosStream>,
+    /// With partner or organization credentials: poll only these tenant ids. Default: every tenant.
+    #[serde(default)]
+    pub tenant_ids: Vec<String>,
+    /// How far back the first poll (or a poll after `--reset`) starts, in hours; at most 24 (the
+    /// API's horizon). Default 12.
+    #[serde(default = "twelve")]
+    pub initial_lookback_hours: u32,
+    /// Collection delay sent as `from_date_offset_minutes`, in minutes: protects against endpoints
+    /// whose clocks run ahead. Default 0.
+    #[serde(default)]
+    pub collection_delay_minutes: u32,
+    /// Event types the API should leave out (`exclude_types`). Default none.
+    #[serde(default)]
+    pub exclude_types: Vec<String>,
+    /// Records per request (`limit`), 1–1000. Default 1000.
+    #[serde(default = "thousand")]
+    pub page_size: u32,
+}
+
+/// One `[sinks.<name>]` table, selected by its `type` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkSettings {
+    /// `type = "file"`: newline-delimited JSON files.
+    File(FileSinkSettings),
+}
+
+impl SinkSettings {
+    /// Records per delivery batch.
+    pub fn batch_size(&self) -> usize {
+        match self {
+            SinkSettings::File(f) => f.batch_size,
+        }
+    }
+}
+
+/// `[sinks.<name>]` with `type = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkSettings {
+    /// The active NDJSON file; rotated files sit beside it. Required.
+    pub path: PathBuf,
+    /// Rotate once the active file reaches this size, in bytes. Default 104857600 (100 MiB).
+    #[serde(default = "hundred_mib")]
+    pub rotate_bytes: u64,
+    /// Rotated files to keep beside the active one; the oldest are deleted. Default 7.
+    #[serde(default = "seven")]
+    pub keep_files: usize,
+    /// Records per write+fsync. Default 1000.
+    #[serde(default = "thousand_usize")]
+    pub batch_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn sixty() -> f64 {
+    60.0
+}
+fn twelve() -> u32 {
+    12
+}
+fn seven() -> usize {
+    7
+}
+fn thousand() -> u32 {
+    1000
+}
+fn thousand_usize() -> usize {
+    1000
+}
+fn hundred_mib() -> u64 {
+    100 * 1024 * 1024
+}
+fn sophos_token_url() -> String {
+    "https://id.sophos.com/api/v2/oauth2/token".into()
+}
+fn sophos_api_url() -> String {
+    "https://api.central.sophos.com".into()
+}
+fn sophos_streams() -> Vec<SophosStream> {
+    vec![SophosStream::Events, SophosStream::Alerts]
+}
+
+impl Settings {
+    /// Loads the layers (built-in defaults, `file`, environment), checks every key and resolves secrets.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(SettingsError::File {
+                    path: path.to_path_buf(),
+                    reason: "no such file".into(),
+                });
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SECRELAY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let layered = builder.build().map_err(|e| SettingsError::File {
+            path: file.map(Path::to_path_buf).unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        let mut settings: Settings = serde_path_to_error::deserialize(layered).map_err(|e| {
+            let key = e.path().to_string();
+            SettingsError::Invalid {
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text over the built-in defaults, without files or environment. For tests and the demo.
+    pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        let layered = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| SettingsError::File {
+                path: PathBuf::from("(inline)"),
+                reason: e.to_string(),
+            })?;
+        let mut settings: Settings =
+            serde_path_to_error::deserialize(layered).map_err(|e| SettingsError::Invalid {
+                key: e.path().to_string(),
+                reason: e.into_inner().to_string(),
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-key checks, and secrets resolved into their inline slot.
+    fn validate(&mut self) -> Result<(), SettingsError> {
+        let invalid = |key: String, reason: String| SettingsError::Invalid { key, reason };
+        for (id, source) in &mut self.sources {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    format!("sources.{id}"),
+                    "source ids use letters, digits, `_` and `-`".into(),
+                ));
+            }
+            for sink in source.sinks() {
+                if !self.sinks.contains_key(sink) {
+                    return Err(invalid(
+                        format!("sources.{id}.sinks"),
+                        format!(
+                            "no sink named `{sink}` (defined: {:?})",
+                            self.sinks.keys().collect::<Vec<_>>()
+                        ),
+                    ));
+                }
+            }
+            if source.interval_secs() <= 0.0 {
+                return Err(invalid(
+                    format!("sources.{id}.interval_secs"),
+                    "must be above 0".into(),
+                ));
+            }
+            match source {
+                SourceSettings::Sophos(s) => {
+                    let key = format!("sources.{id}.client_secret");
+                    let secret = secret::resolve(
+                        &key,
+                        s.client_secret.as_ref(),
+                        s.client_secret_file.as_deref(),
+                    )?;
+                    s.client_secret = Some(secret);
+                    s.client_secret_file = None;
+                    if !(1..=1000).contains(&s.page_size) {
+                        return Err(invalid(
+                            format!("sources.{id}.page_size"),
+                            "must be 1 to 1000".into(),
+                        ));
+                    }
+                    if !(1..=24).contains(&s.initial_lookback_hours) {
+                        return Err(invalid(
+                            format!("sources.{id}.initial_lookback_hours"),
+                            "must be 1 to 24 (the SIEM API serves 24 hours back)".into(),
+                        ));
+                    }
+                    if s.streams.is_empty() {
+                        return Err(invalid(
+                            format!("sources.{id}.streams"),
+                            "name at least one stream".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (name, sink) in &self.sinks {
+            if sink.batch_size() == 0 {
+                return Err(invalid(
+                    format!("sinks.{name}.batch_size"),
+                    "must be at least 1".into(),
+                ));
+            }
+            match sink {
+                SinkSettings::File(f) if f.keep_files == 0 => {
+                    return Err(invalid(
+                        format!("sinks.{name}.keep_files"),
+                        "must be at least 1".into(),
+                    ));
+                }
+                SinkSettings::File(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sink names with the ids of the enabled sources routed to each.
+    pub fn routes(&self) -> BTreeMap<String, Vec<String>> {
+        let mut routes: BTreeMap<String, Vec<String>> =
+            self.sinks.keys().map(|k| (k.clone(), Vec::new())).collect();
+        for (id, source) in self.sources.iter().filter(|(_, s)| s.enabled()) {
+            for sink in source.sinks() {
+                routes.entry(sink.clone()).or_default().push(id.clone());
+            }
+        }
+        routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [sinks.archive]
+        type = "file"
+        path = "/tmp/x.ndjson"
+        [sources.sophos_eu]
+        type = "sophos"
+        client_id = "id"
+        client_secret = "PLANTED-SECRET"
+        sinks = ["archive"]
+    "#;
+
+    #[test]
+    fn defaults_fill_every_section() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(s.outbox.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(s.store.seen_retention_hours, 168);
+        let SourceSettings::Sophos(sophos) = &s.sources["sophos_eu"];
+        assert_eq!(sophos.page_size, 1000);
+        assert_eq!(
+            sophos.streams,
+            vec![SophosStream::Events, SophosStream::Alerts]
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_a_source_names_its_path() {
+        let text = MINIMAL.replace(
+            "client_id = \"id\"",
+            "client_id = \"id\"\nintervall_secs = 5",
+        );
+        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("sources.sophos_eu"), "{err}");
+        assert!(err.contains("intervall_secs"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_its_path() {
+        let err = Settings::from_toml("[outbox]\nmax_byte = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outbox") && err.contains("max_byte"), "{err}");
+    }
+
+    #[test]
+    fn routing_to_a_missing_sink_is_an_error() {
+        let text = MINIMAL.replace("sinks = [\"archive\"]", "sinks = [\"archiv\"]");
+        let err = Settings::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("sources.sophos_eu.sinks") && err.contains("archiv"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("PLANTED-SECRET"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+}

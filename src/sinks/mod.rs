@@ -1,0 +1,60 @@
+//! Sinks: the [`Sink`] trait every transport implements, and the error type that tells the delivery
+//! loop what to do.
+//!
+//! Owns: the contract between the delivery loop and a transport. Must not: read the store, move a
+//! position or sleep — the delivery loop in `scheduler` does that. Invariant: `deliver` returns `Ok`
+//! only once the receiver has accepted the whole batch (minus the records it reports as rejected).
+
+pub mod file;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::store::OutboxRecord;
+
+/// What a receiver did with a batch it accepted.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Indexes into the batch of records the receiver refused as invalid, with its reason; they go
+    /// to the dead-letter table and do not block the log.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Why a batch was not delivered, and what the delivery loop does next.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The receiver is unreachable or failed (disk, network, 5xx). Keep the batch; retry with backoff.
+    #[error("sink {sink}: {detail}")]
+    Unavailable {
+        /// Sink name.
+        sink: String,
+        /// What failed, with the path or URL.
+        detail: String,
+        /// The receiver's requested pause, when it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// The receiver refuses us for good (credentials revoked, configuration wrong). Stop this sink
+    /// loudly; its backlog waits in the outbox.
+    #[error("sink {sink} stopped: {detail}")]
+    Fatal {
+        /// Sink name.
+        sink: String,
+        /// What the receiver said.
+        detail: String,
+    },
+}
+
+/// A transport that takes batches of outbox records.
+pub trait Sink: Send + 'static {
+    /// The configured sink name.
+    fn name(&self) -> &str;
+
+    /// Delivers `batch` (in log order); `Ok` only when the receiver accepted it.
+    fn deliver(
+        &mut self,
+        batch: &[OutboxRecord],
+    ) -> impl Future<Output = Result<Delivered, SinkError>> + Send;
+
+    /// Checks that the receiver can be reached and written to, without moving data.
+    fn check(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}

@@ -1,0 +1,864 @@
+//! The only place that speaks SQL: cursors, the seen-set, the outbox log, sink positions and dead
+//! letters, in one SQLite database (WAL, `synchronous=FULL`, file mode 0600).
+//!
+//! Must not: know any vendor, encode anything for a sink, or sleep. Invariant: the commit of a page
+//! (drop ids already seen, append the new events to the outbox, remember their ids, move the cursor)
+//! is one transaction, so a crash at any instant leaves either the old cursor or the new cursor with
+//! its events on disk; and a sink's position only moves forward, in the same transaction that
+//! records its dead letters.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
+
+use crate::event::{Page, Partition};
+
+/// Rows per multi-row statement; well under SQLite's bound-parameter limit.
+const CHUNK: usize = 400;
+
+/// Store failures. Every variant is worth a retry after a pause except [`StoreError::Open`], which
+/// stops the process: the database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be created, opened or migrated. Stop: fix the path or permissions.
+    #[error("cannot open the state database {path}: {reason}")]
+    Open {
+        /// Database path from `store.path`.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A query failed (disk full, database locked for too long). Retry after a pause.
+    #[error("state database query failed while {doing}: {source}")]
+    Query {
+        /// What the store was doing.
+        doing: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn query_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { doing, source }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// One row of the outbox log, as a sink reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    /// Position in the log; strictly increasing, never reused.
+    pub seq: i64,
+    /// Configured source id.
+    pub source: String,
+    /// Stream within the source.
+    pub stream: String,
+    /// Vendor tenant, `""` when none.
+    pub tenant: String,
+    /// Vendor-stable event id.
+    pub event_id: String,
+    /// Event time.
+    pub event_time: DateTime<Utc>,
+    /// When secrelay committed the event.
+    pub ingest_time: DateTime<Utc>,
+    /// Severity 0–10.
+    pub severity: u8,
+    /// The vendor record, compact JSON.
+    pub record: String,
+}
+
+/// What committing one page did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// Events appended to the outbox.
+    pub appended: u64,
+    /// Events dropped because their id was already in the seen-set.
+    pub duplicates: u64,
+}
+
+/// Outbox size, kept by triggers.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct OutboxTotals {
+    /// Rows waiting for at least one sink.
+    pub rows: i64,
+    /// Bytes of those rows' records.
+    pub bytes: i64,
+}
+
+/// Per-partition state, as `secrelay state` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CursorState {
+    /// Source id.
+    pub source: String,
+    /// Stream.
+    pub stream: String,
+    /// Tenant (`""` when none).
+    pub tenant: String,
+    /// The stored vendor position (opaque; vendors do not put secrets in cursors).
+    pub cursor: Option<String>,
+    /// When the cursor last moved.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Last poll that committed.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Last failure message.
+    pub last_error: Option<String>,
+    /// When it failed.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Newest event time committed.
+    pub newest_event_at: Option<DateTime<Utc>>,
+    /// Events appended to the outbox.
+    pub events_total: i64,
+    /// Events dropped as already seen.
+    pub duplicates_total: i64,
+    /// Times the cursor was clamped to the vendor's horizon.
+    pub clamps_total: i64,
+}
+
+/// Per-sink state, as `secrelay state` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkState {
+    /// Sink name.
+    pub sink: String,
+    /// Last outbox position the receiver accepted.
+    pub delivered_seq: i64,
+    /// When it last moved.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Events delivered in all.
+    pub delivered_total: i64,
+    /// Last delivery failure.
+    pub last_error: Option<String>,
+    /// When it failed.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Dead letters recorded for this sink.
+    pub dead_letters: i64,
+}
+
+/// What `reset` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetSummary {
+    /// Cursor rows removed.
+    pub cursors: u64,
+    /// Seen-set ids removed.
+    pub seen: u64,
+}
+
+/// Handle to the state database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating with mode 0600 if missing) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("creating {}: {e}", dir.display())))?;
+        }
+        create_private_file(path).map_err(|e| open_err(e.to_string()))?;
+        let url = format!("sqlite://{}", path.display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(|e| open_err(e.to_string()))?
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed page survives power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true)
+            // A commit waiting on another writer's fsync is normal here, not worth a warning per page.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        Ok(Store { pool })
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The stored cursor of one partition, `None` on first run or after a reset.
+    pub async fn cursor(
+        &self,
+        source: &str,
+        partition: &Partition,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT cursor FROM cursors WHERE source = ? AND stream = ? AND tenant = ?",
+        )
+        .bind(source)
+        .bind(&partition.stream)
+        .bind(&partition.tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err("reading a cursor"))?;
+        Ok(row.and_then(|r| r.get::<Option<String>, _>(0)))
+    }
+
+    /// Commits one page in one transaction: drops ids already seen, appends the rest to the outbox,
+    /// remembers their ids and moves the cursor (if the page carries one).
+    pub async fn commit_page(
+        &self,
+        source: &str,
+        partition: &Partition,
+        page: &Page,
+        now: DateTime<Utc>,
+    ) -> Result<CommitSummary, StoreError> {
+        let now_ms = millis(now);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("starting a page commit"))?;
+
+        // 1. Remember ids; RETURNING yields only the ids that were new.
+        let mut fresh: HashSet<String> = HashSet::with_capacity(page.events.len());
+        for chunk in page.events.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO seen (source, stream, event_id, event_time, seen_at) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(source)
+                    .push_bind(&partition.stream)
+                    .push_bind(&e.id)
+                    .push_bind(millis(e.time))
+                    .push_bind(now_ms);
+            });
+            q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
+            let rows = q
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_err("recording seen ids"))?;
+            fresh.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
+        }
+
+        // 2. Append the new events in vendor order (a page may repeat an id; keep the first).
+        let new_events: Vec<_> = page.events.iter().filter(|e| fresh.remove(&e.id)).collect();
+        for chunk in new_events.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (source, stream, tenant, event_id, event_time, ingest_time, severity, record, bytes) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                let record = e.record.get();
+                b.push_bind(source)
+                    .push_bind(&partition.stream)
+                    .push_bind(&partition.tenant)
+                    .push_bind(&e.id)
+                    .push_bind(millis(e.time))
+                    .push_bind(now_ms)
+                    .push_bind(i64::from(e.severity.value()))
+                    .push_bind(record)
+                    .push_bind(record.len() as i64);
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("appending to the outbox"))?;
+        }
+
+        // 3. Move the cursor and the partition's counters.
+        let appended = new_events.len() as u64;
+        let duplicates = page.events.len() as u64 - appended;
+        let newest = new_events.iter().map(|e| millis(e.time)).max();
+        sqlx::query(
+            "INSERT INTO cursors (source, stream, tenant, cursor, updated_at, last_success_at, newest_event_at,
+                                  events_total, duplicates_total, clamps_total)
+             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?4 IS NULL THEN NULL ELSE ?5 END, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (source, stream, tenant) DO UPDATE SET
+                cursor = COALESCE(excluded.cursor, cursors.cursor),
+                updated_at = COALESCE(excluded.updated_at, cursors.updated_at),
+                last_success_at = excluded.last_success_at,
+                newest_event_at = MAX(COALESCE(cursors.newest_event_at, 0), COALESCE(excluded.newest_event_at, 0)),
+                events_total = cursors.events_total + excluded.events_total,
+                duplicates_total = cursors.duplicates_total + excluded.duplicates_total,
+                clamps_total = cursors.clamps_total + excluded.clamps_total",
+        )
+        .bind(source)
+        .bind(&partition.stream)
+        .bind(&partition.tenant)
+        .bind(page.cursor.as_deref())
+        .bind(now_ms)
+        .bind(newest)
+        .bind(appended as i64)
+        .bind(duplicates as i64)
+        .bind(i64::from(page.cursor_clamped.is_some()))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("moving a cursor"))?;
+
+        tx.commit().await.map_err(query_err("committing a page"))?;
+        Ok(CommitSummary {
+            appended,
+            duplicates,
+        })
+    }
+
+    /// Records a failed poll of one partition; the cursor is left as it is.
+    pub async fn record_poll_error(
+        &self,
+        source: &str,
+        partition: &Partition,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (source, stream, tenant, last_error, last_error_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (source, stream, tenant) DO UPDATE SET
+                last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+        )
+        .bind(source)
+        .bind(&partition.stream)
+        .bind(&partition.tenant)
+        .bind(message)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("recording a poll error"))?;
+        Ok(())
+    }
+
+    /// Rows and bytes waiting in the outbox.
+    pub async fn outbox_totals(&self) -> Result<OutboxTotals, StoreError> {
+        let row = sqlx::query("SELECT rows, bytes FROM outbox_totals WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("reading outbox totals"))?;
+        Ok(OutboxTotals {
+            rows: row.get(0),
+            bytes: row.get(1),
+        })
+    }
+
+    /// The position of `sink` in the log (0 for a sink never seen before).
+    pub async fn sink_position(&self, sink: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT delivered_seq FROM sink_offsets WHERE sink = ?")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err("reading a sink position"))?;
+        Ok(row.map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    /// Up to `limit` records after `after_seq` that come from one of `sources`, in log order.
+    pub async fn read_batch(
+        &self,
+        after_seq: i64,
+        sources: &[String],
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT seq, source, stream, tenant, event_id, event_time, ingest_time, severity, record
+             FROM outbox WHERE seq > ",
+        );
+        q.push_bind(after_seq).push(" AND source IN (");
+        let mut list = q.separated(", ");
+        for s in sources {
+            list.push_bind(s);
+        }
+        q.push(") ORDER BY seq LIMIT ").push_bind(limit as i64);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("reading an outbox batch"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxRecord {
+                seq: r.get(0),
+                source: r.get(1),
+                stream: r.get(2),
+                tenant: r.get(3),
+                event_id: r.get(4),
+                event_time: from_millis(r.get(5)),
+                ingest_time: from_millis(r.get(6)),
+                severity: r.get::<i64, _>(7).clamp(0, 10) as u8,
+                record: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Records in the outbox after `after_seq` from one of `sources`: a sink's backlog.
+    pub async fn backlog(&self, after_seq: i64, sources: &[String]) -> Result<i64, StoreError> {
+        if sources.is_empty() {
+            return Ok(0);
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM outbox WHERE seq > ");
+        q.push_bind(after_seq).push(" AND source IN (");
+        let mut list = q.separated(", ");
+        for s in sources {
+            list.push_bind(s);
+        }
+        q.push(")");
+        let row = q
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("counting a sink backlog"))?;
+        Ok(row.get(0))
+    }
+
+    /// Moves `sink` to `to_seq` after its receiver accepted a batch, recording the records it
+    /// rejected as dead letters in the same transaction. Never moves a position backwards.
+    pub async fn advance_sink(
+        &self,
+        sink: &str,
+        to_seq: i64,
+        delivered: u64,
+        rejected: &[(OutboxRecord, String)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now_ms = millis(now);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("starting a sink advance"))?;
+        for chunk in rejected.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at) ",
+            );
+            q.push_values(chunk, |mut b, (r, reason)| {
+                b.push_bind(sink)
+                    .push_bind(r.seq)
+                    .push_bind(&r.source)
+                    .push_bind(&r.stream)
+                    .push_bind(&r.tenant)
+                    .push_bind(&r.event_id)
+                    .push_bind(millis(r.event_time))
+                    .push_bind(&r.record)
+                    .push_bind(reason)
+                    .push_bind(now_ms);
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("recording dead letters"))?;
+        }
+        sqlx::query(
+            "INSERT INTO sink_offsets (sink, delivered_seq, updated_at, delivered_total) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (sink) DO UPDATE SET
+                delivered_seq = MAX(sink_offsets.delivered_seq, excluded.delivered_seq),
+                updated_at = excluded.updated_at,
+                delivered_total = sink_offsets.delivered_total + excluded.delivered_total",
+        )
+        .bind(sink)
+        .bind(to_seq)
+        .bind(now_ms)
+        .bind(delivered as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("moving a sink position"))?;
+        tx.commit()
+            .await
+            .map_err(query_err("committing a sink advance"))?;
+        Ok(())
+    }
+
+    /// Records a failed delivery; the position is left as it is.
+    pub async fn record_sink_error(
+        &self,
+        sink: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sink_offsets (sink, last_error, last_error_at) VALUES (?, ?, ?)
+             ON CONFLICT (sink) DO UPDATE SET last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+        )
+        .bind(sink)
+        .bind(message)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("recording a sink error"))?;
+        Ok(())
+    }
+
+    /// Deletes the outbox rows of `source` that every sink in `sinks` has passed. Returns rows deleted.
+    pub async fn prune_outbox(&self, source: &str, sinks: &[String]) -> Result<u64, StoreError> {
+        if sinks.is_empty() {
+            return Ok(0);
+        }
+        // A sink with no row yet has delivered nothing: MIN over a missing row must count as 0.
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE source = ");
+        q.push_bind(source)
+            .push(" AND seq <= (SELECT MIN(p) FROM (");
+        let mut first = true;
+        for sink in sinks {
+            if !first {
+                q.push(" UNION ALL ");
+            }
+            first = false;
+            q.push("SELECT COALESCE((SELECT delivered_seq FROM sink_offsets WHERE sink = ")
+                .push_bind(sink)
+                .push("), 0) AS p");
+        }
+        q.push("))");
+        let done = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("pruning the outbox"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Forgets seen ids of `source` recorded before `before`. Returns ids removed.
+    pub async fn prune_seen(&self, source: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM seen WHERE source = ? AND seen_at < ?")
+            .bind(source)
+            .bind(millis(before))
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("pruning the seen-set"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Forgets the cursors of `source` and, when `since` is given, the seen ids of events newer
+    /// than `since`, so that history is pulled and delivered again.
+    pub async fn reset(
+        &self,
+        source: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<ResetSummary, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("starting a reset"))?;
+        let cursors = sqlx::query("DELETE FROM cursors WHERE source = ?")
+            .bind(source)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("forgetting cursors"))?
+            .rows_affected();
+        let seen = match since {
+            Some(t) => sqlx::query("DELETE FROM seen WHERE source = ? AND event_time >= ?")
+                .bind(source)
+                .bind(millis(t))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("forgetting seen ids"))?
+                .rows_affected(),
+            None => 0,
+        };
+        tx.commit().await.map_err(query_err("committing a reset"))?;
+        Ok(ResetSummary { cursors, seen })
+    }
+
+    /// Every partition's state, ordered by source, stream, tenant.
+    pub async fn cursor_states(&self) -> Result<Vec<CursorState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, stream, tenant, cursor, updated_at, last_success_at, last_error, last_error_at,
+                    newest_event_at, events_total, duplicates_total, clamps_total
+             FROM cursors ORDER BY source, stream, tenant",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading cursors"))?;
+        let time =
+            |r: &sqlx::sqlite::SqliteRow, i: usize| r.get::<Option<i64>, _>(i).map(from_millis);
+        Ok(rows
+            .iter()
+            .map(|r| CursorState {
+                source: r.get(0),
+                stream: r.get(1),
+                tenant: r.get(2),
+                cursor: r.get(3),
+                updated_at: time(r, 4),
+                last_success_at: time(r, 5),
+                last_error: r.get(6),
+                last_error_at: time(r, 7),
+                newest_event_at: time(r, 8).filter(|t| t.timestamp_millis() > 0),
+                events_total: r.get(9),
+                duplicates_total: r.get(10),
+                clamps_total: r.get(11),
+            })
+            .collect())
+    }
+
+    /// Every sink's state, ordered by name.
+    pub async fn sink_states(&self) -> Result<Vec<SinkState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.sink, s.delivered_seq, s.updated_at, s.delivered_total, s.last_error, s.last_error_at,
+                    (SELECT COUNT(*) FROM dead_letters d WHERE d.sink = s.sink)
+             FROM sink_offsets s ORDER BY s.sink",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading sink positions"))?;
+        let time =
+            |r: &sqlx::sqlite::SqliteRow, i: usize| r.get::<Option<i64>, _>(i).map(from_millis);
+        Ok(rows
+            .iter()
+            .map(|r| SinkState {
+                sink: r.get(0),
+                delivered_seq: r.get(1),
+                updated_at: time(r, 2),
+                delivered_total: r.get(3),
+                last_error: r.get(4),
+                last_error_at: time(r, 5),
+                dead_letters: r.get(6),
+            })
+            .collect())
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist, so the database never starts world-readable.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Severity};
+    use serde_json::value::RawValue;
+
+    fn event(id: &str, secs: i64) -> Event {
+        let raw = RawValue::from_string(format!(r#"{{"id":"{id}"}}"#)).unwrap();
+        Event::new(
+            id.into(),
+            Utc.timestamp_opt(secs, 0).unwrap(),
+            Severity::new(3),
+            &raw,
+        )
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, _store) = store().await;
+        let mode = std::fs::metadata(dir.path().join("state.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn commit_drops_seen_ids_and_moves_cursor_together() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "t1");
+        let page = Page {
+            events: vec![event("a", 1), event("b", 2), event("a", 1)],
+            cursor: Some("c1".into()),
+            ..Page::default()
+        };
+        let s = store
+            .commit_page("src", &p, &page, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            s,
+            CommitSummary {
+                appended: 2,
+                duplicates: 1
+            }
+        );
+        let page2 = Page {
+            events: vec![event("b", 2), event("c", 3)],
+            cursor: Some("c2".into()),
+            ..Page::default()
+        };
+        let s = store
+            .commit_page("src", &p, &page2, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            s,
+            CommitSummary {
+                appended: 1,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            store.cursor("src", &p).await.unwrap().as_deref(),
+            Some("c2")
+        );
+        let batch = store.read_batch(0, &["src".into()], 10).await.unwrap();
+        let ids: Vec<_> = batch.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(store.outbox_totals().await.unwrap().rows, 3);
+    }
+
+    #[tokio::test]
+    async fn page_without_cursor_keeps_the_stored_one() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "");
+        let with = Page {
+            cursor: Some("keep".into()),
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &with, Utc::now()).await.unwrap();
+        store
+            .commit_page("s", &p, &Page::default(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.cursor("s", &p).await.unwrap().as_deref(),
+            Some("keep")
+        );
+    }
+
+    #[tokio::test]
+    async fn outbox_is_pruned_only_past_every_routed_sink() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "");
+        let page = Page {
+            events: (0..5).map(|i| event(&i.to_string(), i)).collect(),
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &page, Utc::now()).await.unwrap();
+        let sinks = vec!["one".to_string(), "two".to_string()];
+        store
+            .advance_sink("one", 4, 4, &[], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.prune_outbox("s", &sinks).await.unwrap(),
+            0,
+            "sink two has delivered nothing"
+        );
+        store
+            .advance_sink("two", 2, 2, &[], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(store.prune_outbox("s", &sinks).await.unwrap(), 2);
+        assert_eq!(store.outbox_totals().await.unwrap().rows, 3);
+        // Positions never move backwards.
+        store
+            .advance_sink("one", 1, 0, &[], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(store.sink_position("one").await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_not_reused_after_the_outbox_empties() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "");
+        let one = Page {
+            events: vec![event("x", 1)],
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &one, Utc::now()).await.unwrap();
+        store
+            .advance_sink("k", 1, 1, &[], Utc::now())
+            .await
+            .unwrap();
+        store.prune_outbox("s", &["k".into()]).await.unwrap();
+        let two = Page {
+            events: vec![event("y", 2)],
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &two, Utc::now()).await.unwrap();
+        let batch = store.read_batch(1, &["s".into()], 10).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].seq, 2);
+    }
+
+    #[tokio::test]
+    async fn reset_with_window_forgets_only_recent_seen_ids() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "");
+        let now = Utc::now();
+        let old = event("old", (now - chrono::Duration::days(3)).timestamp());
+        let new = event("new", (now - chrono::Duration::hours(1)).timestamp());
+        let page = Page {
+            events: vec![old.clone(), new.clone()],
+            cursor: Some("c".into()),
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &page, now).await.unwrap();
+        let r = store
+            .reset("s", Some(now - chrono::Duration::days(1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            ResetSummary {
+                cursors: 1,
+                seen: 1
+            }
+        );
+        assert_eq!(store.cursor("s", &p).await.unwrap(), None);
+        let again = Page {
+            events: vec![old, new],
+            ..Page::default()
+        };
+        let s = store.commit_page("s", &p, &again, now).await.unwrap();
+        assert_eq!(
+            s,
+            CommitSummary {
+                appended: 1,
+                duplicates: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_recorded_with_the_advance() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "");
+        let page = Page {
+            events: vec![event("bad", 1), event("good", 2)],
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &page, Utc::now()).await.unwrap();
+        let batch = store.read_batch(0, &["s".into()], 10).await.unwrap();
+        store
+            .advance_sink(
+                "k",
+                2,
+                1,
+                &[(batch[0].clone(), "invalid".into())],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let states = store.sink_states().await.unwrap();
+        assert_eq!(states[0].dead_letters, 1);
+        assert_eq!(states[0].delivered_seq, 2);
+        assert_eq!(states[0].delivered_total, 1);
+    }
+}
