@@ -20,7 +20,7 @@ use crate::sinks::file::FileSink;
 use crate::sinks::Sink;
 use crate::sources::sophos::SophosSource;
 use crate::sources::{http, Source};
-use crate::store::{CursorState, OutboxTotals, SinkState, Store, StoreError};
+use crate::store::{Access, CursorState, OutboxTotals, SinkState, Store, StoreError};
 
 /// Failures that end a command. Each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub struct BackfillOptions {
 
 /// Runs the daemon until `stop` is cancelled; sinks then flush within the grace period.
 pub async fn run(settings: &Settings, stop: CancellationToken) -> Result<RunSummary, AppError> {
-    let store = Store::open(&settings.store.path).await?;
+    let store = Store::open(&settings.store.path, Access::Writer).await?;
     let grace = Duration::from_secs_f64(settings.scheduler.shutdown_grace_secs);
     let pruner = tokio::spawn(prune_seen_periodically(
         store.clone(),
@@ -95,7 +95,7 @@ pub async fn backfill(
             return Err(AppError::UnknownSource(id.clone()));
         }
     }
-    let store = Store::open(&settings.store.path).await?;
+    let store = Store::open(&settings.store.path, Access::Writer).await?;
     let lookback = options.days.map(|d| chrono::Duration::days(i64::from(d)));
     if options.reset {
         for id in settings.sources.keys() {
@@ -244,7 +244,7 @@ pub struct CheckResult {
 /// Validated settings are given; this reaches the store, each API and each sink without moving data.
 pub async fn check(settings: &Settings) -> Vec<CheckResult> {
     let mut results = Vec::new();
-    match Store::open(&settings.store.path).await {
+    match Store::open(&settings.store.path, Access::Reader).await {
         Ok(store) => {
             results.push(CheckResult {
                 what: "store".into(),
@@ -343,7 +343,7 @@ pub struct SinkStateWithBacklog {
 
 /// Reads the state database (creating it if it does not exist yet).
 pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
-    let store = Store::open(&settings.store.path).await?;
+    let store = Store::open(&settings.store.path, Access::Reader).await?;
     let outbox = store.outbox_totals().await?;
     let partitions = store.cursor_states().await?;
     let mut stored: BTreeMap<String, SinkState> = store

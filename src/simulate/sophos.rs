@@ -646,6 +646,9 @@ async fn siem_response(
     let now_ms = now.timestamp_millis() - q.from_date_offset_minutes.unwrap_or(0).max(0) * 60_000;
     let from_ms = match (&q.cursor, q.from_date) {
         (Some(c), _) => match decode_cursor(c) {
+            Some(ms) if ms < (now - chrono::Duration::hours(24)).timestamp_millis() => {
+                return error(StatusCode::BAD_REQUEST, "cursor is older than 24 hours");
+            }
             Some(ms) => ms,
             None => {
                 return error(

@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -18,6 +19,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::event::{Page, Partition};
+
+/// How long a writer waits for the lock before concluding another writer holds it.
+const WRITER_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Rows per multi-row statement; well under SQLite's bound-parameter limit.
 const CHUNK: usize = 400;
@@ -155,15 +159,31 @@ pub struct ResetSummary {
     pub seen: u64,
 }
 
+/// How a process uses the state database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `run` and `backfill`: the only process moving cursors and positions. Holds an exclusive lock
+    /// on `<path>.lock` for the life of the store, so a second one fails fast instead of polling
+    /// everything twice.
+    Writer,
+    /// `state` and `check`: may run beside a writer.
+    Reader,
+}
+
 /// Handle to the state database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Held for the life of a writer's store (see [`Access::Writer`]).
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 impl Store {
     /// Opens (creating with mode 0600 if missing) and migrates the database at `path`.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+    ///
+    /// Migrations run under the exclusive lock on `<path>.lock`, so two processes starting at once
+    /// never race them; a reader that finds a writer holding the lock leaves migrating to it.
+    pub async fn open(path: &Path, access: Access) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_path_buf(),
             reason,
@@ -188,11 +208,30 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = open_lock_file(&lock_path)
+            .map_err(|e| open_err(format!("lock file {}: {e}", lock_path.display())))?;
+        let locked = lock_or_wait(&lock, access)
             .await
-            .map_err(|e| open_err(format!("migration failed: {e}")))?;
-        Ok(Store { pool })
+            .map_err(|e| open_err(format!("locking {}: {e}", lock_path.display())))?;
+        if !locked && access == Access::Writer {
+            return Err(open_err(format!(
+                "another secrelay run or backfill is using it (lock {} is held)",
+                lock_path.display()
+            )));
+        }
+        if locked {
+            sqlx::migrate!("./migrations")
+                .run(&pool)
+                .await
+                .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        }
+        let lock = match access {
+            Access::Writer => Some(Arc::new(lock)),
+            // Dropping the file releases the lock.
+            Access::Reader => None,
+        };
+        Ok(Store { pool, _lock: lock })
     }
 
     /// Closes the pool, checkpointing the WAL.
@@ -630,6 +669,37 @@ impl Store {
     }
 }
 
+/// Takes the exclusive lock. A reader gives up at once when it is held (a writer has migrated
+/// already); a writer waits a little, since readers hold it only while migrating.
+async fn lock_or_wait(lock: &std::fs::File, access: Access) -> std::io::Result<bool> {
+    let patience = match access {
+        Access::Writer => WRITER_LOCK_PATIENCE,
+        Access::Reader => Duration::ZERO,
+    };
+    let until = std::time::Instant::now() + patience;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
 /// Creates `path` with mode 0600 if it does not exist, so the database never starts world-readable.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
@@ -660,8 +730,23 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+            .await
+            .unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_is_refused_but_readers_are_not() {
+        let (dir, _writer) = store().await;
+        let path = dir.path().join("state.db");
+        let err = Store::open(&path, Access::Writer)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another secrelay"), "{err}");
+        let reader = Store::open(&path, Access::Reader).await.unwrap();
+        assert_eq!(reader.outbox_totals().await.unwrap().rows, 0);
     }
 
     #[tokio::test]

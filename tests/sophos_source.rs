@@ -1,0 +1,71 @@
+//! The Sophos source alone against its simulator: token renewal and refusal.
+
+mod common;
+
+use common::finished_sim;
+use secrelay::settings::{Settings, SourceSettings};
+use secrelay::simulate::sophos::Identity;
+use secrelay::sources::sophos::SophosSource;
+use secrelay::sources::{http, Source, SourceError};
+
+fn source(sim: &secrelay::simulate::sophos::SophosSim) -> SophosSource {
+    let dir = std::env::temp_dir();
+    let settings =
+        Settings::from_toml(&common::config_text(sim, &dir, "page_size = 10", "")).unwrap();
+    let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone();
+    SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None)
+}
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_once_and_the_poll_succeeds() {
+    let sim = finished_sim(Identity::Tenant, 1, 100).await;
+    let source = source(&sim);
+    let partitions = source.partitions().await.unwrap();
+    let first = source.poll(&partitions[0], None).await.unwrap();
+    assert_eq!(first.events.len(), 10);
+    assert_eq!(sim.token_requests(), 1, "the token is cached between calls");
+
+    sim.expire_tokens();
+    let second = source
+        .poll(&partitions[0], first.cursor.as_deref())
+        .await
+        .unwrap();
+    assert!(!second.events.is_empty());
+    assert_eq!(sim.token_requests(), 2, "one renewal after the 401");
+    let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 401, 200]);
+}
+
+#[tokio::test]
+async fn a_revoked_credential_fails_after_one_renewal_instead_of_looping() {
+    let sim = finished_sim(Identity::Tenant, 1, 100).await;
+    let source = source(&sim);
+    let partitions = source.partitions().await.unwrap();
+    sim.reject_all_tokens(true);
+    let err = source.poll(&partitions[0], None).await.unwrap_err();
+    assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+    assert_eq!(
+        sim.token_requests(),
+        2,
+        "initial token plus exactly one renewal"
+    );
+    assert!(err.to_string().contains("/siem/v1/events"), "{err}");
+}
+
+#[tokio::test]
+async fn boundary_records_repeat_on_the_next_page() {
+    let sim = finished_sim(Identity::Tenant, 1, 100).await;
+    let source = source(&sim);
+    let partitions = source.partitions().await.unwrap();
+    let first = source.poll(&partitions[0], None).await.unwrap();
+    assert!(first.more);
+    let second = source
+        .poll(&partitions[0], first.cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(
+        second.events[0].id,
+        first.events.last().unwrap().id,
+        "the simulator repeats the record at the cursor, as the real API can"
+    );
+}
