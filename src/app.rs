@@ -457,7 +457,10 @@ impl StateReport {
         );
         for s in &self.sinks {
             let error = match (&s.state.last_error, s.state.last_error_at) {
-                (Some(e), Some(at)) => format!("{} ({})", e, ago(Some(at))),
+                (Some(e), Some(at)) if s.state.updated_at.is_none_or(|moved| at > moved) => {
+                    format!("{} ({})", e, ago(Some(at)))
+                }
+                (Some(_), Some(at)) => format!("(recovered; last failure {})", ago(Some(at))),
                 _ => "-".into(),
             };
             let _ = writeln!(

@@ -69,3 +69,47 @@ async fn boundary_records_repeat_on_the_next_page() {
         "the simulator repeats the record at the cursor, as the real API can"
     );
 }
+
+#[tokio::test]
+async fn a_token_is_renewed_before_it_expires_without_a_refusal() {
+    let sim =
+        secrelay::simulate::sophos::SophosSim::start(secrelay::simulate::sophos::SophosSimConfig {
+            token_lifetime_secs: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let source = source(&sim);
+    let partitions = source.partitions().await.unwrap();
+    source.poll(&partitions[0], None).await.unwrap();
+    assert_eq!(sim.token_requests(), 1);
+    // Renewal is due half-way through a lifetime this short (120 s early for real 3600 s tokens).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    source.poll(&partitions[0], None).await.unwrap();
+    assert_eq!(sim.token_requests(), 2, "renewed before expiry");
+    assert!(
+        sim.requests().iter().all(|r| r.status == 200),
+        "no request was refused"
+    );
+}
+
+#[tokio::test]
+async fn excluded_types_are_not_returned() {
+    let sim = finished_sim(Identity::Tenant, 1, 200).await;
+    let dir = std::env::temp_dir();
+    let extra = "page_size = 500\nexclude_types = [\"Event::Endpoint::UpdateSuccess\", \"Event::Endpoint::CoreHeartbeat\"]";
+    let settings = Settings::from_toml(&common::config_text(&sim, &dir, extra, "")).unwrap();
+    let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone();
+    let source = SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None);
+    let partitions = source.partitions().await.unwrap();
+    let page = source.poll(&partitions[0], None).await.unwrap();
+    assert!(!page.events.is_empty());
+    for event in &page.events {
+        let record: serde_json::Value = serde_json::from_str(event.record.get()).unwrap();
+        let kind = record["type"].as_str().unwrap();
+        assert!(
+            kind != "Event::Endpoint::UpdateSuccess" && kind != "Event::Endpoint::CoreHeartbeat",
+            "{kind}"
+        );
+    }
+}

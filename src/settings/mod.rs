@@ -502,6 +502,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../config/example.toml").replace(
+            "client_secret_file = \"sophos_secret\"",
+            "client_secret = \"x\"",
+        );
+        let s = Settings::from_toml(&text).unwrap();
+        assert_eq!(s.routes()["archive"], ["sophos"]);
+    }
+
+    #[test]
     fn debug_output_hides_the_secret() {
         let s = Settings::from_toml(MINIMAL).unwrap();
         let shown = format!("{s:?}");
