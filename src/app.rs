@@ -431,9 +431,6 @@ impl StateReport {
                 (Some(_), Some(at)) => format!("(recovered; last failure {})", ago(Some(at))),
                 _ => "-".into(),
             };
-            let lag = p.newest_event_at.map_or("-".to_string(), |t| {
-                ago(Some(t)).trim_end_matches(" ago").to_string()
-            });
             let _ = writeln!(
                 out,
                 "{:<16} {:<10} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
@@ -445,7 +442,7 @@ impl StateReport {
                 p.clamps_total,
                 ago(p.updated_at),
                 ago(p.last_success_at),
-                lag,
+                ago(p.newest_event_at),
                 error
             );
         }
