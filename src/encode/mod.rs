@@ -1,4 +1,5 @@
 //! Pure formatting: outbox records to the bytes a receiver expects. No I/O, no clocks, no config
 //! lookups; every function here is deterministic and unit-tested byte for byte.
 
+pub mod cef;
 pub mod json;

@@ -23,6 +23,12 @@ use crate::event::{Page, Partition};
 /// How long a writer waits for the lock before concluding another writer holds it.
 const WRITER_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
+/// The migrations in `migrations/`, built into the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long a reader waits for a writer to finish migrating.
+const SCHEMA_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Rows per multi-row statement; well under SQLite's bound-parameter limit.
 const CHUNK: usize = 400;
 
@@ -221,10 +227,13 @@ impl Store {
             )));
         }
         if locked {
-            sqlx::migrate!("./migrations")
+            MIGRATOR
                 .run(&pool)
                 .await
                 .map_err(|e| open_err(format!("migration failed: {e}")))?;
+        } else {
+            // The writer holding the lock may still be migrating: wait for the schema it brings.
+            wait_for_schema(&pool).await.map_err(open_err)?;
         }
         let lock = match access {
             Access::Writer => Some(Arc::new(lock)),
@@ -689,6 +698,29 @@ async fn lock_or_wait(lock: &std::fs::File, access: Access) -> std::io::Result<b
     }
 }
 
+/// Waits until every built-in migration is recorded as applied.
+async fn wait_for_schema(pool: &SqlitePool) -> Result<(), String> {
+    let wanted = MIGRATOR.iter().count() as i64;
+    let until = std::time::Instant::now() + SCHEMA_PATIENCE;
+    loop {
+        // Before the first migration the table does not exist: count that as none applied.
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+        if applied >= wanted {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!(
+                "schema has {applied} of {wanted} migrations and the process holding the lock did not finish them"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
@@ -747,6 +779,30 @@ mod tests {
         assert!(err.contains("another secrelay"), "{err}");
         let reader = Store::open(&path, Access::Reader).await.unwrap();
         assert_eq!(reader.outbox_totals().await.unwrap().rows, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_the_lock_holder_to_finish_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        create_private_file(&path).unwrap();
+        let lock = open_lock_file(&dir.path().join("state.db.lock")).unwrap();
+        lock.lock().unwrap();
+        let reader = tokio::spawn({
+            let path = path.clone();
+            async move { Store::open(&path, Access::Reader).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !reader.is_finished(),
+            "the reader must not query a schema that is not there yet"
+        );
+        let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let store = reader.await.unwrap().unwrap();
+        assert_eq!(store.outbox_totals().await.unwrap().rows, 0);
     }
 
     #[tokio::test]

@@ -1,0 +1,390 @@
+//! ArcSight CEF lines: `CEF:0|Vendor|Product|Version|ClassId|Name|Severity|key=value ...`
+//! (reference/sink-protocols.md §1).
+//!
+//! Owns: escaping, key rules and length limits. Must not: know a vendor's fields (each source maps
+//! its records through [`CefRecord`]) or add syslog framing. Invariants: all seven header fields and
+//! the seventh `|` are always written; no raw CR or LF ever leaves this module; an extension key
+//! appears at most once (the first value given wins, which is how a mapping states precedence);
+//! empty values are omitted; limits apply to the escaped text and never split a character or an
+//! escape sequence.
+
+use chrono::{DateTime, Utc};
+
+/// One CEF record being built.
+#[derive(Debug, Clone)]
+pub struct CefRecord {
+    header: [String; 5],
+    severity: u8,
+    extension: Vec<(&'static str, String)>,
+    custom_strings: u8,
+    custom_numbers: u8,
+}
+
+/// Header limits from the CEF spec (vendor, product, version, class id, name), on escaped text.
+const HEADER_LIMITS: [usize; 5] = [63, 63, 31, 1023, 512];
+
+/// The dictionary's maximum length of a key's (escaped) value, where it sets one.
+fn value_limit(key: &str) -> usize {
+    match key {
+        "externalId" => 40,
+        "act" | "outcome" => 63,
+        "dvchost" => 100,
+        "deviceExternalId" | "fileHash" => 255,
+        "cs1" | "cs2" | "cs3" | "cs4" | "cs5" | "cs6" => 4000,
+        _ => 1023,
+    }
+}
+
+impl CefRecord {
+    /// A record with its header. `severity` is clamped to 0–10.
+    pub fn new(
+        vendor: &str,
+        product: &str,
+        version: &str,
+        class_id: &str,
+        name: &str,
+        severity: u8,
+    ) -> Self {
+        CefRecord {
+            header: [vendor, product, version, class_id, name].map(str::to_string),
+            severity: severity.min(10),
+            extension: Vec::new(),
+            custom_strings: 0,
+            custom_numbers: 0,
+        }
+    }
+
+    /// Adds `key=value` unless `value` is empty or `key` is already set (first wins).
+    /// `key` must be a dictionary key: ASCII letters and digits only.
+    pub fn field(&mut self, key: &'static str, value: impl AsRef<str>) -> &mut Self {
+        let value = value.as_ref();
+        debug_assert!(
+            key.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "bad CEF key {key}"
+        );
+        if value.is_empty() || self.has(key) || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return self;
+        }
+        self.extension.push((key, value.to_string()));
+        self
+    }
+
+    /// Adds `key` as a timestamp in epoch milliseconds.
+    pub fn time(&mut self, key: &'static str, at: Option<DateTime<Utc>>) -> &mut Self {
+        match at {
+            Some(t) => self.field(key, t.timestamp_millis().to_string()),
+            None => self,
+        }
+    }
+
+    /// Adds the next free custom string `csN` with its `csNLabel` (up to cs6; later ones are dropped).
+    pub fn custom_string(&mut self, label: &str, value: impl AsRef<str>) -> &mut Self {
+        const KEYS: [(&str, &str); 6] = [
+            ("cs1", "cs1Label"),
+            ("cs2", "cs2Label"),
+            ("cs3", "cs3Label"),
+            ("cs4", "cs4Label"),
+            ("cs5", "cs5Label"),
+            ("cs6", "cs6Label"),
+        ];
+        let value = value.as_ref();
+        if value.is_empty() || usize::from(self.custom_strings) >= KEYS.len() {
+            return self;
+        }
+        let (key, label_key) = KEYS[usize::from(self.custom_strings)];
+        self.custom_strings += 1;
+        self.field(key, value).field(label_key, label)
+    }
+
+    /// Adds the next free custom number `cnN` with its `cnNLabel` (up to cn3).
+    pub fn custom_number(&mut self, label: &str, value: Option<i64>) -> &mut Self {
+        const KEYS: [(&str, &str); 3] = [
+            ("cn1", "cn1Label"),
+            ("cn2", "cn2Label"),
+            ("cn3", "cn3Label"),
+        ];
+        let Some(value) = value else { return self };
+        if usize::from(self.custom_numbers) >= KEYS.len() {
+            return self;
+        }
+        let (key, label_key) = KEYS[usize::from(self.custom_numbers)];
+        self.custom_numbers += 1;
+        self.field(key, value.to_string()).field(label_key, label)
+    }
+
+    /// Whether `key` is set.
+    pub fn has(&self, key: &str) -> bool {
+        self.extension.iter().any(|(k, _)| *k == key)
+    }
+
+    /// The value given for `key`, unescaped.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.extension
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Appends the line (no line terminator) to `out`.
+    pub fn write(&self, out: &mut String) {
+        out.push_str("CEF:0|");
+        for (field, limit) in self.header.iter().zip(HEADER_LIMITS) {
+            escape_header(field, limit, out);
+            out.push('|');
+        }
+        out.push_str(&self.severity.to_string());
+        out.push('|');
+        for (i, (key, value)) in self.extension.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(key);
+            out.push('=');
+            escape_value(value, value_limit(key), out);
+        }
+    }
+
+    /// The line as a string.
+    pub fn to_line(&self) -> String {
+        let mut out = String::with_capacity(256);
+        self.write(&mut out);
+        out
+    }
+}
+
+/// Header escaping: `\` and `|` escaped; line breaks and other control characters become spaces.
+fn escape_header(text: &str, limit: usize, out: &mut String) {
+    let mut used = 0;
+    for c in text.chars() {
+        let piece: &str = match c {
+            '\\' => "\\\\",
+            '|' => "\\|",
+            c if c.is_control() => " ",
+            _ => {
+                if used + c.len_utf8() > limit {
+                    return;
+                }
+                used += c.len_utf8();
+                out.push(c);
+                continue;
+            }
+        };
+        if used + piece.len() > limit {
+            return;
+        }
+        used += piece.len();
+        out.push_str(piece);
+    }
+}
+
+/// Extension escaping: `\` → `\\`, `=` → `\=`, CRLF and LF → `\n`, a lone CR → `\r`, other control
+/// characters → space.
+fn escape_value(text: &str, limit: usize, out: &mut String) {
+    let mut used = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let piece: &str = match c {
+            '\\' => "\\\\",
+            '=' => "\\=",
+            '\r' if chars.peek() == Some(&'\n') => {
+                chars.next();
+                "\\n"
+            }
+            '\r' => "\\r",
+            '\n' => "\\n",
+            c if c.is_control() => " ",
+            _ => {
+                if used + c.len_utf8() > limit {
+                    return;
+                }
+                used += c.len_utf8();
+                out.push(c);
+                continue;
+            }
+        };
+        if used + piece.len() > limit {
+            return;
+        }
+        used += piece.len();
+        out.push_str(piece);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An independent CEF parser written from the spec text, for round trips: splits the header on
+    /// unescaped `|`, then the extension on ` key=` boundaries, unescaping as the spec says.
+    pub(crate) fn parse(line: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let body = line.strip_prefix("CEF:").expect("starts with CEF:");
+        let mut header = Vec::new();
+        let mut current = String::new();
+        let mut chars = body.char_indices();
+        let mut rest_at = body.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, e @ ('\\' | '|'))) => current.push(e),
+                    other => panic!("bad header escape {other:?} in {line}"),
+                },
+                '|' => {
+                    header.push(std::mem::take(&mut current));
+                    if header.len() == 7 {
+                        rest_at = i + 1;
+                        break;
+                    }
+                }
+                '\r' | '\n' => panic!("raw line break in header: {line:?}"),
+                c => current.push(c),
+            }
+        }
+        assert_eq!(
+            header.len(),
+            7,
+            "seven header fields and the seventh pipe: {line}"
+        );
+        let ext = &body[rest_at..];
+        assert!(
+            !ext.contains('\n') && !ext.contains('\r'),
+            "raw line break: {line:?}"
+        );
+        // Key starts: an unescaped `=` preceded by an alphanumeric key that follows a space or start.
+        let bytes = ext.as_bytes();
+        let mut starts = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'\\' {
+                i += 2;
+                continue;
+            }
+            if bytes[i] == b'=' {
+                let mut k = i;
+                while k > 0 && bytes[k - 1].is_ascii_alphanumeric() {
+                    k -= 1;
+                }
+                assert!(k < i, "empty key in {ext}");
+                assert!(
+                    k == 0 || bytes[k - 1] == b' ',
+                    "a value holds an unescaped `=`: {ext}"
+                );
+                starts.push((k, i));
+            }
+            i += 1;
+        }
+        let mut pairs = Vec::new();
+        for (n, (k, eq)) in starts.iter().enumerate() {
+            let end = starts
+                .get(n + 1)
+                .map_or(ext.len(), |(next_k, _)| next_k - 1);
+            let raw = &ext[eq + 1..end];
+            let mut value = String::new();
+            let mut it = raw.chars();
+            while let Some(c) = it.next() {
+                if c == '\\' {
+                    match it.next() {
+                        Some('\\') => value.push('\\'),
+                        Some('=') => value.push('='),
+                        Some('n') => value.push('\n'),
+                        Some('r') => value.push('\r'),
+                        other => panic!("bad extension escape {other:?} in {raw}"),
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+            pairs.push((ext[*k..*eq].to_string(), value));
+        }
+        (header, pairs)
+    }
+
+    #[test]
+    fn header_always_has_seven_fields_and_the_trailing_pipe() {
+        let r = CefRecord::new("V", "P", "1", "C1", "N", 3);
+        assert_eq!(r.to_line(), "CEF:0|V|P|1|C1|N|3|");
+    }
+
+    #[test]
+    fn header_escapes_backslash_and_pipe_and_drops_line_breaks() {
+        let r = CefRecord::new("a|b", "c\\d", "1", "x", "two\nlines\r", 42);
+        assert_eq!(r.to_line(), "CEF:0|a\\|b|c\\\\d|1|x|two lines |10|");
+    }
+
+    #[test]
+    fn extension_escapes_exactly() {
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 5);
+        r.field("msg", "a=b\\c|d\r\ne\nf\rg\th");
+        assert_eq!(
+            r.to_line(),
+            "CEF:0|V|P|1|C|N|5|msg=a\\=b\\\\c|d\\ne\\nf\\rg h"
+        );
+    }
+
+    #[test]
+    fn empty_values_are_omitted_and_keys_appear_once_first_wins() {
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 1);
+        r.field("suser", "")
+            .field("suser", "first")
+            .field("suser", "second")
+            .field("duser", "x");
+        assert_eq!(r.to_line(), "CEF:0|V|P|1|C|N|1|suser=first duser=x");
+    }
+
+    #[test]
+    fn custom_fields_come_with_labels_in_order() {
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 1);
+        r.custom_string("One", "a")
+            .custom_string("Empty", "")
+            .custom_string("Two", "b");
+        r.custom_number("Count", Some(7))
+            .custom_number("None", None);
+        assert_eq!(
+            r.to_line(),
+            "CEF:0|V|P|1|C|N|1|cs1=a cs1Label=One cs2=b cs2Label=Two cn1=7 cn1Label=Count"
+        );
+    }
+
+    #[test]
+    fn limits_apply_to_escaped_text_on_character_boundaries() {
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 1);
+        // externalId allows 40 bytes: `a` and 19 escaped `=` make 39; the 20th escape would make
+        // 41, so the cut falls before it rather than after a lone backslash at byte 40.
+        r.field("externalId", format!("a{}", "=".repeat(20)));
+        let line = r.to_line();
+        let value = line.split("externalId=").nth(1).unwrap();
+        assert_eq!(value, format!("a{}", "\\=".repeat(19)));
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 1);
+        r.field("externalId", "é".repeat(30));
+        let value = r.to_line().split("externalId=").nth(1).unwrap().to_string();
+        assert_eq!(
+            value,
+            "é".repeat(20),
+            "two-byte characters, cut at 40 bytes"
+        );
+    }
+
+    #[test]
+    fn hostile_values_cannot_forge_fields_round_trip() {
+        let hostile = [
+            "x act=blocked",
+            "C:\\Users\\a=b\\",
+            "line1\nsuser=root",
+            "trail\\",
+            "pipe|pipe=eq\\=",
+            "cr\ronly",
+            "tab\there",
+            "ünïcødé ✓",
+        ];
+        for value in hostile {
+            let mut r = CefRecord::new("Vend|or", "Prod\\uct", "1", "C1", "na\nme", 5);
+            r.field("msg", value).field("suser", "alice");
+            let (header, pairs) = parse(&r.to_line());
+            assert_eq!(header[1], "Vend|or");
+            assert_eq!(header[2], "Prod\\uct");
+            let keys: Vec<_> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, ["msg", "suser"], "{value:?} forged a field");
+            let expected = value.replace('\t', " ");
+            assert_eq!(pairs[0].1, expected, "{value:?}");
+        }
+    }
+}
