@@ -18,6 +18,7 @@ use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, Sin
 use crate::settings::{Settings, SinkSettings, SourceSettings};
 use crate::sinks::file::FileSink;
 use crate::sinks::Sink;
+use crate::sources::code42::Code42Source;
 use crate::sources::sophos::SophosSource;
 use crate::sources::{http, Source};
 use crate::store::{Access, CursorState, OutboxTotals, SinkState, Store, StoreError};
@@ -163,6 +164,10 @@ async fn pipeline(
                 let built = Arc::new(SophosSource::new(id, s.clone(), client.clone(), lookback));
                 source_tasks.spawn(run_source(ctx.clone(), built, interval));
             }
+            SourceSettings::Code42(s) => {
+                let built = Arc::new(Code42Source::new(id, s.clone(), client.clone(), lookback));
+                source_tasks.spawn(run_source(ctx.clone(), built, interval));
+            }
         }
     }
 
@@ -274,6 +279,11 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
         let outcome = match source {
             SourceSettings::Sophos(s) => {
                 SophosSource::new(id, s.clone(), client.clone(), None)
+                    .partitions()
+                    .await
+            }
+            SourceSettings::Code42(s) => {
+                Code42Source::new(id, s.clone(), client.clone(), None)
                     .partitions()
                     .await
             }

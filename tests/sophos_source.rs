@@ -9,10 +9,15 @@ use secrelay::sources::sophos::SophosSource;
 use secrelay::sources::{http, Source, SourceError};
 
 fn source(sim: &secrelay::simulate::sophos::SophosSim) -> SophosSource {
+    source_with(sim, "page_size = 10")
+}
+
+fn source_with(sim: &secrelay::simulate::sophos::SophosSim, extra: &str) -> SophosSource {
     let dir = std::env::temp_dir();
-    let settings =
-        Settings::from_toml(&common::config_text(sim, &dir, "page_size = 10", "")).unwrap();
-    let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone();
+    let settings = Settings::from_toml(&common::config_text(sim, &dir, extra, "")).unwrap();
+    let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone() else {
+        panic!("a sophos source")
+    };
     SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None)
 }
 
@@ -96,11 +101,8 @@ async fn a_token_is_renewed_before_it_expires_without_a_refusal() {
 #[tokio::test]
 async fn excluded_types_are_not_returned() {
     let sim = finished_sim(Identity::Tenant, 1, 200).await;
-    let dir = std::env::temp_dir();
     let extra = "page_size = 500\nexclude_types = [\"Event::Endpoint::UpdateSuccess\", \"Event::Endpoint::CoreHeartbeat\"]";
-    let settings = Settings::from_toml(&common::config_text(&sim, &dir, extra, "")).unwrap();
-    let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone();
-    let source = SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None);
+    let source = source_with(&sim, extra);
     let partitions = source.partitions().await.unwrap();
     let page = source.poll(&partitions[0], None).await.unwrap();
     assert!(!page.events.is_empty());

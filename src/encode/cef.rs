@@ -16,8 +16,6 @@ pub struct CefRecord {
     header: [String; 5],
     severity: u8,
     extension: Vec<(&'static str, String)>,
-    custom_strings: u8,
-    custom_numbers: u8,
 }
 
 /// Header limits from the CEF spec (vendor, product, version, class id, name), on escaped text.
@@ -49,8 +47,6 @@ impl CefRecord {
             header: [vendor, product, version, class_id, name].map(str::to_string),
             severity: severity.min(10),
             extension: Vec::new(),
-            custom_strings: 0,
-            custom_numbers: 0,
         }
     }
 
@@ -77,7 +73,22 @@ impl CefRecord {
         }
     }
 
-    /// Adds the next free custom string `csN` with its `csNLabel` (up to cs6; later ones are dropped).
+    /// Sets a fixed custom slot (`cs3`, `cn1`, ...) and its label, when `value` is not empty.
+    pub fn labelled(
+        &mut self,
+        key: &'static str,
+        label_key: &'static str,
+        label: &str,
+        value: impl AsRef<str>,
+    ) -> &mut Self {
+        let value = value.as_ref();
+        if value.is_empty() || self.has(key) {
+            return self;
+        }
+        self.field(key, value).field(label_key, label)
+    }
+
+    /// Adds the first free custom string `csN` with its `csNLabel` (up to cs6; past that, dropped).
     pub fn custom_string(&mut self, label: &str, value: impl AsRef<str>) -> &mut Self {
         const KEYS: [(&str, &str); 6] = [
             ("cs1", "cs1Label"),
@@ -87,16 +98,13 @@ impl CefRecord {
             ("cs5", "cs5Label"),
             ("cs6", "cs6Label"),
         ];
-        let value = value.as_ref();
-        if value.is_empty() || usize::from(self.custom_strings) >= KEYS.len() {
-            return self;
+        match KEYS.iter().find(|(key, _)| !self.has(key)) {
+            Some((key, label_key)) => self.labelled(key, label_key, label, value),
+            None => self,
         }
-        let (key, label_key) = KEYS[usize::from(self.custom_strings)];
-        self.custom_strings += 1;
-        self.field(key, value).field(label_key, label)
     }
 
-    /// Adds the next free custom number `cnN` with its `cnNLabel` (up to cn3).
+    /// Adds the first free custom number `cnN` with its `cnNLabel` (up to cn3).
     pub fn custom_number(&mut self, label: &str, value: Option<i64>) -> &mut Self {
         const KEYS: [(&str, &str); 3] = [
             ("cn1", "cn1Label"),
@@ -104,12 +112,41 @@ impl CefRecord {
             ("cn3", "cn3Label"),
         ];
         let Some(value) = value else { return self };
-        if usize::from(self.custom_numbers) >= KEYS.len() {
-            return self;
+        match KEYS.iter().find(|(key, _)| !self.has(key)) {
+            Some((key, label_key)) => self.labelled(key, label_key, label, value.to_string()),
+            None => self,
         }
-        let (key, label_key) = KEYS[usize::from(self.custom_numbers)];
-        self.custom_numbers += 1;
-        self.field(key, value.to_string()).field(label_key, label)
+    }
+
+    /// Sets `src` for an IPv4 address, `c6a2` (labelled) for IPv6; anything else is left out, since
+    /// receivers reject a `src` that is not an address.
+    pub fn source_ip(&mut self, ip: &str) -> &mut Self {
+        self.ip("src", "c6a2", "c6a2Label", "Source IPv6 Address", ip)
+    }
+
+    /// Sets `dst` for an IPv4 address, `c6a3` (labelled) for IPv6.
+    pub fn destination_ip(&mut self, ip: &str) -> &mut Self {
+        self.ip("dst", "c6a3", "c6a3Label", "Destination IPv6 Address", ip)
+    }
+
+    fn ip(
+        &mut self,
+        v4: &'static str,
+        v6: &'static str,
+        v6_label: &'static str,
+        label: &str,
+        ip: &str,
+    ) -> &mut Self {
+        match ip
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            Ok(std::net::IpAddr::V4(a)) => self.field(v4, a.to_string()),
+            Ok(std::net::IpAddr::V6(a)) => self.labelled(v6, v6_label, label, a.to_string()),
+            Err(_) => self,
+        }
     }
 
     /// Whether `key` is set.
@@ -341,6 +378,24 @@ pub(crate) mod tests {
         assert_eq!(
             r.to_line(),
             "CEF:0|V|P|1|C|N|1|cs1=a cs1Label=One cs2=b cs2Label=Two cn1=7 cn1Label=Count"
+        );
+    }
+
+    #[test]
+    fn ipv6_goes_to_labelled_custom_fields_never_src_or_dst() {
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 1);
+        r.source_ip("2001:db8::1")
+            .destination_ip("10.0.0.9")
+            .source_ip("10.1.1.1");
+        assert_eq!(
+            r.to_line(),
+            "CEF:0|V|P|1|C|N|1|c6a2=2001:db8::1 c6a2Label=Source IPv6 Address dst=10.0.0.9 src=10.1.1.1"
+        );
+        let mut bad = CefRecord::new("V", "P", "1", "C", "N", 1);
+        bad.source_ip("not an ip").destination_ip("[::1]");
+        assert_eq!(
+            bad.to_line(),
+            "CEF:0|V|P|1|C|N|1|c6a3=::1 c6a3Label=Destination IPv6 Address"
         );
     }
 

@@ -5,6 +5,7 @@
 //! touch the store or talk to a sink — a source does one step (`poll` returns one page) and the
 //! scheduler owns timing, retries and cancellation. Invariant: a failed poll never moves a cursor.
 
+pub mod code42;
 pub mod http;
 pub mod sophos;
 
@@ -50,6 +51,13 @@ pub enum SourceError {
         /// Request URL.
         url: String,
         /// The vendor's message.
+        detail: String,
+    },
+    /// The stored cursor cannot be read (written by another version, or edited). Polling this
+    /// partition cannot go on: reset it with `secrelay backfill --reset --source ID`.
+    #[error("stored cursor unusable ({detail}); reset it with `secrelay backfill --reset --source <id>`")]
+    BadCursor {
+        /// Which cursor and why.
         detail: String,
     },
     /// The request was refused as invalid (other 4xx). Retry with backoff; usually a configuration
