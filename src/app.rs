@@ -422,7 +422,7 @@ impl StateReport {
         let _ = writeln!(out, "\nSOURCES");
         let _ = writeln!(
             out,
-            "{:<16} {:<10} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
+            "{:<16} {:<12} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
             "SOURCE",
             "STREAM",
             "TENANT",
@@ -443,7 +443,7 @@ impl StateReport {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<10} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
+                "{:<16} {:<12} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
                 p.source,
                 p.stream,
                 if p.tenant.is_empty() { "-" } else { &p.tenant },

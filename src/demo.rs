@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError, RunSummary};
 use crate::settings::Settings;
+use crate::simulate::code42::{Code42Sim, Code42SimConfig};
 use crate::simulate::sophos::{Identity, SophosSim, SophosSimConfig};
 
 /// Options of `secrelay demo`.
@@ -33,8 +34,13 @@ pub enum DemoError {
     App(#[from] AppError),
 }
 
-/// The demo's configuration: a Sophos partner credential with three tenants, into an NDJSON file.
-pub fn demo_settings(sim: &SophosSim, out: &Path) -> Result<Settings, DemoError> {
+/// The demo's configuration: a Sophos partner credential with three tenants and a Code42 tenant,
+/// into one NDJSON file.
+pub fn demo_settings(
+    sim: &SophosSim,
+    code42: &Code42Sim,
+    out: &Path,
+) -> Result<Settings, DemoError> {
     let text = format!(
         r#"
         [store]
@@ -56,11 +62,20 @@ pub fn demo_settings(sim: &SophosSim, out: &Path) -> Result<Settings, DemoError>
         interval_secs = 2.0
         initial_lookback_hours = 1
         sinks = ["ndjson"]
+        [sources.code42_demo]
+        type = "code42"
+        client_id = "key-42"
+        client_secret = "sim-code42-secret"
+        api_url = {code42:?}
+        interval_secs = 2.0
+        initial_lookback_hours = 2
+        sinks = ["ndjson"]
         "#,
         store = out.join("state.db").display().to_string(),
         file = out.join("events.ndjson").display().to_string(),
         token = sim.token_url(),
         api = sim.url(),
+        code42 = code42.url(),
     );
     Settings::from_toml(&text).map_err(|e| DemoError::Setup(e.to_string()))
 }
@@ -82,10 +97,15 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
     })
     .await
     .map_err(|e| DemoError::Setup(format!("cannot start the Sophos simulator: {e}")))?;
-    let settings = demo_settings(&sim, &options.out)?;
+    let code42 = Code42Sim::start(Code42SimConfig::default())
+        .await
+        .map_err(|e| DemoError::Setup(format!("cannot start the Code42 simulator: {e}")))?;
+    seed_code42(&code42);
+    let settings = demo_settings(&sim, &code42, &options.out)?;
     println!(
-        "secrelay demo: Sophos Central simulator (partner, 3 tenants) at {}\n  state:  {}\n  output: {}\n  {}",
+        "secrelay demo: Sophos Central simulator (partner, 3 tenants) at {}, Code42 Incydr simulator at {}\n  state:  {}\n  output: {}\n  {}",
         sim.url(),
+        code42.url(),
         settings.store.path.display(),
         options.out.join("events.ndjson").display(),
         match options.seconds {
@@ -100,6 +120,45 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
             timer.cancel();
         });
     }
-    let summary = app::run(&settings, stop).await?;
-    Ok(summary)
+    // New Code42 file events keep arriving while the demo runs.
+    let code42 = std::sync::Arc::new(code42);
+    let feed = tokio::spawn({
+        let code42 = code42.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = chrono::Utc::now();
+                code42.add_file_events(
+                    10,
+                    now,
+                    chrono::Duration::milliseconds(50),
+                    chrono::Duration::seconds(30),
+                );
+            }
+        }
+    });
+    let summary = app::run(&settings, stop).await;
+    feed.abort();
+    Ok(summary?)
+}
+
+/// An hour of Code42 history: file events, alerts with observations, sessions.
+fn seed_code42(sim: &Code42Sim) {
+    let now = chrono::Utc::now();
+    sim.add_file_events(
+        1500,
+        now - chrono::Duration::hours(1),
+        chrono::Duration::milliseconds(2400),
+        chrono::Duration::minutes(2),
+    );
+    for i in 0..20 {
+        sim.add_alert(
+            now - chrono::Duration::minutes(60 - 3 * i),
+            "Exfiltration to removable media",
+            (i % 3) as usize,
+        );
+    }
+    for i in 0..5 {
+        sim.add_session(now - chrono::Duration::minutes(50 - 10 * i));
+    }
 }

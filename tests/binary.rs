@@ -254,11 +254,27 @@ async fn demo_for_ten_seconds_writes_events_to_demo_out() {
     let text = std::fs::read_to_string(dir.path().join("demo-out/events.ndjson")).unwrap();
     let lines: Vec<_> = text.lines().collect();
     assert!(lines.len() > 100, "only {} events", lines.len());
+    let mut seen = std::collections::BTreeSet::new();
     for line in lines {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(v["source"], "sophos_demo");
-        assert!(v["record"]["id"].is_string());
+        seen.insert(format!(
+            "{}/{}",
+            v["source"].as_str().unwrap(),
+            v["stream"].as_str().unwrap()
+        ));
     }
+    let want = [
+        "code42_demo/alerts",
+        "code42_demo/file_events",
+        "code42_demo/sessions",
+        "sophos_demo/alerts",
+        "sophos_demo/events",
+    ];
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        want,
+        "every simulated stream reaches the output"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("ndjson"),

@@ -718,6 +718,47 @@ mod tests {
     }
 
     #[test]
+    fn code42_combinations_the_vendor_does_not_serve_are_refused() {
+        let base = r#"
+            [sinks.archive]
+            type = "file"
+            path = "/tmp/x.ndjson"
+            [sources.incydr]
+            type = "code42"
+            client_id = "key"
+            client_secret = "s"
+            sinks = ["archive"]
+        "#;
+        let ok = Settings::from_toml(base).unwrap();
+        let SourceSettings::Code42(c) = &ok.sources["incydr"] else {
+            panic!("code42 settings")
+        };
+        assert_eq!(c.overlap_minutes, 15);
+        assert_eq!(c.page_size, 10_000);
+        let legacy_sessions =
+            format!("{base}auth = \"legacy_user\"\nconsole_url = \"https://c\"\n");
+        let err = Settings::from_toml(&legacy_sessions)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sources.incydr.streams") && err.contains("sessions"),
+            "{err}"
+        );
+        let v1 = format!("{base}file_events_api = \"v1\"\n");
+        let err = Settings::from_toml(&v1).unwrap_err().to_string();
+        assert!(err.contains("sources.incydr.file_events_api"), "{err}");
+        let no_console =
+            format!("{base}auth = \"legacy_api_client\"\nstreams = [\"file_events\"]\n");
+        let err = Settings::from_toml(&no_console).unwrap_err().to_string();
+        assert!(err.contains("console_url"), "{err}");
+        let big_page = format!("{base}page_size = 20000\n");
+        assert!(Settings::from_toml(&big_page)
+            .unwrap_err()
+            .to_string()
+            .contains("page_size"));
+    }
+
+    #[test]
     fn debug_output_hides_the_secret() {
         let s = Settings::from_toml(MINIMAL).unwrap();
         let shown = format!("{s:?}");

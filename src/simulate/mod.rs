@@ -3,4 +3,5 @@
 //! pipeline over real HTTP. Must not: be used by the pipeline itself; nothing outside tests, the
 //! demo and benchmarks starts one.
 
+pub mod code42;
 pub mod sophos;

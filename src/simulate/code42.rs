@@ -1,0 +1,926 @@
+//! Code42 / Incydr simulator: OAuth (`/v1/oauth`, a JWT carrying `tenantUid`), the legacy console
+//! (`ServerEnv`, the key-value store, `/api/v3/oauth/token`, `/api/v3/auth/jwt`,
+//! `/api/v3/customer/my`), file events v2 and legacy v1/v2 with real `pgToken` semantics, alerts with
+//! details, and sessions that change over time, on loopback.
+//!
+//! Owns: the simulated tenant's data (added by tests through methods) and injectable faults.
+//! Must not: be reachable from anything but loopback. Invariants, as the real API: `pgToken: ""`
+//! starts token paging and `nextPgToken` is the id of the last event on the page; without a token
+//! `pgNum` paging stops at 10 000 results; an unknown token is HTTP 400 `INVALID_PAGE_TOKEN`; an
+//! event is searchable only from its `visible_from` time, which can trail `event.inserted`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Results `pgNum` paging can reach at most.
+pub const PG_NUM_CAP: usize = 10_000;
+
+/// What the simulator accepts.
+#[derive(Debug, Clone)]
+pub struct Code42SimConfig {
+    /// API client id (also the legacy console's client id).
+    pub client_id: String,
+    /// API client secret.
+    pub client_secret: String,
+    /// Legacy console username.
+    pub username: String,
+    /// Legacy console password.
+    pub password: String,
+    /// The tenant's id (`tenantUid`).
+    pub tenant_id: String,
+    /// Token lifetime, seconds.
+    pub token_lifetime_secs: u64,
+    /// Seed of generated data.
+    pub seed: u64,
+}
+
+impl Default for Code42SimConfig {
+    fn default() -> Self {
+        Code42SimConfig {
+            client_id: "key-42".into(),
+            client_secret: "sim-code42-secret".into(),
+            username: "admin@example.com".into(),
+            password: "sim-password".into(),
+            tenant_id: "1d71796f-af5b-4231-9d8e-df6434da4663".into(),
+            token_lifetime_secs: 900,
+            seed: 42,
+        }
+    }
+}
+
+/// Faults for the next requests; counters count down as they fire.
+#[derive(Debug, Default)]
+pub struct Code42Faults {
+    /// Answer this many file-event queries with 429.
+    pub rate_limit: AtomicU64,
+    /// `Retry-After` seconds sent with those 429s.
+    pub retry_after_secs: AtomicU64,
+    /// Answer this many token-bearing file-event queries with `INVALID_PAGE_TOKEN`.
+    pub invalid_page_token: AtomicU64,
+    /// Delay every data response by this many milliseconds.
+    pub delay_ms: AtomicU64,
+}
+
+fn take(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone)]
+pub struct Code42Request {
+    /// When it arrived.
+    pub at: Instant,
+    /// Path.
+    pub path: String,
+    /// `pgToken` sent, for file-event queries (`None`: absent or null).
+    pub pg_token: Option<String>,
+    /// The JSON body of a POST.
+    pub body: Value,
+    /// Status answered.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone)]
+struct FileEventEntry {
+    k: u64,
+    id: String,
+    inserted_ms: i64,
+    timestamp_ms: i64,
+    visible_from_ms: i64,
+}
+
+struct Shared {
+    config: Code42SimConfig,
+    base_url: String,
+    /// Sorted by (inserted, id).
+    file_events: RwLock<Vec<FileEventEntry>>,
+    next_k: AtomicU64,
+    alerts: RwLock<Vec<Value>>,
+    sessions: RwLock<Vec<Value>>,
+    faults: Code42Faults,
+    token_generation: AtomicU64,
+    token_requests: AtomicU64,
+    issued: Mutex<HashMap<String, (u64, Instant)>>,
+    requests: Mutex<Vec<Code42Request>>,
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct Code42Sim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Code42Sim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn iso(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn iso_micros(ms: i64, extra_micros: u64) -> String {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+        + Duration::microseconds((extra_micros % 1000) as i64);
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl Code42Sim {
+    /// Starts on `127.0.0.1` on a free port, with no data.
+    pub async fn start(config: Code42SimConfig) -> std::io::Result<Code42Sim> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            base_url: format!("http://{addr}"),
+            config,
+            file_events: RwLock::new(Vec::new()),
+            next_k: AtomicU64::new(0),
+            alerts: RwLock::new(Vec::new()),
+            sessions: RwLock::new(Vec::new()),
+            faults: Code42Faults::default(),
+            token_generation: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
+            issued: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/v1/oauth", post(oauth))
+            .route("/v2/file-events", post(file_events_v2))
+            .route("/v1/alerts/query-alerts", post(query_alerts))
+            .route("/v1/alerts/query-details", post(query_details))
+            .route("/v1/sessions", get(sessions))
+            .route("/api/v1/ServerEnv", get(server_env))
+            .route("/simple-key-value-store/v1/{key}", get(key_value))
+            .route("/api/v3/oauth/token", post(legacy_oauth))
+            .route("/api/v3/auth/jwt", get(legacy_login))
+            .route("/api/v3/customer/my", get(customer))
+            .route(
+                "/forensic-search/queryservice/api/{version}/fileevent",
+                post(file_events_legacy),
+            )
+            .route("/svc/api/v1/query-alerts", post(query_alerts))
+            .route("/svc/api/v1/query-details", post(query_details))
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Code42Sim {
+            shared,
+            addr,
+            server,
+        })
+    }
+
+    /// Base URL (gateway and console alike).
+    pub fn url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// Listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The fault switches.
+    pub fn faults(&self) -> &Code42Faults {
+        &self.shared.faults
+    }
+
+    /// Refuse every token issued so far.
+    pub fn expire_tokens(&self) {
+        self.shared.token_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Token requests answered so far.
+    pub fn token_requests(&self) -> u64 {
+        self.shared.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Every data request so far.
+    pub fn requests(&self) -> Vec<Code42Request> {
+        self.shared
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds `count` file events inserted from `first_inserted`, `spacing` apart, each detected on
+    /// the device `detected_before` earlier. Returns their ids.
+    pub fn add_file_events(
+        &self,
+        count: usize,
+        first_inserted: DateTime<Utc>,
+        spacing: Duration,
+        detected_before: Duration,
+    ) -> Vec<String> {
+        (0..count)
+            .map(|i| {
+                let inserted = first_inserted + spacing * i as i32;
+                self.add_file_event(inserted, inserted - detected_before, inserted)
+            })
+            .collect()
+    }
+
+    /// Adds one file event, searchable from `visible_from`. Returns its id.
+    pub fn add_file_event(
+        &self,
+        inserted: DateTime<Utc>,
+        detected: DateTime<Utc>,
+        visible_from: DateTime<Utc>,
+    ) -> String {
+        let k = self.shared.next_k.fetch_add(1, Ordering::SeqCst);
+        let r = mix(self.shared.config.seed ^ mix(k));
+        // Real ids can contain double quotes; one in a few hundred here does.
+        let quote = if k % 397 == 7 { "\"q\"" } else { "" };
+        let id = format!(
+            "0_{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}_{}_{}{quote}",
+            r >> 32,
+            (r >> 16) & 0xffff,
+            r & 0xfff,
+            (r >> 20) & 0xfff,
+            mix(r) & 0xffff_ffff_ffff,
+            935_873_453_596_901_068u64 + (r % 50),
+            k
+        );
+        let entry = FileEventEntry {
+            k,
+            id: id.clone(),
+            inserted_ms: inserted.timestamp_millis(),
+            timestamp_ms: detected.timestamp_millis(),
+            visible_from_ms: visible_from.timestamp_millis(),
+        };
+        if let Ok(mut events) = self.shared.file_events.write() {
+            let at =
+                events.partition_point(|e| (e.inserted_ms, &e.id) < (entry.inserted_ms, &entry.id));
+            events.insert(at, entry);
+        }
+        id
+    }
+
+    /// Adds an alert created at `created` with `observations` observations. Returns its id.
+    pub fn add_alert(&self, created: DateTime<Utc>, name: &str, observations: usize) -> String {
+        let mut alerts = self
+            .shared
+            .alerts
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = alerts.len() as u64;
+        let r = mix(self.shared.config.seed ^ mix(n + 7_000_000));
+        let id = format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            r >> 32,
+            (r >> 16) & 0xffff,
+            r & 0xfff,
+            (r >> 8) & 0xfff,
+            mix(r) & 0xffff_ffff_ffff
+        );
+        let created_text = iso_micros(created.timestamp_millis(), r);
+        alerts.push(json!({
+            "type$": "ALERT_DETAILS",
+            "tenantId": self.shared.config.tenant_id,
+            "type": "FED_ENDPOINT_EXFILTRATION",
+            "id": id,
+            "createdAt": created_text,
+            "state": "OPEN",
+            "name": name,
+            "description": "Files moved to removable media",
+            "actor": format!("user{}@example.com", r % 20),
+            "actorId": format!("{}", 1_068_824_450_489_230_000u64 + r % 100),
+            "target": "N/A",
+            "severity": "HIGH",
+            "riskSeverity": (["LOW", "MODERATE", "HIGH", "CRITICAL"])[(r % 4) as usize],
+            "ruleId": format!("rule-{}", r % 5),
+            "watchlists": [{"type$": "WATCHLIST", "id": "w-1", "name": "Departing Employee", "type": "DEPARTING_EMPLOYEE", "isSignificant": true}],
+            "observations": (0..observations).map(|o| json!({
+                "type$": "OBSERVATION",
+                "id": format!("{id}-obs-{o}"),
+                "observedAt": created_text,
+                "lastObservedAt": created_text,
+                "type": "FedEndpointExfiltration",
+                "data": json!({"type$": "OBSERVED_ENDPOINT_ACTIVITY", "id": format!("{id}-obs-{o}"), "files": [{"name": format!("secret-{o}.pdf")}]}).to_string(),
+            })).collect::<Vec<_>>(),
+            "note": null,
+        }));
+        alerts.sort_by(|a, b| a["createdAt"].as_str().cmp(&b["createdAt"].as_str()));
+        id
+    }
+
+    /// Adds an open session that began at `begin`. Returns its id.
+    pub fn add_session(&self, begin: DateTime<Utc>) -> String {
+        let mut sessions = self
+            .shared
+            .sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let id = format!("session-{}", sessions.len() + 1);
+        let now = Utc::now().timestamp_millis();
+        sessions.push(json!({
+            "sessionId": id,
+            "tenantId": self.shared.config.tenant_id,
+            "actorId": "1068824450489230065",
+            "actorName": "engineer@example.com",
+            "userId": "u-1",
+            "type": "STANDARD",
+            "beginTime": begin.timestamp_millis(),
+            "endTime": begin.timestamp_millis() + 600_000,
+            "firstObserved": begin.timestamp_millis(),
+            "lastUpdated": now,
+            "contextSummary": "Engineer moved files",
+            "exfiltrationSummary": "3 files to removable media",
+            "criticalEvents": 0, "highEvents": 1, "moderateEvents": 2, "lowEvents": 0, "noRiskEvents": 0,
+            "notes": [],
+            "riskIndicators": [{"eventCount": 3, "id": "ri-1", "name": "Removable media", "weight": 3}],
+            "scores": [{"score": 7, "severity": 2, "sourceTimestamp": now}],
+            "states": [{"sourceTimestamp": now, "state": "OPEN", "stateV2": "OPEN", "userId": null}],
+            "triggeredAlerts": [{"alertId": "a-1", "lessonId": null, "ruleId": "rule-1", "ruleName": "USB exfiltration"}],
+            "contentInspectionResults": null,
+        }));
+        id
+    }
+
+    /// Moves session `id` to `state`, as an analyst would; `lastUpdated` becomes now (strictly
+    /// later than before). Returns the new `lastUpdated`.
+    pub fn update_session(&self, id: &str, state: &str) -> Option<i64> {
+        let mut sessions = self
+            .shared
+            .sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let session = sessions.iter_mut().find(|s| s["sessionId"] == id)?;
+        let previous = session["lastUpdated"].as_i64().unwrap_or(0);
+        let now = Utc::now().timestamp_millis().max(previous + 1);
+        session["lastUpdated"] = json!(now);
+        if let Some(states) = session["states"].as_array_mut() {
+            states.push(json!({"sourceTimestamp": now, "state": state, "stateV2": state, "userId": "analyst"}));
+        }
+        Some(now)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+fn render_v2(s: &Shared, e: &FileEventEntry) -> Value {
+    let r = mix(s.config.seed ^ mix(e.k));
+    const ACTIONS: [&str; 5] = [
+        "file-created",
+        "file-modified",
+        "removable-media-created",
+        "application-read",
+        "file-deleted",
+    ];
+    const SEVERITIES: [&str; 5] = ["NO_RISK", "LOW", "MODERATE", "HIGH", "CRITICAL"];
+    json!({
+        "@timestamp": iso(e.timestamp_ms),
+        "event": {
+            "id": e.id,
+            "inserted": iso_micros(e.inserted_ms, r),
+            "ingested": iso(e.inserted_ms - 1500),
+            "action": ACTIONS[(r % 5) as usize],
+            "observer": "Endpoint",
+            "shareType": [],
+            "relatedEvents": [],
+        },
+        "user": {
+            "email": format!("user{}@example.com", r % 20),
+            "id": format!("{}", 912_098_363_086_307_000u64 + r % 20),
+            "deviceUid": format!("{}", 935_873_453_596_901_068u64 + r % 50),
+        },
+        "file": {
+            "name": format!("report-{}.docx", e.k),
+            "directory": format!("C:/Users/user{}/Documents/", r % 20),
+            "category": "Document",
+            "sizeInBytes": 1000 + r % 1_000_000,
+            "created": iso(e.timestamp_ms - 60_000),
+            "modified": iso(e.timestamp_ms - 30_000),
+            "hash": {"md5": format!("{:032x}", (u128::from(r) << 64) | u128::from(mix(r))), "sha256": null},
+            "url": null,
+            "cloudDriveId": null,
+        },
+        "source": {
+            "category": "Device",
+            "name": format!("DESKTOP-{:04}", r % 50),
+            "domain": "corp.example.com",
+            "ip": format!("50.237.{}.{}", (r >> 8) % 256, (r >> 16) % 254 + 1),
+            "privateIp": [format!("192.168.{}.{}", (r >> 24) % 256, (r >> 32) % 254 + 1)],
+            "operatingSystem": "Windows 10",
+        },
+        "destination": {"category": "Removable Media", "name": "SanDisk Cruzer"},
+        "process": {"executable": "C:\\Windows\\explorer.exe", "owner": "CORP\\user"},
+        "risk": {"score": r % 20, "severity": SEVERITIES[(r % 5) as usize], "indicators": [], "trusted": false},
+    })
+}
+
+fn render_v1(s: &Shared, e: &FileEventEntry) -> Value {
+    let r = mix(s.config.seed ^ mix(e.k));
+    const TYPES: [&str; 5] = ["CREATED", "MODIFIED", "DELETED", "READ_BY_APP", "EMAILED"];
+    json!({
+        "eventId": e.id,
+        "eventType": TYPES[(r % 5) as usize],
+        "eventTimestamp": iso(e.timestamp_ms),
+        "insertionTimestamp": iso(e.inserted_ms),
+        "filePath": format!("C:/Users/user{}/Documents/", r % 20),
+        "fileName": format!("report-{}.docx", e.k),
+        "fileType": "FILE",
+        "fileCategory": "DOCUMENT",
+        "fileSize": 1000 + r % 1_000_000,
+        "md5Checksum": format!("{:032x}", (u128::from(r) << 64) | u128::from(mix(r))),
+        "deviceUserName": format!("user{}@example.com", r % 20),
+        "osHostName": format!("DESKTOP-{:04}", r % 50),
+        "domainName": "corp.example.com",
+        "publicIpAddress": format!("50.237.{}.{}", (r >> 8) % 256, (r >> 16) % 254 + 1),
+        "deviceUid": format!("{}", 935_873_453_596_901_068u64 + r % 50),
+        "userUid": format!("{}", 912_098_363_086_307_000u64 + r % 20),
+        "source": "Endpoint",
+        "exposure": ["RemovableMedia"],
+        "riskSeverity": (["NO_RISK", "LOW", "MODERATE", "HIGH", "CRITICAL"])[(r % 5) as usize],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": [{"primaryErrorKey": message}], "message": message})),
+    )
+        .into_response()
+}
+
+fn record(s: &Shared, path: &str, body: &Value, status: StatusCode) {
+    if let Ok(mut log) = s.requests.lock() {
+        log.push(Code42Request {
+            at: Instant::now(),
+            path: path.to_string(),
+            pg_token: body["pgToken"].as_str().map(str::to_string),
+            body: body.clone(),
+            status: status.as_u16(),
+        });
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+fn issue_token(s: &Shared) -> String {
+    let n = s.token_requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = engine.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+    let payload = engine.encode(json!({"tenantUid": s.config.tenant_id, "n": n}).to_string());
+    let token = format!("{header}.{payload}.sim-signature-{n}");
+    let generation = s.token_generation.load(Ordering::SeqCst);
+    if let Ok(mut issued) = s.issued.lock() {
+        issued.insert(token.clone(), (generation, Instant::now()));
+    }
+    token
+}
+
+fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
+    let Some(token) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let generation = s.token_generation.load(Ordering::SeqCst);
+    let Ok(issued) = s.issued.lock() else {
+        return false;
+    };
+    issued.get(token).is_some_and(|(g, at)| {
+        *g == generation && at.elapsed().as_secs() < s.config.token_lifetime_secs
+    })
+}
+
+async fn delay(s: &Shared) {
+    let ms = s.faults.delay_ms.load(Ordering::SeqCst);
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+async fn oauth(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match basic_credentials(&headers) {
+        Some((id, secret)) if id == s.config.client_id && secret == s.config.client_secret => {
+            let token = issue_token(&s);
+            Json(json!({"token_type": "bearer", "expires_in": s.config.token_lifetime_secs, "access_token": token}))
+                .into_response()
+        }
+        _ => error(StatusCode::UNAUTHORIZED, "invalid client credentials"),
+    }
+}
+
+async fn legacy_oauth(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "grant_type must be client_credentials",
+        );
+    }
+    match basic_credentials(&headers) {
+        Some((id, secret)) if id == s.config.client_id && secret == s.config.client_secret => {
+            legacy_token_response(&s)
+        }
+        _ => error(StatusCode::UNAUTHORIZED, "invalid client credentials"),
+    }
+}
+
+fn legacy_token_response(s: &Shared) -> Response {
+    let token = issue_token(s);
+    Json(json!({"data": {"access_token": token, "token_type": "bearer", "expires_in": s.config.token_lifetime_secs}}))
+        .into_response()
+}
+
+async fn legacy_login(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match basic_credentials(&headers) {
+        Some((user, pass)) if user == s.config.username && pass == s.config.password => {
+            let token = issue_token(&s);
+            Json(json!({"data": {"v3_user_token": token}})).into_response()
+        }
+        _ => error(StatusCode::UNAUTHORIZED, "invalid username or password"),
+    }
+}
+
+async fn customer(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    Json(json!({"data": {"tenantUid": s.config.tenant_id, "name": "Simulated Org"}}))
+        .into_response()
+}
+
+async fn server_env(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    Json(json!({"stsBaseUrl": format!("{}/sts", s.base_url)})).into_response()
+}
+
+async fn key_value(State(s): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    match key.as_str() {
+        "FORENSIC_SEARCH-API_URL" | "AlertService-API_URL" => s.base_url.clone().into_response(),
+        _ => (StatusCode::NOT_FOUND, "").into_response(),
+    }
+}
+
+/// A parsed file-event query.
+struct FileQuery {
+    after: Option<i64>,
+    before: Option<i64>,
+    equals: Vec<(String, String, bool)>,
+    page_size: usize,
+    page_number: usize,
+    token: Option<String>,
+    by_time: bool,
+}
+
+fn parse_time_ms(text: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+fn parse_file_query(body: &Value) -> Result<FileQuery, String> {
+    let mut q = FileQuery {
+        after: None,
+        before: None,
+        equals: Vec::new(),
+        page_size: body["pgSize"].as_u64().unwrap_or(100) as usize,
+        page_number: body["pgNum"].as_u64().unwrap_or(1).max(1) as usize,
+        token: body["pgToken"].as_str().map(str::to_string),
+        by_time: matches!(
+            body["srtKey"].as_str(),
+            Some("event.inserted" | "insertionTimestamp")
+        ),
+    };
+    if q.page_size == 0 || q.page_size > 10_000 {
+        return Err("pgSize must be 1 to 10000".into());
+    }
+    let groups = body["groups"].as_array().cloned().unwrap_or_default();
+    for group in groups {
+        for filter in group["filters"].as_array().cloned().unwrap_or_default() {
+            let term = filter["term"].as_str().unwrap_or_default();
+            let operator = filter["operator"].as_str().unwrap_or_default();
+            let value = filter["value"].as_str().unwrap_or_default();
+            match (term, operator) {
+                ("event.inserted" | "insertionTimestamp", "ON_OR_AFTER") => {
+                    q.after = Some(parse_time_ms(value).ok_or("bad ON_OR_AFTER value")?)
+                }
+                ("event.inserted" | "insertionTimestamp", "ON_OR_BEFORE") => {
+                    q.before = Some(parse_time_ms(value).ok_or("bad ON_OR_BEFORE value")?)
+                }
+                (_, "IS") => q.equals.push((term.to_string(), value.to_string(), true)),
+                (_, "IS_NOT") => q.equals.push((term.to_string(), value.to_string(), false)),
+                _ => return Err(format!("unsupported filter {term} {operator}")),
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn dotted<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, k| v.get(k))
+}
+
+async fn file_events_v2(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    file_events(&s, &headers, &body, "/v2/file-events", false).await
+}
+
+async fn file_events_legacy(
+    State(s): State<Arc<Shared>>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/forensic-search/queryservice/api/{version}/fileevent");
+    file_events(&s, &headers, &body, &path, version == "v1").await
+}
+
+async fn file_events(
+    s: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+    v1: bool,
+) -> Response {
+    delay(s).await;
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let response = file_events_response(s, headers, &body, v1);
+    record(s, path, &body, response.status());
+    response
+}
+
+fn file_events_response(s: &Shared, headers: &HeaderMap, body: &Value, v1: bool) -> Response {
+    if !authorized(s, headers) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    if take(&s.faults.rate_limit) {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        if let Ok(v) = s
+            .faults
+            .retry_after_secs
+            .load(Ordering::SeqCst)
+            .to_string()
+            .parse()
+        {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return r;
+    }
+    let q = match parse_file_query(body) {
+        Ok(q) => q,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"problems": [{"type": "INVALID_QUERY", "description": e}]})),
+            )
+                .into_response()
+        }
+    };
+    let invalid_token = (
+        StatusCode::BAD_REQUEST,
+        Json(
+            json!({"problems": [{"type": "INVALID_PAGE_TOKEN", "description": "Invalid page token"}]}),
+        ),
+    );
+    if q.token.as_deref().is_some_and(|t| !t.is_empty()) && take(&s.faults.invalid_page_token) {
+        return invalid_token.into_response();
+    }
+    let now = Utc::now().timestamp_millis();
+    let events = s.file_events.read().unwrap_or_else(|e| e.into_inner());
+    let mut matched: Vec<&FileEventEntry> = events
+        .iter()
+        .filter(|e| e.visible_from_ms <= now)
+        .filter(|e| {
+            q.after.is_none_or(|a| e.inserted_ms >= a)
+                && q.before.is_none_or(|b| e.inserted_ms <= b)
+        })
+        .collect();
+    if !q.equals.is_empty() {
+        matched.retain(|e| {
+            let rendered = if v1 { render_v1(s, e) } else { render_v2(s, e) };
+            q.equals.iter().all(|(term, value, wanted)| {
+                (dotted(&rendered, term).and_then(Value::as_str) == Some(value.as_str())) == *wanted
+            })
+        });
+    }
+    if !q.by_time {
+        matched.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    let total = matched.len();
+    let (start, token_mode, end_cap) = match q.token.as_deref() {
+        None => (
+            (q.page_number - 1) * q.page_size,
+            false,
+            total.min(PG_NUM_CAP),
+        ),
+        Some("") => (0, true, total),
+        Some(token) => match matched.iter().position(|e| e.id == token) {
+            Some(i) => (i + 1, true, total),
+            None => return invalid_token.into_response(),
+        },
+    };
+    let end = (start + q.page_size).min(end_cap);
+    let page: Vec<Value> = matched
+        .get(start..end.max(start))
+        .unwrap_or_default()
+        .iter()
+        .map(|e| if v1 { render_v1(s, e) } else { render_v2(s, e) })
+        .collect();
+    let next = if token_mode && end < total {
+        matched.get(end.saturating_sub(1)).map(|e| e.id.clone())
+    } else {
+        None
+    };
+    Json(json!({"fileEvents": page, "nextPgToken": next, "problems": [], "totalCount": total}))
+        .into_response()
+}
+
+async fn query_alerts(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    delay(&s).await;
+    let response = query_alerts_response(&s, &headers, &body);
+    record(&s, "query-alerts", &body, response.status());
+    response
+}
+
+fn query_alerts_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Response {
+    if !authorized(s, headers) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    if body["tenantId"].as_str() != Some(s.config.tenant_id.as_str()) {
+        return error(StatusCode::FORBIDDEN, "tenantId does not match the token");
+    }
+    let size = body["pgSize"].as_u64().unwrap_or(100) as usize;
+    if size == 0 || size > 500 {
+        return error(StatusCode::BAD_REQUEST, "pgSize must be 1 to 500");
+    }
+    let page = body["pgNum"].as_u64().unwrap_or(0) as usize;
+    let mut since: Option<String> = None;
+    for group in body["groups"].as_array().cloned().unwrap_or_default() {
+        for filter in group["filters"].as_array().cloned().unwrap_or_default() {
+            let term = filter["term"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if term == "createdat" && filter["operator"] == "ON_OR_AFTER" {
+                since = filter["value"].as_str().map(str::to_string);
+            }
+        }
+    }
+    let since_ms = since.as_deref().and_then(parse_time_ms);
+    let alerts = s.alerts.read().unwrap_or_else(|e| e.into_inner());
+    let matched: Vec<Value> = alerts
+        .iter()
+        .filter(|a| {
+            let created = a["createdAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            match (since_ms, created) {
+                (Some(ms), Some(c)) => c.timestamp_micros() >= ms * 1000,
+                _ => true,
+            }
+        })
+        .map(|a| {
+            let mut summary = a.clone();
+            if let Some(o) = summary.as_object_mut() {
+                o.remove("observations");
+                o.remove("note");
+                o.insert("type$".into(), json!("ALERT_SUMMARY"));
+            }
+            summary
+        })
+        .collect();
+    let total = matched.len();
+    let items: Vec<Value> = matched.into_iter().skip(page * size).take(size).collect();
+    Json(json!({"type$": "ALERT_QUERY_RESPONSE", "alerts": items, "totalCount": total, "problems": []})).into_response()
+}
+
+async fn query_details(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&s, &headers) {
+        record(&s, "query-details", &body, StatusCode::UNAUTHORIZED);
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let ids: Vec<String> = body["alertIds"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() || ids.len() > 100 {
+        record(&s, "query-details", &body, StatusCode::BAD_REQUEST);
+        return error(StatusCode::BAD_REQUEST, "alertIds must hold 1 to 100 ids");
+    }
+    let alerts = s.alerts.read().unwrap_or_else(|e| e.into_inner());
+    let found: Vec<Value> = alerts
+        .iter()
+        .filter(|a| {
+            a["id"]
+                .as_str()
+                .is_some_and(|id| ids.iter().any(|i| i == id))
+        })
+        .cloned()
+        .collect();
+    record(&s, "query-details", &body, StatusCode::OK);
+    Json(json!({"type$": "ALERT_DETAILS_RESPONSE", "alerts": found})).into_response()
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    on_or_after: Option<i64>,
+    page_number: Option<usize>,
+    page_size: Option<usize>,
+}
+
+async fn sessions(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Response {
+    delay(&s).await;
+    if !authorized(&s, &headers) {
+        record(&s, "/v1/sessions", &Value::Null, StatusCode::UNAUTHORIZED);
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let size = q.page_size.unwrap_or(50);
+    if size == 0 || size > 50 {
+        record(&s, "/v1/sessions", &Value::Null, StatusCode::BAD_REQUEST);
+        return error(StatusCode::BAD_REQUEST, "page_size must be 1 to 50");
+    }
+    let mut all: Vec<Value> = s
+        .sessions
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|x| {
+            q.on_or_after
+                .is_none_or(|after| x["beginTime"].as_i64().unwrap_or(0) >= after)
+        })
+        .cloned()
+        .collect();
+    all.sort_by_key(|x| {
+        (
+            x["beginTime"].as_i64(),
+            x["sessionId"].as_str().map(str::to_string),
+        )
+    });
+    let total = all.len();
+    let items: Vec<Value> = all
+        .into_iter()
+        .skip(q.page_number.unwrap_or(0) * size)
+        .take(size)
+        .collect();
+    record(&s, "/v1/sessions", &Value::Null, StatusCode::OK);
+    Json(json!({"items": items, "totalCount": total})).into_response()
+}

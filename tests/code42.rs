@@ -1,0 +1,445 @@
+//! The Code42 / Incydr source through the whole pipeline, against its simulator over real HTTP:
+//! late events, 25 000 events in one window across a restart, INVALID_PAGE_TOKEN, filters, alerts
+//! with observations, sessions that change, and the legacy console flows.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{assert_exactly_once, counts, delivered, Delivered};
+use secrelay::app::{self, BackfillOptions};
+use secrelay::settings::Settings;
+use secrelay::simulate::code42::{Code42Sim, Code42SimConfig};
+use tokio_util::sync::CancellationToken;
+
+fn config(sim: &Code42Sim, dir: &std::path::Path, extra: &str) -> Settings {
+    let text = format!(
+        r#"
+[store]
+path = {store:?}
+[scheduler]
+jitter_secs = 0.0
+backoff_initial_secs = 0.2
+backoff_max_secs = 2.0
+shutdown_grace_secs = 5.0
+[backfill]
+drain_timeout_secs = 60.0
+[sinks.out]
+type = "file"
+path = {file:?}
+batch_size = 2000
+[sources.c42]
+type = "code42"
+client_id = "key-42"
+client_secret = "sim-code42-secret"
+api_url = {url:?}
+console_url = {url:?}
+interval_secs = 0.5
+initial_lookback_hours = 6
+sinks = ["out"]
+{extra}
+"#,
+        store = dir.join("state.db").display().to_string(),
+        file = dir.join("out").join("events.ndjson").display().to_string(),
+        url = sim.url(),
+    );
+    Settings::from_toml(&text).expect("valid test config")
+}
+
+async fn backfill(settings: &Settings) -> app::RunSummary {
+    let summary = app::backfill(
+        settings,
+        &BackfillOptions::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("backfill runs");
+    assert!(summary.complete(), "{summary:?}");
+    summary
+}
+
+fn file_events(ids: &[String]) -> Vec<Delivered> {
+    ids.iter()
+        .map(|id| ("file_events".to_string(), String::new(), id.clone()))
+        .collect()
+}
+
+async fn sim() -> Code42Sim {
+    Code42Sim::start(Code42SimConfig::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn late_inserted_and_late_visible_events_are_delivered_exactly_once() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), "streams = [\"file_events\"]");
+    let now = Utc::now();
+    let mut ids = sim.add_file_events(
+        100,
+        now - chrono::Duration::minutes(50),
+        chrono::Duration::seconds(20),
+        chrono::Duration::seconds(5),
+    );
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+
+    // Detected on a laptop that was offline for hours: `@timestamp` long before the cursor, but
+    // inserted now. The window is on insertion time, so it is found.
+    ids.push(sim.add_file_event(
+        Utc::now(),
+        Utc::now() - chrono::Duration::hours(5),
+        Utc::now(),
+    ));
+    // Inserted five minutes ago, before the last window ended, but searchable only now: the
+    // 15-minute overlap of the next window finds it.
+    let five_ago = Utc::now() - chrono::Duration::minutes(5);
+    ids.push(sim.add_file_event(five_ago, five_ago, Utc::now()));
+    backfill(&s).await;
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_thousand_events_in_one_window_arrive_complete_and_once_across_a_restart() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"file_events\"]\npage_size = 10000",
+    );
+    let start = Utc::now() - chrono::Duration::minutes(40);
+    let ids = sim.add_file_events(
+        25_000,
+        start,
+        chrono::Duration::milliseconds(80),
+        chrono::Duration::seconds(3),
+    );
+    // Slow pages, so the daemon can be stopped between the first and the last page.
+    sim.faults().delay_ms.store(400, Ordering::SeqCst);
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let s = s.clone();
+        let stop = stop.clone();
+        async move { app::run(&s, stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = app::state(&s).await.unwrap();
+        let fetched: i64 = state.partitions.iter().map(|p| p.events_total).sum();
+        if fetched >= 10_000 {
+            let cursor = state.partitions[0].cursor.clone().unwrap();
+            assert!(
+                cursor.contains("\"token\":\""),
+                "stopped mid-window: {cursor}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "first page never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let before_restart = sim.requests().len();
+
+    sim.faults().delay_ms.store(0, Ordering::SeqCst);
+    backfill(&s).await;
+    let requests = sim.requests();
+    let resumed = &requests[before_restart];
+    assert!(
+        resumed.pg_token.as_deref().is_some_and(|t| !t.is_empty()),
+        "the restart resumes from the stored pgToken, not from the window start"
+    );
+    assert!(
+        requests.iter().all(|r| r.pg_token.is_some()),
+        "every query uses token paging; pgNum paging would stop at 10 000"
+    );
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+}
+
+#[tokio::test]
+async fn invalid_page_token_restarts_the_window_from_its_stored_start() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"file_events\"]\npage_size = 100",
+    );
+    let first = sim.add_file_events(
+        150,
+        Utc::now() - chrono::Duration::hours(3),
+        chrono::Duration::seconds(30),
+        chrono::Duration::zero(),
+    );
+    backfill(&s).await;
+    let stored = app::state(&s).await.unwrap().partitions[0]
+        .cursor
+        .clone()
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+
+    let mut ids = first;
+    ids.extend(sim.add_file_events(
+        350,
+        Utc::now() - chrono::Duration::seconds(1),
+        chrono::Duration::milliseconds(1),
+        chrono::Duration::zero(),
+    ));
+    sim.faults().invalid_page_token.store(1, Ordering::SeqCst);
+    let before = sim.requests().len();
+    backfill(&s).await;
+    let requests = sim.requests()[before..].to_vec();
+    let refused = requests
+        .iter()
+        .position(|r| r.status == 400)
+        .expect("INVALID_PAGE_TOKEN was served");
+    let restart = &requests[refused + 1];
+    assert_eq!(
+        restart.pg_token.as_deref(),
+        Some(""),
+        "the window restarts with a fresh token"
+    );
+    let window_start = restart.body["groups"][0]["filters"][0]["value"]
+        .as_str()
+        .unwrap();
+    let stored_since =
+        chrono::DateTime::parse_from_rfc3339(stored["since"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(window_start)
+            .unwrap()
+            .timestamp_millis(),
+        stored_since.timestamp_millis(),
+        "restart from the stored window start, not from the beginning of history"
+    );
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+}
+
+#[tokio::test]
+async fn rate_limit_retry_after_is_waited_out() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), "streams = [\"file_events\"]");
+    let ids = sim.add_file_events(
+        10,
+        Utc::now() - chrono::Duration::minutes(30),
+        chrono::Duration::seconds(1),
+        chrono::Duration::zero(),
+    );
+    sim.faults().retry_after_secs.store(2, Ordering::SeqCst);
+    sim.faults().rate_limit.store(1, Ordering::SeqCst);
+    backfill(&s).await;
+    let requests = sim.requests();
+    let limited = requests.iter().position(|r| r.status == 429).unwrap();
+    let waited = requests[limited + 1]
+        .at
+        .duration_since(requests[limited].at);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+}
+
+#[tokio::test]
+async fn a_filter_change_restarts_the_window_at_the_stored_time_with_the_new_filter() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = sim.add_file_events(
+        40,
+        Utc::now() - chrono::Duration::hours(1),
+        chrono::Duration::seconds(30),
+        chrono::Duration::zero(),
+    );
+    let plain = config(&sim, dir.path(), "streams = [\"file_events\"]");
+    backfill(&plain).await;
+    let stored = app::state(&plain).await.unwrap().partitions[0]
+        .cursor
+        .clone()
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+
+    let filtered = config(
+        &sim,
+        dir.path(),
+        "streams = [\"file_events\"]\n[[sources.c42.file_event_filters]]\nterm = \"file.category\"\noperator = \"IS\"\nvalue = \"Document\"",
+    );
+    let before = sim.requests().len();
+    backfill(&filtered).await;
+    let query = &sim.requests()[before].body;
+    assert_eq!(
+        query["groups"][1]["filters"][0]["term"], "file.category",
+        "the new filter is sent"
+    );
+    assert_eq!(
+        query["groups"][0]["filters"][0]["value"],
+        stored["since"]
+            .as_str()
+            .map(|t| chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .with_timezone(&Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap(),
+        "the window restarts at the stored time"
+    );
+    let after = app::state(&filtered).await.unwrap().partitions[0]
+        .cursor
+        .clone()
+        .unwrap();
+    assert!(
+        after.contains("file.category"),
+        "the cursor remembers the filters: {after}"
+    );
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+}
+
+#[tokio::test]
+async fn alerts_arrive_with_their_observations_once() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"alerts\"]\nalert_page_size = 60",
+    );
+    let base = Utc::now() - chrono::Duration::hours(2);
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(sim.add_alert(
+            base + chrono::Duration::seconds(i * 10),
+            &format!("alert {i}"),
+            (i % 3) as usize,
+        ));
+    }
+    backfill(&s).await;
+    backfill(&s).await;
+    let want: Vec<Delivered> = ids
+        .iter()
+        .map(|id| ("alerts".to_string(), String::new(), id.clone()))
+        .collect();
+    assert_exactly_once(&delivered(dir.path()), &want);
+    // Each record is the alert's details: observations included.
+    let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = v["record"]["name"].as_str().unwrap();
+        let i: usize = name.trim_start_matches("alert ").parse().unwrap();
+        assert_eq!(
+            v["record"]["observations"].as_array().unwrap().len(),
+            i % 3,
+            "{name}"
+        );
+    }
+    let details = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "query-details")
+        .collect::<Vec<_>>();
+    assert!(details
+        .iter()
+        .all(|r| r.body["alertIds"].as_array().unwrap().len() <= 100));
+}
+
+#[tokio::test]
+async fn a_session_that_changes_state_twice_is_forwarded_three_times() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"sessions\"]\nsession_page_size = 2",
+    );
+    let changing = sim.add_session(Utc::now() - chrono::Duration::hours(3));
+    let quiet = sim.add_session(Utc::now() - chrono::Duration::hours(2));
+    for i in 0..3 {
+        sim.add_session(Utc::now() - chrono::Duration::minutes(90 - i));
+    }
+    backfill(&s).await;
+    sim.update_session(&changing, "IN_PROGRESS").unwrap();
+    backfill(&s).await;
+    backfill(&s).await;
+    sim.update_session(&changing, "CLOSED_TP").unwrap();
+    backfill(&s).await;
+
+    let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states_of = |id: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["record"]["sessionId"] == id)
+            .map(|r| {
+                r["record"]["states"].as_array().unwrap().last().unwrap()["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(states_of(&changing), ["OPEN", "IN_PROGRESS", "CLOSED_TP"]);
+    assert_eq!(states_of(&quiet), ["OPEN"]);
+    assert_eq!(
+        records.len(),
+        3 + 4,
+        "one event per session state seen, no repeats"
+    );
+    assert!(counts(&delivered(dir.path())).values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn legacy_console_api_client_reads_v1_file_events_and_alerts() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "auth = \"legacy_api_client\"\nfile_events_api = \"v1\"\nstreams = [\"file_events\", \"alerts\"]",
+    );
+    let ids = sim.add_file_events(
+        30,
+        Utc::now() - chrono::Duration::minutes(30),
+        chrono::Duration::seconds(10),
+        chrono::Duration::zero(),
+    );
+    let alert = sim.add_alert(
+        Utc::now() - chrono::Duration::minutes(10),
+        "legacy alert",
+        1,
+    );
+    backfill(&s).await;
+    let mut want = file_events(&ids);
+    want.push(("alerts".to_string(), String::new(), alert));
+    assert_exactly_once(&delivered(dir.path()), &want);
+    let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
+    assert!(text.contains("\"eventId\":"), "v1 flat records");
+    let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths
+        .iter()
+        .any(|p| p == "/forensic-search/queryservice/api/v1/fileevent"));
+}
+
+#[tokio::test]
+async fn legacy_console_user_login_reads_file_events() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "auth = \"legacy_user\"\nstreams = [\"file_events\"]",
+    );
+    // The user login takes the username and password in the client id and secret keys.
+    let mut s = s;
+    if let secrelay::settings::SourceSettings::Code42(c) = s.sources.get_mut("c42").unwrap() {
+        c.client_id = "admin@example.com".into();
+        c.client_secret = Some(secrelay::settings::Secret::new("sim-password"));
+    }
+    let ids = sim.add_file_events(
+        5,
+        Utc::now() - chrono::Duration::minutes(20),
+        chrono::Duration::seconds(10),
+        chrono::Duration::zero(),
+    );
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
+}
