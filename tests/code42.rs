@@ -443,3 +443,103 @@ async fn legacy_console_user_login_reads_file_events() {
     backfill(&s).await;
     assert_exactly_once(&delivered(dir.path()), &file_events(&ids));
 }
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_once_and_the_tenant_comes_from_it() {
+    use secrelay::sources::code42::Code42Source;
+    use secrelay::sources::Source;
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), "streams = [\"file_events\", \"alerts\"]");
+    let secrelay::settings::SourceSettings::Code42(c) = s.sources["c42"].clone() else {
+        panic!("code42 settings")
+    };
+    sim.add_file_events(
+        3,
+        Utc::now() - chrono::Duration::minutes(5),
+        chrono::Duration::seconds(1),
+        chrono::Duration::zero(),
+    );
+    sim.add_alert(Utc::now() - chrono::Duration::minutes(5), "a", 0);
+    let source = Code42Source::new(
+        "c42",
+        c,
+        secrelay::sources::http::client(&s.http).unwrap(),
+        None,
+    );
+    let partitions = source.partitions().await.unwrap();
+    assert_eq!(
+        source
+            .poll(&partitions[0], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        3
+    );
+    assert_eq!(sim.token_requests(), 1);
+    sim.expire_tokens();
+    assert_eq!(
+        source
+            .poll(&partitions[0], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        3
+    );
+    assert_eq!(sim.token_requests(), 2, "renewed once after the 401");
+    // Alerts carry the tenant id read from the token's tenantUid claim; the simulator refuses others.
+    assert_eq!(
+        source
+            .poll(&partitions[1], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_simulator_caps_pgnum_paging_at_ten_thousand_as_the_real_api_does() {
+    let sim = sim().await;
+    sim.add_file_events(
+        12_000,
+        Utc::now() - chrono::Duration::minutes(30),
+        chrono::Duration::milliseconds(100),
+        chrono::Duration::zero(),
+    );
+    secrelay::sources::http::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let token: serde_json::Value = client
+        .post(format!("{}/v1/oauth", sim.url()))
+        .basic_auth("key-42", Some("sim-code42-secret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap().to_string();
+    let mut total = 0;
+    for page in 1..=3 {
+        let body = serde_json::json!({"groups": [], "pgNum": page, "pgSize": 5000, "srtKey": "event.inserted", "srtDir": "asc"});
+        let reply: serde_json::Value = client
+            .post(format!("{}/v2/file-events", sim.url()))
+            .bearer_auth(&bearer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(reply["nextPgToken"].is_null());
+        total += reply["fileEvents"].as_array().unwrap().len();
+    }
+    assert_eq!(
+        total, 10_000,
+        "without a pgToken the results stop at 10 000 of 12 000"
+    );
+}
