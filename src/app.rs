@@ -20,6 +20,7 @@ use crate::sinks::file::FileSink;
 use crate::sinks::Sink;
 use crate::sources::code42::Code42Source;
 use crate::sources::sophos::SophosSource;
+use crate::sources::tenable_sc::TenableScSource;
 use crate::sources::{http, Source};
 use crate::store::{Access, CursorState, OutboxTotals, SinkState, Store, StoreError};
 
@@ -32,6 +33,10 @@ pub enum AppError {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    /// A source could not be set up from its settings (a TLS file unreadable, say); the message
+    /// names the config key. Fix it and start again.
+    #[error("{0}")]
+    SourceSetup(String),
     /// `--source` names no configured source.
     #[error("no source named `{0}` in the configuration")]
     UnknownSource(String),
@@ -168,6 +173,11 @@ async fn pipeline(
                 let built = Arc::new(Code42Source::new(id, s.clone(), client.clone(), lookback));
                 source_tasks.spawn(run_source(ctx.clone(), built, interval));
             }
+            SourceSettings::TenableSc(s) => {
+                let built = TenableScSource::new(id, s.clone(), &settings.http, lookback)
+                    .map_err(AppError::SourceSetup)?;
+                source_tasks.spawn(run_source(ctx.clone(), Arc::new(built), interval));
+            }
         }
     }
 
@@ -286,6 +296,23 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
                 Code42Source::new(id, s.clone(), client.clone(), None)
                     .partitions()
                     .await
+            }
+            SourceSettings::TenableSc(s) => {
+                match TenableScSource::new(id, s.clone(), &settings.http, None) {
+                    Ok(source) => {
+                        let found = source.partitions().await;
+                        source.close().await;
+                        found
+                    }
+                    Err(e) => {
+                        results.push(CheckResult {
+                            what: format!("source {id}"),
+                            ok: false,
+                            detail: e,
+                        });
+                        continue;
+                    }
+                }
             }
         };
         results.push(match outcome {
@@ -422,7 +449,7 @@ impl StateReport {
         let _ = writeln!(out, "\nSOURCES");
         let _ = writeln!(
             out,
-            "{:<16} {:<12} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
+            "{:<16} {:<16} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
             "SOURCE",
             "STREAM",
             "TENANT",
@@ -443,7 +470,7 @@ impl StateReport {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<12} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
+                "{:<16} {:<16} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
                 p.source,
                 p.stream,
                 if p.tenant.is_empty() { "-" } else { &p.tenant },

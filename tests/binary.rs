@@ -269,6 +269,8 @@ async fn demo_for_ten_seconds_writes_events_to_demo_out() {
         "code42_demo/sessions",
         "sophos_demo/alerts",
         "sophos_demo/events",
+        "tenable_demo/mitigated",
+        "tenable_demo/vulnerabilities",
     ];
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),

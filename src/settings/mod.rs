@@ -8,6 +8,7 @@
 //! logs or errors.
 
 mod secret;
+mod tenable_sc;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use secret::Secret;
+pub use tenable_sc::{TenableAuth, TenableFilter, TenableScSettings, TenableStream};
 
 /// The built-in lowest layer: every top-level key with its default.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -133,6 +135,8 @@ pub enum SourceSettings {
     Sophos(SophosSettings),
     /// `type = "code42"`: Code42 / Incydr file events, alerts and sessions.
     Code42(Code42Settings),
+    /// `type = "tenable_sc"`: Tenable Security Center vulnerabilities.
+    TenableSc(TenableScSettings),
 }
 
 impl SourceSettings {
@@ -141,6 +145,7 @@ impl SourceSettings {
         match self {
             SourceSettings::Sophos(s) => &s.sinks,
             SourceSettings::Code42(s) => &s.sinks,
+            SourceSettings::TenableSc(s) => &s.sinks,
         }
     }
 
@@ -149,6 +154,7 @@ impl SourceSettings {
         match self {
             SourceSettings::Sophos(s) => s.interval_secs,
             SourceSettings::Code42(s) => s.interval_secs,
+            SourceSettings::TenableSc(s) => s.interval_secs,
         }
     }
 
@@ -157,6 +163,7 @@ impl SourceSettings {
         match self {
             SourceSettings::Sophos(s) => s.enabled,
             SourceSettings::Code42(s) => s.enabled,
+            SourceSettings::TenableSc(s) => s.enabled,
         }
     }
 
@@ -167,6 +174,9 @@ impl SourceSettings {
             SourceSettings::Code42(s) => {
                 let lookback = u64::from(s.initial_lookback_hours.max(s.session_window_hours));
                 lookback + u64::from(s.overlap_minutes).div_ceil(60)
+            }
+            SourceSettings::TenableSc(s) => {
+                u64::from(s.initial_lookback_days) * 24 + u64::from(s.overlap_hours)
             }
         }
     }
@@ -374,7 +384,7 @@ pub struct FileSinkSettings {
     pub batch_size: usize,
 }
 
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 fn sixty() -> f64 {
@@ -553,6 +563,66 @@ impl Settings {
                         return Err(invalid(
                             format!("sources.{id}.initial_lookback_hours"),
                             "must be 1 to 24 (the SIEM API serves 24 hours back)".into(),
+                        ));
+                    }
+                    if s.streams.is_empty() {
+                        return Err(invalid(
+                            format!("sources.{id}.streams"),
+                            "name at least one stream".into(),
+                        ));
+                    }
+                }
+                SourceSettings::TenableSc(s) => {
+                    match s.auth {
+                        TenableAuth::ApiKeys => {
+                            if s.access_key.as_deref().unwrap_or_default().is_empty() {
+                                return Err(invalid(
+                                    format!("sources.{id}.access_key"),
+                                    "required with auth = \"api_keys\"".into(),
+                                ));
+                            }
+                            let key = format!("sources.{id}.secret_key");
+                            s.secret_key = Some(secret::resolve(
+                                &key,
+                                s.secret_key.as_ref(),
+                                s.secret_key_file.as_deref(),
+                            )?);
+                            s.secret_key_file = None;
+                        }
+                        TenableAuth::Session => {
+                            if s.username.as_deref().unwrap_or_default().is_empty() {
+                                return Err(invalid(
+                                    format!("sources.{id}.username"),
+                                    "required with auth = \"session\"".into(),
+                                ));
+                            }
+                            let key = format!("sources.{id}.password");
+                            s.password = Some(secret::resolve(
+                                &key,
+                                s.password.as_ref(),
+                                s.password_file.as_deref(),
+                            )?);
+                            s.password_file = None;
+                        }
+                    }
+                    let ranges: [(&str, u32, u32, u32); 4] = [
+                        ("page_size", s.page_size, 1, 10_000),
+                        ("concurrency", s.concurrency, 1, 8),
+                        ("initial_lookback_days", s.initial_lookback_days, 1, 365),
+                        ("overlap_hours", s.overlap_hours, 0, 720),
+                    ];
+                    for (name, value, low, high) in ranges {
+                        if !(low..=high).contains(&value) {
+                            return Err(invalid(
+                                format!("sources.{id}.{name}"),
+                                format!("must be {low} to {high}"),
+                            ));
+                        }
+                    }
+                    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
+                        return Err(invalid(
+                            format!("sources.{id}.client_cert_file"),
+                            "two-way TLS needs both client_cert_file and client_key_file".into(),
                         ));
                     }
                     if s.streams.is_empty() {

@@ -5,3 +5,4 @@
 
 pub mod code42;
 pub mod sophos;
+pub mod tenable_sc;

@@ -27,6 +27,65 @@ pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error
         .build()
 }
 
+/// TLS settings for servers that need more than the system roots.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM bundle of extra CAs to trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for two-way TLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Verify the server certificate (never turned off silently: callers warn).
+    pub verify: bool,
+}
+
+/// A client with its own TLS trust, client certificate and request timeout. Errors name the file
+/// and config key so the operator can fix them.
+pub fn client_with_tls(
+    settings: &HttpSettings,
+    tls: &TlsOptions,
+    timeout: Duration,
+    key_prefix: &str,
+) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_secs))
+        .user_agent(concat!("secrelay/", env!("CARGO_PKG_VERSION")))
+        .danger_accept_invalid_certs(!tls.verify);
+    if let Some(path) = &tls.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("{key_prefix}.ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "{key_prefix}.ca_file {}: not a PEM bundle: {e}",
+                path.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{key_prefix}.ca_file {}: no certificate in it",
+                path.display()
+            ));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        let mut pem = std::fs::read(cert)
+            .map_err(|e| format!("{key_prefix}.client_cert_file {}: {e}", cert.display()))?;
+        pem.push(b'\n');
+        pem.extend(
+            std::fs::read(key)
+                .map_err(|e| format!("{key_prefix}.client_key_file {}: {e}", key.display()))?,
+        );
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("{key_prefix}.client_cert_file/client_key_file: {e}"))?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("{key_prefix}: cannot build the HTTP client: {e}"))
+}
+
 /// Makes ring the process-wide rustls provider (once; later calls are no-ops).
 pub fn install_crypto_provider() {
     // An error only means a provider is installed already.

@@ -8,6 +8,7 @@
 pub mod code42;
 pub mod http;
 pub mod sophos;
+pub mod tenable_sc;
 
 use std::future::Future;
 use std::time::Duration;
@@ -96,4 +97,9 @@ pub trait Source: Send + Sync + 'static {
         partition: &Partition,
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page, SourceError>> + Send;
+
+    /// Ends a vendor session, once, when the source stops (default: nothing to end).
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -209,11 +209,8 @@ impl Store {
             .foreign_keys(true)
             // A commit waiting on another writer's fsync is normal here, not worth a warning per page.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
+        // Take the lock before connecting: the first connection to a new file switches it to WAL,
+        // which two processes must not attempt at once.
         let lock_path = PathBuf::from(format!("{}.lock", path.display()));
         let lock = open_lock_file(&lock_path)
             .map_err(|e| open_err(format!("lock file {}: {e}", lock_path.display())))?;
@@ -226,6 +223,7 @@ impl Store {
                 lock_path.display()
             )));
         }
+        let pool = connect(options).await.map_err(open_err)?;
         if locked {
             MIGRATOR
                 .run(&pool)
@@ -698,6 +696,27 @@ async fn lock_or_wait(lock: &std::fs::File, access: Access) -> std::io::Result<b
     }
 }
 
+/// Connects, retrying while the file is busy: a reader may arrive while the lock holder is
+/// still switching a new database to WAL.
+async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, String> {
+    let until = std::time::Instant::now() + SCHEMA_PATIENCE;
+    loop {
+        let attempt = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("5") && std::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Waits until every built-in migration is recorded as applied.
 async fn wait_for_schema(pool: &SqlitePool) -> Result<(), String> {
     let wanted = MIGRATOR.iter().count() as i64;
@@ -803,6 +822,30 @@ mod tests {
         MIGRATOR.run(&pool).await.unwrap();
         let store = reader.await.unwrap().unwrap();
         assert_eq!(store.outbox_totals().await.unwrap().rows, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_and_readers_opening_a_new_database_at_once_all_succeed() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let mut opens = Vec::new();
+            for access in [
+                Access::Reader,
+                Access::Writer,
+                Access::Reader,
+                Access::Reader,
+            ] {
+                let path = path.clone();
+                opens.push(tokio::spawn(
+                    async move { Store::open(&path, access).await },
+                ));
+            }
+            for open in opens {
+                let store = open.await.unwrap().unwrap();
+                assert_eq!(store.outbox_totals().await.unwrap().rows, 0);
+            }
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,576 @@
+//! Tenable Security Center simulator: `/rest/system`, session login/logout (`/rest/token`), API keys,
+//! and `/rest/analysis` for `vulndetails` with the real envelope, string-typed rows and offset
+//! paging inside `query`, on loopback.
+//!
+//! Owns: the simulated findings (added and re-observed by tests) and faults: slow responses,
+//! findings arriving between pages (so `totalRecords` changes mid-pass), session expiry, and
+//! `error_code` 146 for an unknown filter. Must not: be reachable from anything but loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// Filters `/rest/analysis` knows (an unknown one is error_code 146).
+const KNOWN_FILTERS: [&str; 8] = [
+    "lastSeen",
+    "lastMitigated",
+    "severity",
+    "repositoryIDs",
+    "pluginID",
+    "port",
+    "protocol",
+    "exploitAvailable",
+];
+
+/// What the simulator accepts.
+#[derive(Debug, Clone)]
+pub struct TenableSimConfig {
+    /// API access key.
+    pub access_key: String,
+    /// API secret key.
+    pub secret_key: String,
+    /// Session username.
+    pub username: String,
+    /// Session password.
+    pub password: String,
+    /// Seconds a session lives.
+    pub session_timeout_secs: f64,
+    /// Seed of generated rows.
+    pub seed: u64,
+}
+
+impl Default for TenableSimConfig {
+    fn default() -> Self {
+        TenableSimConfig {
+            access_key: "ak-1".into(),
+            secret_key: "sim-tenable-secret".into(),
+            username: "secmanager".into(),
+            password: "sim-tenable-password".into(),
+            session_timeout_secs: 3600.0,
+            seed: 7,
+        }
+    }
+}
+
+/// Fault switches.
+#[derive(Debug, Default)]
+pub struct TenableFaults {
+    /// Delay every analysis response, milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Findings that appear inside the queried window each time a page after the first is served.
+    pub arrivals_per_page: AtomicU64,
+}
+
+/// One finding: a plugin result on a host's port.
+#[derive(Debug, Clone)]
+struct Finding {
+    n: u64,
+    repository: u64,
+    ip: String,
+    dns: String,
+    plugin: u64,
+    port: u64,
+    protocol: &'static str,
+    first_seen: i64,
+    last_seen: i64,
+    mitigated: Option<i64>,
+}
+
+struct Shared {
+    config: TenableSimConfig,
+    findings: RwLock<Vec<Finding>>,
+    faults: TenableFaults,
+    sessions: Mutex<Vec<(String, String, Instant)>>,
+    logins: AtomicU64,
+    logouts: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    analysis_requests: Mutex<Vec<(Value, u16)>>,
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct TenableSim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TenableSim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl TenableSim {
+    /// Starts on `127.0.0.1` on a free port, with no findings.
+    pub async fn start(config: TenableSimConfig) -> std::io::Result<TenableSim> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            findings: RwLock::new(Vec::new()),
+            faults: TenableFaults::default(),
+            sessions: Mutex::new(Vec::new()),
+            logins: AtomicU64::new(0),
+            logouts: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            analysis_requests: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/rest/system", get(system))
+            .route("/rest/token", post(login).delete(logout))
+            .route("/rest/analysis", post(analysis))
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(TenableSim {
+            shared,
+            addr,
+            server,
+        })
+    }
+
+    /// Base URL (without `/rest`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The fault switches.
+    pub fn faults(&self) -> &TenableFaults {
+        &self.shared.faults
+    }
+
+    /// Adds `count` open findings last seen between `from` and `to` (epoch seconds), spread evenly.
+    /// Returns their numbers.
+    pub fn add_findings(&self, count: u64, from: i64, to: i64) -> Vec<u64> {
+        let mut findings = self
+            .shared
+            .findings
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let start = findings.len() as u64;
+        let span = (to - from).max(1);
+        (0..count)
+            .map(|i| {
+                let n = start + i;
+                let last_seen = from + (i as i64 * span) / count.max(1) as i64;
+                findings.push(new_finding(self.shared.config.seed, n, last_seen));
+                n
+            })
+            .collect()
+    }
+
+    /// A scan sees finding `n` again at `at` (epoch seconds).
+    pub fn reobserve(&self, n: u64, at: i64) {
+        let mut findings = self
+            .shared
+            .findings
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = findings.iter_mut().find(|f| f.n == n) {
+            f.last_seen = at;
+        }
+    }
+
+    /// Finding `n` is fixed: it moves to the patched set, mitigated at `at`.
+    pub fn mitigate(&self, n: u64, at: i64) {
+        let mut findings = self
+            .shared
+            .findings
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = findings.iter_mut().find(|f| f.n == n) {
+            f.mitigated = Some(at);
+        }
+    }
+
+    /// The identities secrelay should derive for every finding currently in `cumulative` (open)
+    /// or `patched` (mitigated).
+    pub fn identities(&self, patched: bool) -> Vec<String> {
+        let findings = self
+            .shared
+            .findings
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        findings
+            .iter()
+            .filter(|f| f.mitigated.is_some() == patched)
+            .map(|f| {
+                let host = if f.dns.is_empty() {
+                    agent_uuid(self.shared.config.seed, f)
+                } else {
+                    f.dns.clone()
+                };
+                format!(
+                    "{}|{}|{}|{}|{}|{}|{}",
+                    f.repository, f.ip, host, f.plugin, f.port, f.protocol, f.last_seen
+                )
+            })
+            .collect()
+    }
+
+    /// Session logins so far.
+    pub fn logins(&self) -> u64 {
+        self.shared.logins.load(Ordering::SeqCst)
+    }
+
+    /// Session logouts so far.
+    pub fn logouts(&self) -> u64 {
+        self.shared.logouts.load(Ordering::SeqCst)
+    }
+
+    /// The most analysis requests in flight at once so far.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Every analysis request body with the HTTP status answered.
+    pub fn analysis_requests(&self) -> Vec<(Value, u16)> {
+        self.shared
+            .analysis_requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn new_finding(seed: u64, n: u64, last_seen: i64) -> Finding {
+    let r = mix(seed ^ mix(n));
+    const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "ICMP"];
+    let host = (r >> 8) % 250;
+    Finding {
+        n,
+        repository: 1 + r % 3,
+        ip: format!("10.{}.{}.{}", (r >> 16) % 4, host / 250, host + 1),
+        // Agent-scanned hosts (one in five) have no DNS name; they are told apart by uuid.
+        dns: if r.is_multiple_of(5) {
+            String::new()
+        } else {
+            format!("host{host}.corp.example.com")
+        },
+        plugin: 10_000 + n,
+        port: [0, 22, 80, 443, 3389][(r >> 24) as usize % 5],
+        protocol: PROTOCOLS[(r >> 28) as usize % 3],
+        first_seen: last_seen - 86_400 * ((r >> 32) % 90) as i64,
+        last_seen,
+        mitigated: None,
+    }
+}
+
+/// Agent-scanned hosts (no DNS name) carry an agent uuid; others an empty one.
+fn agent_uuid(seed: u64, f: &Finding) -> String {
+    if f.dns.is_empty() {
+        format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            mix(seed ^ mix(f.n)) >> 32,
+            f.n
+        )
+    } else {
+        String::new()
+    }
+}
+
+fn render(seed: u64, f: &Finding) -> Value {
+    let r = mix(seed ^ mix(f.n));
+    let severity = (r % 5) as usize;
+    let names = ["Info", "Low", "Medium", "High", "Critical"];
+    let uuid = agent_uuid(seed, f);
+    json!({
+        "pluginID": f.plugin.to_string(),
+        "severity": {"id": severity.to_string(), "name": names[severity], "description": format!("{} Severity", names[severity])},
+        "hasBeenMitigated": if f.mitigated.is_some() { "1" } else { "0" },
+        "acceptRisk": "0",
+        "recastRisk": "0",
+        "ip": f.ip,
+        "uuid": uuid,
+        "port": f.port.to_string(),
+        "protocol": f.protocol,
+        "pluginName": format!("Simulated check {}", f.plugin),
+        "firstSeen": f.first_seen.to_string(),
+        "lastSeen": f.last_seen.to_string(),
+        "lastMitigated": f.mitigated.map(|m| m.to_string()).unwrap_or_default(),
+        "exploitAvailable": if r.is_multiple_of(3) { "Yes" } else { "No" },
+        "synopsis": "The remote host is affected by a simulated vulnerability.",
+        "solution": "Upgrade to the latest version.",
+        "vprScore": format!("{:.1}", (r % 100) as f64 / 10.0),
+        "baseScore": format!("{:.1}", (r % 100) as f64 / 10.0),
+        "cvssV3BaseScore": format!("{:.1}", ((r >> 8) % 100) as f64 / 10.0),
+        "cve": format!("CVE-2024-{}", 1000 + f.n % 9000),
+        "dnsName": f.dns,
+        "macAddress": format!("00:50:56:{:02x}:{:02x}:{:02x}", (r >> 40) & 0xff, (r >> 48) & 0xff, (r >> 56) & 0xff),
+        "netbiosName": "",
+        "operatingSystem": "Linux Kernel 5.15",
+        "uniqueness": "repositoryID,ip,dnsName",
+        "family": {"id": "1", "name": "General", "type": "active"},
+        "repository": {"id": f.repository.to_string(), "name": format!("Repository {}", f.repository), "description": "", "dataFormat": "IPv4"},
+        "pluginInfo": format!("{} ({}/6) Simulated check", f.plugin, f.port),
+    })
+}
+
+fn envelope(status: StatusCode, response: Value, error_code: i64, error_msg: &str) -> Response {
+    (
+        status,
+        Json(json!({
+            "type": "regular",
+            "response": response,
+            "error_code": error_code,
+            "error_msg": error_msg,
+            "warnings": [],
+            "timestamp": chrono::Utc::now().timestamp(),
+        })),
+    )
+        .into_response()
+}
+
+async fn system() -> Response {
+    envelope(
+        StatusCode::OK,
+        json!({"version": "6.4.0", "buildID": "202407241", "sessionTimeout": "3600", "licenseStatus": "Valid"}),
+        0,
+        "",
+    )
+}
+
+async fn login(State(s): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    if body["username"] != s.config.username.as_str()
+        || body["password"] != s.config.password.as_str()
+    {
+        return envelope(
+            StatusCode::FORBIDDEN,
+            json!(""),
+            74,
+            "Invalid login credentials",
+        );
+    }
+    let n = s.logins.fetch_add(1, Ordering::SeqCst) + 1;
+    let token = format!("{}", 2_023_559_547 + n);
+    let cookie = format!("{:016x}", mix(n ^ s.config.seed));
+    if let Ok(mut sessions) = s.sessions.lock() {
+        sessions.push((token.clone(), cookie.clone(), Instant::now()));
+    }
+    let mut response = envelope(
+        StatusCode::OK,
+        json!({"token": token.parse::<u64>().unwrap_or(0), "unassociatedCert": "false"}),
+        0,
+        "",
+    );
+    if let Ok(v) = format!("TNS_SESSIONID={cookie}; path=/; secure; HttpOnly").parse() {
+        response.headers_mut().insert("set-cookie", v);
+    }
+    response
+}
+
+fn session_of(s: &Shared, headers: &HeaderMap) -> Option<String> {
+    let token = headers.get("x-securitycenter")?.to_str().ok()?;
+    let cookie = headers
+        .get("cookie")?
+        .to_str()
+        .ok()?
+        .split(';')
+        .find_map(|c| c.trim().strip_prefix("TNS_SESSIONID="))?;
+    let sessions = s.sessions.lock().ok()?;
+    sessions
+        .iter()
+        .find(|(t, c, at)| {
+            t == token && c == cookie && at.elapsed().as_secs_f64() < s.config.session_timeout_secs
+        })
+        .map(|(t, _, _)| t.clone())
+}
+
+async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match session_of(&s, &headers) {
+        Some(token) => {
+            if let Ok(mut sessions) = s.sessions.lock() {
+                sessions.retain(|(t, _, _)| *t != token);
+            }
+            s.logouts.fetch_add(1, Ordering::SeqCst);
+            envelope(StatusCode::OK, json!(""), 0, "")
+        }
+        None => envelope(StatusCode::UNAUTHORIZED, json!(""), 74, "Invalid token"),
+    }
+}
+
+fn api_key_ok(s: &Shared, headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get("x-apikey").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut access = None;
+    let mut secret = None;
+    for part in value.split(';') {
+        let (k, v) = part.trim().split_once('=').unwrap_or_default();
+        match k.to_ascii_lowercase().as_str() {
+            "accesskey" => access = Some(v),
+            "secretkey" => secret = Some(v),
+            _ => {}
+        }
+    }
+    access == Some(s.config.access_key.as_str()) && secret == Some(s.config.secret_key.as_str())
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn analysis(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let now_in_flight = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight(&s);
+    s.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
+    let delay = s.faults.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let response = analysis_response(&s, &headers, &body);
+    if let Ok(mut log) = s.analysis_requests.lock() {
+        log.push((body, response.status().as_u16()));
+    }
+    response
+}
+
+fn window(value: &str) -> Option<(i64, i64)> {
+    let (a, b) = value.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Response {
+    if !api_key_ok(s, headers) && session_of(s, headers).is_none() {
+        return envelope(StatusCode::UNAUTHORIZED, json!(""), 74, "Invalid token");
+    }
+    let query = &body["query"];
+    if body["type"] != "vuln" || query["tool"] != "vulndetails" {
+        return envelope(
+            StatusCode::FORBIDDEN,
+            json!(""),
+            146,
+            "Invalid parameters specified: only vulndetails is simulated",
+        );
+    }
+    let patched = body["sourceType"] == "patched";
+    let mut bounds: Option<(&str, i64, i64)> = None;
+    let mut severities: Option<Vec<String>> = None;
+    for filter in query["filters"].as_array().cloned().unwrap_or_default() {
+        let name = filter["filterName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !KNOWN_FILTERS.contains(&name.as_str()) {
+            return envelope(
+                StatusCode::FORBIDDEN,
+                json!(""),
+                146,
+                &format!(
+                    "Invalid parameters specified: unknown filter '{name}'. Valid filters: {}",
+                    KNOWN_FILTERS.join(", ")
+                ),
+            );
+        }
+        let value = filter["value"].as_str().unwrap_or_default();
+        match name.as_str() {
+            "lastSeen" | "lastMitigated" => match window(value) {
+                Some((a, b)) => {
+                    bounds = Some((
+                        if name == "lastSeen" {
+                            "lastSeen"
+                        } else {
+                            "lastMitigated"
+                        },
+                        a,
+                        b,
+                    ))
+                }
+                None => {
+                    return envelope(
+                        StatusCode::FORBIDDEN,
+                        json!(""),
+                        146,
+                        "Invalid parameters specified: bad time window",
+                    )
+                }
+            },
+            "severity" => severities = Some(value.split(',').map(str::to_string).collect()),
+            _ => {}
+        }
+    }
+    let start = query["startOffset"].as_u64().unwrap_or(0) as usize;
+    let end = query["endOffset"].as_u64().unwrap_or(50) as usize;
+    // New findings arrive while a pass is under way: inside the window, so totalRecords changes.
+    let arrivals = s.faults.arrivals_per_page.load(Ordering::SeqCst);
+    if start > 0 && arrivals > 0 {
+        if let Some((_, a, b)) = bounds {
+            let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
+            let first = findings.len() as u64;
+            for i in 0..arrivals {
+                findings.push(new_finding(s.config.seed, first + i, (b - 60).max(a)));
+            }
+        }
+    }
+    let findings = s.findings.read().unwrap_or_else(|e| e.into_inner());
+    let mut matched: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.mitigated.is_some() == patched)
+        .filter(|f| match bounds {
+            Some(("lastMitigated", a, b)) => f.mitigated.is_some_and(|m| m >= a && m <= b),
+            Some((_, a, b)) => f.last_seen >= a && f.last_seen <= b,
+            None => true,
+        })
+        .filter(|f| {
+            severities.as_ref().is_none_or(|wanted| {
+                let r = mix(s.config.seed ^ mix(f.n));
+                wanted.contains(&(r % 5).to_string())
+            })
+        })
+        .collect();
+    let key = |f: &Finding| {
+        if patched {
+            f.mitigated.unwrap_or(0)
+        } else {
+            f.last_seen
+        }
+    };
+    matched.sort_by_key(|f| (key(f), f.n));
+    let total = matched.len();
+    let rows: Vec<Value> = matched
+        .iter()
+        .skip(start)
+        .take(end.saturating_sub(start))
+        .map(|f| render(s.config.seed, f))
+        .collect();
+    envelope(
+        StatusCode::OK,
+        json!({
+            "totalRecords": total.to_string(),
+            "returnedRecords": rows.len(),
+            "startOffset": start.to_string(),
+            "endOffset": end.to_string(),
+            "matchingDataElementCount": total.to_string(),
+            "results": rows,
+        }),
+        0,
+        "",
+    )
+}

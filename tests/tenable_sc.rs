@@ -1,0 +1,259 @@
+//! The Tenable.sc source against its simulator over real HTTP: concurrent offset paging of 25 000
+//! rows while new findings arrive, re-observations, mitigated findings, session re-login and logout,
+//! and `error_code` surfacing.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{assert_exactly_once, delivered, Delivered};
+use secrelay::app::{self, BackfillOptions};
+use secrelay::settings::{Settings, SourceSettings};
+use secrelay::simulate::tenable_sc::{TenableSim, TenableSimConfig};
+use secrelay::sources::tenable_sc::TenableScSource;
+use secrelay::sources::{Source, SourceError};
+use tokio_util::sync::CancellationToken;
+
+fn config(sim: &TenableSim, dir: &std::path::Path, extra: &str) -> Settings {
+    let text = format!(
+        r#"
+[store]
+path = {store:?}
+[scheduler]
+jitter_secs = 0.0
+backoff_initial_secs = 0.2
+backoff_max_secs = 2.0
+[backfill]
+drain_timeout_secs = 60.0
+[sinks.out]
+type = "file"
+path = {file:?}
+batch_size = 2000
+[sources.sc]
+type = "tenable_sc"
+url = {url:?}
+sinks = ["out"]
+{extra}
+"#,
+        store = dir.join("state.db").display().to_string(),
+        file = dir.join("out").join("events.ndjson").display().to_string(),
+        url = sim.url(),
+    );
+    Settings::from_toml(&text).expect("valid test config")
+}
+
+const KEYS: &str = "access_key = \"ak-1\"\nsecret_key = \"sim-tenable-secret\"";
+const SESSION: &str =
+    "auth = \"session\"\nusername = \"secmanager\"\npassword = \"sim-tenable-password\"";
+
+async fn backfill(settings: &Settings) {
+    let summary = app::backfill(
+        settings,
+        &BackfillOptions::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("backfill runs");
+    assert!(summary.complete(), "{summary:?}");
+}
+
+fn expected(stream: &str, ids: Vec<String>) -> Vec<Delivered> {
+    ids.into_iter()
+        .map(|id| (stream.to_string(), String::new(), id))
+        .collect()
+}
+
+fn source(settings: &Settings) -> TenableScSource {
+    let SourceSettings::TenableSc(s) = settings.sources["sc"].clone() else {
+        panic!("tenable settings")
+    };
+    TenableScSource::new("sc", s, &settings.http, None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_thousand_rows_paged_concurrently_arrive_complete_and_once() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(25_000, now - 10 * 86_400, now - 3600);
+    sim.faults().delay_ms.store(30, Ordering::SeqCst);
+    // New findings land inside the window while the pass runs, so totalRecords grows between pages.
+    sim.faults().arrivals_per_page.store(5, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\nstreams = [\"cumulative\"]\npage_size = 1000\nconcurrency = 3"),
+    );
+    backfill(&s).await;
+    sim.faults().arrivals_per_page.store(0, Ordering::SeqCst);
+    // The next pass starts `overlap_hours` before the last one ended and picks up the late arrivals.
+    backfill(&s).await;
+    let want = expected("vulnerabilities", sim.identities(false));
+    assert!(want.len() > 25_000, "findings arrived mid-pass");
+    assert_exactly_once(&delivered(dir.path()), &want);
+    assert_eq!(sim.max_in_flight(), 3, "three pages at once, never more");
+    let bodies = sim.analysis_requests();
+    assert!(bodies
+        .iter()
+        .all(|(b, _)| b["query"]["startOffset"].is_u64() && b["startOffset"].is_null()));
+}
+
+#[tokio::test]
+async fn a_finding_seen_again_is_forwarded_again_and_the_same_observation_never_twice() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = sim.add_findings(50, now - 86_400, now - 7200);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\nstreams = [\"cumulative\"]\npage_size = 20"),
+    );
+    backfill(&s).await;
+    let mut want = expected("vulnerabilities", sim.identities(false));
+    sim.reobserve(numbers[3], now - 60);
+    backfill(&s).await;
+    backfill(&s).await;
+    let again = expected("vulnerabilities", sim.identities(false));
+    let new: Vec<_> = again
+        .iter()
+        .filter(|id| !want.contains(id))
+        .cloned()
+        .collect();
+    assert_eq!(new.len(), 1, "exactly the re-observed finding is new");
+    want.extend(new);
+    assert_exactly_once(&delivered(dir.path()), &want);
+}
+
+#[tokio::test]
+async fn mitigated_findings_come_through_the_patched_stream() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = sim.add_findings(30, now - 86_400, now - 7200);
+    for n in &numbers[..5] {
+        sim.mitigate(*n, now - 600);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), KEYS);
+    backfill(&s).await;
+    let mut want = expected("vulnerabilities", sim.identities(false));
+    want.extend(expected("mitigated", sim.identities(true)));
+    assert_eq!(want.len(), 30);
+    assert_exactly_once(&delivered(dir.path()), &want);
+}
+
+#[tokio::test]
+async fn an_expired_session_logs_in_again_and_stopping_logs_out() {
+    let sim = TenableSim::start(TenableSimConfig {
+        session_timeout_secs: 1.0,
+        ..TenableSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(10, now - 3600, now - 60);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), SESSION);
+    let source = source(&s);
+    let partitions = source.partitions().await.unwrap();
+    assert_eq!(
+        source
+            .poll(&partitions[0], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        10
+    );
+    assert_eq!(sim.logins(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        source
+            .poll(&partitions[0], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        10
+    );
+    assert_eq!(sim.logins(), 2, "one re-login after the session expired");
+    source.close().await;
+    assert_eq!(sim.logouts(), 1, "DELETE /rest/token on stop");
+}
+
+#[tokio::test]
+async fn error_code_in_the_envelope_surfaces_with_its_message() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\n[[sources.sc.filters]]\nfilterName = \"bogusFilter\"\noperator = \"=\"\nvalue = \"1\""),
+    );
+    let source = source(&s);
+    let partitions = source.partitions().await.unwrap();
+    let err = source.poll(&partitions[0], None).await.unwrap_err();
+    assert!(matches!(err, SourceError::Rejected { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("error_code 146") && text.contains("bogusFilter"),
+        "{text}"
+    );
+    assert!(text.contains("/rest/analysis"), "{text}");
+}
+
+#[tokio::test]
+async fn wrong_api_keys_are_an_auth_error() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "access_key = \"ak-1\"\nsecret_key = \"wrong\"",
+    );
+    let source = source(&s);
+    let err = source
+        .poll(&source.partitions().await.unwrap()[0], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the secret is not echoed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_ca_bundle_is_an_error_naming_the_key() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\nca_file = \"/nonexistent/ca.pem\""),
+    );
+    let SourceSettings::TenableSc(settings) = s.sources["sc"].clone() else {
+        panic!("tenable settings")
+    };
+    let err = TenableScSource::new("sc", settings, &s.http, None)
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("sources.sc.ca_file") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+}
