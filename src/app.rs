@@ -19,6 +19,7 @@ use crate::settings::{Settings, SinkSettings, SourceSettings};
 use crate::sinks::file::FileSink;
 use crate::sinks::Sink;
 use crate::sources::code42::Code42Source;
+use crate::sources::jamf::JamfSource;
 use crate::sources::sophos::SophosSource;
 use crate::sources::tenable_sc::TenableScSource;
 use crate::sources::{http, Source};
@@ -178,6 +179,10 @@ async fn pipeline(
                     .map_err(AppError::SourceSetup)?;
                 source_tasks.spawn(run_source(ctx.clone(), Arc::new(built), interval));
             }
+            SourceSettings::Jamf(s) => {
+                let built = Arc::new(JamfSource::new(id, s.clone(), client.clone()));
+                source_tasks.spawn(run_source(ctx.clone(), built, interval));
+            }
         }
     }
 
@@ -314,6 +319,11 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
                     }
                 }
             }
+            SourceSettings::Jamf(s) => {
+                JamfSource::new(id, s.clone(), client.clone())
+                    .partitions()
+                    .await
+            }
         };
         results.push(match outcome {
             Ok(p) => CheckResult {
@@ -449,7 +459,7 @@ impl StateReport {
         let _ = writeln!(out, "\nSOURCES");
         let _ = writeln!(
             out,
-            "{:<16} {:<16} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
+            "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
             "SOURCE",
             "STREAM",
             "TENANT",
@@ -470,7 +480,7 @@ impl StateReport {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<16} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
+                "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
                 p.source,
                 p.stream,
                 if p.tenant.is_empty() { "-" } else { &p.tenant },

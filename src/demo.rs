@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, AppError, RunSummary};
 use crate::settings::Settings;
 use crate::simulate::code42::{Code42Sim, Code42SimConfig};
+use crate::simulate::jamf::{JamfSim, JamfSimConfig};
 use crate::simulate::sophos::{Identity, SophosSim, SophosSimConfig};
 use crate::simulate::tenable_sc::{TenableSim, TenableSimConfig};
 
@@ -45,6 +46,8 @@ pub struct Simulators {
     pub code42: Arc<Code42Sim>,
     /// Tenable.sc: 2000 findings from the last week, one in ten mitigated.
     pub tenable: TenableSim,
+    /// Jamf Pro: 500 computers with their inventory.
+    pub jamf: JamfSim,
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -97,10 +100,17 @@ impl Simulators {
         for n in findings.iter().step_by(10) {
             tenable.mitigate(*n, secs - 300);
         }
+        let jamf = JamfSim::start(JamfSimConfig {
+            computers: 500,
+            ..JamfSimConfig::default()
+        })
+        .await
+        .map_err(setup("Jamf Pro"))?;
         Ok(Simulators {
             sophos,
             code42: Arc::new(code42),
             tenable,
+            jamf,
         })
     }
 
@@ -142,6 +152,13 @@ impl Simulators {
             secret_key = "sim-tenable-secret"
             interval_secs = 5.0
             sinks = ["ndjson"]
+            [sources.jamf_demo]
+            type = "jamf"
+            url = {jamf:?}
+            client_id = "jamf-client"
+            client_secret = "sim-jamf-secret"
+            interval_secs = 30.0
+            sinks = ["ndjson"]
             "#,
             store = out.join("state.db").display().to_string(),
             file = out.join("events.ndjson").display().to_string(),
@@ -149,6 +166,7 @@ impl Simulators {
             sophos = self.sophos.url(),
             code42 = self.code42.url(),
             tenable = self.tenable.url(),
+            jamf = self.jamf.url(),
         );
         Settings::from_toml(&text).map_err(|e| DemoError::Setup(e.to_string()))
     }
@@ -156,10 +174,11 @@ impl Simulators {
     /// One line per simulator, for the demo's banner.
     pub fn describe(&self) -> String {
         format!(
-            "  Sophos Central (partner, 3 tenants)  {}\n  Code42 Incydr                        {}\n  Tenable.sc                           {}",
+            "  Sophos Central (partner, 3 tenants)  {}\n  Code42 Incydr                        {}\n  Tenable.sc                           {}\n  Jamf Pro (500 computers)             {}",
             self.sophos.url(),
             self.code42.url(),
-            self.tenable.url()
+            self.tenable.url(),
+            self.jamf.url()
         )
     }
 }

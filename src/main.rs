@@ -74,7 +74,7 @@ fn init_logging(level: &str) {
 
 fn print_summary(summary: &RunSummary) {
     println!(
-        "{:<16} {:<16} {:<38} {:>10} {:>10}  STATUS",
+        "{:<16} {:<18} {:<38} {:>10} {:>10}  STATUS",
         "SOURCE", "STREAM", "TENANT", "NEW", "REPEATS"
     );
     for p in &summary.partitions {
@@ -85,7 +85,7 @@ fn print_summary(summary: &RunSummary) {
         };
         let tenant = if p.tenant.is_empty() { "-" } else { &p.tenant };
         println!(
-            "{:<16} {:<16} {:<38} {:>10} {:>10}  {status}",
+            "{:<16} {:<18} {:<38} {:>10} {:>10}  {status}",
             p.source, p.stream, tenant, p.appended, p.duplicates
         );
     }

@@ -4,5 +4,6 @@
 //! demo and benchmarks starts one.
 
 pub mod code42;
+pub mod jamf;
 pub mod sophos;
 pub mod tenable_sc;

@@ -7,6 +7,7 @@
 
 pub mod code42;
 pub mod http;
+pub mod jamf;
 pub mod sophos;
 pub mod tenable_sc;
 

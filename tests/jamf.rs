@@ -1,0 +1,351 @@
+//! The Jamf Pro source against its simulator over real HTTP: inventory passes within the
+//! connection limit, a computer that reports during a pass, fleet counters against an independent
+//! count, token keep-alive and renewal, and the Classic API with Basic auth.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{assert_exactly_once, delivered, Delivered};
+use secrelay::app::{self, BackfillOptions};
+use secrelay::settings::{Settings, SourceSettings};
+use secrelay::simulate::jamf::{JamfSim, JamfSimConfig};
+use secrelay::sources::jamf::JamfSource;
+use secrelay::sources::{http, Source, SourceError};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn config(sim: &JamfSim, dir: &std::path::Path, extra: &str) -> Settings {
+    let text = format!(
+        r#"
+[store]
+path = {store:?}
+[scheduler]
+jitter_secs = 0.0
+backoff_initial_secs = 0.2
+backoff_max_secs = 2.0
+shutdown_grace_secs = 5.0
+[backfill]
+drain_timeout_secs = 60.0
+[sinks.out]
+type = "file"
+path = {file:?}
+batch_size = 2000
+[sources.jamf]
+type = "jamf"
+url = {url:?}
+interval_secs = 0.5
+sinks = ["out"]
+{extra}
+"#,
+        store = dir.join("state.db").display().to_string(),
+        file = dir.join("out").join("events.ndjson").display().to_string(),
+        url = sim.url(),
+    );
+    Settings::from_toml(&text).expect("valid test config")
+}
+
+const CLIENT: &str = "client_id = \"jamf-client\"\nclient_secret = \"sim-jamf-secret\"";
+
+async fn backfill(settings: &Settings) {
+    let summary = app::backfill(
+        settings,
+        &BackfillOptions::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("backfill runs");
+    assert!(summary.complete(), "{summary:?}");
+}
+
+fn inventory_ids(sim: &JamfSim, ids: impl Iterator<Item = u64>) -> Vec<Delivered> {
+    ids.map(|id| {
+        let date = sim.report_date(id).unwrap();
+        (
+            "inventory".to_string(),
+            String::new(),
+            format!("{id}@{date}"),
+        )
+    })
+    .collect()
+}
+
+fn source(settings: &Settings) -> JamfSource {
+    let SourceSettings::Jamf(s) = settings.sources["jamf"].clone() else {
+        panic!("jamf settings")
+    };
+    JamfSource::new("jamf", s, http::client(&settings.http).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_pass_is_complete_once_and_within_five_connections() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 2000,
+        latency_ms: 20,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{CLIENT}\nstreams = [\"inventory\", \"assets\"]\npage_size = 100"),
+    );
+    backfill(&s).await;
+    backfill(&s).await;
+    let mut want = inventory_ids(&sim, 1..=2000);
+    want.extend(sim.fleet().iter().map(|c| {
+        (
+            "assets".to_string(),
+            String::new(),
+            format!(
+                "{}@{}",
+                c["id"].as_str().unwrap(),
+                c["general"]["reportDate"].as_str().unwrap()
+            ),
+        )
+    }));
+    assert_exactly_once(&delivered(dir.path()), &want);
+    assert!(
+        sim.max_in_flight() <= 5,
+        "{} requests at once",
+        sim.max_in_flight()
+    );
+    assert!(
+        sim.max_in_flight() > 1,
+        "the fleet pass fetches pages concurrently"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computer_that_reports_during_a_pass_is_neither_lost_nor_duplicated() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 1000,
+        latency_ms: 150,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{CLIENT}\nstreams = [\"inventory\"]\npage_size = 100"),
+    );
+    let first_date_of_5 = sim.report_date(5).unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let s = s.clone();
+        let stop = stop.clone();
+        async move { app::run(&s, stop).await }
+    });
+    // Wait until the first pages are in: computer 5 (early in report-date order) has been read,
+    // computer 950 (late) has not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: i64 = app::state(&s)
+            .await
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| p.events_total)
+            .sum();
+        if got >= 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pass never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.report(950);
+    sim.report(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered(dir.path()).len() < 1001 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} delivered",
+            delivered(dir.path()).len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    // Every computer once with its latest report; computer 5 also with the report read before.
+    let mut want = inventory_ids(&sim, 1..=1000);
+    want.push((
+        "inventory".into(),
+        String::new(),
+        format!("5@{first_date_of_5}"),
+    ));
+    assert_exactly_once(&delivered(dir.path()), &want);
+}
+
+#[tokio::test]
+async fn fleet_counters_equal_an_independent_count() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 400,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{CLIENT}\nstreams = [\"fleet_counters\", \"virtual_machines\", \"ip_users\"]"),
+    );
+    backfill(&s).await;
+
+    // Count from the simulator's own records, the way a person would with a spreadsheet.
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    let mut virtual_computers = 0;
+    for c in sim.fleet() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (kind, list) in [
+            ("application", "applications"),
+            ("extension", "plugins"),
+            ("service", "services"),
+        ] {
+            for item in c[list].as_array().unwrap() {
+                let name = item["name"].as_str().unwrap();
+                if seen.insert(format!("{kind}:{name}")) {
+                    *want.entry(format!("{kind}:{name}")).or_default() += 1;
+                    let lower = name.to_lowercase();
+                    if kind == "application"
+                        && ["vmware", "parallels", "virtualbox"]
+                            .iter()
+                            .any(|m| lower.contains(m))
+                    {
+                        *want.entry(format!("virtual_machine:{name}")).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if c["hardware"]["model"].as_str().unwrap().contains("VMware") {
+            virtual_computers += 1;
+            *want
+                .entry(format!(
+                    "virtual_machine:virtual computer: {}",
+                    c["hardware"]["model"].as_str().unwrap()
+                ))
+                .or_default() += 1;
+        }
+    }
+    let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    let mut vm_records = 0;
+    let mut ip_users = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        match v["stream"].as_str().unwrap() {
+            "fleet_counters" => {
+                let r = &v["record"];
+                assert_eq!(r["fleetSize"], 400);
+                got.insert(
+                    format!(
+                        "{}:{}",
+                        r["kind"].as_str().unwrap(),
+                        r["name"].as_str().unwrap()
+                    ),
+                    r["computers"].as_u64().unwrap(),
+                );
+            }
+            "virtual_machines" => vm_records += 1,
+            "ip_users" => ip_users += 1,
+            other => panic!("unexpected stream {other}"),
+        }
+    }
+    assert_eq!(got, want);
+    assert!(virtual_computers > 0 && vm_records >= virtual_computers);
+    assert_eq!(ip_users, 400);
+}
+
+#[tokio::test]
+async fn a_user_token_is_kept_alive_before_it_expires() {
+    let sim = JamfSim::start(JamfSimConfig {
+        token_lifetime_secs: 4.0,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "auth = \"user\"\nusername = \"jss-admin\"\npassword = \"sim-jamf-password\"\nstreams = [\"inventory\"]",
+    );
+    let source = source(&s);
+    let partitions = source.partitions().await.unwrap();
+    source.poll(&partitions[0], None).await.unwrap();
+    // Past half the (short) lifetime, the token is renewed through keep-alive, not a new login.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    source.poll(&partitions[0], None).await.unwrap();
+    assert_eq!(sim.token_requests(), 1);
+    assert_eq!(sim.keep_alives(), 1);
+}
+
+#[tokio::test]
+async fn an_api_client_token_the_server_dropped_is_renewed_once() {
+    let sim = JamfSim::start(JamfSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{CLIENT}\nstreams = [\"inventory\"]"),
+    );
+    let source = source(&s);
+    let partitions = source.partitions().await.unwrap();
+    source.poll(&partitions[0], None).await.unwrap();
+    sim.expire_tokens();
+    assert_eq!(
+        source
+            .poll(&partitions[0], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        100
+    );
+    assert_eq!(sim.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn the_classic_api_with_basic_auth_reads_inventory_and_refuses_when_basic_is_off() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 60,
+        basic_enabled: true,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let basic = "api = \"classic\"\nauth = \"basic\"\nusername = \"jss-admin\"\npassword = \"sim-jamf-password\"\npage_size = 25";
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{basic}\nstreams = [\"inventory\", \"applications\"]"),
+    );
+    backfill(&s).await;
+    backfill(&s).await;
+    let got = delivered(dir.path());
+    let inventory: Vec<_> = got.iter().filter(|d| d.0 == "inventory").collect();
+    assert_eq!(inventory.len(), 60, "each computer once across two passes");
+    assert_eq!(got.iter().filter(|d| d.0 == "applications").count(), 60);
+    assert!(sim.max_in_flight() <= 5);
+
+    let off = JamfSim::start(JamfSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &off,
+        dir.path(),
+        &format!("{basic}\nstreams = [\"inventory\"]"),
+    );
+    let source = source(&s);
+    let err = source
+        .poll(&source.partitions().await.unwrap()[0], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+}
