@@ -257,3 +257,96 @@ async fn an_unreadable_ca_bundle_is_an_error_naming_the_key() {
         "{err}"
     );
 }
+
+#[path = "common/tls.rs"]
+mod tls;
+
+#[tokio::test]
+async fn two_way_tls_with_a_private_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    let sim = TenableSim::start_tls(TenableSimConfig::default(), tls::server_config(&pki, true))
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(20, now - 3600, now - 60);
+    let tls_keys = format!(
+        "{KEYS}\nstreams = [\"cumulative\"]\nca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}",
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string()
+    );
+    let s = config(&sim, dir.path(), &tls_keys);
+    backfill(&s).await;
+    assert_exactly_once(
+        &delivered(dir.path()),
+        &expected("vulnerabilities", sim.identities(false)),
+    );
+
+    // The same server refuses a client without a certificate.
+    let no_client_cert = format!("{KEYS}\nca_file = {:?}", pki.ca.display().to_string());
+    let source = source(&config(&sim, dir.path(), &no_client_cert));
+    let err = source
+        .poll(&source.partitions().await.unwrap()[0], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Unavailable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_unless_verification_is_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    let sim = TenableSim::start_tls(TenableSimConfig::default(), tls::server_config(&pki, false))
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(5, now - 3600, now - 60);
+    let source_for = |extra: &str| source(&config(&sim, dir.path(), &format!("{KEYS}\n{extra}")));
+
+    let strict = source_for("");
+    let err = strict
+        .poll(&strict.partitions().await.unwrap()[0], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Unavailable { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "the error says why: {err}"
+    );
+
+    let lax = source_for("tls_verify = false");
+    assert_eq!(
+        lax.poll(&lax.partitions().await.unwrap()[0], None)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn an_error_code_on_http_200_is_an_error_too() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(5, now - 3600, now - 60);
+    sim.faults().error_on_ok.store(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\nstreams = [\"cumulative\"]\nconcurrency = 1"),
+    );
+    let source = source(&s);
+    let partition = source.partitions().await.unwrap()[0].clone();
+    let err = source.poll(&partition, None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("HTTP 200 OK, error_code 1: Unable to retrieve"),
+        "{err}"
+    );
+    // Nothing was taken from the failed response; the retry gets the rows.
+    assert_eq!(source.poll(&partition, None).await.unwrap().events.len(), 5);
+}

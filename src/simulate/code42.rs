@@ -189,9 +189,7 @@ impl Code42Sim {
             .route("/svc/api/v1/query-alerts", post(query_alerts))
             .route("/svc/api/v1/query-details", post(query_details))
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = super::spawn_server(listener, app, None);
         Ok(Code42Sim {
             shared,
             addr,

@@ -191,9 +191,7 @@ impl JamfSim {
             .route("/JSSResource/computers", get(classic_list))
             .route("/JSSResource/computers/id/{id}", get(classic_computer))
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = super::spawn_server(listener, app, None);
         Ok(JamfSim {
             shared,
             addr,

@@ -7,3 +7,40 @@ pub mod code42;
 pub mod jamf;
 pub mod sophos;
 pub mod tenable_sc;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+/// Serves `app` on `listener`, over HTTPS when `tls` is given (for the TLS tests: private CAs,
+/// client certificates). Runs until the returned task is aborted.
+pub fn spawn_server(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(config) = tls else {
+            let _ = axum::serve(listener, app).await;
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                // A failed handshake (untrusted client, no client certificate) just ends the connection.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}

@@ -175,9 +175,7 @@ impl SophosSim {
             .route("/{kind}/v1/tenants", get(tenants_page))
             .route("/siem/v1/{stream}", get(siem))
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = super::spawn_server(listener, app, None);
         Ok(SophosSim {
             shared,
             addr,

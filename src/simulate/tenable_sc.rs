@@ -67,6 +67,8 @@ pub struct TenableFaults {
     pub delay_ms: AtomicU64,
     /// Findings that appear inside the queried window each time a page after the first is served.
     pub arrivals_per_page: AtomicU64,
+    /// Answer this many analysis requests with HTTP 200 but a non-zero `error_code`.
+    pub error_on_ok: AtomicU64,
 }
 
 /// One finding: a plugin result on a host's port.
@@ -101,6 +103,7 @@ pub struct TenableSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
+    https: bool,
 }
 
 impl Drop for TenableSim {
@@ -119,6 +122,22 @@ fn mix(mut x: u64) -> u64 {
 impl TenableSim {
     /// Starts on `127.0.0.1` on a free port, with no findings.
     pub async fn start(config: TenableSimConfig) -> std::io::Result<TenableSim> {
+        Self::start_with(config, None).await
+    }
+
+    /// Starts serving HTTPS with `tls` (its certificate, and whether it asks for client ones).
+    pub async fn start_tls(
+        config: TenableSimConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TenableSim> {
+        Self::start_with(config, Some(tls)).await
+    }
+
+    async fn start_with(
+        config: TenableSimConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<TenableSim> {
+        let https = tls.is_some();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -137,19 +156,23 @@ impl TenableSim {
             .route("/rest/token", post(login).delete(logout))
             .route("/rest/analysis", post(analysis))
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = super::spawn_server(listener, app, tls);
         Ok(TenableSim {
             shared,
             addr,
             server,
+            https,
         })
     }
 
-    /// Base URL (without `/rest`).
+    /// Base URL (without `/rest`); `https://localhost:…` when serving TLS, to match the name in
+    /// the test certificates.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.https {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// The fault switches.
@@ -460,6 +483,18 @@ fn window(value: &str) -> Option<(i64, i64)> {
 fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Response {
     if !api_key_ok(s, headers) && session_of(s, headers).is_none() {
         return envelope(StatusCode::UNAUTHORIZED, json!(""), 74, "Invalid token");
+    }
+    if s.faults
+        .error_on_ok
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return envelope(
+            StatusCode::OK,
+            json!(""),
+            1,
+            "Unable to retrieve vulnerability data: database busy",
+        );
     }
     let query = &body["query"];
     if body["type"] != "vuln" || query["tool"] != "vulndetails" {
