@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, SinkReport};
 use crate::settings::{Settings, SinkSettings, SourceSettings};
 use crate::sinks::file::FileSink;
+use crate::sinks::syslog::SyslogSink;
 use crate::sinks::Sink;
 use crate::sources::code42::Code42Source;
 use crate::sources::jamf::JamfSource;
 use crate::sources::sophos::SophosSource;
 use crate::sources::tenable_sc::TenableScSource;
-use crate::sources::{http, Source};
+use crate::sources::{http, Source, Vendor};
 use crate::store::{Access, CursorState, OutboxTotals, SinkState, Store, StoreError};
 
 /// Failures that end a command. Each says what to fix.
@@ -38,6 +39,10 @@ pub enum AppError {
     /// names the config key. Fix it and start again.
     #[error("{0}")]
     SourceSetup(String),
+    /// A sink could not be set up from its settings (a TLS file unreadable, say); the message names
+    /// the config key.
+    #[error("{0}")]
+    SinkSetup(String),
     /// `--source` names no configured source.
     #[error("no source named `{0}` in the configuration")]
     UnknownSource(String),
@@ -204,6 +209,11 @@ async fn pipeline(
                 let sink = FileSink::new(&name, f.clone());
                 sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
             }
+            SinkSettings::Syslog(s) => {
+                let sink = SyslogSink::new(&name, s.clone(), vendors(settings))
+                    .map_err(AppError::SinkSetup)?;
+                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
+            }
         }
     }
 
@@ -226,6 +236,15 @@ async fn pipeline(
         .sort_by(|a, b| (&a.source, &a.stream, &a.tenant).cmp(&(&b.source, &b.stream, &b.tenant)));
     sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
     Ok(RunSummary { partitions, sinks })
+}
+
+/// Source id → vendor, for sinks whose format depends on it (CEF).
+fn vendors(settings: &Settings) -> std::collections::HashMap<String, Vendor> {
+    settings
+        .sources
+        .iter()
+        .map(|(id, source)| (id.clone(), Vendor::of(source)))
+        .collect()
 }
 
 /// Forgets seen ids older than each source's retention, hourly, until stopped.
@@ -340,14 +359,25 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
     }
     for (name, sink) in &settings.sinks {
         let outcome = match sink {
-            SinkSettings::File(f) => FileSink::new(name, f.clone()).check().await,
+            SinkSettings::File(f) => FileSink::new(name, f.clone())
+                .check()
+                .await
+                .map(|()| "writable".to_string()),
+            SinkSettings::Syslog(s) => match SyslogSink::new(name, s.clone(), vendors(settings)) {
+                Ok(mut sink) => sink
+                    .check()
+                    .await
+                    .map(|()| format!("connected to {}", s.address)),
+                Err(e) => Err(crate::sinks::SinkError::Fatal {
+                    sink: name.clone(),
+                    detail: e,
+                }),
+            },
         };
         results.push(CheckResult {
             what: format!("sink {name}"),
             ok: outcome.is_ok(),
-            detail: outcome
-                .err()
-                .map_or_else(|| "writable".to_string(), |e| e.to_string()),
+            detail: outcome.unwrap_or_else(|e| e.to_string()),
         });
     }
     results

@@ -3,3 +3,4 @@
 
 pub mod cef;
 pub mod json;
+pub mod syslog;

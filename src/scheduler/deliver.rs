@@ -49,6 +49,11 @@ pub async fn run_sink<K: Sink>(
         error: None,
     };
     let mut backoff = ctx.backoff();
+    // Connect (or open) at start, so a receiver that cannot be reached is reported at once rather
+    // than at the first batch; delivery retries it anyway.
+    if let Err(e) = sink.check().await {
+        tracing::warn!(sink = %name, "not reachable at start (records wait in the outbox): {e}");
+    }
     let mut position = loop {
         match ctx.store.sink_position(&name).await {
             Ok(p) => break p,

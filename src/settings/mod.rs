@@ -9,6 +9,7 @@
 
 mod jamf;
 mod secret;
+mod syslog;
 mod tenable_sc;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use jamf::{JamfApi, JamfAuth, JamfSettings, JamfStream};
 pub use secret::Secret;
+pub use syslog::{SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport};
 pub use tenable_sc::{TenableAuth, TenableFilter, TenableScSettings, TenableStream};
 
 /// The built-in lowest layer: every top-level key with its default.
@@ -365,6 +367,8 @@ pub struct Code42Settings {
 pub enum SinkSettings {
     /// `type = "file"`: newline-delimited JSON files.
     File(FileSinkSettings),
+    /// `type = "syslog"`: CEF or JSON over syslog (UDP, TCP, TLS).
+    Syslog(SyslogSinkSettings),
 }
 
 impl SinkSettings {
@@ -372,6 +376,7 @@ impl SinkSettings {
     pub fn batch_size(&self) -> usize {
         match self {
             SinkSettings::File(f) => f.batch_size,
+            SinkSettings::Syslog(s) => s.batch_size,
         }
     }
 }
@@ -768,6 +773,36 @@ impl Settings {
                     ));
                 }
                 SinkSettings::File(_) => {}
+                SinkSettings::Syslog(s) => {
+                    if crate::encode::syslog::facility_number(&s.facility).is_none() {
+                        return Err(invalid(
+                            format!("sinks.{name}.facility"),
+                            format!(
+                                "unknown facility {:?} (local0-local7, user, daemon, auth, ...)",
+                                s.facility
+                            ),
+                        ));
+                    }
+                    if s.transport == SyslogTransport::Tls && s.framing == SyslogFraming::Lf {
+                        return Err(invalid(
+                            format!("sinks.{name}.framing"),
+                            "TLS syslog uses octet counting (RFC 5425)".into(),
+                        ));
+                    }
+                    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
+                        return Err(invalid(
+                            format!("sinks.{name}.client_cert_file"),
+                            "a client certificate needs both client_cert_file and client_key_file"
+                                .into(),
+                        ));
+                    }
+                    if !(64..=65_507).contains(&s.udp_max_bytes) {
+                        return Err(invalid(
+                            format!("sinks.{name}.udp_max_bytes"),
+                            "must be 64 to 65507".into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

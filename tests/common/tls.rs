@@ -1,5 +1,6 @@
 //! A throw-away PKI for the TLS tests: a CA, a server certificate for `localhost` and 127.0.0.1,
 //! and a client certificate, all written as PEM files; plus rustls server configurations.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

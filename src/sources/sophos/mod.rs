@@ -8,6 +8,7 @@
 
 mod api;
 mod auth;
+pub mod cef;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

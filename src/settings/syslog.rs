@@ -1,0 +1,128 @@
+//! `[sinks.<name>]` with `type = "syslog"`: CEF (or JSON) over syslog on UDP, TCP or TLS.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Network transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogTransport {
+    /// One message per datagram (RFC 5426); nothing tells the sender about loss.
+    Udp,
+    /// A TCP stream (RFC 6587).
+    Tcp,
+    /// TLS over TCP (RFC 5425).
+    Tls,
+}
+
+/// Stream framing (TCP and TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogFraming {
+    /// `LEN SP MSG` (default; required on TLS by RFC 5425).
+    OctetCounting,
+    /// `MSG LF`, for receivers that only split on newlines.
+    Lf,
+}
+
+/// Header layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogFormat {
+    /// RFC 5424 (default).
+    Rfc5424,
+    /// RFC 3164 (BSD).
+    Rfc3164,
+}
+
+/// What the message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogPayload {
+    /// ArcSight CEF, mapped per vendor (default).
+    Cef,
+    /// The JSON event envelope, one line.
+    Json,
+}
+
+/// `[sinks.<name>]` with `type = "syslog"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogSinkSettings {
+    /// Receiver `host:port`. Required.
+    pub address: String,
+    /// `udp`, `tcp` (default) or `tls`.
+    #[serde(default = "tcp")]
+    pub transport: SyslogTransport,
+    /// `octet_counting` (default) or `lf`; TCP and TLS only.
+    #[serde(default = "octet_counting")]
+    pub framing: SyslogFraming,
+    /// `rfc5424` (default) or `rfc3164`.
+    #[serde(default = "rfc5424")]
+    pub format: SyslogFormat,
+    /// `cef` (default) or `json`.
+    #[serde(default = "cef")]
+    pub payload: SyslogPayload,
+    /// Facility name: `local0`–`local7`, `user`, `auth`, ... Default `local4`.
+    #[serde(default = "local4")]
+    pub facility: String,
+    /// HOSTNAME in the header. Default: this machine's host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// APP-NAME / TAG. Default `secrelay`.
+    #[serde(default = "secrelay")]
+    pub app_name: String,
+    /// Largest UDP datagram, in bytes; longer messages are cut (and counted in the log). Default 2048.
+    #[serde(default = "two_k")]
+    pub udp_max_bytes: usize,
+    /// PEM bundle of CAs trusted for the receiver's certificate (TLS). Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (TLS, with `client_key_file`).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Name to verify in the receiver's certificate. Default: the host part of `address`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Verify the receiver's certificate. Default true; false logs a warning at every start.
+    #[serde(default = "super::yes")]
+    pub tls_verify: bool,
+    /// Connect and write timeout, in seconds. Default 10.
+    #[serde(default = "ten")]
+    pub timeout_secs: f64,
+    /// Records per write + flush. Default 500.
+    #[serde(default = "five_hundred")]
+    pub batch_size: usize,
+}
+
+fn tcp() -> SyslogTransport {
+    SyslogTransport::Tcp
+}
+fn octet_counting() -> SyslogFraming {
+    SyslogFraming::OctetCounting
+}
+fn rfc5424() -> SyslogFormat {
+    SyslogFormat::Rfc5424
+}
+fn cef() -> SyslogPayload {
+    SyslogPayload::Cef
+}
+fn local4() -> String {
+    "local4".into()
+}
+fn secrelay() -> String {
+    "secrelay".into()
+}
+fn two_k() -> usize {
+    2048
+}
+fn ten() -> f64 {
+    10.0
+}
+fn five_hundred() -> usize {
+    500
+}
