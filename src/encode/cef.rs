@@ -191,60 +191,64 @@ impl CefRecord {
 
 /// Header escaping: `\` and `|` escaped; line breaks and other control characters become spaces.
 fn escape_header(text: &str, limit: usize, out: &mut String) {
-    let mut used = 0;
-    for c in text.chars() {
-        let piece: &str = match c {
-            '\\' => "\\\\",
-            '|' => "\\|",
-            c if c.is_control() => " ",
-            _ => {
-                if used + c.len_utf8() > limit {
-                    return;
-                }
-                used += c.len_utf8();
-                out.push(c);
-                continue;
-            }
-        };
-        if used + piece.len() > limit {
-            return;
-        }
-        used += piece.len();
-        out.push_str(piece);
-    }
+    escape(text, limit, out, true);
 }
 
 /// Extension escaping: `\` → `\\`, `=` → `\=`, CRLF and LF → `\n`, a lone CR → `\r`, other control
 /// characters → space.
 fn escape_value(text: &str, limit: usize, out: &mut String) {
+    escape(text, limit, out, false);
+}
+
+/// Escapes `text` into `out`, at most `limit` bytes of output, never cutting a character or an
+/// escape sequence. Runs of ordinary text are copied whole, which is what makes this fast.
+fn escape(text: &str, limit: usize, out: &mut String, header: bool) {
+    let bytes = text.as_bytes();
     let mut used = 0;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        let piece: &str = match c {
-            '\\' => "\\\\",
-            '=' => "\\=",
-            '\r' if chars.peek() == Some(&'\n') => {
-                chars.next();
-                "\\n"
-            }
-            '\r' => "\\r",
-            '\n' => "\\n",
-            c if c.is_control() => " ",
+    let mut run = 0; // start of the pending run of ordinary text
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (piece, width): (&str, usize) = match b {
+            b'\\' => ("\\\\", 1),
+            b'|' if header => ("\\|", 1),
+            b'=' if !header => ("\\=", 1),
+            b'\r' if !header && bytes.get(i + 1) == Some(&b'\n') => ("\\n", 2),
+            b'\r' if !header => ("\\r", 1),
+            b'\n' if !header => ("\\n", 1),
+            0..=0x1f | 0x7f => (" ", 1),
+            // C1 controls (U+0080–U+009F) are two bytes in UTF-8: 0xC2 0x80–0x9F.
+            0xc2 if bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)) => (" ", 2),
             _ => {
-                if used + c.len_utf8() > limit {
-                    return;
-                }
-                used += c.len_utf8();
-                out.push(c);
+                i += 1;
                 continue;
             }
         };
-        if used + piece.len() > limit {
+        if !copy_run(&text[run..i], limit, &mut used, out) || used + piece.len() > limit {
             return;
         }
-        used += piece.len();
         out.push_str(piece);
+        used += piece.len();
+        i += width;
+        run = i;
     }
+    copy_run(&text[run..], limit, &mut used, out);
+}
+
+/// Copies `run` within the limit; false when the limit cut it short (stop writing).
+fn copy_run(run: &str, limit: usize, used: &mut usize, out: &mut String) -> bool {
+    if *used + run.len() <= limit {
+        out.push_str(run);
+        *used += run.len();
+        return true;
+    }
+    let mut end = limit - *used;
+    while !run.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push_str(&run[..end]);
+    *used += end;
+    false
 }
 
 #[cfg(test)]
@@ -355,6 +359,13 @@ pub(crate) mod tests {
             r.to_line(),
             "CEF:0|V|P|1|C|N|5|msg=a\\=b\\\\c|d\\ne\\nf\\rg h"
         );
+    }
+
+    #[test]
+    fn c1_controls_and_delete_become_spaces_and_other_text_is_untouched() {
+        let mut r = CefRecord::new("V", "P", "1", "C", "a\u{85}b", 5);
+        r.field("msg", "x\u{9f}y\u{7f}z é\u{a0}ok");
+        assert_eq!(r.to_line(), "CEF:0|V|P|1|C|a b|5|msg=x y z é\u{a0}ok");
     }
 
     #[test]
