@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, SinkReport};
 use crate::settings::{Settings, SinkSettings, SourceSettings};
 use crate::sinks::file::FileSink;
+use crate::sinks::splunk_hec::HecSink;
 use crate::sinks::syslog::SyslogSink;
 use crate::sinks::Sink;
 use crate::sources::code42::Code42Source;
@@ -214,6 +215,17 @@ async fn pipeline(
                     .map_err(AppError::SinkSetup)?;
                 sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
             }
+            SinkSettings::SplunkHec(h) => {
+                let sink = HecSink::new(
+                    &name,
+                    h.clone(),
+                    &settings.http,
+                    vendors(settings),
+                    store.clone(),
+                )
+                .map_err(AppError::SinkSetup)?;
+                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
+            }
         }
     }
 
@@ -283,21 +295,24 @@ pub struct CheckResult {
 /// Validated settings are given; this reaches the store, each API and each sink without moving data.
 pub async fn check(settings: &Settings) -> Vec<CheckResult> {
     let mut results = Vec::new();
-    match Store::open(&settings.store.path, Access::Reader).await {
+    let check_store = match Store::open(&settings.store.path, Access::Reader).await {
         Ok(store) => {
             results.push(CheckResult {
                 what: "store".into(),
                 ok: true,
                 detail: settings.store.path.display().to_string(),
             });
-            store.close().await;
+            Some(store)
         }
-        Err(e) => results.push(CheckResult {
-            what: "store".into(),
-            ok: false,
-            detail: e.to_string(),
-        }),
-    }
+        Err(e) => {
+            results.push(CheckResult {
+                what: "store".into(),
+                ok: false,
+                detail: e.to_string(),
+            });
+            None
+        }
+    };
     let client = match http::client(&settings.http) {
         Ok(c) => c,
         Err(e) => {
@@ -363,6 +378,25 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
                 .check()
                 .await
                 .map(|()| "writable".to_string()),
+            SinkSettings::SplunkHec(h) => match &check_store {
+                Some(store) => match HecSink::new(
+                    name,
+                    h.clone(),
+                    &settings.http,
+                    vendors(settings),
+                    store.clone(),
+                ) {
+                    Ok(mut sink) => sink.check().await.map(|()| format!("{} is healthy", h.url)),
+                    Err(e) => Err(crate::sinks::SinkError::Fatal {
+                        sink: name.clone(),
+                        detail: e,
+                    }),
+                },
+                None => Err(crate::sinks::SinkError::Fatal {
+                    sink: name.clone(),
+                    detail: "needs the state database (its channel lives there)".into(),
+                }),
+            },
             SinkSettings::Syslog(s) => match SyslogSink::new(name, s.clone(), vendors(settings)) {
                 Ok(mut sink) => sink
                     .check()
@@ -379,6 +413,9 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
             ok: outcome.is_ok(),
             detail: outcome.unwrap_or_else(|e| e.to_string()),
         });
+    }
+    if let Some(store) = check_store {
+        store.close().await;
     }
     results
 }

@@ -2,5 +2,6 @@
 //! lookups; every function here is deterministic and unit-tested byte for byte.
 
 pub mod cef;
+pub mod hec;
 pub mod json;
 pub mod syslog;

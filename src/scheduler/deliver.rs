@@ -102,15 +102,23 @@ pub async fn run_sink<K: Sink>(
             continue;
         }
 
-        let delivered = match deadline {
-            Some(d) => tokio::select! {
-                r = sink.deliver(&batch) => r,
-                _ = tokio::time::sleep_until(d) => {
-                    tracing::warn!(sink = %name, "grace period over with a batch in flight; it will be sent again");
-                    break;
+        // A batch in flight when the stop comes gets the grace period, no more.
+        let grace = Duration::from_secs_f64(ctx.timing.shutdown_grace_secs).min(ctx.drain_within);
+        let give_up = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => {
+                    ctx.stop.cancelled().await;
+                    tokio::time::sleep(grace).await;
                 }
-            },
-            None => sink.deliver(&batch).await,
+            }
+        };
+        let delivered = tokio::select! {
+            r = sink.deliver(&batch) => r,
+            _ = give_up => {
+                tracing::warn!(sink = %name, "grace period over with a batch in flight; it will be sent again");
+                break;
+            }
         };
         match delivered {
             Ok(outcome) => {

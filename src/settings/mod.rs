@@ -9,6 +9,7 @@
 
 mod jamf;
 mod secret;
+mod splunk_hec;
 mod syslog;
 mod tenable_sc;
 
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use jamf::{JamfApi, JamfAuth, JamfSettings, JamfStream};
 pub use secret::Secret;
+pub use splunk_hec::{HecRoute, SplunkHecSettings};
 pub use syslog::{SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport};
 pub use tenable_sc::{TenableAuth, TenableFilter, TenableScSettings, TenableStream};
 
@@ -369,6 +371,8 @@ pub enum SinkSettings {
     File(FileSinkSettings),
     /// `type = "syslog"`: CEF or JSON over syslog (UDP, TCP, TLS).
     Syslog(SyslogSinkSettings),
+    /// `type = "splunk_hec"`: Splunk HTTP Event Collector.
+    SplunkHec(SplunkHecSettings),
 }
 
 impl SinkSettings {
@@ -377,6 +381,7 @@ impl SinkSettings {
         match self {
             SinkSettings::File(f) => f.batch_size,
             SinkSettings::Syslog(s) => s.batch_size,
+            SinkSettings::SplunkHec(s) => s.batch_size,
         }
     }
 }
@@ -758,7 +763,8 @@ impl Settings {
                 }
             }
         }
-        for (name, sink) in &self.sinks {
+        let sources: std::collections::BTreeSet<String> = self.sources.keys().cloned().collect();
+        for (name, sink) in &mut self.sinks {
             if sink.batch_size() == 0 {
                 return Err(invalid(
                     format!("sinks.{name}.batch_size"),
@@ -773,6 +779,29 @@ impl Settings {
                     ));
                 }
                 SinkSettings::File(_) => {}
+                SinkSettings::SplunkHec(h) => {
+                    let key = format!("sinks.{name}.token");
+                    h.token = Some(secret::resolve(
+                        &key,
+                        h.token.as_ref(),
+                        h.token_file.as_deref(),
+                    )?);
+                    h.token_file = None;
+                    if h.max_request_bytes < 1024 {
+                        return Err(invalid(
+                            format!("sinks.{name}.max_request_bytes"),
+                            "must be at least 1024".into(),
+                        ));
+                    }
+                    for route in &h.routes {
+                        if !sources.contains(&route.source) {
+                            return Err(invalid(
+                                format!("sinks.{name}.routes"),
+                                format!("no source named `{}`", route.source),
+                            ));
+                        }
+                    }
+                }
                 SinkSettings::Syslog(s) => {
                     if crate::encode::syslog::facility_number(&s.facility).is_none() {
                         return Err(invalid(

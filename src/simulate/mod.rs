@@ -4,6 +4,7 @@
 //! demo and benchmarks starts one.
 
 pub mod code42;
+pub mod hec;
 pub mod jamf;
 pub mod sophos;
 pub mod tenable_sc;

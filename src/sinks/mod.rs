@@ -6,6 +6,7 @@
 //! only once the receiver has accepted the whole batch (minus the records it reports as rejected).
 
 pub mod file;
+pub mod splunk_hec;
 pub mod syslog;
 
 use std::future::Future;

@@ -44,7 +44,7 @@ pub struct SyslogSink {
 }
 
 /// This machine's host name, for the HOSTNAME field.
-fn local_hostname() -> String {
+pub fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

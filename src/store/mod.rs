@@ -676,6 +676,87 @@ impl Store {
     }
 }
 
+/// Acknowledgement bookkeeping for sinks whose receivers confirm indexing later (Splunk HEC).
+impl Store {
+    /// The channel `sink` uses, created with `new_channel` the first time.
+    pub async fn sink_channel(&self, sink: &str, new_channel: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO sink_channels (sink, channel) VALUES (?, ?) ON CONFLICT (sink) DO NOTHING",
+        )
+        .bind(sink)
+        .bind(new_channel)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("creating a sink channel"))?;
+        sqlx::query_scalar("SELECT channel FROM sink_channels WHERE sink = ?")
+            .bind(sink)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("reading a sink channel"))
+    }
+
+    /// Remembers the ack ids a batch ending at `last_seq` waits for.
+    pub async fn save_pending_acks(
+        &self,
+        sink: &str,
+        channel: &str,
+        ack_ids: &[u64],
+        last_seq: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("starting to save acks"))?;
+        for chunk in ack_ids.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR REPLACE INTO pending_acks (sink, channel, ack_id, last_seq, sent_at) ",
+            );
+            q.push_values(chunk, |mut b, id| {
+                b.push_bind(sink)
+                    .push_bind(channel)
+                    .push_bind(*id as i64)
+                    .push_bind(last_seq)
+                    .push_bind(millis(now));
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("saving pending acks"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_err("committing pending acks"))?;
+        Ok(())
+    }
+
+    /// The acks `sink` still waits for: (channel, ack id, last outbox position of their batch).
+    pub async fn pending_acks(&self, sink: &str) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT channel, ack_id, last_seq FROM pending_acks WHERE sink = ? ORDER BY ack_id",
+        )
+        .bind(sink)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading pending acks"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<i64, _>(1) as u64, r.get(2)))
+            .collect())
+    }
+
+    /// Forgets the acks of `sink` (answered, or given up and the batch sent again).
+    pub async fn clear_pending_acks(&self, sink: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM pending_acks WHERE sink = ?")
+            .bind(sink)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("clearing pending acks"))?;
+        Ok(())
+    }
+}
+
 /// Takes the exclusive lock. A reader gives up at once when it is held (a writer has migrated
 /// already); a writer waits a little, since readers hold it only while migrating.
 async fn lock_or_wait(lock: &std::fs::File, access: Access) -> std::io::Result<bool> {
@@ -846,6 +927,34 @@ mod tests {
                 assert_eq!(store.outbox_totals().await.unwrap().rows, 0);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_sink_keeps_its_channel_and_pending_acks_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let store = Store::open(&path, Access::Writer).await.unwrap();
+            assert_eq!(store.sink_channel("hec", "chan-1").await.unwrap(), "chan-1");
+            assert_eq!(
+                store.sink_channel("hec", "chan-2").await.unwrap(),
+                "chan-1",
+                "created once"
+            );
+            store
+                .save_pending_acks("hec", "chan-1", &[4, 5], 99, Utc::now())
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = Store::open(&path, Access::Writer).await.unwrap();
+        let pending = store.pending_acks("hec").await.unwrap();
+        assert_eq!(
+            pending,
+            vec![("chan-1".to_string(), 4, 99), ("chan-1".to_string(), 5, 99)]
+        );
+        store.clear_pending_acks("hec").await.unwrap();
+        assert!(store.pending_acks("hec").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,0 +1,342 @@
+//! Splunk HEC simulator: `/services/collector/event` with the token check, gzip, strict envelope
+//! validation (code 6 for invalid data, 12 for an event without `event`, with
+//! `invalid-event-number`), channels and indexer acks, `/services/collector/ack` and
+//! `/services/collector/health`, on loopback.
+//!
+//! Owns: the events it accepted (in order, for tests to compare) and faults: 503s, slowness, acks
+//! that come late or never. Must not: be reachable from anything but loopback. Invariant: a request
+//! with one invalid event is refused whole, nothing of it accepted.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// What the simulator accepts.
+#[derive(Debug, Clone)]
+pub struct HecSimConfig {
+    /// The valid token.
+    pub token: String,
+    /// Indexer acknowledgement on (requests then need a GUID channel).
+    pub ack: bool,
+    /// How long after acceptance an ack turns true.
+    pub ack_delay: Duration,
+}
+
+impl Default for HecSimConfig {
+    fn default() -> Self {
+        HecSimConfig {
+            token: "00000000-0000-4000-8000-00000000cafe".into(),
+            ack: false,
+            ack_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Fault switches.
+#[derive(Debug, Default)]
+pub struct HecFaults {
+    /// Answer 503 "Server is busy" to every event request while set.
+    pub busy: AtomicBool,
+    /// Answer this many event requests with 503.
+    pub unavailable: AtomicU64,
+    /// Delay every event request, milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Never turn acks true.
+    pub withhold_acks: AtomicBool,
+}
+
+struct Shared {
+    config: HecSimConfig,
+    faults: HecFaults,
+    accepted: Mutex<Vec<Value>>,
+    requests: AtomicU64,
+    gzipped: AtomicU64,
+    busy_answers: AtomicU64,
+    /// (channel, ack id) → when it was accepted.
+    acks: Mutex<HashMap<(String, u64), Instant>>,
+    next_ack: Mutex<HashMap<String, u64>>,
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct HecSim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HecSim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl HecSim {
+    /// Starts on `127.0.0.1` on a free port.
+    pub async fn start(config: HecSimConfig) -> std::io::Result<HecSim> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            faults: HecFaults::default(),
+            accepted: Mutex::new(Vec::new()),
+            requests: AtomicU64::new(0),
+            gzipped: AtomicU64::new(0),
+            busy_answers: AtomicU64::new(0),
+            acks: Mutex::new(HashMap::new()),
+            next_ack: Mutex::new(HashMap::new()),
+        });
+        let app = Router::new()
+            .route("/services/collector/event", post(event))
+            .route("/services/collector/ack", post(ack))
+            .route("/services/collector/health", get(health))
+            .with_state(shared.clone());
+        let server = super::spawn_server(listener, app, None);
+        Ok(HecSim {
+            shared,
+            addr,
+            server,
+        })
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The fault switches.
+    pub fn faults(&self) -> &HecFaults {
+        &self.shared.faults
+    }
+
+    /// Every event envelope accepted, in order.
+    pub fn accepted(&self) -> Vec<Value> {
+        self.shared
+            .accepted
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Event requests received (any outcome).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Event requests that came gzip-compressed.
+    pub fn gzipped(&self) -> u64 {
+        self.shared.gzipped.load(Ordering::SeqCst)
+    }
+
+    /// 503 answers given.
+    pub fn busy_answers(&self) -> u64 {
+        self.shared.busy_answers.load(Ordering::SeqCst)
+    }
+}
+
+fn reply(status: StatusCode, code: i64, text: &str) -> Response {
+    (status, Json(json!({"text": text, "code": code}))).into_response()
+}
+
+/// The answer to a request without the right token, or `None` when the token is right.
+fn token_refusal(s: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Some(reply(StatusCode::UNAUTHORIZED, 2, "Token is required"));
+    };
+    let Some(token) = value.strip_prefix("Splunk ") else {
+        return Some(reply(StatusCode::UNAUTHORIZED, 3, "Invalid authorization"));
+    };
+    (token != s.config.token).then(|| reply(StatusCode::FORBIDDEN, 4, "Invalid token"))
+}
+
+fn is_guid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.len() == 5
+        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Validates one envelope as HEC does; the code and text of the first problem.
+fn invalid(envelope: &Value) -> Option<(i64, &'static str)> {
+    let Some(object) = envelope.as_object() else {
+        return Some((6, "Invalid data format"));
+    };
+    match object.get("event") {
+        None => return Some((12, "Event field is required")),
+        Some(Value::String(s)) if s.is_empty() => return Some((13, "Event field cannot be blank")),
+        Some(Value::Null) => return Some((13, "Event field cannot be blank")),
+        Some(event) if event.get("hec_reject").is_some() => {
+            return Some((6, "Invalid data format"))
+        }
+        Some(_) => {}
+    }
+    if object
+        .get("time")
+        .is_some_and(|t| !t.is_number() && !t.is_string())
+    {
+        return Some((6, "Invalid data format"));
+    }
+    if let Some(fields) = object.get("fields") {
+        let flat = fields.as_object().is_some_and(|f| {
+            f.values()
+                .all(|v| v.is_string() || v.is_number() || v.is_array())
+        });
+        if !flat {
+            return Some((15, "Error in handling indexed fields"));
+        }
+    }
+    None
+}
+
+async fn event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = s.faults.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(r) = token_refusal(&s, &headers) {
+        return r;
+    }
+    let counted_down = s
+        .faults
+        .unavailable
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if s.faults.busy.load(Ordering::SeqCst) || counted_down {
+        s.busy_answers.fetch_add(1, Ordering::SeqCst);
+        let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, 9, "Server is busy");
+        r.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return r;
+    }
+    let channel = headers
+        .get("x-splunk-request-channel")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if s.config.ack {
+        match channel.as_deref() {
+            None => return reply(StatusCode::BAD_REQUEST, 10, "Data channel is missing"),
+            Some(c) if !is_guid(c) => {
+                return reply(StatusCode::BAD_REQUEST, 11, "Invalid data channel")
+            }
+            Some(_) => {}
+        }
+    }
+    let gzip = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let body = if gzip {
+        s.gzipped.fetch_add(1, Ordering::SeqCst);
+        let mut out = Vec::new();
+        if flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return reply(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+        }
+        out
+    } else {
+        body.to_vec()
+    };
+    let mut envelopes = Vec::new();
+    for (n, parsed) in serde_json::Deserializer::from_slice(&body)
+        .into_iter::<Value>()
+        .enumerate()
+    {
+        let Ok(envelope) = parsed else {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"text": "Invalid data format", "code": 6, "invalid-event-number": n})),
+            )
+                .into_response();
+        };
+        if let Some((code, text)) = invalid(&envelope) {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"text": text, "code": code, "invalid-event-number": n})),
+            )
+                .into_response();
+        }
+        envelopes.push(envelope);
+    }
+    if envelopes.is_empty() {
+        return reply(StatusCode::BAD_REQUEST, 5, "No data");
+    }
+    if let Ok(mut accepted) = s.accepted.lock() {
+        accepted.extend(envelopes);
+    }
+    match (s.config.ack, channel) {
+        (true, Some(channel)) => {
+            let id = {
+                let mut next = s.next_ack.lock().unwrap_or_else(|e| e.into_inner());
+                let id = next.entry(channel.clone()).or_insert(0);
+                *id += 1;
+                *id - 1
+            };
+            if let Ok(mut acks) = s.acks.lock() {
+                acks.insert((channel, id), Instant::now());
+            }
+            Json(json!({"text": "Success", "code": 0, "ackId": id})).into_response()
+        }
+        _ => reply(StatusCode::OK, 0, "Success"),
+    }
+}
+
+async fn ack(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = token_refusal(&s, &headers) {
+        return r;
+    }
+    if !s.config.ack {
+        return reply(StatusCode::BAD_REQUEST, 14, "ACK is disabled");
+    }
+    let channel = headers
+        .get("x-splunk-request-channel")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| query.get("channel").cloned())
+        .unwrap_or_default();
+    let withheld = s.faults.withhold_acks.load(Ordering::SeqCst);
+    let acks = s.acks.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut status = serde_json::Map::new();
+    for id in body["acks"].as_array().cloned().unwrap_or_default() {
+        let Some(id) = id.as_u64() else { continue };
+        let done = !withheld
+            && acks
+                .get(&(channel.clone(), id))
+                .is_some_and(|at| at.elapsed() >= s.config.ack_delay);
+        status.insert(id.to_string(), json!(done));
+    }
+    Json(json!({"acks": status})).into_response()
+}
+
+async fn health(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = token_refusal(&s, &headers) {
+        return r;
+    }
+    if s.faults.busy.load(Ordering::SeqCst) {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            18,
+            "HEC is unhealthy, queues are full",
+        );
+    }
+    reply(StatusCode::OK, 17, "HEC is healthy")
+}

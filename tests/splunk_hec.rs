@@ -1,0 +1,364 @@
+//! The Splunk HEC sink against the HEC simulator: envelopes and routing, gzip, isolating a bad
+//! event, a refused token, an outage of 503s, and indexer acks across a restart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use secrelay::app::{self, BackfillOptions};
+use secrelay::settings::{Settings, SinkSettings};
+use secrelay::simulate::hec::{HecSim, HecSimConfig};
+use secrelay::simulate::sophos::Identity;
+use secrelay::sinks::splunk_hec::HecSink;
+use secrelay::sinks::{Sink, SinkError};
+use secrelay::sources::Vendor;
+use secrelay::store::{Access, OutboxRecord, Store};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "00000000-0000-4000-8000-00000000cafe";
+
+/// The Sophos test source routed to a HEC sink `splunk` (instead of the file sink).
+fn pipeline_config(
+    sim: &secrelay::simulate::sophos::SophosSim,
+    hec: &HecSim,
+    dir: &std::path::Path,
+    sink_extra: &str,
+) -> Settings {
+    let text = common::config_text(sim, dir, "streams = [\"events\"]", "").replace("sinks = [\"out\"]", "sinks = [\"splunk\"]")
+        + &format!(
+            "[sinks.splunk]\ntype = \"splunk_hec\"\nurl = {:?}\ntoken = {TOKEN:?}\nhost = \"collector-1\"\n{sink_extra}\n",
+            hec.url()
+        );
+    Settings::from_toml(&text).expect("valid config")
+}
+
+fn records(n: usize) -> Vec<OutboxRecord> {
+    (0..n)
+        .map(|i| OutboxRecord {
+            seq: i as i64 + 1,
+            source: "sophos_t".into(),
+            stream: "events".into(),
+            tenant: "t-1".into(),
+            event_id: format!("e-{i}"),
+            event_time: Utc
+                .timestamp_millis_opt(1_795_168_800_000 + i as i64)
+                .unwrap(),
+            ingest_time: Utc.timestamp_millis_opt(1_795_168_900_000).unwrap(),
+            severity: 5,
+            record: if i == 6 {
+                format!(r#"{{"id":"e-{i}","hec_reject":true}}"#)
+            } else {
+                format!(r#"{{"id":"e-{i}","name":"event {i}"}}"#)
+            },
+        })
+        .collect()
+}
+
+async fn sink(hec: &HecSim, dir: &std::path::Path, extra: &str) -> HecSink {
+    // A source for the routes to name; the test hands the sink its records directly.
+    let text = format!(
+        "[sources.sophos_t]\ntype = \"sophos\"\nclient_id = \"x\"\nclient_secret = \"y\"\nsinks = [\"splunk\"]\n\
+         [sinks.splunk]\ntype = \"splunk_hec\"\nurl = {:?}\ntoken = {TOKEN:?}\nhost = \"collector-1\"\n{extra}\n",
+        hec.url()
+    );
+    let settings = Settings::from_toml(&text).unwrap();
+    let SinkSettings::SplunkHec(h) = settings.sinks["splunk"].clone() else {
+        panic!("hec settings")
+    };
+    let store = Store::open(&dir.join("state.db"), Access::Writer)
+        .await
+        .unwrap();
+    HecSink::new(
+        "splunk",
+        h,
+        &settings.http,
+        HashMap::from([("sophos_t".to_string(), Vendor::Sophos)]),
+        store,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_event_arrives_once_gzipped_with_its_envelope() {
+    let sim = common::finished_sim(Identity::Tenant, 1, 1500).await;
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pipeline_config(&sim, &hec, dir.path(), "max_request_bytes = 100000");
+    let summary = app::backfill(&s, &BackfillOptions::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    let accepted = hec.accepted();
+    let want = common::expected(&sim, &["events"]);
+    assert_eq!(accepted.len(), want.len());
+    let ids: std::collections::HashSet<_> = accepted
+        .iter()
+        .map(|e| e["fields"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), want.len(), "each event once");
+    let first = &accepted[0];
+    assert_eq!(first["sourcetype"], "sophos:central:event");
+    assert_eq!(first["source"], "secrelay:sophos_t");
+    assert_eq!(first["host"], "collector-1");
+    assert!(
+        first["time"].is_f64(),
+        "epoch seconds with milliseconds: {}",
+        first["time"]
+    );
+    assert!(
+        first.get("index").is_none(),
+        "no index configured: the token's default"
+    );
+    assert!(first["event"]["id"].is_string(), "the vendor record whole");
+    assert_eq!(hec.gzipped(), hec.requests(), "gzip is on by default");
+    assert!(
+        hec.requests() > 1,
+        "1500 events do not fit one 100 kB request"
+    );
+}
+
+#[tokio::test]
+async fn routes_override_index_sourcetype_host_and_source() {
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink(
+        &hec,
+        dir.path(),
+        "index = \"security\"\ngzip = false\n[[sinks.splunk.routes]]\nsource = \"sophos_t\"\nindex = \"sophos\"\n[[sinks.splunk.routes]]\nsource = \"sophos_t\"\nstream = \"events\"\nsourcetype = \"sophos:siem\"\nsource_name = \"central\"",
+    )
+    .await;
+    let mut batch = records(2);
+    batch[1].stream = "alerts".into();
+    sink.deliver(&batch).await.unwrap();
+    let accepted = hec.accepted();
+    assert_eq!(accepted[0]["index"], "sophos");
+    assert_eq!(accepted[0]["sourcetype"], "sophos:siem");
+    assert_eq!(accepted[0]["source"], "central");
+    assert_eq!(accepted[1]["index"], "sophos");
+    assert_eq!(accepted[1]["sourcetype"], "sophos:central:alert");
+    assert_eq!(hec.gzipped(), 0);
+}
+
+#[tokio::test]
+async fn a_bad_event_is_isolated_and_dead_lettered_while_the_rest_is_delivered() {
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink(&hec, dir.path(), "").await;
+    let batch = records(10);
+    let delivered = sink.deliver(&batch).await.unwrap();
+    assert_eq!(delivered.rejected.len(), 1);
+    assert_eq!(
+        delivered.rejected[0].0, 6,
+        "the bad event, by its place in the batch"
+    );
+    assert!(
+        delivered.rejected[0].1.contains("code 6"),
+        "{}",
+        delivered.rejected[0].1
+    );
+    let ids: Vec<_> = hec
+        .accepted()
+        .iter()
+        .map(|e| e["fields"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 9);
+    assert!(!ids.contains(&"e-6".to_string()));
+    assert!(
+        hec.requests() <= 1 + 2 * 4,
+        "halving finds it in a few requests, not one per event"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_stops_the_sink_loudly_and_loses_nothing() {
+    let sim = common::finished_sim(Identity::Tenant, 1, 100).await;
+    let hec = HecSim::start(HecSimConfig {
+        token: "another-token".into(),
+        ..HecSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pipeline_config(&sim, &hec, dir.path(), "");
+    let summary = app::backfill(&s, &BackfillOptions::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(!summary.complete());
+    let report = &summary.sinks[0];
+    assert!(
+        report.error.as_deref().unwrap().contains("token refused"),
+        "{report:?}"
+    );
+    assert_eq!(report.backlog, 100, "everything waits in the outbox");
+    assert!(hec.accepted().is_empty());
+    assert!(
+        !format!("{summary:?}").contains(TOKEN),
+        "the token is never shown"
+    );
+}
+
+#[tokio::test]
+async fn health_is_checked_with_the_token() {
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut healthy = sink(&hec, dir.path(), "").await;
+    healthy.check().await.unwrap();
+    hec.faults().busy.store(true, Ordering::SeqCst);
+    let err = healthy.check().await.unwrap_err();
+    assert!(matches!(err, SinkError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("503"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_503s_is_waited_out_and_everything_arrives() {
+    let sim = common::finished_sim(Identity::Tenant, 1, 2000).await;
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    hec.faults().busy.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let s = pipeline_config(&sim, &hec, dir.path(), "batch_size = 500");
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let s = s.clone();
+        let stop = stop.clone();
+        async move { app::run(&s, stop).await }
+    });
+    // The outage lasts while the sink retries with backoff (a 5-minute run: `cargo bench --bench hec_outage`).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        hec.busy_answers() >= 3,
+        "the sink kept trying: {}",
+        hec.busy_answers()
+    );
+    assert!(hec.accepted().is_empty());
+    hec.faults().busy.store(false, Ordering::SeqCst);
+    let want = common::expected(&sim, &["events"]).len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hec.accepted().len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} after the outage",
+            hec.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let accepted = hec.accepted();
+    let ids: std::collections::HashSet<_> = accepted
+        .iter()
+        .map(|e| e["fields"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), want, "nothing lost");
+    assert!(
+        accepted.len() - want <= 500,
+        "at most one batch twice without acks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_pending_at_a_restart_are_asked_about_instead_of_sending_again() {
+    let sim = common::finished_sim(Identity::Tenant, 1, 300).await;
+    let hec = HecSim::start(HecSimConfig {
+        ack: true,
+        ack_delay: Duration::from_secs(3),
+        ..HecSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pipeline_config(
+        &sim,
+        &hec,
+        dir.path(),
+        "ack = true
+ack_poll_secs = 0.2
+ack_timeout_secs = 30",
+    );
+    let mut short_grace = s.clone();
+    short_grace.scheduler.shutdown_grace_secs = 0.5;
+
+    // First run: the batch goes out, then the daemon stops while its acks are still false.
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let s = short_grace.clone();
+        let stop = stop.clone();
+        async move { app::run(&s, stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hec.accepted().len() < 300 {
+        assert!(Instant::now() < deadline, "the batch was never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let store = Store::open(&dir.path().join("state.db"), Access::Reader)
+        .await
+        .unwrap();
+    assert!(
+        !store.pending_acks("splunk").await.unwrap().is_empty(),
+        "acks were pending at the stop"
+    );
+    assert!(
+        store
+            .sink_states()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.delivered_seq == 0),
+        "nothing counts as delivered before its ack"
+    );
+    store.close().await;
+    drop(store);
+
+    // Second run: the acks have come true meanwhile; the batch is not sent again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = app::backfill(&s, &BackfillOptions::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    assert_eq!(
+        hec.accepted().len(),
+        300,
+        "indexed once by the simulator's count"
+    );
+    assert_eq!(hec.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_that_never_come_make_the_batch_go_again() {
+    let sim = common::finished_sim(Identity::Tenant, 1, 50).await;
+    let hec = HecSim::start(HecSimConfig {
+        ack: true,
+        ..HecSimConfig::default()
+    })
+    .await
+    .unwrap();
+    hec.faults().withhold_acks.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = pipeline_config(
+        &sim,
+        &hec,
+        dir.path(),
+        "ack = true
+ack_poll_secs = 0.1
+ack_timeout_secs = 0.5",
+    );
+    s.backfill.drain_timeout_secs = 3.0;
+    let summary = app::backfill(&s, &BackfillOptions::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        !summary.complete(),
+        "unacknowledged records are not delivered"
+    );
+    assert_eq!(summary.sinks[0].backlog, 50);
+    assert!(hec.requests() >= 2, "sent again after the ack timeout");
+    hec.faults().withhold_acks.store(false, Ordering::SeqCst);
+    let summary = app::backfill(&s, &BackfillOptions::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+}
