@@ -131,6 +131,18 @@ fn main() {
             message.len()
         },
     );
+    let mut hec = Vec::with_capacity(4096);
+    let meta = secrelay::encode::hec::HecMeta {
+        host: "collector-1",
+        source: "secrelay:incydr",
+        sourcetype: "code42:file_event",
+        index: Some("security"),
+    };
+    measure("HEC envelope around a stored record (Code42 v2)", |_| {
+        hec.clear();
+        secrelay::encode::hec::write_event(&outbox, &meta, &mut hec);
+        hec.len()
+    });
     let mut json = Vec::with_capacity(4096);
     measure("JSON envelope (NDJSON line) around a stored record", |_| {
         json.clear();

@@ -15,37 +15,15 @@ use secrelay::simulate::code42::{Code42Sim, Code42SimConfig};
 use tokio_util::sync::CancellationToken;
 
 fn config(sim: &Code42Sim, dir: &std::path::Path, extra: &str) -> Settings {
-    let text = format!(
-        r#"
-[store]
-path = {store:?}
-[scheduler]
-jitter_secs = 0.0
-backoff_initial_secs = 0.2
-backoff_max_secs = 2.0
-shutdown_grace_secs = 5.0
-[backfill]
-drain_timeout_secs = 60.0
-[sinks.out]
-type = "file"
-path = {file:?}
-batch_size = 2000
-[sources.c42]
-type = "code42"
-client_id = "key-42"
-client_secret = "sim-code42-secret"
-api_url = {url:?}
-console_url = {url:?}
-interval_secs = 0.5
-initial_lookback_hours = 6
-sinks = ["out"]
-{extra}
-"#,
-        store = dir.join("state.db").display().to_string(),
-        file = dir.join("out").join("events.ndjson").display().to_string(),
-        url = sim.url(),
-    );
-    Settings::from_toml(&text).expect("valid test config")
+    let url = sim.url();
+    common::settings_with(
+        dir,
+        &format!(
+            "[sources.c42]\ntype = \"code42\"\nclient_id = \"key-42\"\nclient_secret = \"sim-code42-secret\"\n\
+             api_url = {url:?}\nconsole_url = {url:?}\ninterval_secs = 0.5\ninitial_lookback_hours = 6\n\
+             sinks = [\"out\"]\n{extra}"
+        ),
+    )
 }
 
 async fn backfill(settings: &Settings) -> app::RunSummary {

@@ -17,33 +17,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 fn config(sim: &JamfSim, dir: &std::path::Path, extra: &str) -> Settings {
-    let text = format!(
-        r#"
-[store]
-path = {store:?}
-[scheduler]
-jitter_secs = 0.0
-backoff_initial_secs = 0.2
-backoff_max_secs = 2.0
-shutdown_grace_secs = 5.0
-[backfill]
-drain_timeout_secs = 60.0
-[sinks.out]
-type = "file"
-path = {file:?}
-batch_size = 2000
-[sources.jamf]
-type = "jamf"
-url = {url:?}
-interval_secs = 0.5
-sinks = ["out"]
-{extra}
-"#,
-        store = dir.join("state.db").display().to_string(),
-        file = dir.join("out").join("events.ndjson").display().to_string(),
-        url = sim.url(),
-    );
-    Settings::from_toml(&text).expect("valid test config")
+    common::settings_with(
+        dir,
+        &format!(
+            "[sources.jamf]\ntype = \"jamf\"\nurl = {:?}\ninterval_secs = 0.5\nsinks = [\"out\"]\n{extra}",
+            sim.url()
+        ),
+    )
 }
 
 const CLIENT: &str = "client_id = \"jamf-client\"\nclient_secret = \"sim-jamf-secret\"";

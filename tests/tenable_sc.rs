@@ -17,31 +17,13 @@ use secrelay::sources::{Source, SourceError};
 use tokio_util::sync::CancellationToken;
 
 fn config(sim: &TenableSim, dir: &std::path::Path, extra: &str) -> Settings {
-    let text = format!(
-        r#"
-[store]
-path = {store:?}
-[scheduler]
-jitter_secs = 0.0
-backoff_initial_secs = 0.2
-backoff_max_secs = 2.0
-[backfill]
-drain_timeout_secs = 60.0
-[sinks.out]
-type = "file"
-path = {file:?}
-batch_size = 2000
-[sources.sc]
-type = "tenable_sc"
-url = {url:?}
-sinks = ["out"]
-{extra}
-"#,
-        store = dir.join("state.db").display().to_string(),
-        file = dir.join("out").join("events.ndjson").display().to_string(),
-        url = sim.url(),
-    );
-    Settings::from_toml(&text).expect("valid test config")
+    common::settings_with(
+        dir,
+        &format!(
+            "[sources.sc]\ntype = \"tenable_sc\"\nurl = {:?}\nsinks = [\"out\"]\n{extra}",
+            sim.url()
+        ),
+    )
 }
 
 const KEYS: &str = "access_key = \"ak-1\"\nsecret_key = \"sim-tenable-secret\"";

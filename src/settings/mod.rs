@@ -533,279 +533,200 @@ impl Settings {
 
     /// Cross-key checks, and secrets resolved into their inline slot.
     fn validate(&mut self) -> Result<(), SettingsError> {
-        let invalid = |key: String, reason: String| SettingsError::Invalid { key, reason };
+        let sink_names: Vec<String> = self.sinks.keys().cloned().collect();
         for (id, source) in &mut self.sources {
+            let at = format!("sources.{id}");
             if id.is_empty()
                 || !id
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
-                return Err(invalid(
-                    format!("sources.{id}"),
-                    "source ids use letters, digits, `_` and `-`".into(),
-                ));
+                return Err(invalid(&at, "source ids use letters, digits, `_` and `-`"));
             }
             for sink in source.sinks() {
-                if !self.sinks.contains_key(sink) {
+                if !sink_names.contains(sink) {
                     return Err(invalid(
-                        format!("sources.{id}.sinks"),
-                        format!(
-                            "no sink named `{sink}` (defined: {:?})",
-                            self.sinks.keys().collect::<Vec<_>>()
-                        ),
+                        &format!("{at}.sinks"),
+                        format!("no sink named `{sink}` (defined: {sink_names:?})"),
                     ));
                 }
             }
             if source.interval_secs() <= 0.0 {
-                return Err(invalid(
-                    format!("sources.{id}.interval_secs"),
-                    "must be above 0".into(),
-                ));
+                return Err(invalid(&format!("{at}.interval_secs"), "must be above 0"));
             }
             match source {
                 SourceSettings::Sophos(s) => {
-                    let key = format!("sources.{id}.client_secret");
-                    let secret = secret::resolve(
-                        &key,
-                        s.client_secret.as_ref(),
-                        s.client_secret_file.as_deref(),
+                    resolve_secret(
+                        &at,
+                        "client_secret",
+                        &mut s.client_secret,
+                        &mut s.client_secret_file,
                     )?;
-                    s.client_secret = Some(secret);
-                    s.client_secret_file = None;
-                    if !(1..=1000).contains(&s.page_size) {
-                        return Err(invalid(
-                            format!("sources.{id}.page_size"),
-                            "must be 1 to 1000".into(),
-                        ));
-                    }
-                    if !(1..=24).contains(&s.initial_lookback_hours) {
-                        return Err(invalid(
-                            format!("sources.{id}.initial_lookback_hours"),
-                            "must be 1 to 24 (the SIEM API serves 24 hours back)".into(),
-                        ));
-                    }
-                    if s.streams.is_empty() {
-                        return Err(invalid(
-                            format!("sources.{id}.streams"),
-                            "name at least one stream".into(),
-                        ));
-                    }
-                }
-                SourceSettings::Jamf(s) => {
-                    match s.auth {
-                        JamfAuth::ApiClient => {
-                            if s.client_id.as_deref().unwrap_or_default().is_empty() {
-                                return Err(invalid(
-                                    format!("sources.{id}.client_id"),
-                                    "required with auth = \"api_client\"".into(),
-                                ));
-                            }
-                            let key = format!("sources.{id}.client_secret");
-                            s.client_secret = Some(secret::resolve(
-                                &key,
-                                s.client_secret.as_ref(),
-                                s.client_secret_file.as_deref(),
-                            )?);
-                            s.client_secret_file = None;
-                        }
-                        JamfAuth::User | JamfAuth::Basic => {
-                            if s.username.as_deref().unwrap_or_default().is_empty() {
-                                return Err(invalid(
-                                    format!("sources.{id}.username"),
-                                    "required with auth = \"user\" or \"basic\"".into(),
-                                ));
-                            }
-                            let key = format!("sources.{id}.password");
-                            s.password = Some(secret::resolve(
-                                &key,
-                                s.password.as_ref(),
-                                s.password_file.as_deref(),
-                            )?);
-                            s.password_file = None;
-                        }
-                    }
-                    if s.auth == JamfAuth::Basic && s.api != JamfApi::Classic {
-                        return Err(invalid(
-                            format!("sources.{id}.auth"),
-                            "basic auth only works on the Classic API: set api = \"classic\""
-                                .into(),
-                        ));
-                    }
-                    if !(1..=1000).contains(&s.page_size) {
-                        return Err(invalid(
-                            format!("sources.{id}.page_size"),
-                            "must be 1 to 1000".into(),
-                        ));
-                    }
-                    if !(1..=20).contains(&s.max_connections) {
-                        return Err(invalid(
-                            format!("sources.{id}.max_connections"),
-                            "must be 1 to 20 (Jamf recommends 5)".into(),
-                        ));
-                    }
-                    if s.streams.is_empty() {
-                        return Err(invalid(
-                            format!("sources.{id}.streams"),
-                            "name at least one stream".into(),
-                        ));
-                    }
-                }
-                SourceSettings::TenableSc(s) => {
-                    match s.auth {
-                        TenableAuth::ApiKeys => {
-                            if s.access_key.as_deref().unwrap_or_default().is_empty() {
-                                return Err(invalid(
-                                    format!("sources.{id}.access_key"),
-                                    "required with auth = \"api_keys\"".into(),
-                                ));
-                            }
-                            let key = format!("sources.{id}.secret_key");
-                            s.secret_key = Some(secret::resolve(
-                                &key,
-                                s.secret_key.as_ref(),
-                                s.secret_key_file.as_deref(),
-                            )?);
-                            s.secret_key_file = None;
-                        }
-                        TenableAuth::Session => {
-                            if s.username.as_deref().unwrap_or_default().is_empty() {
-                                return Err(invalid(
-                                    format!("sources.{id}.username"),
-                                    "required with auth = \"session\"".into(),
-                                ));
-                            }
-                            let key = format!("sources.{id}.password");
-                            s.password = Some(secret::resolve(
-                                &key,
-                                s.password.as_ref(),
-                                s.password_file.as_deref(),
-                            )?);
-                            s.password_file = None;
-                        }
-                    }
-                    let ranges: [(&str, u32, u32, u32); 4] = [
-                        ("page_size", s.page_size, 1, 10_000),
-                        ("concurrency", s.concurrency, 1, 8),
-                        ("initial_lookback_days", s.initial_lookback_days, 1, 365),
-                        ("overlap_hours", s.overlap_hours, 0, 720),
-                    ];
-                    for (name, value, low, high) in ranges {
-                        if !(low..=high).contains(&value) {
-                            return Err(invalid(
-                                format!("sources.{id}.{name}"),
-                                format!("must be {low} to {high}"),
-                            ));
-                        }
-                    }
-                    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
-                        return Err(invalid(
-                            format!("sources.{id}.client_cert_file"),
-                            "two-way TLS needs both client_cert_file and client_key_file".into(),
-                        ));
-                    }
-                    if s.streams.is_empty() {
-                        return Err(invalid(
-                            format!("sources.{id}.streams"),
-                            "name at least one stream".into(),
-                        ));
-                    }
+                    in_range(&at, "page_size", s.page_size, 1, 1000)?;
+                    in_range(
+                        &at,
+                        "initial_lookback_hours",
+                        s.initial_lookback_hours,
+                        1,
+                        24,
+                    )?;
+                    non_empty(&at, "streams", &s.streams)?;
                 }
                 SourceSettings::Code42(s) => {
-                    let key = format!("sources.{id}.client_secret");
-                    let secret = secret::resolve(
-                        &key,
-                        s.client_secret.as_ref(),
-                        s.client_secret_file.as_deref(),
+                    resolve_secret(
+                        &at,
+                        "client_secret",
+                        &mut s.client_secret,
+                        &mut s.client_secret_file,
                     )?;
-                    s.client_secret = Some(secret);
-                    s.client_secret_file = None;
-                    let ranges: [(&str, u32, u32, u32); 5] = [
-                        ("page_size", s.page_size, 1, 10_000),
-                        ("alert_page_size", s.alert_page_size, 1, 500),
-                        ("session_page_size", s.session_page_size, 1, 50),
-                        ("initial_lookback_hours", s.initial_lookback_hours, 1, 2160),
-                        ("session_window_hours", s.session_window_hours, 1, 2160),
-                    ];
-                    for (name, value, low, high) in ranges {
-                        if !(low..=high).contains(&value) {
-                            return Err(invalid(
-                                format!("sources.{id}.{name}"),
-                                format!("must be {low} to {high}"),
-                            ));
-                        }
-                    }
+                    in_range(&at, "page_size", s.page_size, 1, 10_000)?;
+                    in_range(&at, "alert_page_size", s.alert_page_size, 1, 500)?;
+                    in_range(&at, "session_page_size", s.session_page_size, 1, 50)?;
+                    in_range(
+                        &at,
+                        "initial_lookback_hours",
+                        s.initial_lookback_hours,
+                        1,
+                        2160,
+                    )?;
+                    in_range(&at, "session_window_hours", s.session_window_hours, 1, 2160)?;
                     if s.auth != Code42Auth::ApiClient
                         && s.streams.contains(&Code42Stream::Sessions)
                     {
                         return Err(invalid(
-                            format!("sources.{id}.streams"),
-                            "sessions are only served by the Incydr API gateway: use auth = \"api_client\"".into(),
+                            &format!("{at}.streams"),
+                            "sessions are only served by the Incydr API gateway: use auth = \"api_client\"",
                         ));
                     }
                     if s.auth == Code42Auth::ApiClient && s.file_events_api == FileEventsApi::V1 {
                         return Err(invalid(
-                            format!("sources.{id}.file_events_api"),
-                            "the v1 file-event API is only on legacy consoles: use v2 with api_client".into(),
+                            &format!("{at}.file_events_api"),
+                            "the v1 file-event API is only on legacy consoles: use v2 with api_client",
                         ));
                     }
-                    if s.auth != Code42Auth::ApiClient && s.console_url.is_none() {
+                    if s.auth != Code42Auth::ApiClient {
+                        required(
+                            &at,
+                            "console_url",
+                            s.console_url.as_deref(),
+                            "the legacy auth modes log in at the console",
+                        )?;
+                    }
+                    non_empty(&at, "streams", &s.streams)?;
+                }
+                SourceSettings::TenableSc(s) => {
+                    match s.auth {
+                        TenableAuth::ApiKeys => {
+                            required(
+                                &at,
+                                "access_key",
+                                s.access_key.as_deref(),
+                                "auth = \"api_keys\" needs it",
+                            )?;
+                            resolve_secret(
+                                &at,
+                                "secret_key",
+                                &mut s.secret_key,
+                                &mut s.secret_key_file,
+                            )?;
+                        }
+                        TenableAuth::Session => {
+                            required(
+                                &at,
+                                "username",
+                                s.username.as_deref(),
+                                "auth = \"session\" needs it",
+                            )?;
+                            resolve_secret(&at, "password", &mut s.password, &mut s.password_file)?;
+                        }
+                    }
+                    in_range(&at, "page_size", s.page_size, 1, 10_000)?;
+                    in_range(&at, "concurrency", s.concurrency, 1, 8)?;
+                    in_range(
+                        &at,
+                        "initial_lookback_days",
+                        s.initial_lookback_days,
+                        1,
+                        365,
+                    )?;
+                    in_range(&at, "overlap_hours", s.overlap_hours, 0, 720)?;
+                    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
                         return Err(invalid(
-                            format!("sources.{id}.console_url"),
-                            "the legacy auth modes log in at the console: set console_url".into(),
+                            &format!("{at}.client_cert_file"),
+                            "two-way TLS needs both client_cert_file and client_key_file",
                         ));
                     }
-                    if s.streams.is_empty() {
+                    non_empty(&at, "streams", &s.streams)?;
+                }
+                SourceSettings::Jamf(s) => {
+                    match s.auth {
+                        JamfAuth::ApiClient => {
+                            required(
+                                &at,
+                                "client_id",
+                                s.client_id.as_deref(),
+                                "auth = \"api_client\" needs it",
+                            )?;
+                            resolve_secret(
+                                &at,
+                                "client_secret",
+                                &mut s.client_secret,
+                                &mut s.client_secret_file,
+                            )?;
+                        }
+                        JamfAuth::User | JamfAuth::Basic => {
+                            required(
+                                &at,
+                                "username",
+                                s.username.as_deref(),
+                                "auth = \"user\" or \"basic\" needs it",
+                            )?;
+                            resolve_secret(&at, "password", &mut s.password, &mut s.password_file)?;
+                        }
+                    }
+                    if s.auth == JamfAuth::Basic && s.api != JamfApi::Classic {
                         return Err(invalid(
-                            format!("sources.{id}.streams"),
-                            "name at least one stream".into(),
+                            &format!("{at}.auth"),
+                            "basic auth only works on the Classic API: set api = \"classic\"",
                         ));
                     }
+                    in_range(&at, "page_size", s.page_size, 1, 1000)?;
+                    in_range(&at, "max_connections", s.max_connections, 1, 20)?;
+                    non_empty(&at, "streams", &s.streams)?;
                 }
             }
         }
-        let sources: std::collections::BTreeSet<String> = self.sources.keys().cloned().collect();
+        let source_ids: Vec<String> = self.sources.keys().cloned().collect();
         for (name, sink) in &mut self.sinks {
+            let at = format!("sinks.{name}");
             if sink.batch_size() == 0 {
-                return Err(invalid(
-                    format!("sinks.{name}.batch_size"),
-                    "must be at least 1".into(),
-                ));
+                return Err(invalid(&format!("{at}.batch_size"), "must be at least 1"));
             }
             match sink {
-                SinkSettings::File(f) if f.keep_files == 0 => {
-                    return Err(invalid(
-                        format!("sinks.{name}.keep_files"),
-                        "must be at least 1".into(),
-                    ));
+                SinkSettings::File(f) => {
+                    if f.keep_files == 0 {
+                        return Err(invalid(&format!("{at}.keep_files"), "must be at least 1"));
+                    }
                 }
-                SinkSettings::File(_) => {}
                 SinkSettings::SplunkHec(h) => {
-                    let key = format!("sinks.{name}.token");
-                    h.token = Some(secret::resolve(
-                        &key,
-                        h.token.as_ref(),
-                        h.token_file.as_deref(),
-                    )?);
-                    h.token_file = None;
+                    resolve_secret(&at, "token", &mut h.token, &mut h.token_file)?;
                     if h.max_request_bytes < 1024 {
                         return Err(invalid(
-                            format!("sinks.{name}.max_request_bytes"),
-                            "must be at least 1024".into(),
+                            &format!("{at}.max_request_bytes"),
+                            "must be at least 1024",
                         ));
                     }
-                    for route in &h.routes {
-                        if !sources.contains(&route.source) {
-                            return Err(invalid(
-                                format!("sinks.{name}.routes"),
-                                format!("no source named `{}`", route.source),
-                            ));
-                        }
+                    if let Some(route) = h.routes.iter().find(|r| !source_ids.contains(&r.source)) {
+                        return Err(invalid(
+                            &format!("{at}.routes"),
+                            format!("no source named `{}`", route.source),
+                        ));
                     }
                 }
                 SinkSettings::Syslog(s) => {
                     if crate::encode::syslog::facility_number(&s.facility).is_none() {
                         return Err(invalid(
-                            format!("sinks.{name}.facility"),
+                            &format!("{at}.facility"),
                             format!(
                                 "unknown facility {:?} (local0-local7, user, daemon, auth, ...)",
                                 s.facility
@@ -814,21 +735,20 @@ impl Settings {
                     }
                     if s.transport == SyslogTransport::Tls && s.framing == SyslogFraming::Lf {
                         return Err(invalid(
-                            format!("sinks.{name}.framing"),
-                            "TLS syslog uses octet counting (RFC 5425)".into(),
+                            &format!("{at}.framing"),
+                            "TLS syslog uses octet counting (RFC 5425)",
                         ));
                     }
                     if s.client_cert_file.is_some() != s.client_key_file.is_some() {
                         return Err(invalid(
-                            format!("sinks.{name}.client_cert_file"),
-                            "a client certificate needs both client_cert_file and client_key_file"
-                                .into(),
+                            &format!("{at}.client_cert_file"),
+                            "a client certificate needs both client_cert_file and client_key_file",
                         ));
                     }
                     if !(64..=65_507).contains(&s.udp_max_bytes) {
                         return Err(invalid(
-                            format!("sinks.{name}.udp_max_bytes"),
-                            "must be 64 to 65507".into(),
+                            &format!("{at}.udp_max_bytes"),
+                            "must be 64 to 65507",
                         ));
                     }
                 }
@@ -848,6 +768,55 @@ impl Settings {
         }
         routes
     }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `{at}.{name}` must lie in `low..=high`.
+fn in_range(at: &str, name: &str, value: u32, low: u32, high: u32) -> Result<(), SettingsError> {
+    if (low..=high).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            &format!("{at}.{name}"),
+            format!("must be {low} to {high}"),
+        ))
+    }
+}
+
+/// `{at}.{name}` must be given and not empty; `why` says who needs it.
+fn required(at: &str, name: &str, value: Option<&str>, why: &str) -> Result<(), SettingsError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(()),
+        _ => Err(invalid(&format!("{at}.{name}"), format!("required: {why}"))),
+    }
+}
+
+/// `{at}.{name}` must list at least one item.
+fn non_empty<T>(at: &str, name: &str, list: &[T]) -> Result<(), SettingsError> {
+    if list.is_empty() {
+        Err(invalid(&format!("{at}.{name}"), "name at least one"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Resolves `{at}.{name}` (inline, `{name}_file` or environment) into `inline`, clearing `file`.
+fn resolve_secret(
+    at: &str,
+    name: &str,
+    inline: &mut Option<Secret>,
+    file: &mut Option<PathBuf>,
+) -> Result<(), SettingsError> {
+    let secret = secret::resolve(&format!("{at}.{name}"), inline.as_ref(), file.as_deref())?;
+    *inline = Some(secret);
+    *file = None;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::mix;
+
 /// Results `pgNum` paging can reach at most.
 pub const PG_NUM_CAP: usize = 10_000;
 
@@ -131,13 +133,6 @@ impl Drop for Code42Sim {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 fn iso(ms: i64) -> String {

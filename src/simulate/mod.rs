@@ -13,6 +13,15 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+/// splitmix64: a fixed, portable mixing function; every simulator derives its data from it, so
+/// the same seed gives the same records on every machine.
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// Serves `app` on `listener`, over HTTPS when `tls` is given (for the TLS tests: private CAs,
 /// client certificates). Runs until the returned task is aborted.
 pub fn spawn_server(

@@ -23,6 +23,8 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::mix;
+
 /// Which identity the simulated credential has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {
@@ -293,14 +295,6 @@ fn first_at_or_after(config: &SophosSimConfig, stride: u64, at_ms: i64) -> u64 {
         j += 1;
     }
     j
-}
-
-fn mix(mut x: u64) -> u64 {
-    // splitmix64: a fixed, portable mixing function.
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 fn uuid(seed: u64, salt: u64, n: u64) -> String {

@@ -18,6 +18,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::mix;
+
 /// Filters `/rest/analysis` knows (an unknown one is error_code 146).
 const KNOWN_FILTERS: [&str; 8] = [
     "lastSeen",
@@ -110,13 +112,6 @@ impl Drop for TenableSim {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 impl TenableSim {

@@ -57,6 +57,32 @@ sinks = ["out"]
     )
 }
 
+/// Settings from the shared test sections (state under `dir`, fast retries, a file sink `out`
+/// under `dir/out`) and `source`, the TOML of one source routed to `out`.
+pub fn settings_with(dir: &Path, source: &str) -> secrelay::settings::Settings {
+    let text = format!(
+        r#"
+[store]
+path = {store:?}
+[scheduler]
+jitter_secs = 0.0
+backoff_initial_secs = 0.2
+backoff_max_secs = 2.0
+shutdown_grace_secs = 5.0
+[backfill]
+drain_timeout_secs = 60.0
+[sinks.out]
+type = "file"
+path = {file:?}
+batch_size = 2000
+{source}
+"#,
+        store = dir.join("state.db").display().to_string(),
+        file = dir.join("out").join("events.ndjson").display().to_string(),
+    );
+    secrelay::settings::Settings::from_toml(&text).expect("valid test config")
+}
+
 /// One delivered line: (stream, tenant, id).
 pub type Delivered = (String, String, String);
 
