@@ -205,15 +205,16 @@ async fn pipeline(
             continue;
         };
         let batch = sink_settings.batch_size();
+        let linger = sink_settings.linger();
         match sink_settings {
             SinkSettings::File(f) => {
                 let sink = FileSink::new(&name, f.clone());
-                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
+                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
             }
             SinkSettings::Syslog(s) => {
                 let sink = SyslogSink::new(&name, s.clone(), vendors(settings))
                     .map_err(AppError::SinkSetup)?;
-                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
+                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
             }
             SinkSettings::SplunkHec(h) => {
                 let sink = HecSink::new(
@@ -224,7 +225,7 @@ async fn pipeline(
                     store.clone(),
                 )
                 .map_err(AppError::SinkSetup)?;
-                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch));
+                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
             }
         }
     }

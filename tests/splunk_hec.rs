@@ -362,3 +362,44 @@ ack_timeout_secs = 0.5",
         .unwrap();
     assert!(summary.complete(), "{summary:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_events_lingers_into_few_requests() {
+    let sim =
+        secrelay::simulate::sophos::SophosSim::start(secrelay::simulate::sophos::SophosSimConfig {
+            events_per_tenant: None,
+            rate_per_sec: 50.0,
+            start: Utc::now() - chrono::Duration::seconds(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = pipeline_config(&sim, &hec, dir.path(), "linger_secs = 1.0");
+    if let secrelay::settings::SourceSettings::Sophos(src) = s.sources.get_mut("sophos_t").unwrap()
+    {
+        src.interval_secs = 0.1;
+    }
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let s = s.clone();
+        let stop = stop.clone();
+        async move { app::run(&s, stop).await }
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let polls = sim.requests().len();
+    assert!(polls >= 20, "the source polled often ({polls})");
+    assert!(
+        hec.accepted().len() >= 150,
+        "{} events",
+        hec.accepted().len()
+    );
+    assert!(
+        hec.requests() <= 7,
+        "{} requests for {polls} polls",
+        hec.requests()
+    );
+}

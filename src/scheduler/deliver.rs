@@ -39,6 +39,7 @@ pub async fn run_sink<K: Sink>(
     mut sink: K,
     sources: Vec<String>,
     batch_size: usize,
+    linger: Duration,
 ) -> SinkReport {
     let name = sink.name().to_string();
     let mut report = SinkReport {
@@ -65,6 +66,8 @@ pub async fn run_sink<K: Sink>(
     };
     // Set once the sink is told to finish: drain until empty or until this instant.
     let mut deadline: Option<Instant> = None;
+    // The current short batch has already waited its linger.
+    let mut lingered = false;
     loop {
         let finishing = ctx.stop.is_cancelled() || ctx.sources_done.is_cancelled();
         if finishing {
@@ -101,6 +104,18 @@ pub async fn run_sink<K: Sink>(
             }
             continue;
         }
+        // A short batch may wait up to `linger` for more records, so a trickle of events does not
+        // become a request each (HEC); never while finishing.
+        if batch.len() < batch_size && !linger.is_zero() && !finishing && !lingered {
+            lingered = true;
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {},
+                _ = ctx.stop.cancelled() => {},
+                _ = ctx.sources_done.cancelled() => {},
+            }
+            continue;
+        }
+        lingered = false;
 
         // A batch in flight when the stop comes gets the grace period, no more.
         let grace = Duration::from_secs_f64(ctx.timing.shutdown_grace_secs).min(ctx.drain_within);

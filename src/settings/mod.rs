@@ -384,6 +384,14 @@ impl SinkSettings {
             SinkSettings::SplunkHec(s) => s.batch_size,
         }
     }
+
+    /// How long a short batch may wait for more records.
+    pub fn linger(&self) -> std::time::Duration {
+        match self {
+            SinkSettings::SplunkHec(s) => std::time::Duration::from_secs_f64(s.linger_secs),
+            SinkSettings::File(_) | SinkSettings::Syslog(_) => std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// `[sinks.<name>]` with `type = "file"`.

@@ -59,6 +59,9 @@ pub struct SplunkHecSettings {
     /// Records per delivery (split into requests by `max_request_bytes`). Default 1000.
     #[serde(default = "thousand")]
     pub batch_size: usize,
+    /// How long a batch smaller than `batch_size` waits for more records, in seconds. Default 1.
+    #[serde(default = "one")]
+    pub linger_secs: f64,
     /// Wait for indexer acknowledgement before a batch counts as delivered. Default false.
     #[serde(default)]
     pub ack: bool,
@@ -87,6 +90,9 @@ fn thousand() -> usize {
 }
 fn two_minutes() -> f64 {
     120.0
+}
+fn one() -> f64 {
+    1.0
 }
 fn two() -> f64 {
     2.0
