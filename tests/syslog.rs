@@ -267,6 +267,7 @@ async fn a_receiver_that_goes_away_is_reconnected_and_the_batch_sent_again() {
     let records = hostile_records();
     sink.deliver(&records[..3]).await.unwrap();
     receiver.wait_for("tcp", 3).await;
+    let ports = (receiver.udp, receiver.tcp, receiver.tls);
     drop(receiver);
     // Writes into a dead connection fail once the peer has reset it; the sink reports it.
     let mut failed = false;
@@ -281,6 +282,14 @@ async fn a_receiver_that_goes_away_is_reconnected_and_the_batch_sent_again() {
     assert!(
         sink.deliver(&records[3..4]).await.is_err(),
         "nothing listens: connect fails"
+    );
+    // The receiver comes back on the same port: the next delivery connects again and sends.
+    let again = tempfile::tempdir().unwrap();
+    let receiver = rsyslog::Rsyslog::start_on(again.path(), None, ports);
+    sink.deliver(&records[3..5]).await.unwrap();
+    assert_eq!(
+        receiver.wait_for("tcp", 2).await,
+        expected(&sink, &records[3..5])
     );
 }
 

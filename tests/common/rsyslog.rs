@@ -36,7 +36,11 @@ impl Rsyslog {
     /// Starts rsyslogd with its files under `dir`; with `pki`, a TLS input using its server
     /// certificate.
     pub fn start(dir: &Path, pki: Option<&Pki>) -> Rsyslog {
-        let (udp, tcp, tls) = (free_port(), free_port(), free_port());
+        Self::start_on(dir, pki, (free_port(), free_port(), free_port()))
+    }
+
+    /// Starts rsyslogd on the given (udp, tcp, tls) ports, e.g. those of one that was stopped.
+    pub fn start_on(dir: &Path, pki: Option<&Pki>, (udp, tcp, tls): (u16, u16, u16)) -> Rsyslog {
         let tls_global = pki
             .map(|p| {
                 format!(
