@@ -21,6 +21,8 @@
 //! [`sources`] (one module per vendor), [`sinks`] (one module per transport), [`encode`] (pure
 //! formats), [`simulate`] (vendor simulators), [`app`] (composition), [`demo`].
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod demo;
 pub mod encode;
