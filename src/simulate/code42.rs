@@ -26,7 +26,7 @@ use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::mix;
+use super::{iso_millis as iso, mix};
 
 /// Results `pgNum` paging can reach at most.
 pub const PG_NUM_CAP: usize = 10_000;
@@ -126,20 +126,7 @@ struct Shared {
 pub struct Code42Sim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Code42Sim {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-fn iso(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    _server: super::ServerTask,
 }
 
 fn iso_micros(ms: i64, extra_micros: u64) -> String {
@@ -188,7 +175,7 @@ impl Code42Sim {
         Ok(Code42Sim {
             shared,
             addr,
-            server,
+            _server: server,
         })
     }
 

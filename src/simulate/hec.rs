@@ -72,13 +72,7 @@ struct Shared {
 pub struct HecSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HecSim {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: super::ServerTask,
 }
 
 impl HecSim {
@@ -105,7 +99,7 @@ impl HecSim {
         Ok(HecSim {
             shared,
             addr,
-            server,
+            _server: server,
         })
     }
 

@@ -19,11 +19,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::mix;
+use super::{iso_millis as iso, mix};
 
 /// What the simulator serves.
 #[derive(Debug, Clone)]
@@ -86,20 +86,7 @@ struct Shared {
 pub struct JamfSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for JamfSim {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-fn iso(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    _server: super::ServerTask,
 }
 
 const APPLICATIONS: [&str; 13] = [
@@ -190,7 +177,7 @@ impl JamfSim {
         Ok(JamfSim {
             shared,
             addr,
-            server,
+            _server: server,
         })
     }
 

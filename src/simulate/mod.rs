@@ -22,14 +22,31 @@ pub(crate) fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// RFC 3339 UTC with milliseconds, as the vendor APIs write their times.
+pub(crate) fn iso_millis(ms: i64) -> String {
+    chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A simulator's server task; dropping it stops the server.
+pub struct ServerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves `app` on `listener`, over HTTPS when `tls` is given (for the TLS tests: private CAs,
-/// client certificates). Runs until the returned task is aborted.
+/// client certificates), until the returned task is dropped.
 pub fn spawn_server(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> ServerTask {
+    ServerTask(tokio::spawn(async move {
         let Some(config) = tls else {
             let _ = axum::serve(listener, app).await;
             return;
@@ -52,5 +69,5 @@ pub fn spawn_server(
                     .await;
             });
         }
-    })
+    }))
 }

@@ -138,13 +138,7 @@ struct Shared {
 pub struct SophosSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SophosSim {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: super::ServerTask,
 }
 
 impl SophosSim {
@@ -181,7 +175,7 @@ impl SophosSim {
         Ok(SophosSim {
             shared,
             addr,
-            server,
+            _server: server,
         })
     }
 

@@ -104,14 +104,8 @@ struct Shared {
 pub struct TenableSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    _server: super::ServerTask,
     https: bool,
-}
-
-impl Drop for TenableSim {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
 }
 
 impl TenableSim {
@@ -155,7 +149,7 @@ impl TenableSim {
         Ok(TenableSim {
             shared,
             addr,
-            server,
+            _server: server,
             https,
         })
     }
