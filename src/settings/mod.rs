@@ -938,6 +938,34 @@ mod tests {
     }
 
     #[test]
+    fn the_full_example_with_every_source_and_sink_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = include_str!("../../config/example-full.toml").to_string();
+        for name in [
+            "hec_token",
+            "sophos_secret",
+            "incydr_secret",
+            "tenable_secret",
+            "jamf_secret",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "s3cret\n").unwrap();
+            text = text.replace(
+                &format!("\"{name}\""),
+                &format!("{:?}", path.display().to_string()),
+            );
+        }
+        let s = Settings::from_toml(&text).unwrap();
+        assert_eq!(s.sources.len(), 4);
+        assert_eq!(s.sinks.len(), 3);
+        assert_eq!(
+            s.routes()["splunk"],
+            ["incydr", "jamf", "sophos", "tenable"]
+        );
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn debug_output_hides_the_secret() {
         let s = Settings::from_toml(MINIMAL).unwrap();
         let shown = format!("{s:?}");
