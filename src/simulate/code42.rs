@@ -116,9 +116,8 @@ struct Shared {
     alerts: RwLock<Vec<Value>>,
     sessions: RwLock<Vec<Value>>,
     faults: Code42Faults,
-    token_generation: AtomicU64,
     token_requests: AtomicU64,
-    issued: Mutex<HashMap<String, (u64, Instant)>>,
+    tokens: super::TokenLedger,
     requests: Mutex<Vec<Code42Request>>,
 }
 
@@ -148,9 +147,8 @@ impl Code42Sim {
             alerts: RwLock::new(Vec::new()),
             sessions: RwLock::new(Vec::new()),
             faults: Code42Faults::default(),
-            token_generation: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
-            issued: Mutex::new(HashMap::new()),
+            tokens: super::TokenLedger::default(),
             requests: Mutex::new(Vec::new()),
         });
         let app = Router::new()
@@ -196,7 +194,7 @@ impl Code42Sim {
 
     /// Refuse every token issued so far.
     pub fn expire_tokens(&self) {
-        self.shared.token_generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.tokens.expire_all();
     }
 
     /// Token requests answered so far.
@@ -486,28 +484,12 @@ fn issue_token(s: &Shared) -> String {
     let header = engine.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
     let payload = engine.encode(json!({"tenantUid": s.config.tenant_id, "n": n}).to_string());
     let token = format!("{header}.{payload}.sim-signature-{n}");
-    let generation = s.token_generation.load(Ordering::SeqCst);
-    if let Ok(mut issued) = s.issued.lock() {
-        issued.insert(token.clone(), (generation, Instant::now()));
-    }
+    s.tokens.issue(&token);
     token
 }
 
 fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
-    let Some(token) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let generation = s.token_generation.load(Ordering::SeqCst);
-    let Ok(issued) = s.issued.lock() else {
-        return false;
-    };
-    issued.get(token).is_some_and(|(g, at)| {
-        *g == generation && at.elapsed().as_secs() < s.config.token_lifetime_secs
-    })
+    s.tokens.accepts(headers, s.config.token_lifetime_secs)
 }
 
 async fn delay(s: &Shared) {

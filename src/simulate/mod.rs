@@ -30,6 +30,49 @@ pub(crate) fn iso_millis(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Bearer tokens a simulator issued: valid for a lifetime, and all refused at once by `expire_all`
+/// (as if the server dropped them).
+#[derive(Default)]
+pub(crate) struct TokenLedger {
+    generation: std::sync::atomic::AtomicU64,
+    issued: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+}
+
+impl TokenLedger {
+    /// Records `token` as issued now.
+    pub(crate) fn issue(&self, token: &str) {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut issued) = self.issued.lock() {
+            issued.insert(token.to_string(), (generation, std::time::Instant::now()));
+        }
+    }
+
+    /// Refuses every token issued so far.
+    pub(crate) fn expire_all(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the request's `Authorization: Bearer` token was issued, not expired and younger
+    /// than `lifetime_secs`.
+    pub(crate) fn accepts(&self, headers: &axum::http::HeaderMap, lifetime_secs: u64) -> bool {
+        let Some(token) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let Ok(issued) = self.issued.lock() else {
+            return false;
+        };
+        issued
+            .get(token)
+            .is_some_and(|(g, at)| *g == generation && at.elapsed().as_secs() < lifetime_secs)
+    }
+}
+
 /// A simulator's server task; dropping it stops the server.
 pub struct ServerTask(tokio::task::JoinHandle<()>);
 

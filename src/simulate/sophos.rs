@@ -7,7 +7,6 @@
 //! is `base64("V2_CURSOR|<time of the last record returned>")` and the next page starts at records
 //! `>=` that time, so the record at the boundary repeats, as the real API's can.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,10 +125,8 @@ struct Shared {
     tenant_ids: Vec<String>,
     identity_id: String,
     faults: Faults,
-    /// Tokens issued before this generation are refused (`expire_tokens`).
-    token_generation: AtomicU64,
     token_requests: AtomicU64,
-    issued: Mutex<HashMap<String, (u64, Instant)>>,
+    tokens: super::TokenLedger,
     requests: Mutex<Vec<SeenRequest>>,
     reject_all_tokens: AtomicBool,
 }
@@ -159,9 +156,8 @@ impl SophosSim {
             identity_id: uuid(config.seed, 0x1d, 0),
             config,
             faults: Faults::default(),
-            token_generation: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
-            issued: Mutex::new(HashMap::new()),
+            tokens: super::TokenLedger::default(),
             requests: Mutex::new(Vec::new()),
             reject_all_tokens: AtomicBool::new(false),
         });
@@ -201,7 +197,7 @@ impl SophosSim {
 
     /// Refuse every token issued so far (as if they expired server-side).
     pub fn expire_tokens(&self) {
-        self.shared.token_generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.tokens.expire_all();
     }
 
     /// Refuse every token, even new ones (a revoked credential), until called with false.
@@ -457,10 +453,7 @@ async fn token(State(s): State<Arc<Shared>>, Form(form): Form<TokenForm>) -> Res
     }
     let n = s.token_requests.load(Ordering::SeqCst);
     let token = format!("sim-token-{n}-{:x}", mix(n ^ s.config.seed));
-    let generation = s.token_generation.load(Ordering::SeqCst);
-    if let Ok(mut issued) = s.issued.lock() {
-        issued.insert(token.clone(), (generation, Instant::now()));
-    }
+    s.tokens.issue(&token);
     Json(json!({
         "access_token": token,
         "errorCode": "success",
@@ -477,20 +470,7 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
     if s.reject_all_tokens.load(Ordering::SeqCst) {
         return false;
     }
-    let Some(token) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let generation = s.token_generation.load(Ordering::SeqCst);
-    let Ok(issued) = s.issued.lock() else {
-        return false;
-    };
-    issued.get(token).is_some_and(|(g, at)| {
-        *g == generation && at.elapsed().as_secs() < s.config.token_lifetime_secs
-    })
+    s.tokens.accepts(headers, s.config.token_lifetime_secs)
 }
 
 async fn whoami(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
