@@ -97,12 +97,7 @@ async fn twenty_five_thousand_events_in_one_window_arrive_complete_and_once_acro
     );
     // Slow pages, so the daemon can be stopped between the first and the last page.
     sim.faults().delay_ms.store(400, Ordering::SeqCst);
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let s = s.clone();
-        let stop = stop.clone();
-        async move { app::run(&s, stop).await }
-    });
+    let daemon = common::Daemon::start(&s);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let state = app::state(&s).await.unwrap();
@@ -118,8 +113,7 @@ async fn twenty_five_thousand_events_in_one_window_arrive_complete_and_once_acro
         assert!(Instant::now() < deadline, "first page never committed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     let before_restart = sim.requests().len();
 
     sim.faults().delay_ms.store(0, Ordering::SeqCst);

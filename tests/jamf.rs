@@ -115,12 +115,7 @@ async fn a_computer_that_reports_during_a_pass_is_neither_lost_nor_duplicated() 
         &format!("{CLIENT}\nstreams = [\"inventory\"]\npage_size = 100"),
     );
     let first_date_of_5 = sim.report_date(5).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let s = s.clone();
-        let stop = stop.clone();
-        async move { app::run(&s, stop).await }
-    });
+    let daemon = common::Daemon::start(&s);
     // Wait until the first pages are in: computer 5 (early in report-date order) has been read,
     // computer 950 (late) has not.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -150,8 +145,7 @@ async fn a_computer_that_reports_during_a_pass_is_neither_lost_nor_duplicated() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     // Every computer once with its latest report; computer 5 also with the report read before.
     let mut want = inventory_ids(&sim, 1..=1000);
     want.push((

@@ -278,12 +278,7 @@ async fn a_failing_sink_fills_the_outbox_to_its_cap_then_sources_pause_and_nothi
         "[outbox]\nmax_bytes = 200000",
     );
     let s = Settings::from_toml(&text).unwrap();
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let s = s.clone();
-        let stop = stop.clone();
-        async move { app::run(&s, stop).await }
-    });
+    let mut daemon = common::Daemon::start(&s);
 
     // Sources keep polling until the outbox reaches its cap, then pause.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -292,9 +287,7 @@ async fn a_failing_sink_fills_the_outbox_to_its_cap_then_sources_pause_and_nothi
         if state.sources_paused {
             break;
         }
-        if daemon.is_finished() {
-            panic!("daemon ended early: {:?}", daemon.await);
-        }
+        daemon.assert_running().await;
         assert!(
             Instant::now() < deadline,
             "outbox never reached its cap: {:?}",
@@ -336,8 +329,7 @@ async fn a_failing_sink_fills_the_outbox_to_its_cap_then_sources_pause_and_nothi
         assert!(Instant::now() < deadline, "backlog never drained");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.cancel();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     assert_exactly_once(&delivered(dir.path()), &want);
     let state = app::state(&s).await.unwrap();
     assert_eq!(

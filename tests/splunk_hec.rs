@@ -219,13 +219,8 @@ async fn an_outage_of_503s_is_waited_out_and_everything_arrives() {
     hec.faults().busy.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let s = pipeline_config(&sim, &hec, dir.path(), "batch_size = 500");
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let s = s.clone();
-        let stop = stop.clone();
-        async move { app::run(&s, stop).await }
-    });
-    // The outage lasts while the sink retries with backoff (a 5-minute run: `cargo bench --bench hec_outage`).
+    let daemon = common::Daemon::start(&s);
+    // The outage lasts while the sink retries with backoff (a 5-minute run: `cargo bench --bench hec -- outage`).
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(
         hec.busy_answers() >= 3,
@@ -244,8 +239,7 @@ async fn an_outage_of_503s_is_waited_out_and_everything_arrives() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     let accepted = hec.accepted();
     let ids: std::collections::HashSet<_> = accepted
         .iter()
@@ -281,19 +275,13 @@ ack_timeout_secs = 30",
     short_grace.scheduler.shutdown_grace_secs = 0.5;
 
     // First run: the batch goes out, then the daemon stops while its acks are still false.
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let s = short_grace.clone();
-        let stop = stop.clone();
-        async move { app::run(&s, stop).await }
-    });
+    let daemon = common::Daemon::start(&short_grace);
     let deadline = Instant::now() + Duration::from_secs(20);
     while hec.accepted().len() < 300 {
         assert!(Instant::now() < deadline, "the batch was never sent");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     let store = Store::open(&dir.path().join("state.db"), Access::Reader)
         .await
         .unwrap();
@@ -381,15 +369,9 @@ async fn a_trickle_of_events_lingers_into_few_requests() {
     {
         src.interval_secs = 0.1;
     }
-    let stop = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let s = s.clone();
-        let stop = stop.clone();
-        async move { app::run(&s, stop).await }
-    });
+    let daemon = common::Daemon::start(&s);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.cancel();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     let polls = sim.requests().len();
     assert!(polls >= 20, "the source polled often ({polls})");
     assert!(

@@ -83,6 +83,38 @@ batch_size = 2000
     secrelay::settings::Settings::from_toml(&text).expect("valid test config")
 }
 
+/// `secrelay run` in the background of a test, stopped as SIGTERM would stop it.
+pub struct Daemon {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<secrelay::app::RunSummary, secrelay::app::AppError>>,
+}
+
+impl Daemon {
+    /// Starts the daemon with `settings`.
+    pub fn start(settings: &secrelay::settings::Settings) -> Daemon {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let settings = settings.clone();
+            let stop = stop.clone();
+            async move { secrelay::app::run(&settings, stop).await }
+        });
+        Daemon { stop, task }
+    }
+
+    /// Fails the test if the daemon already ended (it should run until stopped).
+    pub async fn assert_running(&mut self) {
+        if self.task.is_finished() {
+            panic!("daemon ended early: {:?}", (&mut self.task).await);
+        }
+    }
+
+    /// Stops it and waits for the graceful shutdown; fails the test if it failed.
+    pub async fn stop(self) -> secrelay::app::RunSummary {
+        self.stop.cancel();
+        self.task.await.expect("daemon task").expect("daemon runs")
+    }
+}
+
 /// One delivered line: (stream, tenant, id).
 pub type Delivered = (String, String, String);
 
