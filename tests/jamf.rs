@@ -1,6 +1,8 @@
 //! The Jamf Pro source against its simulator over real HTTP: inventory passes within the
 //! connection limit, a computer that reports during a pass, fleet counters against an independent
-//! count, token keep-alive and renewal, and the Classic API with Basic auth.
+//! count, token keep-alive and renewal, the Classic API with Basic auth, an idle relay that then
+//! sees three pages of reports (daemon and backfill), the Classic password hash stripped, Classic
+//! resuming after a deletion, fleet views surviving a seen-set prune, and fleet views in chunks.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{assert_exactly_once, delivered, Delivered};
 use secrelay::app::{self, BackfillOptions};
 use secrelay::settings::{Settings, SourceSettings};
-use secrelay::simulate::jamf::{JamfSim, JamfSimConfig};
+use secrelay::simulate::jamf::{FleetChange, JamfSim, JamfSimConfig};
 use secrelay::sources::jamf::JamfSource;
 use secrelay::sources::{http, Source, SourceError};
 use serde_json::Value;
@@ -322,4 +324,261 @@ async fn the_classic_api_with_basic_auth_reads_inventory_and_refuses_when_basic_
         .await
         .unwrap_err();
     assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+}
+
+/// Three pages' worth of changes at two shared report dates (ties, one without fractional
+/// seconds): `reports` computers of `existing` report again, the rest of 15 are new computers.
+fn three_pages_of_changes(sim: &JamfSim, existing: &[u64]) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let whole_second = (now / 1000 + 1) * 1000;
+    sim.apply(FleetChange::Report {
+        ids: existing.to_vec(),
+        report_ms: whole_second,
+    });
+    for i in 0..(15 - existing.len()) {
+        sim.apply(FleetChange::Add {
+            report_ms: whole_second + if i < 5 { 0 } else { 1234 },
+        });
+    }
+}
+
+fn all_versions(sim: &JamfSim) -> Vec<Delivered> {
+    sim.history()
+        .into_iter()
+        .map(|(id, date)| {
+            (
+                "inventory".to_string(),
+                String::new(),
+                format!("{id}@{date}"),
+            )
+        })
+        .collect()
+}
+
+const SMALL_FLEET: &str = "streams = [\"inventory\"]\npage_size = 5";
+
+fn idle_config(sim: &JamfSim, dir: &std::path::Path) -> Settings {
+    common::settings_with(
+        dir,
+        &format!(
+            "[sources.jamf]\ntype = \"jamf\"\nurl = {:?}\ninterval_secs = 0.3\nsinks = [\"out\"]\n{CLIENT}\n{SMALL_FLEET}",
+            sim.url()
+        ),
+    )
+}
+
+async fn wait_for(dir: &std::path::Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered(dir).len() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_then_three_pages_of_reports_delivers_each_once() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 4,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = idle_config(&sim, dir.path());
+    let daemon = common::Daemon::start(&s);
+    wait_for(dir.path(), 4).await;
+    // Several quiet polls (0.3 s apart) over a fleet smaller than a page.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    three_pages_of_changes(&sim, &[2, 4]);
+    wait_for(dir.path(), 19).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    daemon.stop().await;
+    assert_exactly_once(&delivered(dir.path()), &all_versions(&sim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_backfill_then_three_pages_of_reports_delivers_each_once() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 4,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = idle_config(&sim, dir.path());
+    for _ in 0..4 {
+        backfill(&s).await;
+    }
+    three_pages_of_changes(&sim, &[1, 3]);
+    backfill(&s).await;
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &all_versions(&sim));
+}
+
+#[tokio::test]
+async fn the_classic_management_password_hash_is_never_forwarded() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 12,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("api = \"classic\"\n{CLIENT}\npage_size = 5\nstreams = [\"inventory\", \"assets\", \"applications\", \"ip_users\"]"),
+    );
+    // The simulator does serve it, so its absence below means the relay removed it.
+    let source = source(&s);
+    let mut cursor: Option<String> = None;
+    let mut records = Vec::new();
+    loop {
+        let page = source
+            .poll(
+                &secrelay::event::Partition::new("inventory", ""),
+                cursor.as_deref(),
+            )
+            .await
+            .unwrap();
+        records.extend(page.events.iter().map(|e| e.record.get().to_string()));
+        cursor = page.cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(records.len(), 12);
+    for r in &records {
+        let v: Value = serde_json::from_str(r).unwrap();
+        assert_eq!(
+            v["general"]["remote_management"]["management_username"],
+            "jamfadmin"
+        );
+        assert!(!r.contains("password"), "{r}");
+    }
+    backfill(&s).await;
+    let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
+    assert_eq!(text.lines().count(), 48);
+    assert!(!text.contains("management_password_sha256"));
+    assert!(!text.to_lowercase().contains("password"));
+}
+
+#[tokio::test]
+async fn classic_inventory_resumes_after_the_last_id_when_an_earlier_computer_is_deleted() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 12,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("api = \"classic\"\n{CLIENT}\npage_size = 5\nstreams = [\"inventory\"]"),
+    );
+    let source = source(&s);
+    let inventory = secrelay::event::Partition::new("inventory", "");
+    let mut cursor: Option<String> = None;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let page = source.poll(&inventory, cursor.as_deref()).await.unwrap();
+        ids.extend(
+            page.events
+                .iter()
+                .map(|e| e.id.split('@').next().unwrap().to_string()),
+        );
+        cursor = page.cursor;
+        if round == 0 {
+            // Deleted after it was read: every later computer shifts one place left in the list.
+            sim.apply(FleetChange::Delete { id: 2 });
+        }
+        if !page.more {
+            break;
+        }
+    }
+    let want: Vec<String> = (1..=12).map(|i| i.to_string()).collect();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test]
+async fn unchanged_fleet_views_are_not_sent_again_after_the_seen_set_is_pruned() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 30,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{CLIENT}\npage_size = 10\nstreams = [\"applications\", \"assets\", \"services\", \"software_updates\", \"ip_users\", \"virtual_machines\", \"browser_extensions\"]"),
+    );
+    backfill(&s).await;
+    let first = delivered(dir.path());
+    assert!(first.len() >= 150, "{}", first.len());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // As a prune 7 days later would: everything last seen before the second pass goes.
+    let cutoff = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    backfill(&s).await;
+    {
+        let store = secrelay::store::Store::open(&s.store.path, secrelay::store::Access::Writer)
+            .await
+            .unwrap();
+        store.prune_seen("jamf", cutoff).await.unwrap();
+        store.close().await;
+    }
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &first);
+}
+
+#[tokio::test]
+async fn fleet_views_come_in_pages_no_larger_than_an_inventory_page() {
+    let sim = JamfSim::start(JamfSimConfig {
+        computers: 35,
+        ..JamfSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{CLIENT}\npage_size = 10\nstreams = [\"assets\", \"fleet_counters\"]"),
+    );
+    let source = source(&s);
+    for stream in ["assets", "fleet_counters"] {
+        let partition = secrelay::event::Partition::new(stream, "");
+        let mut cursor: Option<String> = None;
+        let mut got = Vec::new();
+        let mut polls = 0;
+        loop {
+            let page = source.poll(&partition, cursor.as_deref()).await.unwrap();
+            polls += 1;
+            assert!(
+                page.events.len() <= 10,
+                "{stream}: {} in one page",
+                page.events.len()
+            );
+            assert!(
+                page.cursor.is_some() && page.cursor != cursor,
+                "{stream}: the cursor moves"
+            );
+            got.extend(page.events.into_iter().map(|e| e.id));
+            cursor = page.cursor;
+            if !page.more {
+                break;
+            }
+            assert!(polls < 50, "{stream}: never ends");
+        }
+        if stream == "assets" {
+            assert_eq!(got.len(), 35);
+            assert!(polls >= 4);
+        } else {
+            assert!(got.len() > 10, "{stream}: {}", got.len());
+        }
+        let unique: std::collections::BTreeSet<_> = got.iter().collect();
+        assert_eq!(unique.len(), got.len(), "{stream}: no id twice in a pass");
+    }
 }

@@ -6,6 +6,28 @@
 //! Owns: a fleet of computers generated from a seed (each one's inventory is a pure function of its
 //! id and revision), a per-request latency, the count of requests in flight, and computers that
 //! report new inventory while a pass runs. Must not: be reachable from anything but loopback.
+//!
+//! Quirks modelled (reference/vendor-apis.md §4, "the reference" below), harsher where unsure:
+//! - Many computers share one `general.reportDate` (ties): [`FleetChange::Report`] gives a whole
+//!   group one date; the keyset filter is `>=`, so every poll repeats the computers at the
+//!   boundary date (§4.3 "Cursor and identity": elastic's `general.reportDate>=` keyset, "boundary
+//!   records repeat").
+//! - Computers re-report (their report date moves later) at any time, also between two pages of
+//!   one pass: [`JamfSim::schedule`] applies a change after a number of further inventory
+//!   requests (§4.3: inventory is re-reported; a pass is many requests).
+//! - Computers are deleted and added (new ids are higher than every earlier one) between pages
+//!   (§4.3: the Classic list is fetched fresh; Pro API pages are offsets into the live result).
+//! - The Classic list `/JSSResource/computers` has no paging: it returns every computer (§4.3).
+//! - Report dates are written without fractional seconds when the milliseconds are zero (§4.2:
+//!   "Jamf sometimes returns `expires` without fractional seconds"; the same serializer writes
+//!   report dates) — `2026-11-20T10:00:00Z` next to `2026-11-20T10:00:00.120Z`.
+//! - Tokens expire or are dropped by the server ([`JamfSim::expire_tokens`]; §4.2, 401 with
+//!   `{"httpStatus": 401, "errors": [...]}` §4.4).
+//! - Classic records carry `general.remote_management.management_password_sha256` (§4.5, the
+//!   SDK's COMPUTER_JSON fixture), which a relay must never forward.
+//! - A record the relay cannot read: [`FleetChange::Corrupt`] writes a computer's report date as
+//!   text that is no time (Pro API) and drops `report_date_epoch` (Classic), as a broken or
+//!   customised server would (no documented source: modelled as the harsher case).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,6 +91,58 @@ struct Computer {
     id: u64,
     report_ms: i64,
     revision: u64,
+    /// Its report date is written as text that is no time (and Classic has no epoch).
+    corrupt: bool,
+}
+
+/// A change to the simulated fleet, applied now ([`JamfSim::apply`]) or between two requests of
+/// a pass ([`JamfSim::schedule`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetChange {
+    /// A new computer (the next id, higher than every earlier one) that reported at `report_ms`.
+    Add {
+        /// Report date, epoch milliseconds.
+        report_ms: i64,
+    },
+    /// Computers `ids` report new inventory, all with the same report date `report_ms`.
+    Report {
+        /// Computers that report.
+        ids: Vec<u64>,
+        /// Their (shared) new report date, epoch milliseconds.
+        report_ms: i64,
+    },
+    /// Computer `id` is deleted.
+    Delete {
+        /// The computer.
+        id: u64,
+    },
+    /// Computer `id` reports new inventory at `report_ms`, with a report date no client can read.
+    Corrupt {
+        /// The computer.
+        id: u64,
+        /// Report date (the server still sorts and filters by it), epoch milliseconds.
+        report_ms: i64,
+    },
+}
+
+/// How Jamf writes a report date: RFC 3339 UTC, milliseconds only when they are not zero.
+pub fn jamf_time(ms: i64) -> String {
+    if ms.rem_euclid(1000) == 0 {
+        chrono::TimeZone::timestamp_millis_opt(&Utc, ms)
+            .single()
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Secs, true)
+    } else {
+        iso(ms)
+    }
+}
+
+fn report_text(c: &Computer) -> String {
+    if c.corrupt {
+        format!("last week ({})", c.report_ms)
+    } else {
+        jamf_time(c.report_ms)
+    }
 }
 
 struct Shared {
@@ -80,6 +154,11 @@ struct Shared {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     inventory_requests: AtomicU64,
+    next_id: AtomicU64,
+    /// Changes due once `inventory_requests` reaches the number.
+    scheduled: Mutex<Vec<(u64, FleetChange)>>,
+    /// Every (id, report date) version ever served or servable.
+    history: Mutex<std::collections::BTreeSet<(u64, String)>>,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -152,10 +231,15 @@ impl JamfSim {
                     report_ms: now - span + (id as i64 * span) / (config.computers as i64 + 1)
                         - jitter,
                     revision: 0,
+                    corrupt: false,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let history = computers.iter().map(|c| (c.id, report_text(c))).collect();
         let shared = Arc::new(Shared {
+            next_id: AtomicU64::new(config.computers + 1),
+            scheduled: Mutex::new(Vec::new()),
+            history: Mutex::new(history),
             config,
             computers: RwLock::new(computers),
             tokens: Mutex::new(HashMap::new()),
@@ -188,16 +272,63 @@ impl JamfSim {
 
     /// Computer `id` reports new inventory now: a later report date and one more application.
     pub fn report(&self, id: u64) {
-        let mut computers = self
+        let latest = self
             .shared
             .computers
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let latest = computers.iter().map(|c| c.report_ms).max().unwrap_or(0);
-        if let Some(c) = computers.iter_mut().find(|c| c.id == id) {
-            c.report_ms = Utc::now().timestamp_millis().max(latest + 1);
-            c.revision += 1;
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| c.report_ms)
+            .max()
+            .unwrap_or(0);
+        self.apply(FleetChange::Report {
+            ids: vec![id],
+            report_ms: Utc::now().timestamp_millis().max(latest + 1),
+        });
+    }
+
+    /// Applies `change` now; returns the id of an added computer.
+    pub fn apply(&self, change: FleetChange) -> Option<u64> {
+        apply(&self.shared, change)
+    }
+
+    /// Applies `change` once `after_requests` more inventory requests (Pro or Classic, list or
+    /// record) have arrived, before answering the last of them: a change between two pages.
+    pub fn schedule(&self, after_requests: u64, change: FleetChange) {
+        let due = self.shared.inventory_requests.load(Ordering::SeqCst) + after_requests.max(1);
+        if let Ok(mut scheduled) = self.shared.scheduled.lock() {
+            scheduled.push((due, change));
         }
+    }
+
+    /// Drops every change scheduled and not yet applied; returns how many there were.
+    pub fn clear_schedule(&self) -> usize {
+        self.shared
+            .scheduled
+            .lock()
+            .map(|mut s| s.drain(..).count())
+            .unwrap_or(0)
+    }
+
+    /// Every computer now, as (id, report date as the API writes it), by id.
+    pub fn versions(&self) -> Vec<(u64, String)> {
+        let computers = self
+            .shared
+            .computers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = computers.iter().map(|c| (c.id, report_text(c))).collect();
+        all.sort();
+        all
+    }
+
+    /// Every (id, report date) version that ever existed, by id.
+    pub fn history(&self) -> Vec<(u64, String)> {
+        self.shared
+            .history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Computer `id`'s current report date, as the API writes it.
@@ -207,10 +338,7 @@ impl JamfSim {
             .computers
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        computers
-            .iter()
-            .find(|c| c.id == id)
-            .map(|c| iso(c.report_ms))
+        computers.iter().find(|c| c.id == id).map(report_text)
     }
 
     /// Every computer with every section, as `/api/v3/computers-inventory` would return them.
@@ -251,6 +379,64 @@ impl JamfSim {
         if let Ok(mut tokens) = self.shared.tokens.lock() {
             tokens.clear();
         }
+    }
+}
+
+fn apply(s: &Shared, change: FleetChange) -> Option<u64> {
+    let mut computers = s.computers.write().unwrap_or_else(|e| e.into_inner());
+    let mut added = None;
+    let mut touched = Vec::new();
+    match change {
+        FleetChange::Add { report_ms } => {
+            let id = s.next_id.fetch_add(1, Ordering::SeqCst);
+            computers.push(Computer {
+                id,
+                report_ms,
+                revision: 0,
+                corrupt: false,
+            });
+            touched.push(id);
+            added = Some(id);
+        }
+        FleetChange::Report { ids, report_ms } => {
+            for c in computers.iter_mut().filter(|c| ids.contains(&c.id)) {
+                c.report_ms = report_ms;
+                c.revision += 1;
+                c.corrupt = false;
+                touched.push(c.id);
+            }
+        }
+        FleetChange::Delete { id } => computers.retain(|c| c.id != id),
+        FleetChange::Corrupt { id, report_ms } => {
+            for c in computers.iter_mut().filter(|c| c.id == id) {
+                c.report_ms = report_ms;
+                c.revision += 1;
+                c.corrupt = true;
+                touched.push(c.id);
+            }
+        }
+    }
+    if let Ok(mut history) = s.history.lock() {
+        for c in computers.iter().filter(|c| touched.contains(&c.id)) {
+            history.insert((c.id, report_text(c)));
+        }
+    }
+    added
+}
+
+/// Applies the scheduled changes that are due at request number `count`.
+fn apply_due(s: &Shared, count: u64) {
+    let due: Vec<FleetChange> = match s.scheduled.lock() {
+        Ok(mut scheduled) => {
+            let (due, later): (Vec<_>, Vec<_>) =
+                scheduled.drain(..).partition(|(at, _)| *at <= count);
+            *scheduled = later;
+            due.into_iter().map(|(_, change)| change).collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    for change in due {
+        apply(s, change);
     }
 }
 
@@ -302,7 +488,7 @@ fn render(seed: u64, c: &Computer, wanted: &dyn Fn(&str) -> bool) -> Value {
             "assetTag": format!("AT{:06}", c.id),
             "remoteManagement": {"managed": true, "managementUsername": "jamfadmin"},
             "supervised": true,
-            "reportDate": iso(c.report_ms),
+            "reportDate": report_text(c),
             "lastContactTime": iso(c.report_ms + 600_000),
             "lastEnrolledDate": iso(c.report_ms - 90 * 86_400_000),
             "initialEntryDate": "2023-01-15",
@@ -349,6 +535,7 @@ fn render(seed: u64, c: &Computer, wanted: &dyn Fn(&str) -> bool) -> Value {
 /// The Classic API's shape of the same computer (snake_case, `report_date_epoch` in ms).
 fn render_classic(seed: u64, c: &Computer) -> Value {
     let v3 = render(seed, c, &|_| true);
+    let r = mix(seed ^ mix(c.id) ^ 0x5eed);
     let g = &v3["general"];
     json!({"computer": {
         "general": {
@@ -360,8 +547,13 @@ fn render_classic(seed: u64, c: &Computer) -> Value {
             "serial_number": v3["hardware"]["serialNumber"],
             "udid": v3["udid"],
             "platform": "Mac",
+            "remote_management": {
+                "managed": true,
+                "management_username": "jamfadmin",
+                "management_password_sha256": format!("{:016x}{:016x}{:016x}{:016x}", mix(r), mix(r ^ 1), mix(r ^ 2), mix(r ^ 3)),
+            },
             "report_date_utc": g["reportDate"],
-            "report_date_epoch": c.report_ms,
+            "report_date_epoch": if c.corrupt { Value::Null } else { json!(c.report_ms) },
         },
         "location": {"username": v3["userAndLocation"]["username"], "real_name": v3["userAndLocation"]["realname"], "email_address": v3["userAndLocation"]["email"]},
         "hardware": {"make": "Apple", "model": v3["hardware"]["model"], "os_name": "macOS", "os_version": v3["operatingSystem"]["version"]},
@@ -479,7 +671,8 @@ impl<'a> InFlight<'a> {
     async fn enter(s: &'a Shared) -> InFlight<'a> {
         let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        s.inventory_requests.fetch_add(1, Ordering::SeqCst);
+        let count = s.inventory_requests.fetch_add(1, Ordering::SeqCst) + 1;
+        apply_due(s, count);
         if s.config.latency_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(s.config.latency_ms)).await;
         }
