@@ -21,6 +21,9 @@
 //! - Report dates are written without fractional seconds when the milliseconds are zero (§4.2:
 //!   "Jamf sometimes returns `expires` without fractional seconds"; the same serializer writes
 //!   report dates) — `2026-11-20T10:00:00Z` next to `2026-11-20T10:00:00.120Z`.
+//! - Report dates never go back: a report is dated when the server records it, so a change dated
+//!   before the latest date served gets that date (a tie). The reference documents no late-visible
+//!   reports for Jamf (elastic's `>=` keyset relies on this, §4.3).
 //! - Tokens expire or are dropped by the server ([`JamfSim::expire_tokens`]; §4.2, 401 with
 //!   `{"httpStatus": 401, "errors": [...]}` §4.4).
 //! - Classic records carry `general.remote_management.management_password_sha256` (§4.5, the
@@ -155,10 +158,13 @@ struct Shared {
     max_in_flight: AtomicU64,
     inventory_requests: AtomicU64,
     next_id: AtomicU64,
+    /// The server clock's high-water mark: report dates never go back (a report is dated when
+    /// the server records it), so a change dated earlier is dated at this instead.
+    clock_ms: std::sync::atomic::AtomicI64,
     /// Changes due once `inventory_requests` reaches the number.
     scheduled: Mutex<Vec<(u64, FleetChange)>>,
     /// Every (id, report date) version ever served or servable.
-    history: Mutex<std::collections::BTreeSet<(u64, String)>>,
+    history: Mutex<std::collections::BTreeSet<(u64, i64, String)>>,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -235,8 +241,13 @@ impl JamfSim {
                 }
             })
             .collect::<Vec<_>>();
-        let history = computers.iter().map(|c| (c.id, report_text(c))).collect();
+        let history = computers
+            .iter()
+            .map(|c| (c.id, c.report_ms, report_text(c)))
+            .collect();
+        let latest = computers.iter().map(|c| c.report_ms).max().unwrap_or(0);
         let shared = Arc::new(Shared {
+            clock_ms: std::sync::atomic::AtomicI64::new(latest),
             next_id: AtomicU64::new(config.computers + 1),
             scheduled: Mutex::new(Vec::new()),
             history: Mutex::new(history),
@@ -310,20 +321,24 @@ impl JamfSim {
             .unwrap_or(0)
     }
 
-    /// Every computer now, as (id, report date as the API writes it), by id.
-    pub fn versions(&self) -> Vec<(u64, String)> {
+    /// Every computer now, as (id, report date epoch ms, report date as the Pro API writes it),
+    /// by id.
+    pub fn versions(&self) -> Vec<(u64, i64, String)> {
         let computers = self
             .shared
             .computers
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<_> = computers.iter().map(|c| (c.id, report_text(c))).collect();
+        let mut all: Vec<_> = computers
+            .iter()
+            .map(|c| (c.id, c.report_ms, report_text(c)))
+            .collect();
         all.sort();
         all
     }
 
-    /// Every (id, report date) version that ever existed, by id.
-    pub fn history(&self) -> Vec<(u64, String)> {
+    /// Every version that ever existed, as in [`JamfSim::versions`], by id.
+    pub fn history(&self) -> Vec<(u64, i64, String)> {
         self.shared
             .history
             .lock()
@@ -384,10 +399,12 @@ impl JamfSim {
 
 fn apply(s: &Shared, change: FleetChange) -> Option<u64> {
     let mut computers = s.computers.write().unwrap_or_else(|e| e.into_inner());
+    let dated = |ms: i64| s.clock_ms.fetch_max(ms, Ordering::SeqCst).max(ms);
     let mut added = None;
     let mut touched = Vec::new();
     match change {
         FleetChange::Add { report_ms } => {
+            let report_ms = dated(report_ms);
             let id = s.next_id.fetch_add(1, Ordering::SeqCst);
             computers.push(Computer {
                 id,
@@ -399,6 +416,7 @@ fn apply(s: &Shared, change: FleetChange) -> Option<u64> {
             added = Some(id);
         }
         FleetChange::Report { ids, report_ms } => {
+            let report_ms = dated(report_ms);
             for c in computers.iter_mut().filter(|c| ids.contains(&c.id)) {
                 c.report_ms = report_ms;
                 c.revision += 1;
@@ -408,6 +426,7 @@ fn apply(s: &Shared, change: FleetChange) -> Option<u64> {
         }
         FleetChange::Delete { id } => computers.retain(|c| c.id != id),
         FleetChange::Corrupt { id, report_ms } => {
+            let report_ms = dated(report_ms);
             for c in computers.iter_mut().filter(|c| c.id == id) {
                 c.report_ms = report_ms;
                 c.revision += 1;
@@ -418,7 +437,7 @@ fn apply(s: &Shared, change: FleetChange) -> Option<u64> {
     }
     if let Ok(mut history) = s.history.lock() {
         for c in computers.iter().filter(|c| touched.contains(&c.id)) {
-            history.insert((c.id, report_text(c)));
+            history.insert((c.id, c.report_ms, report_text(c)));
         }
     }
     added

@@ -8,4 +8,5 @@
 //! simulated and the scheduler's backoff is a millisecond.
 
 mod harness;
+mod jamf;
 mod sophos;
