@@ -40,6 +40,7 @@ client_id = "jamf-client"
 client_secret = "sim-jamf-secret"
 api = "{api}"
 page_size = {page_size}
+sections = []
 streams = ["inventory"]
 sinks = ["out"]
 "#,
@@ -136,7 +137,7 @@ impl Run {
 async fn timeline(api: Api, seed: u64) -> Result<(), String> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let sim = JamfSim::start(JamfSimConfig {
-        computers: rng.u64(0..8),
+        computers: rng.u64(0..6),
         seed,
         ..JamfSimConfig::default()
     })
@@ -146,7 +147,7 @@ async fn timeline(api: Api, seed: u64) -> Result<(), String> {
     // are a little larger to keep the run short.
     let page_size = match api {
         Api::Pro => rng.u32(2..=5),
-        Api::Classic => rng.u32(3..=6),
+        Api::Classic => rng.u32(3..=8),
     };
     let first = source(&sim, api, page_size);
     let mut run = Run {
@@ -160,7 +161,12 @@ async fn timeline(api: Api, seed: u64) -> Result<(), String> {
     let mut clock = Clock {
         at: chrono::Utc::now().timestamp_millis(),
     };
-    for _ in 0..rng.usize(10..20) {
+    // Every Classic catch-up reads every computer: fewer steps keep its run as short.
+    let steps = match api {
+        Api::Pro => rng.usize(8..16),
+        Api::Classic => rng.usize(6..12),
+    };
+    for _ in 0..steps {
         let ids: Vec<u64> = run.sim.versions().iter().map(|v| v.0).collect();
         match rng.u8(0..10) {
             // A burst, often larger than a page.
