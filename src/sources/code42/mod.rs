@@ -66,6 +66,14 @@ pub fn risk_severity(name: Option<&str>) -> Option<u8> {
     })
 }
 
+/// Severity of a file event (v1 or v2), the one rule for the envelope and CEF: its risk severity
+/// on the 0–10 scale, or 5 when it has none (or one this version does not know), as code42cli's
+/// CEF output did (reference/vendor-apis.md §1.9).
+pub fn file_event_severity(record: &Value) -> u8 {
+    risk_severity(text(record, "risk.severity").or_else(|| text(record, "riskSeverity")))
+        .unwrap_or(5)
+}
+
 fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -529,8 +537,7 @@ fn file_event(raw: &RawValue, url: &str, index: usize) -> Result<Event, SourceEr
     let inserted = parse_time(text(&v, "event.inserted"))
         .or_else(|| parse_time(text(&v, "insertionTimestamp")))
         .unwrap_or_else(Utc::now);
-    let severity =
-        risk_severity(text(&v, "risk.severity").or_else(|| text(&v, "riskSeverity"))).unwrap_or(0);
+    let severity = file_event_severity(&v);
     Ok(Event::new(
         id.to_string(),
         inserted,
@@ -602,6 +609,31 @@ mod tests {
         let v1 = file_event_query(since, until, "tok", &[], true, 10);
         assert_eq!(v1["srtKey"], "insertionTimestamp");
         assert_eq!(v1["pgToken"], "tok");
+    }
+
+    /// The CEF header's severity (the seventh `|`-separated field).
+    fn cef_severity(cef: &crate::encode::cef::CefRecord) -> u8 {
+        cef.to_line().split('|').nth(6).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_file_event_has_one_severity_in_the_envelope_and_in_cef() {
+        let records = [
+            json!({"event": {"id": "v2-none", "inserted": "2026-01-01T00:00:00.000Z"}}),
+            json!({"eventId": "v1-none", "insertionTimestamp": "2026-01-01T00:00:00.000Z"}),
+            json!({"event": {"id": "v2-odd"}, "risk": {"severity": "UNHEARD_OF"}}),
+            json!({"event": {"id": "v2-high"}, "risk": {"severity": "HIGH"}}),
+            json!({"eventId": "v1-no-risk", "riskSeverity": "NO_RISK"}),
+        ];
+        for record in records {
+            let raw = RawValue::from_string(record.to_string()).unwrap();
+            let event = file_event(&raw, "http://sim/v2/file-events", 0).unwrap();
+            assert_eq!(
+                event.severity.value(),
+                cef_severity(&cef::file_event(&record)),
+                "{record}"
+            );
+        }
     }
 
     #[test]
