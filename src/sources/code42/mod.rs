@@ -851,6 +851,33 @@ mod tests {
     }
 
     #[test]
+    fn cursors_written_by_the_previous_version_are_still_read() {
+        let alert: AlertCursor =
+            serde_json::from_str(r#"{"since":"2026-01-01T00:00:00.123456Z","skip":3}"#).unwrap();
+        assert_eq!(alert.skip, 3);
+        assert!(alert.seen.is_empty());
+        assert_eq!(
+            iso(floor_ms(alert.since)),
+            "2026-01-01T00:00:00.123Z",
+            "queried at the millisecond"
+        );
+        let session: SessionCursor = serde_json::from_str(r#"{"page":2}"#).unwrap();
+        assert_eq!(session.page, 2);
+        assert!(session.open.is_empty() && session.from.is_none());
+    }
+
+    #[test]
+    fn closed_sessions_are_those_whose_last_state_is_closed() {
+        let with = |states: &[&str]| {
+            json!({"states": states.iter().map(|s| json!({"state": s})).collect::<Vec<_>>()})
+        };
+        assert!(session_closed(&with(&["OPEN", "CLOSED_TP"])));
+        assert!(!session_closed(&with(&["CLOSED", "OPEN_NEW_DATA"])));
+        assert!(!session_closed(&json!({})), "no state: followed");
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
     fn session_severity_takes_the_highest_score() {
         let s = json!({"scores": [{"severity": 1}, {"severity": 3}]});
         assert_eq!(session_severity(&s), 8);
