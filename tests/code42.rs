@@ -745,3 +745,85 @@ async fn a_session_closed_after_it_left_the_window_is_forwarded() {
     open.sort();
     assert_eq!(by_id, open.iter().collect::<Vec<_>>());
 }
+/// Issue 8, defect 9: a file event without an id, alerts without an id or with an unparseable
+/// `createdAt` and a session without a `sessionId` go to the dead-letter table with the URL and
+/// the reason; every good record around them is delivered and the partitions catch up.
+#[tokio::test]
+async fn malformed_records_are_dead_lettered_and_the_rest_moves_on() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "page_size = 3\nalert_page_size = 3\nsession_page_size = 2",
+    );
+    let now = Utc::now();
+    let mut want = Vec::new();
+    let early = sim.add_file_events(
+        2,
+        now - chrono::Duration::minutes(30),
+        chrono::Duration::seconds(1),
+        chrono::Duration::zero(),
+    );
+    sim.add_raw_file_event(
+        now - chrono::Duration::minutes(29),
+        serde_json::json!({"event": {"action": "file-created", "inserted": "2026-01-01T00:00:00Z"}, "file": {"name": "no-id.docx"}}),
+    );
+    let late = sim.add_file_events(
+        4,
+        now - chrono::Duration::minutes(28),
+        chrono::Duration::seconds(1),
+        chrono::Duration::zero(),
+    );
+    want.extend(file_events(&early));
+    want.extend(file_events(&late));
+    let mut alerts = vec![sim.add_alert(now - chrono::Duration::minutes(20), "before", 0)];
+    sim.add_raw_alert(
+        now - chrono::Duration::minutes(19),
+        serde_json::json!({"name": "no id", "createdAt": (now - chrono::Duration::minutes(19))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}),
+    );
+    sim.add_raw_alert(
+        now - chrono::Duration::minutes(18),
+        serde_json::json!({"id": "bad-time", "name": "bad time", "createdAt": "yesterday"}),
+    );
+    for i in 0..4 {
+        alerts.push(sim.add_alert(
+            now - chrono::Duration::minutes(17 - i),
+            &format!("after {i}"),
+            0,
+        ));
+    }
+    want.extend(alert_lines(&alerts));
+    let session = sim.add_session(now - chrono::Duration::hours(1));
+    sim.add_raw_session(serde_json::json!({
+        "beginTime": (now - chrono::Duration::minutes(50)).timestamp_millis(),
+        "lastUpdated": now.timestamp_millis(),
+        "states": [],
+    }));
+    let other = sim.add_session(now - chrono::Duration::minutes(40));
+    for id in [&session, &other] {
+        let (_, updated) = sim.session_state(id).unwrap();
+        want.push(("sessions".into(), String::new(), format!("{id}@{updated}")));
+    }
+
+    backfill(&s).await;
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &want);
+    let store = secrelay::store::Store::open(&s.store.path, secrelay::store::Access::Reader)
+        .await
+        .unwrap();
+    let dead = store.rejected_records("c42").await.unwrap();
+    let by_stream = |stream: &str| dead.iter().filter(|r| r.stream == stream).count();
+    assert_eq!(by_stream("file_events"), 1, "{dead:?}");
+    assert_eq!(by_stream("alerts"), 2, "{dead:?}");
+    assert_eq!(by_stream("sessions"), 1, "{dead:?}");
+    assert!(
+        dead.iter().all(|r| r.url.starts_with(&sim.url())),
+        "{dead:?}"
+    );
+    assert!(dead
+        .iter()
+        .any(|r| r.stream == "alerts" && r.reason.contains("createdAt")));
+    assert!(dead.iter().any(|r| r.record.contains("no-id.docx")));
+}

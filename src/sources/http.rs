@@ -132,6 +132,30 @@ fn transport_detail(e: &reqwest::Error) -> String {
 
 /// Reads a successful response as JSON `T`; any other status becomes the matching error.
 pub async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T, SourceError> {
+    read_json_as(response, Quote::Excerpt).await
+}
+
+/// Reads a token endpoint's JSON answer like [`read_json`], but never quotes its body in an error:
+/// a 200 that does not parse may still carry a token (`{"access_token": …`), and an error message
+/// ends up in logs and the state database. A failed status keeps only the OAuth `error` and
+/// `error_description` fields, which say what is wrong without carrying a credential.
+pub async fn read_token_json<T: DeserializeOwned>(response: Response) -> Result<T, SourceError> {
+    read_json_as(response, Quote::OauthErrorOnly).await
+}
+
+/// How much of a vendor body an error may quote.
+#[derive(Clone, Copy)]
+enum Quote {
+    /// A short single-line excerpt.
+    Excerpt,
+    /// Nothing but the OAuth `error`/`error_description` fields of a failed status.
+    OauthErrorOnly,
+}
+
+async fn read_json_as<T: DeserializeOwned>(
+    response: Response,
+    quote: Quote,
+) -> Result<T, SourceError> {
     let url = display_url(response.url());
     let status = response.status();
     let headers = response.headers().clone();
@@ -140,16 +164,40 @@ pub async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T, Sou
         detail: format!("body could not be read: {}", transport_detail(&e)),
     })?;
     if !status.is_success() {
-        return Err(status_error(status, &headers, &body, url));
+        let shown = match quote {
+            Quote::Excerpt => body.clone(),
+            Quote::OauthErrorOnly => oauth_error(&body),
+        };
+        return Err(status_error(status, &headers, &shown, url));
     }
     serde_json::from_str(&body).map_err(|e| SourceError::Malformed {
-        detail: format!(
-            "{e} (body {} bytes, starts {:?})",
-            body.len(),
-            excerpt(&body)
-        ),
+        detail: match quote {
+            Quote::Excerpt => format!(
+                "{e} (body {} bytes, starts {:?})",
+                body.len(),
+                excerpt(&body)
+            ),
+            Quote::OauthErrorOnly => format!(
+                "the token response is not the JSON expected ({} bytes, not quoted: it may hold a \
+                 credential)",
+                body.len()
+            ),
+        },
         url,
     })
+}
+
+/// The OAuth `error` and `error_description` of a failed token request, if the body has them.
+fn oauth_error(body: &str) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(body) else {
+        return format!("({} bytes, not quoted)", body.len());
+    };
+    let text = |key: &str| fields.get(key).and_then(serde_json::Value::as_str);
+    match (text("error"), text("error_description")) {
+        (Some(e), Some(d)) => format!("{e}: {d}"),
+        (Some(e), None) => e.to_string(),
+        _ => format!("({} bytes, not quoted)", body.len()),
+    }
 }
 
 /// The error a non-success status means.
@@ -230,6 +278,65 @@ mod tests {
             status_error(StatusCode::BAD_REQUEST, &h, "", "u".into()),
             SourceError::Rejected { .. }
         ));
+    }
+
+    fn response(status: u16, body: &str) -> Response {
+        Response::from(
+            axum::http::Response::builder()
+                .status(status)
+                .body(body.to_string())
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_token_response_is_never_quoted_in_an_error() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.secret-token";
+        let unparseable = format!(r#"{{"access_token":"{secret}","expires_in":"soon"#);
+        for (status, body) in [
+            (200, unparseable.as_str()),
+            (500, unparseable.as_str()),
+            (
+                200,
+                r#"{"access_token":"eyJhbGciOiJSUzI1NiJ9.secret-token"}"#,
+            ),
+        ] {
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Token {
+                expires_in: u64,
+            }
+            let err = read_token_json::<Token>(response(status, body))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("secret-token"), "{err}");
+            assert!(err.contains("not quoted"), "{err}");
+        }
+        // The same body read as data is quoted, which is why tokens take the other path.
+        let err =
+            read_json::<serde_json::Map<String, serde_json::Value>>(response(200, &unparseable))
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("secret-token"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_request_keeps_the_oauth_error_only() {
+        let err = read_token_json::<serde_json::Value>(response(
+            401,
+            r#"{"error":"invalid_client","error_description":"Client authentication failed","trace":"x"}"#,
+        ))
+        .await
+        .unwrap_err();
+        assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid_client: Client authentication failed")
+                && !text.contains("trace"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -50,18 +50,11 @@ use serde_json::{json, Value};
 
 use std::collections::BTreeMap;
 
-use crate::event::{Event, Page, Partition, Severity};
+use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{Code42Auth, Code42Settings, Code42Stream, FileEventsApi, Secret};
 use crate::sources::{Source, SourceError};
 use api::{Api, Reply, ALERT_SERVICE, FORENSIC_SEARCH};
 use auth::Tokens;
-
-struct Rejected;
-impl Rejected {
-    fn new(_u: impl Into<String>, _r: impl Into<String>, _t: &str) -> Self {
-        Rejected
-    }
-}
 
 /// Alert ids per `query-details` request (the API's limit).
 const DETAILS_BATCH: usize = 100;
@@ -416,9 +409,10 @@ impl Code42Source {
         };
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&next.0).unwrap_or_default()),
             more: next.1,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 
@@ -552,6 +546,7 @@ impl Code42Source {
         }
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             // A full page: more may wait (the cursor moved: `since` or `skip`).
             more: full,
@@ -656,6 +651,7 @@ impl Code42Source {
         let more = !pass_over;
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&c).unwrap_or_default()),
             more,
             ..Page::default()
@@ -868,9 +864,7 @@ mod tests {
 
     #[test]
     fn closed_sessions_are_those_whose_last_state_is_closed() {
-        let with = |states: &[&str]| {
-            json!({"states": states.iter().map(|s| json!({"state": s})).collect::<Vec<_>>()})
-        };
+        let with = |states: &[&str]| json!({"states": states.iter().map(|s| json!({"state": s})).collect::<Vec<_>>()});
         assert!(session_closed(&with(&["OPEN", "CLOSED_TP"])));
         assert!(!session_closed(&with(&["CLOSED", "OPEN_NEW_DATA"])));
         assert!(!session_closed(&json!({})), "no state: followed");
