@@ -89,10 +89,10 @@ async fn timeline(seed: u64) -> Result<(), String> {
     let mut want_sessions: BTreeSet<String> = BTreeSet::new();
     let mut since_catch_up = Duration::zero();
 
-    for _ in 0..rng.usize(3..7) {
+    for _ in 0..rng.usize(3..6) {
         // Sometimes a quiet stretch: catch-ups a quarter window apart with nothing new, so
         // sessions leave the window while still open.
-        if rng.u8(0..3) == 0 {
+        if rng.u8(0..4) == 0 {
             for _ in 0..rng.usize(2..5) {
                 for id in begins.keys() {
                     let (_, updated) = sim.session_state(id).ok_or("a session vanished")?;
