@@ -354,7 +354,9 @@ pub struct Code42Settings {
     /// at most 2160 (the 90 days Code42 searches). Default 24.
     #[serde(default = "twenty_four")]
     pub initial_lookback_hours: u32,
-    /// Sessions that began up to this many hours ago are still watched for changes. Default 168.
+    /// Sessions that began up to this many hours ago are swept for changes on every pass; one still
+    /// open when it leaves this window is re-read by id until it is closed (at most 90 days).
+    /// Default 168.
     #[serde(default = "one_sixty_eight")]
     pub session_window_hours: u32,
     /// Extra file-event filters, ANDed with the time window. A change is noticed through the cursor
