@@ -765,11 +765,13 @@ impl Settings {
         Ok(())
     }
 
-    /// Sink names with the ids of the enabled sources routed to each.
+    /// Sink names with the ids of the sources routed to each, disabled ones included: a source
+    /// switched off may still have records waiting in the outbox, and a sink reading past them
+    /// would never deliver them.
     pub fn routes(&self) -> BTreeMap<String, Vec<String>> {
         let mut routes: BTreeMap<String, Vec<String>> =
             self.sinks.keys().map(|k| (k.clone(), Vec::new())).collect();
-        for (id, source) in self.sources.iter().filter(|(_, s)| s.enabled()) {
+        for (id, source) in &self.sources {
             for sink in source.sinks() {
                 routes.entry(sink.clone()).or_default().push(id.clone());
             }
