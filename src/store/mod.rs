@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,9 +221,9 @@ impl Store {
                 .map_err(|e| open_err(format!("creating {}: {e}", dir.display())))?;
         }
         create_private_file(path).map_err(|e| open_err(e.to_string()))?;
-        let url = format!("sqlite://{}", path.display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .map_err(|e| open_err(e.to_string()))?
+        // A file name, not a URL: `?` and `#` in the path are part of the name.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed page survives power loss, not only a process crash.
             .synchronous(SqliteSynchronous::Full)
@@ -1118,6 +1117,28 @@ mod tests {
         store.clear_pending_acks("hec").await.unwrap();
         assert!(store.pending_acks("hec").await.unwrap().is_empty());
         assert!(store.pending_rejects("hec").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_path_with_url_characters_is_a_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state?mode=ro#1.db");
+        let store = Store::open(&path, Access::Writer).await.unwrap();
+        let page = Page {
+            events: vec![event("a", 1)],
+            ..Page::default()
+        };
+        store
+            .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 0,
+            "written where it was told"
+        );
+        let reopened = Store::open(&path, Access::Reader).await.unwrap();
+        assert_eq!(reopened.outbox_totals().await.unwrap().rows, 1);
     }
 
     #[tokio::test]
