@@ -19,12 +19,19 @@ const EXCERPT: usize = 300;
 
 /// Builds the HTTP client sources share (rustls with the ring provider, timeouts from `[http]`).
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {
+    builder(settings, Duration::from_secs_f64(settings.timeout_secs)).build()
+}
+
+/// What every vendor client has in common. Redirects are never followed: requests carry
+/// credentials in headers (`X-APIKey`, `X-SecurityCenter`, bearer tokens) that must not travel to
+/// wherever a vendor answer points, or over plain HTTP; a 3xx is reported as the vendor's answer.
+fn builder(settings: &HttpSettings, timeout: Duration) -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(settings.timeout_secs))
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_secs))
         .user_agent(concat!("secrelay/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// TLS settings for servers that need more than the system roots.
@@ -46,12 +53,7 @@ pub fn client_with_tls(
     timeout: Duration,
     key_prefix: &str,
 ) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_secs))
-        .user_agent(concat!("secrelay/", env!("CARGO_PKG_VERSION")))
-        .danger_accept_invalid_certs(!tls.verify);
+    let mut builder = builder(settings, timeout).danger_accept_invalid_certs(!tls.verify);
     if let Some(path) = &tls.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| format!("{key_prefix}.ca_file {}: {e}", path.display()))?;
@@ -336,6 +338,63 @@ mod tests {
             text.contains("invalid_client: Client authentication failed")
                 && !text.contains("trace"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_credentials() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let elsewhere_hits = std::sync::Arc::new(AtomicU64::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_url = format!("http://{}/collect", elsewhere.local_addr().unwrap());
+        let collect = axum::Router::new().route(
+            "/collect",
+            axum::routing::get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(elsewhere, collect).await });
+        let vendor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vendor_url = format!("http://{}/api", vendor.local_addr().unwrap());
+        let redirect = axum::Router::new().route(
+            "/api",
+            axum::routing::get(move || async move {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(reqwest::header::LOCATION, elsewhere_url)],
+                )
+            }),
+        );
+        tokio::spawn(async move { axum::serve(vendor, redirect).await });
+
+        let settings = HttpSettings {
+            timeout_secs: 5.0,
+            connect_timeout_secs: 5.0,
+        };
+        for client in [
+            client(&settings).unwrap(),
+            client_with_tls(
+                &settings,
+                &TlsOptions::default(),
+                Duration::from_secs(5),
+                "t",
+            )
+            .unwrap(),
+        ] {
+            let request = client
+                .get(&vendor_url)
+                .header("X-APIKey", "accessKey=a; secretKey=b");
+            let response = send(request, &vendor_url).await.unwrap();
+            assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+            let err = read_json::<serde_json::Value>(response).await.unwrap_err();
+            assert!(matches!(err, SourceError::Rejected { .. }), "{err}");
+        }
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "the credentials stayed home"
         );
     }
 
