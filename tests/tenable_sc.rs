@@ -332,3 +332,46 @@ async fn an_error_code_on_http_200_is_an_error_too() {
     // Nothing was taken from the failed response; the retry gets the rows.
     assert_eq!(source.poll(&partition, None).await.unwrap().events.len(), 5);
 }
+
+/// Defect 4 (issue 8): a real SecurityCenter answers an expired session with HTTP 403 and
+/// `error_code` 12, not 401. The source logs in again once; a session refused again fails loudly.
+#[tokio::test]
+async fn a_session_refused_with_403_error_code_12_logs_in_again_once_then_fails_as_auth() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(10, now - 3600, now - 60);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{SESSION}\nstreams = [\"cumulative\"]"),
+    );
+    let source = source(&s);
+    let partition = source.partitions().await.unwrap()[0].clone();
+    assert_eq!(
+        source.poll(&partition, None).await.unwrap().events.len(),
+        10
+    );
+    assert_eq!(sim.logins(), 1);
+
+    sim.expire_sessions();
+    let page = source.poll(&partition, None).await;
+    assert_eq!(
+        page.map(|p| p.events.len()).map_err(|e| e.to_string()),
+        Ok(10)
+    );
+    assert_eq!(
+        sim.logins(),
+        2,
+        "one re-login after the 403 / error_code 12"
+    );
+
+    sim.faults().sessions_refused.store(true, Ordering::SeqCst);
+    let err = source.poll(&partition, None).await.unwrap_err();
+    assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+    assert!(err.to_string().contains("error_code 12"), "{err}");
+    assert!(!err.to_string().contains("sim-tenable-password"), "{err}");
+    assert_eq!(sim.logins(), 3, "exactly one more login, then it gives up");
+}

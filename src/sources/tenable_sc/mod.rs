@@ -34,6 +34,9 @@ pub fn stream_name(stream: TenableStream) -> &'static str {
     }
 }
 
+/// `error_code` of a request whose session expired or was dropped (sent with HTTP 403).
+const INVALID_TOKEN: i64 = 12;
+
 /// A logged-in session (`session` auth).
 struct Session {
     token: Secret,
@@ -162,7 +165,11 @@ impl TenableScSource {
             .filter_map(|v| v.to_str().ok())
             .find_map(|v| v.strip_prefix("TNS_SESSIONID="))
             .map(|v| v.split(';').next().unwrap_or_default().to_string());
-        let payload = self.envelope(response, &url).await?;
+        // A refused login is a credential problem, whatever status and code it came with.
+        let payload = self.envelope(response, &url).await.map_err(|e| match e {
+            SourceError::Rejected { url, detail } => SourceError::Auth { url, detail },
+            other => other,
+        })?;
         let token = match payload.get("token") {
             Some(Value::String(t)) => t.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -201,6 +208,9 @@ impl TenableScSource {
                     env.error_code, env.error_msg
                 );
                 Err(match status.as_u16() {
+                    _ if env.error_code == INVALID_TOKEN => {
+                        SourceError::Auth { url: shown, detail }
+                    }
                     401 => SourceError::Auth { url: shown, detail },
                     429 | 500..=599 => status_error(status, &headers, &detail, shown),
                     _ => SourceError::Rejected { url: shown, detail },
@@ -216,7 +226,10 @@ impl TenableScSource {
         }
     }
 
-    /// `POST /rest/<path>` with the configured auth; a session refused with 401 logs in again once.
+    /// `POST /rest/<path>` with the configured auth. In session mode a refusal (401, or the 403 with
+    /// `error_code` 12 a real SecurityCenter sends for an expired session, or any other 403) logs
+    /// in again once; refused again, the request fails with [`SourceError::Auth`] (or
+    /// [`SourceError::Rejected`] when the 403 carried another `error_code`, e.g. 146 for a filter).
     async fn post(&self, path: &str, body: &Value) -> Result<Value, SourceError> {
         let url = format!("{}/{path}", self.base);
         let mut relogged = false;
@@ -251,7 +264,10 @@ impl TenableScSource {
                 }
             }
             let response = send(request, &url).await?;
-            let refused = response.status() == StatusCode::UNAUTHORIZED;
+            let refused = matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            );
             if refused && self.settings.auth == TenableAuth::Session && !relogged {
                 // Pages run concurrently: only the first to see the refusal drops the session, the
                 // others find the new one already in place.
