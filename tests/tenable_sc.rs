@@ -1,5 +1,5 @@
-//! The Tenable.sc source against its simulator over real HTTP: concurrent offset paging of 25 000
-//! rows while new findings arrive, re-observations, mitigated findings, session re-login and logout,
+//! The Tenable.sc source against its simulator over real HTTP: keyset paging of 25 000 rows while
+//! new findings arrive, rows leaving and entering the window mid-pass, ties in unstable order, re-observations, mitigated findings, session re-login and logout,
 //! and `error_code` surfacing.
 
 mod common;
@@ -11,7 +11,7 @@ use chrono::Utc;
 use common::{assert_exactly_once, delivered, Delivered};
 use secrelay::app::{self, BackfillOptions};
 use secrelay::settings::{Settings, SourceSettings};
-use secrelay::simulate::tenable_sc::{TenableSim, TenableSimConfig};
+use secrelay::simulate::tenable_sc::{TenableChange, TenableSim, TenableSimConfig};
 use secrelay::sources::tenable_sc::TenableScSource;
 use secrelay::sources::{Source, SourceError};
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,7 @@ fn source(settings: &Settings) -> TenableScSource {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_five_thousand_rows_paged_concurrently_arrive_complete_and_once() {
+async fn twenty_five_thousand_rows_paged_while_findings_arrive_complete_and_once() {
     let sim = TenableSim::start(TenableSimConfig::default())
         .await
         .unwrap();
@@ -77,7 +77,9 @@ async fn twenty_five_thousand_rows_paged_concurrently_arrive_complete_and_once()
     let want = expected("vulnerabilities", sim.identities(false));
     assert!(want.len() > 25_000, "findings arrived mid-pass");
     assert_exactly_once(&delivered(dir.path()), &want);
-    assert_eq!(sim.max_in_flight(), 3, "three pages at once, never more");
+    // Keyset paging: each query starts where the last page ended, so `concurrency` no longer
+    // fetches pages at once (issue 8, defect 3: concurrent offset pages skipped rows).
+    assert_eq!(sim.max_in_flight(), 1, "one page at a time");
     let bodies = sim.analysis_requests();
     assert!(bodies
         .iter()
@@ -374,4 +376,94 @@ async fn a_session_refused_with_403_error_code_12_logs_in_again_once_then_fails_
     assert!(err.to_string().contains("error_code 12"), "{err}");
     assert!(!err.to_string().contains("sim-tenable-password"), "{err}");
     assert_eq!(sim.logins(), 3, "exactly one more login, then it gives up");
+}
+
+/// Backfills twice (the second pass starts `overlap_hours` back) and checks every observation
+/// that ever existed in `stream` was delivered exactly once: every change below happens after the
+/// observation it replaces was served.
+async fn two_passes_deliver_every_observation_once(sim: &TenableSim, stream: &str, extra: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        sim,
+        dir.path(),
+        &format!("{KEYS}\npage_size = 5\nconcurrency = 1\noverlap_hours = 1\n{extra}"),
+    );
+    backfill(&s).await;
+    sim.apply_pending();
+    backfill(&s).await;
+    let want = expected(stream, sim.identities_ever(stream == "mitigated"));
+    assert_exactly_once(&delivered(dir.path()), &want);
+}
+
+/// Defect 3 (issue 8): a finding re-observed mid-pass leaves its place, every later row shifts
+/// left, and offset paging never reads the row that slid onto the previous page.
+#[tokio::test]
+async fn a_finding_re_observed_mid_pass_does_not_make_the_pass_skip_a_row() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = sim.add_findings(30, now - 20 * 3600, now - 3 * 3600);
+    // Served on the first page, seen again before the second is asked for.
+    sim.schedule(
+        2,
+        TenableChange::Reobserve {
+            n: numbers[1],
+            at: now - 600,
+        },
+    );
+    sim.schedule(
+        4,
+        TenableChange::Reobserve {
+            n: numbers[2],
+            at: now - 500,
+        },
+    );
+    two_passes_deliver_every_observation_once(
+        &sim,
+        "vulnerabilities",
+        "streams = [\"cumulative\"]",
+    )
+    .await;
+}
+
+/// Defect 3, mitigated stream: a mitigated finding seen again reopens and leaves the patched set
+/// mid-pass.
+#[tokio::test]
+async fn a_mitigated_finding_reopened_mid_pass_does_not_make_the_pass_skip_a_row() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = sim.add_findings(30, now - 30 * 3600, now - 25 * 3600);
+    for (i, n) in numbers.iter().enumerate() {
+        sim.mitigate(*n, now - 20 * 3600 + i as i64 * 60);
+    }
+    sim.schedule(
+        2,
+        TenableChange::Reobserve {
+            n: numbers[0],
+            at: now - 600,
+        },
+    );
+    two_passes_deliver_every_observation_once(&sim, "mitigated", "streams = [\"patched\"]").await;
+}
+
+/// Many findings share one `lastSeen` (one host's scan) and the server returns ties in a
+/// different order on every request: stepping through them by offset misses some.
+#[tokio::test]
+async fn findings_sharing_one_last_seen_in_unstable_order_all_arrive() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(5, now - 10 * 3600, now - 9 * 3600);
+    sim.add_findings(23, now - 8 * 3600, now - 8 * 3600);
+    sim.add_findings(4, now - 7 * 3600, now - 6 * 3600);
+    two_passes_deliver_every_observation_once(
+        &sim,
+        "vulnerabilities",
+        "streams = [\"cumulative\"]",
+    )
+    .await;
 }

@@ -1,11 +1,12 @@
 //! Tenable Security Center source: vulnerability findings from `POST /rest/analysis`
 //! (reference/vendor-apis.md §3), open (`cumulative`) and mitigated (`patched`) as two streams.
 //!
-//! Owns: authentication (API keys, or a session with re-login and logout), the envelope
-//! (`error_code` is an error even on HTTP 200), the `lastSeen`/`lastMitigated` window with offset
-//! paging inside `query`, a bounded number of pages fetched at once, strict parsing of the
-//! all-string rows, and the identity of a finding. CEF mapping lives in `cef.rs`. Must not: sleep,
-//! retry or touch the store.
+//! Owns: authentication (API keys, or a session with re-login once on 401/403 and logout), the
+//! envelope (`error_code` is an error even on HTTP 200), the `lastSeen`/`lastMitigated` window
+//! read by keyset (see `WindowCursor`: the result set changes under offset paging, so offsets
+//! are never trusted across requests), strict parsing of the all-string rows (a bad row is
+//! rejected, the page goes on), and the identity of a finding. CEF mapping lives in `cef.rs`.
+//! Must not: sleep, retry or touch the store.
 //!
 //! Identity: (repository id, ip, dnsName or uuid, pluginID, port, protocol, lastSeen): a finding
 //! seen again later is forwarded again; the same observation never twice.
@@ -43,16 +44,48 @@ struct Session {
     cookie: Secret,
 }
 
+/// Where a stream stands. A pass reads the window `[since, until]` by keyset: every query starts
+/// at offset 0 of `[since, until]`, sorted by the window field ascending, and `since` moves to the
+/// newest window time on a full page. Rows at that boundary are read again (the seen-set drops
+/// them); a full page whose rows all share `since` is read as one group in a single request, since
+/// the server does not keep the order of ties between requests. Offsets are never trusted across
+/// requests, so rows leaving or entering the window mid-pass cannot shift a row out of sight.
+/// (Cursors written before keyset paging carried an `offset`; it is ignored, so such a pass
+/// restarts at its `since` and repeats are dropped by the seen-set.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct WindowCursor {
-    /// Window start, epoch seconds.
+    /// Keyset position: the next query reads window times from here, epoch seconds.
     since: i64,
-    /// Window end, fixed when the window started.
+    /// Window end of the pass under way, fixed when it started; `None` between passes.
     #[serde(default)]
     until: Option<i64>,
-    /// Next `startOffset` inside the window.
+    /// Where the pass under way started (`None`: at `since`), epoch seconds.
     #[serde(default)]
-    offset: u64,
+    start: Option<i64>,
+    /// The newest window time read in the pass under way, epoch seconds.
+    #[serde(default)]
+    newest: Option<i64>,
+    /// Rows to skip at `since`: only after a full page none of whose rows had a readable window
+    /// time, so that `since` could not move.
+    #[serde(default)]
+    skip: u64,
+}
+
+/// What one analysis request returned.
+struct Fetched {
+    events: Vec<Event>,
+    /// Rows that could not become events: (reason, row text).
+    rejected: Vec<(String, String)>,
+    /// Rows in the response, good or not.
+    rows: u64,
+    /// The newest readable window time among them.
+    newest: Option<i64>,
+    /// Whether every readable window time in the response equals this one.
+    all_at: Option<i64>,
+    /// `totalRecords`, when the server sent a readable one.
+    total: Option<i64>,
+    /// `endOffset`, when the server sent a readable one.
+    end: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -283,7 +316,82 @@ impl TenableScSource {
         }
     }
 
-    fn query(&self, stream: TenableStream, since: i64, until: i64, start: u64) -> Value {
+    /// One analysis request for `[since, until]`, rows `start..end`.
+    async fn fetch(
+        &self,
+        stream: TenableStream,
+        since: i64,
+        until: i64,
+        start: u64,
+        end: u64,
+    ) -> Result<Fetched, SourceError> {
+        let url = format!("{}/analysis", self.base);
+        let body = self.query(stream, since, until, start, end);
+        let payload = self.post("analysis", &body).await?;
+        let page: AnalysisPage =
+            serde_json::from_value(payload).map_err(|e| SourceError::Malformed {
+                url: url.clone(),
+                detail: format!("analysis response: {e}"),
+            })?;
+        let total = page
+            .total_records
+            .as_deref()
+            .map(|t| int(t, "totalRecords", &url))
+            .transpose()?;
+        let end = page
+            .end_offset
+            .as_deref()
+            .map(|t| int(t, "endOffset", &url))
+            .transpose()?;
+        let mut fetched = Fetched {
+            events: Vec::with_capacity(page.results.len()),
+            rejected: Vec::new(),
+            rows: page.results.len() as u64,
+            newest: None,
+            all_at: None,
+            total,
+            end,
+        };
+        let mut times = Vec::with_capacity(page.results.len());
+        for raw in &page.results {
+            times.extend(window_time(raw, stream));
+            match finding(raw, stream, &url) {
+                Ok(event) => fetched.events.push(event),
+                Err(e) => fetched
+                    .rejected
+                    .push((e.to_string(), raw.get().to_string())),
+            }
+        }
+        fetched.newest = times.iter().copied().max();
+        fetched.all_at = fetched.newest.filter(|n| times.iter().all(|t| t == n));
+        Ok(fetched)
+    }
+
+    /// Every row whose window time is `at`, in one response: asks for `total` rows (the size of a
+    /// window that holds the group, so at least the group), and again with twice as many while
+    /// the answer fills what was asked.
+    async fn read_group(
+        &self,
+        stream: TenableStream,
+        at: i64,
+        total: Option<i64>,
+        size: u64,
+    ) -> Result<Fetched, SourceError> {
+        let mut want = total.map_or(size * 2, |t| u64::try_from(t).unwrap_or(0).max(size * 2));
+        loop {
+            let group = self.fetch(stream, at, at, 0, want).await?;
+            if group.rows < want {
+                if group.rows > size * 10 {
+                    tracing::warn!(source = %self.id, rows = group.rows, at,
+                        "many findings share one window time; read them in one response");
+                }
+                return Ok(group);
+            }
+            want *= 2;
+        }
+    }
+
+    fn query(&self, stream: TenableStream, since: i64, until: i64, start: u64, end: u64) -> Value {
         let field = window_field(stream);
         let mut filters = vec![
             json!({"filterName": field, "operator": "=", "value": format!("{since}-{until}")}),
@@ -294,7 +402,7 @@ impl TenableScSource {
             "type": "vuln",
             "filters": filters,
             "startOffset": start,
-            "endOffset": start + u64::from(self.settings.page_size),
+            "endOffset": end,
         });
         if let Some(id) = self.settings.query_id {
             query["id"] = json!(id);
@@ -307,6 +415,24 @@ impl TenableScSource {
             "query": query,
         })
     }
+}
+
+/// The window time of a row (`lastSeen`, or `lastMitigated` for mitigated findings), read on its
+/// own so that a row rejected for another field still moves the keyset.
+fn window_time(raw: &RawValue, stream: TenableStream) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Times {
+        #[serde(rename = "lastSeen", default)]
+        last_seen: Option<String>,
+        #[serde(rename = "lastMitigated", default)]
+        last_mitigated: Option<String>,
+    }
+    let times: Times = serde_json::from_str(raw.get()).ok()?;
+    let text = match stream {
+        TenableStream::Cumulative => times.last_seen,
+        TenableStream::Patched => times.last_mitigated,
+    }?;
+    text.trim().parse().ok()
 }
 
 fn window_field(stream: TenableStream) -> &'static str {
@@ -407,66 +533,62 @@ impl Source for TenableScSource {
             None => WindowCursor {
                 since: now - self.lookback.num_seconds(),
                 until: None,
-                offset: 0,
+                start: None,
+                newest: None,
+                skip: 0,
             },
         };
-        let until = c.until.unwrap_or(now);
-        let url = format!("{}/analysis", self.base);
+        let until = c.until.unwrap_or(now).max(c.since);
+        let start = c.start.unwrap_or(c.since);
         let size = u64::from(self.settings.page_size);
-        // A bounded number of pages at once; they come back in offset order.
-        let starts: Vec<u64> = (0..u64::from(self.settings.concurrency))
-            .map(|i| c.offset + i * size)
-            .collect();
-        let bodies: Vec<Value> = starts
-            .iter()
-            .map(|start| self.query(stream, c.since, until, *start))
-            .collect();
-        let pages =
-            futures_util::future::join_all(bodies.iter().map(|body| self.post("analysis", body)))
-                .await;
-        let mut events = Vec::new();
-        let mut done = false;
-        for page in pages {
-            let payload = page?;
-            let page: AnalysisPage =
-                serde_json::from_value(payload).map_err(|e| SourceError::Malformed {
-                    url: url.clone(),
-                    detail: format!("analysis response: {e}"),
-                })?;
-            let total = page
-                .total_records
-                .as_deref()
-                .map(|t| int(t, "totalRecords", &url))
-                .transpose()?;
-            let end = page
-                .end_offset
-                .as_deref()
-                .map(|t| int(t, "endOffset", &url))
-                .transpose()?;
-            for raw in &page.results {
-                events.push(finding(raw, stream, &url)?);
-            }
-            // Stop on a short page, and also when the server says the end was reached.
-            if (page.results.len() as u64) < size
-                || matches!((end, total), (Some(e), Some(t)) if e >= t)
-            {
-                done = true;
-                break;
-            }
-        }
+        let first = self
+            .fetch(stream, c.since, until, c.skip, c.skip + size)
+            .await?;
+        let mut events = first.events;
+        let mut rejected = first.rejected;
+        let mut newest = c.newest.max(first.newest);
+        // Short, or the server says the window ends here: the rest of the window was read by this
+        // very response, so the pass is over.
+        let done =
+            first.rows < size || matches!((first.end, first.total), (Some(e), Some(t)) if e >= t);
         let next = if done {
+            // Next pass: `overlap_hours` before the newest row read (scan results are imported
+            // after the time they carry), on the server's clock, never behind this pass.
+            let overlap = i64::from(self.settings.overlap_hours) * 3600;
             WindowCursor {
-                since: (until - i64::from(self.settings.overlap_hours) * 3600).max(c.since),
+                since: newest.map_or(start, |n| (n - overlap).max(start)),
                 until: None,
-                offset: 0,
+                start: None,
+                newest: None,
+                skip: 0,
             }
         } else {
+            let (since, skip) = match (first.newest, first.all_at) {
+                (Some(n), _) if n > c.since => (n, 0),
+                (Some(t), Some(_)) => {
+                    // A full page of ties at `since`: read the whole group in one response, as
+                    // their order can change from one request to the next.
+                    let group = self.read_group(stream, t, first.total, size).await?;
+                    events.extend(group.events);
+                    rejected.extend(group.rejected);
+                    newest = newest.max(group.newest);
+                    (t + 1, 0)
+                }
+                // No readable window time on a full page: step over it by offset (the rows went
+                // to the dead letters; they are read again only if the pass is re-run).
+                _ => (c.since, c.skip + size),
+            };
             WindowCursor {
-                since: c.since,
+                since,
                 until: Some(until),
-                offset: c.offset + starts.len() as u64 * size,
+                start: Some(start),
+                newest,
+                skip,
             }
         };
+        for (reason, record) in &rejected {
+            tracing::warn!(source = %self.id, partition = %partition, "row rejected: {reason}: {record}");
+        }
         Ok(Page {
             events,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
