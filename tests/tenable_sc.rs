@@ -467,3 +467,111 @@ async fn findings_sharing_one_last_seen_in_unstable_order_all_arrive() {
     )
     .await;
 }
+
+/// Findings for the catch-up-idle-burst tests: 12 open and 3 mitigated to catch up on.
+fn catch_up_findings(sim: &TenableSim, now: i64) -> Vec<u64> {
+    let numbers = sim.add_findings(15, now - 5 * 3600, now - 4 * 3600);
+    for n in &numbers[..3] {
+        sim.mitigate(*n, now - 3 * 3600);
+    }
+    numbers
+}
+
+/// Three pages of news: 15 findings imported with scan times among and after the ones already
+/// read, and 2 more mitigated.
+fn three_pages_of_news(sim: &TenableSim, numbers: &[u64], now: i64) {
+    sim.add_findings(15, now - 4 * 3600 - 1800, now - 600);
+    sim.mitigate(numbers[5], now - 300);
+    sim.mitigate(numbers[6], now - 300);
+}
+
+/// `earlier` plus every finding the simulator serves now, open and mitigated.
+fn and_now(sim: &TenableSim, earlier: &[Delivered]) -> Vec<Delivered> {
+    let mut want = earlier.to_vec();
+    for line in expected("vulnerabilities", sim.identities(false))
+        .into_iter()
+        .chain(expected("mitigated", sim.identities(true)))
+    {
+        if !want.contains(&line) {
+            want.push(line);
+        }
+    }
+    want
+}
+
+async fn wait_for_lines(dir: &std::path::Path, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while delivered(dir).len() < count && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 8: the daemon catches up, sits idle for several polls, then receives 3 pages of new
+/// findings (and mitigations): every one is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_catches_up_idles_then_delivers_three_new_pages_exactly_once() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = catch_up_findings(&sim, now);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\ninterval_secs = 0.3\npage_size = 5"),
+    );
+    let mut daemon = common::Daemon::start(&s);
+    let caught_up = and_now(&sim, &[]);
+    wait_for_lines(dir.path(), 15).await;
+    assert_exactly_once(&delivered(dir.path()), &caught_up);
+
+    // Idle: several polls of each stream find nothing new.
+    let before = sim.analysis_count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sim.analysis_count() < before + 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sim.analysis_count() >= before + 8,
+        "the daemon kept polling"
+    );
+    daemon.assert_running().await;
+    assert_exactly_once(&delivered(dir.path()), &caught_up);
+
+    three_pages_of_news(&sim, &numbers, now);
+    let want = and_now(&sim, &caught_up);
+    assert_eq!(want.len(), 32);
+    wait_for_lines(dir.path(), want.len()).await;
+    // A few more polls: nothing arrives twice.
+    let before = sim.analysis_count();
+    while sim.analysis_count() < before + 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+    assert_exactly_once(&delivered(dir.path()), &want);
+}
+
+/// Issue 8, `backfill` flavour of the test above.
+#[tokio::test]
+async fn backfill_catches_up_idles_then_delivers_three_new_pages_exactly_once() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = catch_up_findings(&sim, now);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), &format!("{KEYS}\npage_size = 5"));
+    backfill(&s).await;
+    let caught_up = and_now(&sim, &[]);
+    assert_exactly_once(&delivered(dir.path()), &caught_up);
+    for _ in 0..3 {
+        backfill(&s).await;
+    }
+    assert_exactly_once(&delivered(dir.path()), &caught_up);
+    three_pages_of_news(&sim, &numbers, now);
+    backfill(&s).await;
+    let want = and_now(&sim, &caught_up);
+    assert_eq!(want.len(), 32);
+    assert_exactly_once(&delivered(dir.path()), &want);
+}
