@@ -25,7 +25,9 @@ use crate::sources::jamf::JamfSource;
 use crate::sources::sophos::SophosSource;
 use crate::sources::tenable_sc::TenableScSource;
 use crate::sources::{http, Source, Vendor};
-use crate::store::{Access, CursorState, OutboxTotals, SinkState, Store, StoreError};
+use crate::store::{
+    Access, CursorState, OutboxTotals, RejectedRecord, SinkState, Store, StoreError,
+};
 
 /// Failures that end a command. Each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -444,7 +446,13 @@ pub struct StateReport {
     pub partitions: Vec<CursorState>,
     /// Per sink, with its backlog.
     pub sinks: Vec<SinkStateWithBacklog>,
+    /// The most recent records sources could not turn into events (newest first, at most
+    /// [`STATE_REJECTED_SHOWN`]); every partition's total is in `partitions`.
+    pub rejected: Vec<RejectedRecord>,
 }
+
+/// How many recent rejected records `secrelay state` lists.
+pub const STATE_REJECTED_SHOWN: u32 = 10;
 
 /// A sink's stored state plus the records waiting for it.
 #[derive(Debug, Clone, Serialize)]
@@ -461,6 +469,7 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
     let store = Store::open(&settings.store.path, Access::Reader).await?;
     let outbox = store.outbox_totals().await?;
     let partitions = store.cursor_states().await?;
+    let rejected = store.recent_rejected(STATE_REJECTED_SHOWN).await?;
     let mut stored: BTreeMap<String, SinkState> = store
         .sink_states()
         .await?
@@ -493,6 +502,7 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
         outbox_cap_bytes: settings.outbox.max_bytes,
         partitions,
         sinks,
+        rejected,
     })
 }
 
@@ -527,13 +537,14 @@ impl StateReport {
         let _ = writeln!(out, "\nSOURCES");
         let _ = writeln!(
             out,
-            "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} LAST ERROR",
+            "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} LAST ERROR",
             "SOURCE",
             "STREAM",
             "TENANT",
             "EVENTS",
             "DUPS",
             "CLAMPS",
+            "REJECTED",
             "CURSOR MOVED",
             "LAST OK",
             "LAG"
@@ -548,18 +559,37 @@ impl StateReport {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:<12} {:<12} {:<12} {}",
+                "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} {}",
                 p.source,
                 p.stream,
                 if p.tenant.is_empty() { "-" } else { &p.tenant },
                 p.events_total,
                 p.duplicates_total,
                 p.clamps_total,
+                p.rejected_total,
                 ago(p.updated_at),
                 ago(p.last_success_at),
                 ago(p.newest_event_at),
                 error
             );
+        }
+        if !self.rejected.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nREJECTED RECORDS (newest {}; kept in the state database)",
+                self.rejected.len()
+            );
+            for r in &self.rejected {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<18} {:<12} {} ({})",
+                    r.source,
+                    r.stream,
+                    ago(Some(r.at)),
+                    r.reason,
+                    r.url
+                );
+            }
         }
         let _ = writeln!(out, "\nSINKS");
         let _ = writeln!(

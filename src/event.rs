@@ -122,6 +122,41 @@ pub struct Page {
     /// Set when the source had to move a stored cursor forward because the vendor no longer serves
     /// data that old; the text says why. The scheduler logs it as a warning and counts it.
     pub cursor_clamped: Option<String>,
+    /// Records of this page that could not become events (no id, a time that does not parse, a
+    /// number that is not one). They are kept as dead letters with the page's commit, and the
+    /// cursor moves past them: one bad record must not block its partition.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Longest record text kept with a [`Rejected`] record, in bytes; longer text is cut at a
+/// character boundary (the reason and URL say enough to find the rest at the vendor).
+pub const REJECTED_RECORD_MAX: usize = 64 * 1024;
+
+/// A vendor record a source could not turn into an [`Event`], with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The request URL the record came from (never holds a credential).
+    pub url: String,
+    /// What was wrong with it: which field, and its value where that helps.
+    pub reason: String,
+    /// The record's text as the vendor sent it, at most [`REJECTED_RECORD_MAX`] bytes.
+    pub record: String,
+}
+
+impl Rejected {
+    /// A rejected record from `url`, refused for `reason`; `record` is cut to
+    /// [`REJECTED_RECORD_MAX`] bytes.
+    pub fn new(url: impl Into<String>, reason: impl Into<String>, record: &str) -> Self {
+        let mut end = record.len().min(REJECTED_RECORD_MAX);
+        while !record.is_char_boundary(end) {
+            end -= 1;
+        }
+        Rejected {
+            url: url.into(),
+            reason: reason.into(),
+            record: record[..end].to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +167,14 @@ mod tests {
     fn compact_json_strips_whitespace_outside_strings_only() {
         let text = "{\n  \"a\" : [1, 2],\n\t\"b\": \"x y\\\" \\n z\" }";
         assert_eq!(compact_json(text), r#"{"a":[1,2],"b":"x y\" \n z"}"#);
+    }
+
+    #[test]
+    fn a_rejected_record_is_cut_at_a_character_boundary() {
+        let text = format!("{}é", "a".repeat(REJECTED_RECORD_MAX - 1));
+        let r = Rejected::new("u", "why", &text);
+        assert_eq!(r.record.len(), REJECTED_RECORD_MAX - 1);
+        assert_eq!(Rejected::new("u", "why", "{}").record, "{}");
     }
 
     #[test]

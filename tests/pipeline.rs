@@ -382,3 +382,74 @@ fn base64_cursor(at: chrono::DateTime<chrono::Utc>) -> String {
         at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     ))
 }
+
+#[tokio::test]
+async fn an_item_without_id_is_kept_as_rejected_shown_in_state_and_the_stream_moves_on() {
+    let sim = SophosSim::start(SophosSimConfig {
+        scripted: true,
+        ..SophosSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let at = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let item = |n: i64, id: Option<&str>| {
+        let mut v = serde_json::json!({
+            "created_at": (at + chrono::Duration::seconds(n)).to_rfc3339(),
+            "type": "Event::Endpoint::Threat::Detected",
+            "severity": "high",
+            "n": n,
+        });
+        if let Some(id) = id {
+            v["id"] = id.into();
+        }
+        v
+    };
+    sim.push(0, "events", at, item(0, Some("e0")));
+    sim.push(
+        0,
+        "events",
+        at + chrono::Duration::seconds(1),
+        item(1, None),
+    );
+    sim.push(
+        0,
+        "events",
+        at + chrono::Duration::seconds(2),
+        item(2, Some("e2")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(&sim, dir.path(), "page_size = 2\nstreams = [\"events\"]");
+    let summary = backfill(&s, BackfillOptions::default()).await;
+    assert!(summary.complete(), "{summary:?}");
+    let tenant = sim.tenant_ids()[0].clone();
+    let ids: Vec<_> = delivered(dir.path()).into_iter().map(|d| d.2).collect();
+    assert_eq!(
+        ids,
+        ["e0", "e2"],
+        "the record after the bad one is delivered"
+    );
+
+    // A second run fetches the boundary again: the rejected record is not kept twice.
+    sim.push(
+        0,
+        "events",
+        at + chrono::Duration::seconds(3),
+        item(3, Some("e3")),
+    );
+    assert!(backfill(&s, BackfillOptions::default()).await.complete());
+    let state = app::state(&s).await.unwrap();
+    let events = state
+        .partitions
+        .iter()
+        .find(|p| p.stream == "events" && p.tenant == tenant)
+        .unwrap();
+    assert_eq!(events.rejected_total, 1);
+    assert_eq!(state.rejected.len(), 1);
+    assert_eq!(state.rejected[0].reason, "item 1 has no id");
+    assert!(state.rejected[0].url.ends_with("/siem/v1/events"));
+    let table = state.to_table();
+    assert!(
+        table.contains("REJECTED RECORDS") && table.contains("item 1 has no id"),
+        "{table}"
+    );
+}

@@ -131,6 +131,8 @@ async fn run_partition<S: Source>(
     };
     let mut backoff = ctx.backoff();
     let mut paused = false;
+    // Set while the source says `more` without moving its cursor (see below); logged once.
+    let mut stalled = false;
     while !ctx.stop.is_cancelled() {
         // Back-pressure: never poll while the outbox is over its cap.
         match ctx.store.outbox_totals().await {
@@ -203,6 +205,18 @@ async fn run_partition<S: Source>(
         if let Some(why) = &page.cursor_clamped {
             tracing::warn!(source = %id, partition = %partition, "cursor clamped: {why}");
         }
+        if !page.rejected.is_empty() {
+            tracing::warn!(source = %id, partition = %partition, rejected = page.rejected.len(),
+                first = %page.rejected[0].reason, url = %page.rejected[0].url,
+                "records that cannot become events were kept as dead letters (see `secrelay state`)");
+        }
+        // "More is waiting" from a cursor that did not move would poll the same page forever, an
+        // fsynced commit each time: treat it as a failed poll (backoff; it ends a backfill).
+        let stuck = page.more
+            && page
+                .cursor
+                .as_deref()
+                .is_none_or(|next| Some(next) == cursor.as_deref());
         // The commit is not raced against the stop signal: it finishes or never started.
         match ctx
             .store
@@ -210,7 +224,9 @@ async fn run_partition<S: Source>(
             .await
         {
             Ok(summary) => {
-                backoff.reset();
+                if !stuck {
+                    backoff.reset();
+                }
                 report.appended += summary.appended;
                 report.duplicates += summary.duplicates;
                 if summary.appended > 0 {
@@ -227,6 +243,33 @@ async fn run_partition<S: Source>(
                 continue;
             }
         }
+        if stuck {
+            let message = "the vendor says more data is waiting but the cursor did not move; \
+                           backing off (a source defect or a vendor fault)";
+            if !stalled {
+                tracing::warn!(source = %id, partition = %partition, cursor = ?cursor, "{message}");
+                if let Err(e) = ctx
+                    .store
+                    .record_poll_error(&id, &partition, message, Utc::now())
+                    .await
+                {
+                    tracing::error!(source = %id, "{e}");
+                }
+                stalled = true;
+            }
+            let delay = backoff.next_delay(None);
+            if let Mode::Backfill { max_poll_failures } = ctx.mode {
+                if backoff.failures() >= max_poll_failures {
+                    report.error = Some(message.to_string());
+                    break;
+                }
+            }
+            if !ctx.pause(delay).await {
+                break;
+            }
+            continue;
+        }
+        stalled = false;
         if page.more {
             continue;
         }
@@ -242,4 +285,108 @@ async fn run_partition<S: Source>(
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::event::Page;
+    use crate::settings::SchedulerSettings;
+    use crate::sources::SourceError;
+    use crate::store::{Access, Store};
+
+    /// A source whose vendor always says "more" but whose cursor stops moving after the first page.
+    struct StuckSource {
+        polls: AtomicU64,
+    }
+
+    impl Source for StuckSource {
+        fn id(&self) -> &str {
+            "stuck"
+        }
+
+        async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+            Ok(vec![Partition::new("events", "")])
+        }
+
+        async fn poll(&self, _: &Partition, _: Option<&str>) -> Result<Page, SourceError> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            Ok(Page {
+                cursor: Some("same".into()),
+                more: true,
+                ..Page::default()
+            })
+        }
+    }
+
+    async fn context(dir: &tempfile::TempDir, mode: Mode) -> Arc<Context> {
+        let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+            .await
+            .unwrap();
+        Context::new(
+            store,
+            SchedulerSettings {
+                jitter_secs: 0.0,
+                backoff_initial_secs: 0.05,
+                backoff_max_secs: 0.1,
+                shutdown_grace_secs: 1.0,
+            },
+            u64::MAX / 2,
+            mode,
+            Duration::from_secs(1),
+            BTreeMap::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn more_without_a_moving_cursor_backs_off_instead_of_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(&dir, Mode::Daemon).await;
+        let source = Arc::new(StuckSource {
+            polls: AtomicU64::new(0),
+        });
+        let run = tokio::spawn(run_source(
+            ctx.clone(),
+            source.clone(),
+            Duration::from_secs(60),
+        ));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ctx.stop.cancel();
+        run.await.unwrap();
+        let polls = source.polls.load(Ordering::SeqCst);
+        // Backing off 50, 100, 100, … ms: a handful of polls, where a hot loop makes thousands.
+        assert!((2..=10).contains(&polls), "{polls} polls in 400 ms");
+        let state = ctx.store.cursor_states().await.unwrap();
+        let error = state[0].last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("cursor did not move"), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_backfill_whose_cursor_does_not_move_ends_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(
+            &dir,
+            Mode::Backfill {
+                max_poll_failures: 3,
+            },
+        )
+        .await;
+        let source = Arc::new(StuckSource {
+            polls: AtomicU64::new(0),
+        });
+        let reports = run_source(ctx, source.clone(), Duration::from_secs(60)).await;
+        assert_eq!(reports.len(), 1);
+        assert!(!reports[0].caught_up);
+        let error = reports[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains("cursor did not move"), "{error:?}");
+        assert_eq!(
+            source.polls.load(Ordering::SeqCst),
+            4,
+            "one page, then 3 stuck"
+        );
+    }
 }

@@ -6,6 +6,21 @@
 //! Must not: be reachable from anything but loopback (callers bind 127.0.0.1). Invariant: the cursor
 //! is `base64("V2_CURSOR|<time of the last record returned>")` and the next page starts at records
 //! `>=` that time, so the record at the boundary repeats, as the real API's can.
+//!
+//! Scripted mode ([`SophosSimConfig::scripted`]): instead of generated data, each tenant's streams
+//! serve exactly the records a test pushed with [`SophosSim::push`], at the times it gave, so a
+//! timeline test owns the history. Quirks modelled in both modes, with their sources
+//! (reference/vendor-apis.md §2):
+//! - the cursor is the time of the last record returned and the next page starts `>=` it (§2.3,
+//!   the `V2_CURSOR|<ts>` shape decoded from Sophos' own SIEM script's fixture): every record at the
+//!   boundary time comes again. Many records may share one time; a page that is all one time
+//!   (more than `limit` records at one instant) would repeat forever here, the harsher reading of
+//!   an undocumented case;
+//! - `from_date` and cursors older than 24 h are refused with 400 (§2.3);
+//! - records only become visible once their time has passed, less `from_date_offset_minutes`;
+//! - items are passed through as pushed, so a record without `id` reaches the client as it is;
+//! - 401 once a token expired (`expire_tokens`), 429 with `Retry-After`, 503, truncated bodies
+//!   ([`Faults`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +77,8 @@ pub struct SophosSimConfig {
     pub token_lifetime_secs: u64,
     /// Largest `limit` honoured.
     pub max_limit: usize,
+    /// Serve only records pushed with [`SophosSim::push`] (no generated data).
+    pub scripted: bool,
 }
 
 impl Default for SophosSimConfig {
@@ -79,6 +96,7 @@ impl Default for SophosSimConfig {
             seed: 42,
             token_lifetime_secs: 3600,
             max_limit: 1000,
+            scripted: false,
         }
     }
 }
@@ -119,6 +137,9 @@ pub struct SeenRequest {
     pub status: u16,
 }
 
+/// A scripted stream's records as (time ms, record), sorted by time, in push order among equal times.
+type Pushed = Vec<(i64, serde_json::Value)>;
+
 struct Shared {
     config: SophosSimConfig,
     base_url: String,
@@ -129,6 +150,8 @@ struct Shared {
     tokens: super::TokenLedger,
     requests: Mutex<Vec<SeenRequest>>,
     reject_all_tokens: AtomicBool,
+    /// Scripted mode: (tenant index, stream) → its records.
+    pushed: Mutex<std::collections::HashMap<(usize, String), Pushed>>,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -160,6 +183,7 @@ impl SophosSim {
             tokens: super::TokenLedger::default(),
             requests: Mutex::new(Vec::new()),
             reject_all_tokens: AtomicBool::new(false),
+            pushed: Mutex::new(std::collections::HashMap::new()),
         });
         let app = Router::new()
             .route("/api/v2/oauth2/token", post(token))
@@ -224,6 +248,17 @@ impl SophosSim {
     /// Tenant ids, in listing order.
     pub fn tenant_ids(&self) -> Vec<String> {
         self.shared.tenant_ids.clone()
+    }
+
+    /// Scripted mode: adds `record` to `stream` (`events` or `alerts`) of tenant `t` at time `at`;
+    /// records at one time keep the order they were pushed in.
+    pub fn push(&self, tenant: usize, stream: &str, at: DateTime<Utc>, record: serde_json::Value) {
+        if let Ok(mut pushed) = self.shared.pushed.lock() {
+            let list = pushed.entry((tenant, stream.to_string())).or_default();
+            let ms = at.timestamp_millis();
+            let after = list.partition_point(|(t, _)| *t <= ms);
+            list.insert(after, (ms, record));
+        }
     }
 
     /// Every id the simulator will have served for `stream` of tenant `t` once `now` has passed the
@@ -639,8 +674,39 @@ async fn siem_response(
         .as_deref()
         .map(|t| t.split(',').collect())
         .unwrap_or_default();
-    let stride = stride(&s.config, stream);
     let limit = q.limit.unwrap_or(200).clamp(1, s.config.max_limit);
+    let body = if s.config.scripted {
+        match scripted_page(s, tenant, stream, from_ms, now_ms, limit, &excluded) {
+            Some(body) => body,
+            None => return error(StatusCode::INTERNAL_SERVER_ERROR, "simulator state"),
+        }
+    } else {
+        generated_page(s, tenant, stream, from_ms, now_ms, limit, &excluded)
+    };
+    let text = body.to_string();
+    if Faults::take(&s.faults.truncate) {
+        let cut = text.len() / 2;
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            text[..cut].to_string(),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+}
+
+/// A page of generated records `>= from_ms` and visible at `now_ms`.
+fn generated_page(
+    s: &Shared,
+    tenant: usize,
+    stream: &str,
+    from_ms: i64,
+    now_ms: i64,
+    limit: usize,
+    excluded: &[&str],
+) -> serde_json::Value {
+    let stride = stride(&s.config, stream);
     let visible = visible_count(&s.config, stride, now_ms);
     let first = first_at_or_after(&s.config, stride, from_ms);
     let last = visible.min(first + limit as u64);
@@ -656,22 +722,45 @@ async fn siem_response(
     } else {
         from_ms
     };
-    let body = json!({
+    json!({
         "has_more": last < visible,
         "next_cursor": encode_cursor(next_ms),
         "items": items,
-    });
-    let text = body.to_string();
-    if Faults::take(&s.faults.truncate) {
-        let cut = text.len() / 2;
-        return (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            text[..cut].to_string(),
-        )
-            .into_response();
-    }
-    (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+    })
+}
+
+/// A page of pushed records `>= from_ms` and visible at `now_ms` (scripted mode); `None` if the
+/// simulator's state is poisoned.
+fn scripted_page(
+    s: &Shared,
+    tenant: usize,
+    stream: &str,
+    from_ms: i64,
+    now_ms: i64,
+    limit: usize,
+    excluded: &[&str],
+) -> Option<serde_json::Value> {
+    let pushed = s.pushed.lock().ok()?;
+    let empty = Vec::new();
+    let records = pushed.get(&(tenant, stream.to_string())).unwrap_or(&empty);
+    let visible = records.partition_point(|(t, _)| *t <= now_ms);
+    let first = records.partition_point(|(t, _)| *t < from_ms);
+    let last = visible.min(first + limit).max(first);
+    let items: Vec<&serde_json::Value> = records[first..last]
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| !excluded.contains(&r["type"].as_str().unwrap_or_default()))
+        .collect();
+    let next_ms = if last > first {
+        records[last - 1].0
+    } else {
+        from_ms
+    };
+    Some(json!({
+        "has_more": last < visible,
+        "next_cursor": encode_cursor(next_ms),
+        "items": items,
+    }))
 }
 
 #[cfg(test)]

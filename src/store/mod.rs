@@ -97,6 +97,8 @@ pub struct CommitSummary {
     pub appended: u64,
     /// Events dropped because their id was already in the seen-set.
     pub duplicates: u64,
+    /// Rejected records kept for the first time (one fetched again is not counted).
+    pub rejected: u64,
 }
 
 /// Outbox size, kept by triggers.
@@ -135,6 +137,27 @@ pub struct CursorState {
     pub duplicates_total: i64,
     /// Times the cursor was clamped to the vendor's horizon.
     pub clamps_total: i64,
+    /// Records the source could not turn into events, kept as dead letters.
+    pub rejected_total: i64,
+}
+
+/// A record a source could not turn into an event, as kept in the store.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RejectedRecord {
+    /// Source id.
+    pub source: String,
+    /// Stream.
+    pub stream: String,
+    /// Tenant (`""` when none).
+    pub tenant: String,
+    /// The request it came from.
+    pub url: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The vendor's text of it.
+    pub record: String,
+    /// When it was first rejected.
+    pub at: DateTime<Utc>,
 }
 
 /// Per-sink state, as `secrelay state` shows it.
@@ -302,7 +325,34 @@ impl Store {
             fresh.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
         }
 
-        // 2. Append the new events in vendor order (a page may repeat an id; keep the first).
+        // 2. Ids the vendor served again stay remembered as long as it keeps serving them, so that
+        //    pruning by age never forgets an id that a later page would bring back.
+        let repeated: Vec<&str> = page
+            .events
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| !fresh.contains(*id))
+            .collect();
+        for chunk in repeated.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE seen SET seen_at = ");
+            q.push_bind(now_ms)
+                .push(" WHERE source = ")
+                .push_bind(source)
+                .push(" AND stream = ")
+                .push_bind(&partition.stream)
+                .push(" AND event_id IN (");
+            let mut ids = q.separated(", ");
+            for id in chunk {
+                ids.push_bind(*id);
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("refreshing seen ids"))?;
+        }
+
+        // 3. Append the new events in vendor order (a page may repeat an id; keep the first).
         let new_events: Vec<_> = page.events.iter().filter(|e| fresh.remove(&e.id)).collect();
         for chunk in new_events.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -326,14 +376,35 @@ impl Store {
                 .map_err(query_err("appending to the outbox"))?;
         }
 
-        // 3. Move the cursor and the partition's counters.
+        // 4. Keep the records that could not become events, once each: a record fetched again
+        //    (overlapping windows, boundary repeats) is not counted twice.
+        let mut rejected = 0u64;
+        for r in &page.rejected {
+            rejected += sqlx::query(
+                "INSERT INTO rejected_records (source, stream, tenant, url, reason, record, at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(source)
+            .bind(&partition.stream)
+            .bind(&partition.tenant)
+            .bind(&r.url)
+            .bind(&r.reason)
+            .bind(&r.record)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("keeping a rejected record"))?
+            .rows_affected();
+        }
+
+        // 5. Move the cursor and the partition's counters.
         let appended = new_events.len() as u64;
         let duplicates = page.events.len() as u64 - appended;
         let newest = new_events.iter().map(|e| millis(e.time)).max();
         sqlx::query(
             "INSERT INTO cursors (source, stream, tenant, cursor, updated_at, last_success_at, newest_event_at,
-                                  events_total, duplicates_total, clamps_total)
-             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?4 IS NULL THEN NULL ELSE ?5 END, ?5, ?6, ?7, ?8, ?9)
+                                  events_total, duplicates_total, clamps_total, rejected_total)
+             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?4 IS NULL THEN NULL ELSE ?5 END, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (source, stream, tenant) DO UPDATE SET
                 cursor = COALESCE(excluded.cursor, cursors.cursor),
                 updated_at = COALESCE(excluded.updated_at, cursors.updated_at),
@@ -341,7 +412,8 @@ impl Store {
                 newest_event_at = MAX(COALESCE(cursors.newest_event_at, 0), COALESCE(excluded.newest_event_at, 0)),
                 events_total = cursors.events_total + excluded.events_total,
                 duplicates_total = cursors.duplicates_total + excluded.duplicates_total,
-                clamps_total = cursors.clamps_total + excluded.clamps_total",
+                clamps_total = cursors.clamps_total + excluded.clamps_total,
+                rejected_total = cursors.rejected_total + excluded.rejected_total",
         )
         .bind(source)
         .bind(&partition.stream)
@@ -352,6 +424,7 @@ impl Store {
         .bind(appended as i64)
         .bind(duplicates as i64)
         .bind(i64::from(page.cursor_clamped.is_some()))
+        .bind(rejected as i64)
         .execute(&mut *tx)
         .await
         .map_err(query_err("moving a cursor"))?;
@@ -360,6 +433,7 @@ impl Store {
         Ok(CommitSummary {
             appended,
             duplicates,
+            rejected,
         })
     }
 
@@ -622,7 +696,7 @@ impl Store {
     pub async fn cursor_states(&self) -> Result<Vec<CursorState>, StoreError> {
         let rows = sqlx::query(
             "SELECT source, stream, tenant, cursor, updated_at, last_success_at, last_error, last_error_at,
-                    newest_event_at, events_total, duplicates_total, clamps_total
+                    newest_event_at, events_total, duplicates_total, clamps_total, rejected_total
              FROM cursors ORDER BY source, stream, tenant",
         )
         .fetch_all(&self.pool)
@@ -645,8 +719,35 @@ impl Store {
                 events_total: r.get(9),
                 duplicates_total: r.get(10),
                 clamps_total: r.get(11),
+                rejected_total: r.get(12),
             })
             .collect())
+    }
+
+    /// The rejected records of `source`, oldest first.
+    pub async fn rejected_records(&self, source: &str) -> Result<Vec<RejectedRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, stream, tenant, url, reason, record, at
+             FROM rejected_records WHERE source = ? ORDER BY id",
+        )
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading rejected records"))?;
+        Ok(rows.iter().map(rejected_record).collect())
+    }
+
+    /// The `limit` most recently rejected records of every source, newest first.
+    pub async fn recent_rejected(&self, limit: u32) -> Result<Vec<RejectedRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, stream, tenant, url, reason, record, at
+             FROM rejected_records ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading rejected records"))?;
+        Ok(rows.iter().map(rejected_record).collect())
     }
 
     /// Every sink's state, ordered by name.
@@ -673,6 +774,19 @@ impl Store {
                 dead_letters: r.get(6),
             })
             .collect())
+    }
+}
+
+/// A `rejected_records` row selected as (source, stream, tenant, url, reason, record, at).
+fn rejected_record(r: &sqlx::sqlite::SqliteRow) -> RejectedRecord {
+    RejectedRecord {
+        source: r.get(0),
+        stream: r.get(1),
+        tenant: r.get(2),
+        url: r.get(3),
+        reason: r.get(4),
+        record: r.get(5),
+        at: from_millis(r.get(6)),
     }
 }
 
@@ -985,7 +1099,8 @@ mod tests {
             s,
             CommitSummary {
                 appended: 2,
-                duplicates: 1
+                duplicates: 1,
+                rejected: 0
             }
         );
         let page2 = Page {
@@ -1001,7 +1116,8 @@ mod tests {
             s,
             CommitSummary {
                 appended: 1,
-                duplicates: 1
+                duplicates: 1,
+                rejected: 0
             }
         );
         assert_eq!(
@@ -1012,6 +1128,87 @@ mod tests {
         let ids: Vec<_> = batch.iter().map(|r| r.event_id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(store.outbox_totals().await.unwrap().rows, 3);
+    }
+
+    #[tokio::test]
+    async fn rejected_records_are_kept_once_with_the_page_and_counted() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("events", "t1");
+        let bad = crate::event::Rejected::new("http://v/x", "item 1 has no id", r#"{"a":1}"#);
+        let page = Page {
+            events: vec![event("a", 1)],
+            cursor: Some("c1".into()),
+            rejected: vec![bad.clone()],
+            ..Page::default()
+        };
+        let s = store
+            .commit_page("src", &p, &page, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(s.rejected, 1);
+        // The same record on a page fetched again (an overlap) is not kept or counted twice.
+        let again = Page {
+            cursor: Some("c2".into()),
+            rejected: vec![bad],
+            ..Page::default()
+        };
+        let s = store
+            .commit_page("src", &p, &again, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(s.rejected, 0);
+        let kept = store.rejected_records("src").await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (
+                kept[0].stream.as_str(),
+                kept[0].tenant.as_str(),
+                kept[0].url.as_str()
+            ),
+            ("events", "t1", "http://v/x")
+        );
+        assert_eq!(kept[0].reason, "item 1 has no id");
+        assert_eq!(kept[0].record, r#"{"a":1}"#);
+        let states = store.cursor_states().await.unwrap();
+        assert_eq!(states[0].rejected_total, 1);
+        assert_eq!(states[0].cursor.as_deref(), Some("c2"));
+        assert_eq!(store.outbox_totals().await.unwrap().rows, 1);
+    }
+
+    #[tokio::test]
+    async fn an_id_served_again_is_not_pruned_with_ids_of_its_age() {
+        let (_dir, store) = store().await;
+        let p = Partition::new("views", "");
+        let day0 = Utc::now() - chrono::Duration::days(8);
+        let first = Page {
+            events: vec![event("kept", 1), event("gone", 2)],
+            ..Page::default()
+        };
+        store.commit_page("s", &p, &first, day0).await.unwrap();
+        // A week later the vendor serves `kept` again (an unchanged view): a repeat, not new.
+        let repeat = Page {
+            events: vec![event("kept", 1)],
+            ..Page::default()
+        };
+        let s = store
+            .commit_page("s", &p, &repeat, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((s.appended, s.duplicates), (0, 1));
+        let pruned = store
+            .prune_seen("s", Utc::now() - chrono::Duration::days(7))
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1, "only the id not served since is forgotten");
+        let s = store
+            .commit_page("s", &p, &repeat, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.appended, s.duplicates),
+            (0, 1),
+            "still known: not re-sent"
+        );
     }
 
     #[tokio::test]
@@ -1124,7 +1321,8 @@ mod tests {
             s,
             CommitSummary {
                 appended: 1,
-                duplicates: 1
+                duplicates: 1,
+                rejected: 0
             }
         );
     }

@@ -298,7 +298,7 @@ impl Code42Source {
             events,
             cursor: Some(serde_json::to_string(&next.0).unwrap_or_default()),
             more: next.1,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 
@@ -419,7 +419,7 @@ impl Code42Source {
             events,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             more: full,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 
@@ -474,7 +474,7 @@ impl Code42Source {
             events,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             more: full,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 }

@@ -294,7 +294,7 @@ impl JamfSource {
             more: page.results.len() as u32 >= size && page.total_count > u64::from(size),
             events,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 
@@ -366,7 +366,7 @@ impl JamfSource {
             events,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             more: !done,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 
@@ -447,7 +447,7 @@ impl JamfSource {
             events,
             cursor,
             more: false,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 }

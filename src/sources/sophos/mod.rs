@@ -16,7 +16,7 @@ use std::sync::RwLock;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 
-use crate::event::{Event, Page, Partition, Severity};
+use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{SophosSettings, SophosStream};
 use crate::sources::{Source, SourceError};
 use api::{Api, SiemItem, SiemPage, TenantPage, Whoami};
@@ -185,34 +185,34 @@ fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn to_events(page: &SiemPage, url: &str, now: DateTime<Utc>) -> Result<Vec<Event>, SourceError> {
-    page.items
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let item: SiemItem =
-                serde_json::from_str(raw.get()).map_err(|e| SourceError::Malformed {
-                    url: url.to_string(),
-                    detail: format!("item {i}: {e}"),
-                })?;
-            let id = item
-                .id
-                .filter(|id| !id.is_empty())
-                .ok_or_else(|| SourceError::Malformed {
-                    url: url.to_string(),
-                    detail: format!("item {i} has no id"),
-                })?;
-            let time = parse_time(item.created_at.as_deref())
-                .or_else(|| parse_time(item.when.as_deref()))
-                .unwrap_or(now);
-            Ok(Event::new(
-                id,
-                time,
-                severity(item.severity.as_deref()),
-                raw,
-            ))
-        })
-        .collect()
+/// The page's items as events; an item that is not an object or has no id is rejected (kept as a
+/// dead letter) so that it cannot block its tenant's stream until the data passes the horizon.
+fn to_events(page: &SiemPage, url: &str, now: DateTime<Utc>) -> (Vec<Event>, Vec<Rejected>) {
+    let mut events = Vec::with_capacity(page.items.len());
+    let mut rejected = Vec::new();
+    for (i, raw) in page.items.iter().enumerate() {
+        let item: SiemItem = match serde_json::from_str(raw.get()) {
+            Ok(item) => item,
+            Err(e) => {
+                rejected.push(Rejected::new(url, format!("item {i}: {e}"), raw.get()));
+                continue;
+            }
+        };
+        let Some(id) = item.id.filter(|id| !id.is_empty()) else {
+            rejected.push(Rejected::new(url, format!("item {i} has no id"), raw.get()));
+            continue;
+        };
+        let time = parse_time(item.created_at.as_deref())
+            .or_else(|| parse_time(item.when.as_deref()))
+            .unwrap_or(now);
+        events.push(Event::new(
+            id,
+            time,
+            severity(item.severity.as_deref()),
+            raw,
+        ));
+    }
+    (events, rejected)
 }
 
 impl Source for SophosSource {
@@ -291,9 +291,10 @@ impl Source for SophosSource {
             .api
             .get(&url, &[("X-Tenant-ID", partition.tenant.as_str())], &query)
             .await?;
-        let events = to_events(&page, &url, now)?;
+        let (events, rejected) = to_events(&page, &url, now);
         Ok(Page {
             events,
+            rejected,
             cursor: page
                 .next_cursor
                 .clone()
@@ -329,15 +330,22 @@ mod tests {
     }
 
     #[test]
-    fn record_without_id_is_malformed_naming_the_url() {
-        let page: SiemPage =
-            serde_json::from_str(r#"{"has_more":false,"items":[{"type":"x"}]}"#).unwrap();
-        let err = to_events(&page, "http://h/siem/v1/events", Utc::now())
-            .unwrap_err()
-            .to_string();
+    fn an_item_without_id_is_rejected_naming_the_url_and_the_rest_kept() {
+        let page: SiemPage = serde_json::from_str(
+            r#"{"has_more":false,"items":[{"type":"x"},{"id":"a1","created_at":"2026-01-01T00:00:00Z"},"text"]}"#,
+        )
+        .unwrap();
+        let (events, rejected) = to_events(&page, "http://h/siem/v1/events", Utc::now());
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id, "a1");
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected[0].url, "http://h/siem/v1/events");
+        assert_eq!(rejected[0].reason, "item 0 has no id");
+        assert_eq!(rejected[0].record, r#"{"type":"x"}"#);
         assert!(
-            err.contains("http://h/siem/v1/events") && err.contains("no id"),
-            "{err}"
+            rejected[1].reason.starts_with("item 2: "),
+            "{:?}",
+            rejected[1]
         );
     }
 }

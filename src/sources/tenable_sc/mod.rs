@@ -593,7 +593,7 @@ impl Source for TenableScSource {
             events,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             more: !done,
-            cursor_clamped: None,
+            ..Page::default()
         })
     }
 
