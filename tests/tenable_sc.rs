@@ -575,3 +575,68 @@ async fn backfill_catches_up_idles_then_delivers_three_new_pages_exactly_once() 
     assert_eq!(want.len(), 32);
     assert_exactly_once(&delivered(dir.path()), &want);
 }
+
+/// Defect 9 (issue 8): a row with a non-numeric `port` (or `pluginID`, `lastSeen`) is kept as a
+/// dead letter naming the field and the URL; the rest of the page, and the partition, go on.
+#[tokio::test]
+async fn a_row_with_a_non_numeric_port_is_rejected_and_the_page_goes_on() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let numbers = sim.add_findings(12, now - 5 * 3600, now - 4 * 3600);
+    sim.corrupt(numbers[2], "port", "n/a");
+    sim.corrupt(numbers[7], "pluginID", "plugin-7");
+    sim.corrupt(numbers[9], "lastSeen", "yesterday");
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        &format!("{KEYS}\nstreams = [\"cumulative\"]\npage_size = 5"),
+    );
+    let source = source(&s);
+    let partition = source.partitions().await.unwrap()[0].clone();
+    let page = source.poll(&partition, None).await.unwrap();
+    assert_eq!(page.events.len(), 4, "the other rows of the page");
+    assert_eq!(page.rejected.len(), 1);
+    let bad = &page.rejected[0];
+    assert!(
+        bad.reason.contains("port") && bad.reason.contains("n/a"),
+        "{bad:?}"
+    );
+    assert!(bad.url.ends_with("/rest/analysis"), "{bad:?}");
+    assert!(bad.record.contains("\"port\":\"n/a\""), "{bad:?}");
+
+    backfill(&s).await;
+    let good: Vec<String> = sim
+        .identities(false)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| ![2, 7, 9].contains(i))
+        .map(|(_, id)| id)
+        .collect();
+    assert_exactly_once(&delivered(dir.path()), &expected("vulnerabilities", good));
+    let store = secrelay::store::Store::open(
+        &dir.path().join("state.db"),
+        secrelay::store::Access::Reader,
+    )
+    .await
+    .unwrap();
+    let mut reasons: Vec<String> = store
+        .rejected_records("sc")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("lastSeen")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("pluginID")),
+        "{reasons:?}"
+    );
+}

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::event::{Event, Page, Partition, Severity};
+use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{HttpSettings, Secret, TenableAuth, TenableScSettings, TenableStream};
 use crate::sources::http::{self, display_url, send, status_error, TlsOptions};
 use crate::sources::{Source, SourceError};
@@ -74,8 +74,8 @@ struct WindowCursor {
 /// What one analysis request returned.
 struct Fetched {
     events: Vec<Event>,
-    /// Rows that could not become events: (reason, row text).
-    rejected: Vec<(String, String)>,
+    /// Rows that could not become events.
+    rejected: Vec<Rejected>,
     /// Rows in the response, good or not.
     rows: u64,
     /// The newest readable window time among them.
@@ -170,16 +170,27 @@ impl TenableScSource {
             Duration::from_secs_f64(settings.timeout_secs),
             &format!("sources.{id}"),
         )?;
+        Ok(Self::with_client(id, settings, http, lookback))
+    }
+
+    /// A source over an HTTP client built elsewhere (its TLS settings are then the client's, not
+    /// `ca_file`/`client_cert_file`/`tls_verify`): for tests that rebuild sources often.
+    pub fn with_client(
+        id: &str,
+        settings: TenableScSettings,
+        http: reqwest::Client,
+        lookback: Option<chrono::Duration>,
+    ) -> Self {
         let lookback = lookback
             .unwrap_or_else(|| chrono::Duration::days(i64::from(settings.initial_lookback_days)));
-        Ok(TenableScSource {
+        TenableScSource {
             id: id.to_string(),
             base: format!("{}/rest", settings.url.trim_end_matches('/')),
             settings,
             http,
             session: Mutex::new(None),
             lookback,
-        })
+        }
     }
 
     async fn login(&self) -> Result<Session, SourceError> {
@@ -357,9 +368,15 @@ impl TenableScSource {
             times.extend(window_time(raw, stream));
             match finding(raw, stream, &url) {
                 Ok(event) => fetched.events.push(event),
-                Err(e) => fetched
-                    .rejected
-                    .push((e.to_string(), raw.get().to_string())),
+                Err(e) => {
+                    let reason = match e {
+                        SourceError::Malformed { detail, .. } => detail,
+                        other => other.to_string(),
+                    };
+                    fetched
+                        .rejected
+                        .push(Rejected::new(&url, reason, raw.get()));
+                }
             }
         }
         fetched.newest = times.iter().copied().max();
@@ -586,11 +603,9 @@ impl Source for TenableScSource {
                 skip,
             }
         };
-        for (reason, record) in &rejected {
-            tracing::warn!(source = %self.id, partition = %partition, "row rejected: {reason}: {record}");
-        }
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             more: !done,
             ..Page::default()
