@@ -9,3 +9,4 @@
 
 mod harness;
 mod sophos;
+mod tenable_sc;
