@@ -252,7 +252,7 @@ impl TenableSim {
                 n
             })
             .collect();
-        remember(&self.shared, &findings);
+        remember(&self.shared, &findings[start as usize..]);
         numbers
     }
 
@@ -393,31 +393,34 @@ fn remember(s: &Shared, findings: &[Finding]) {
 
 fn apply(s: &Shared, change: &TenableChange) {
     let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
-    match change {
-        TenableChange::Reobserve { n, at } => {
-            if let Some(f) = findings.iter_mut().find(|f| f.n == *n) {
-                f.last_seen = *at;
-                f.mitigated = None;
-            }
-        }
+    // Findings are numbered by their position, so `n` indexes them.
+    let changed = match change {
+        TenableChange::Reobserve { n, at } => findings.get_mut(*n as usize).map(|f| {
+            f.last_seen = *at;
+            f.mitigated = None;
+            *n as usize..*n as usize + 1
+        }),
         TenableChange::Insert { count, at } => {
-            let first = findings.len() as u64;
+            let first = findings.len();
             for i in 0..*count {
-                findings.push(new_finding(s.config.seed, first + i, *at));
+                findings.push(new_finding(s.config.seed, first as u64 + i, *at));
             }
+            Some(first..findings.len())
         }
-        TenableChange::Mitigate { n, at } => {
-            if let Some(f) = findings.iter_mut().find(|f| f.n == *n) {
-                f.mitigated = Some(*at);
-            }
-        }
+        TenableChange::Mitigate { n, at } => findings.get_mut(*n as usize).map(|f| {
+            f.mitigated = Some(*at);
+            *n as usize..*n as usize + 1
+        }),
         TenableChange::ExpireSessions => {
             if let Ok(mut sessions) = s.sessions.lock() {
                 sessions.clear();
             }
+            None
         }
+    };
+    if let Some(range) = changed {
+        remember(s, &findings[range]);
     }
-    remember(s, &findings);
 }
 
 fn new_finding(seed: u64, n: u64, last_seen: i64) -> Finding {
@@ -737,11 +740,15 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64)
     if arrivals > 0 {
         if let Some((_, a, b)) = bounds {
             let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
-            let first = findings.len() as u64;
+            let first = findings.len();
             for i in 0..arrivals {
-                findings.push(new_finding(s.config.seed, first + i, (b - 60).max(a)));
+                findings.push(new_finding(
+                    s.config.seed,
+                    (first as u64) + i,
+                    (b - 60).max(a),
+                ));
             }
-            remember(s, &findings);
+            remember(s, &findings[first..]);
         }
     }
     let findings = s.findings.read().unwrap_or_else(|e| e.into_inner());

@@ -154,7 +154,7 @@ async fn timeline(seed: u64, patched: bool) -> Result<(), String> {
         Ok(())
     }
 
-    for step in 0..rng.usize(8..16) {
+    for step in 0..rng.usize(6..12) {
         match rng.u8(0..100) {
             0..=24 => {
                 // A burst larger than a page, at once: a scan imported, or findings fixed.

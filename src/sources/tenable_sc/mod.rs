@@ -582,14 +582,14 @@ impl Source for TenableScSource {
         } else {
             let (since, skip) = match (first.newest, first.all_at) {
                 (Some(n), _) if n > c.since => (n, 0),
-                (Some(t), Some(_)) => {
+                (Some(_), Some(_)) => {
                     // A full page of ties at `since`: read the whole group in one response, as
                     // their order can change from one request to the next.
-                    let group = self.read_group(stream, t, first.total, size).await?;
+                    let group = self.read_group(stream, c.since, first.total, size).await?;
                     events.extend(group.events);
                     rejected.extend(group.rejected);
                     newest = newest.max(group.newest);
-                    (t + 1, 0)
+                    (c.since + 1, 0)
                 }
                 // No readable window time on a full page: step over it by offset (the rows went
                 // to the dead letters; they are read again only if the pass is re-run).
