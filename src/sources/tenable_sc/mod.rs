@@ -657,6 +657,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_written_by_offset_paging_restarts_its_pass_at_since() {
+        let old: WindowCursor =
+            serde_json::from_str(r#"{"since":100,"until":500,"offset":2000}"#).unwrap();
+        assert_eq!((old.since, old.until, old.skip), (100, Some(500), 0));
+        assert_eq!((old.start, old.newest), (None, None));
+    }
+
+    #[test]
+    fn the_window_time_of_a_row_rejected_for_its_port_is_still_read() {
+        let raw = RawValue::from_string(
+            r#"{"pluginID":"1","port":"n/a","lastSeen":"50","lastMitigated":"60"}"#.to_string(),
+        )
+        .unwrap();
+        assert!(finding(&raw, TenableStream::Cumulative, "u").is_err());
+        assert_eq!(window_time(&raw, TenableStream::Cumulative), Some(50));
+        assert_eq!(window_time(&raw, TenableStream::Patched), Some(60));
+    }
+
+    #[test]
     fn an_agent_finding_without_dns_name_is_identified_by_uuid() {
         let raw = RawValue::from_string(
             r#"{"pluginID":"1","ip":"","dnsName":"","uuid":"a-1","port":"0","protocol":"ICMP","lastSeen":"5"}"#
