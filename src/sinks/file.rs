@@ -108,7 +108,12 @@ fn append(settings: &FileSinkSettings, repair: bool, lines: &[u8]) -> Result<(),
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail("cannot create the directory of"))?;
     }
+    let existed = path.exists();
     let mut file = open_append(path).map_err(fail("cannot open"))?;
+    if !existed {
+        // A new file's name is durable only once its directory is: fsync it too.
+        sync_dir(path).map_err(fail("cannot fsync the directory of"))?;
+    }
     if repair {
         drop_torn_line(&mut file).map_err(fail("cannot repair the last line of"))?;
     }
@@ -117,10 +122,20 @@ fn append(settings: &FileSinkSettings, repair: bool, lines: &[u8]) -> Result<(),
         drop(file);
         rotate(settings).map_err(fail("cannot rotate"))?;
         file = open_append(path).map_err(fail("cannot open"))?;
+        sync_dir(path).map_err(fail("cannot fsync the directory of"))?;
     }
     file.write_all(lines).map_err(fail("cannot write"))?;
     file.sync_data().map_err(fail("cannot fsync"))?;
     Ok(())
+}
+
+/// fsyncs the directory holding `path`, so that a file created or renamed there survives a crash.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
 }
 
 /// Truncates the file after its last `\n`: a crash mid-write can leave half a line.
@@ -198,19 +213,45 @@ fn rotate(settings: &FileSinkSettings) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Rotated files of the active file `stem.ext`, in no particular order.
+/// Rotated files of the active file `stem.ext`, in no particular order: only names this sink's
+/// [`rotate`] writes (`stem-YYYYMMDDTHHMMSS.mmmZ[-n].ext`), never another file that merely shares
+/// the prefix (`alerts-critical.ndjson` beside `alerts.ndjson`).
 pub fn rotated_files(dir: &Path, stem: &str, ext: &str) -> std::io::Result<Vec<PathBuf>> {
-    let prefix = format!("{stem}-");
-    let suffix = format!(".{ext}");
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(&prefix) && name.ends_with(&suffix) {
+        if is_rotation_of(name, stem, ext) {
             found.push(dir.join(name));
         }
     }
     Ok(found)
+}
+
+/// Whether `name` is `stem-YYYYMMDDTHHMMSS.mmmZ[-n].ext`.
+fn is_rotation_of(name: &str, stem: &str, ext: &str) -> bool {
+    let Some(middle) = name
+        .strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix(ext))
+        .and_then(|rest| rest.strip_suffix('.'))
+    else {
+        return false;
+    };
+    let (stamp, n) = match middle.split_once('-') {
+        Some((stamp, n)) => (stamp, Some(n)),
+        None => (middle, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let b = stamp.as_bytes();
+    b.len() == 20
+        && digits(&stamp[0..8])
+        && b[8] == b'T'
+        && digits(&stamp[9..15])
+        && b[15] == b'.'
+        && digits(&stamp[16..19])
+        && b[19] == b'Z'
+        && n.is_none_or(digits)
 }
 
 #[cfg(test)]
@@ -233,8 +274,17 @@ mod tests {
     }
 
     fn settings(dir: &Path, rotate_bytes: u64, keep_files: usize) -> FileSinkSettings {
+        settings_named(dir, "out", rotate_bytes, keep_files)
+    }
+
+    fn settings_named(
+        dir: &Path,
+        stem: &str,
+        rotate_bytes: u64,
+        keep_files: usize,
+    ) -> FileSinkSettings {
         FileSinkSettings {
-            path: dir.join("out.ndjson"),
+            path: dir.join(format!("{stem}.ndjson")),
             rotate_bytes,
             keep_files,
             batch_size: 10,
@@ -293,6 +343,61 @@ mod tests {
         for file in rotated.iter().chain([&dir.path().join("out.ndjson")]) {
             assert!(std::fs::metadata(file).unwrap().len() <= 400);
         }
+    }
+
+    #[test]
+    fn only_this_sinks_rotation_names_count_as_its_rotations() {
+        for own in [
+            "alerts-20261201T020304.567Z.ndjson",
+            "alerts-20261201T020304.567Z-3.ndjson",
+        ] {
+            assert!(is_rotation_of(own, "alerts", "ndjson"), "{own}");
+        }
+        for other in [
+            "alerts-critical.ndjson",
+            "alerts-critical-20261201T020304.567Z.ndjson",
+            "alerts-20261201T020304.567Z.json",
+            "alerts-20261201T020304Z.ndjson",
+            "alerts-20261201T020304.567Z-.ndjson",
+            "alerts-20261201T020304.567Z-x.ndjson",
+            "alerts.ndjson",
+        ] {
+            assert!(!is_rotation_of(other, "alerts", "ndjson"), "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_never_deletes_another_sinks_files_that_share_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut critical = FileSink::new(
+            "critical",
+            settings_named(dir.path(), "out-critical", 400, 1),
+        );
+        let mut all = FileSink::new("all", settings(dir.path(), 400, 1));
+        let pad = r#"{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+        for seq in 0..12 {
+            critical.deliver(&[record(seq, pad)]).await.unwrap();
+        }
+        let mut before: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        before.sort();
+        assert_eq!(
+            before.len(),
+            2,
+            "out-critical.ndjson and one rotation: {before:?}"
+        );
+        for seq in 0..12 {
+            all.deliver(&[record(seq, pad)]).await.unwrap();
+        }
+        for name in &before {
+            assert!(
+                dir.path().join(name).exists(),
+                "the `out` sink's rotation deleted {name:?}"
+            );
+        }
+        assert_eq!(rotated_files(dir.path(), "out", "ndjson").unwrap().len(), 1);
     }
 
     #[tokio::test]
