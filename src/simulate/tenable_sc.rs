@@ -775,7 +775,7 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64)
         }
     };
     // Ties in the sort field come back in a different order on every request.
-    matched.sort_by_key(|f| (key(f), mix(mix(s.config.seed ^ number) ^ f.n)));
+    matched.sort_by_cached_key(|f| (key(f), mix(mix(s.config.seed ^ number) ^ f.n)));
     let total = matched.len();
     let rows: Vec<Value> = matched
         .iter()
