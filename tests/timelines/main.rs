@@ -10,3 +10,4 @@
 mod code42;
 mod harness;
 mod sophos;
+mod tenable_sc;
