@@ -640,3 +640,33 @@ async fn a_row_with_a_non_numeric_port_is_rejected_and_the_page_goes_on() {
         "{reasons:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_and_a_stopped_daemon_log_their_session_out() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(5, now - 3600, now - 60);
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&sim, dir.path(), SESSION);
+    backfill(&s).await;
+    assert_eq!(
+        sim.logouts(),
+        sim.logins(),
+        "backfill logs out what it logged in"
+    );
+    assert!(sim.logins() >= 1);
+
+    let daemon = common::Daemon::start(&s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.logins() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never logged in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+    assert_eq!(sim.logouts(), sim.logins(), "a stopped daemon logs out too");
+}
