@@ -196,11 +196,13 @@ async fn pipeline(
 
     let mut sink_tasks = JoinSet::new();
     for (name, sources) in settings.routes() {
-        let sources: Vec<String> = sources
-            .into_iter()
-            .filter(|s| selected.contains_key(s) || mode == Mode::Daemon)
-            .collect();
-        if sources.is_empty() {
+        // A backfill drives only the sinks of the sources it polls; each of them reads every source
+        // routed to it, even those this run does not poll (`--source`, a disabled source): a sink
+        // has one position, and reading past rows of a source left out would lose them.
+        if !sources
+            .iter()
+            .any(|s| selected.contains_key(s) || mode == Mode::Daemon)
+        {
             continue;
         }
         let Some(sink_settings) = settings.sinks.get(&name) else {

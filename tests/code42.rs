@@ -515,3 +515,315 @@ async fn the_simulator_caps_pgnum_paging_at_ten_thousand_as_the_real_api_does() 
         "without a pgToken the results stop at 10 000 of 12 000"
     );
 }
+
+fn alert_lines(ids: &[String]) -> Vec<Delivered> {
+    ids.iter()
+        .map(|id| ("alerts".to_string(), String::new(), id.clone()))
+        .collect()
+}
+
+/// Alerts already there before the first poll: five at distinct instants, then two sharing the
+/// newest `createdAt` (`boundary`, where the cursor comes to rest).
+fn alerts_before(sim: &Code42Sim, boundary: chrono::DateTime<Utc>) -> Vec<String> {
+    let mut ids: Vec<String> = (0..5)
+        .map(|i| {
+            sim.add_alert(
+                boundary - chrono::Duration::minutes(10 - i),
+                &format!("old {i}"),
+                0,
+            )
+        })
+        .collect();
+    ids.extend(sim.add_alerts_at(boundary, "boundary", 2));
+    ids
+}
+
+/// Three pages (page size 5) of new alerts: three more at the cursor's boundary instant, four
+/// sharing one later instant, and eight at instants of their own.
+fn alerts_after(sim: &Code42Sim, boundary: chrono::DateTime<Utc>) -> Vec<String> {
+    let mut ids = sim.add_alerts_at(boundary, "late at boundary", 3);
+    ids.extend(sim.add_alerts_at(boundary + chrono::Duration::seconds(1), "tied", 4));
+    for i in 0..8 {
+        ids.push(sim.add_alert(
+            boundary + chrono::Duration::seconds(2 + i),
+            &format!("new {i}"),
+            1,
+        ));
+    }
+    ids
+}
+
+fn query_alerts_requests(sim: &Code42Sim) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path == "query-alerts")
+        .count()
+}
+
+/// Issue 8, defect 1: a daemon that caught up and sat idle for several polls then receives three
+/// pages of new alerts, some at the cursor's boundary instant and several sharing one: each is
+/// delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_delivers_alerts_arriving_after_an_idle_stretch_exactly_once() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"alerts\"]\nalert_page_size = 5",
+    );
+    let mut s = s;
+    if let secrelay::settings::SourceSettings::Code42(c) = s.sources.get_mut("c42").unwrap() {
+        c.interval_secs = 0.3;
+    }
+    let boundary = Utc::now() - chrono::Duration::minutes(10);
+    let mut ids = alerts_before(&sim, boundary);
+    let daemon = common::Daemon::start(&s);
+    let wait_for = |want: usize, what: &'static str| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while delivered(&dir).len() < want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {} of {want} delivered",
+                    delivered(&dir).len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(ids.len(), "catching up").await;
+    // Idle: several polls find nothing new.
+    let polls = query_alerts_requests(&sim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while query_alerts_requests(&sim) < polls + 5 {
+        assert!(Instant::now() < deadline, "the daemon stopped polling");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ids.extend(alerts_after(&sim, boundary));
+    wait_for(ids.len(), "after the idle stretch").await;
+    // A few more polls, so a late duplicate would show.
+    let polls = query_alerts_requests(&sim);
+    while query_alerts_requests(&sim) < polls + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+    assert_exactly_once(&delivered(dir.path()), &alert_lines(&ids));
+}
+
+/// Issue 8, defect 1, as `backfill` runs: catch up, several runs that find nothing new, then three
+/// pages of new alerts (some at the boundary instant): each delivered exactly once.
+#[tokio::test]
+async fn backfill_delivers_alerts_arriving_after_idle_runs_exactly_once() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"alerts\"]\nalert_page_size = 5",
+    );
+    let boundary = Utc::now() - chrono::Duration::minutes(10);
+    let mut ids = alerts_before(&sim, boundary);
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &alert_lines(&ids));
+    for _ in 0..3 {
+        backfill(&s).await;
+    }
+    ids.extend(alerts_after(&sim, boundary));
+    backfill(&s).await;
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &alert_lines(&ids));
+}
+
+/// Polls `partition` from `cursor` until the source says nothing more waits, as the scheduler
+/// would; returns the ids of the events not in `seen` (the seen-set), and adds them to it.
+async fn one_pass(
+    source: &secrelay::sources::code42::Code42Source,
+    partition: &secrelay::event::Partition,
+    cursor: &mut Option<String>,
+    seen: &mut std::collections::HashSet<String>,
+) -> Vec<String> {
+    use secrelay::sources::Source;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let page = source.poll(partition, cursor.as_deref()).await.unwrap();
+        ids.extend(
+            page.events
+                .iter()
+                .filter(|e| seen.insert(e.id.clone()))
+                .map(|e| e.id.clone()),
+        );
+        if page.cursor.is_some() {
+            *cursor = page.cursor;
+        }
+        if !page.more {
+            return ids;
+        }
+    }
+    panic!("the pass never ended");
+}
+
+/// Issue 8, defect 11: a session that is closed after it has left `session_window_hours` (the API
+/// filters on `beginTime` only) is still forwarded, once per change; sessions closed while in the
+/// window are no longer re-read after they leave it.
+#[tokio::test]
+async fn a_session_closed_after_it_left_the_window_is_forwarded() {
+    use secrelay::sources::code42::Code42Source;
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "streams = [\"sessions\"]\nsession_window_hours = 1\nsession_page_size = 2",
+    );
+    let secrelay::settings::SourceSettings::Code42(c) = s.sources["c42"].clone() else {
+        panic!("code42 settings")
+    };
+    let t0 = Utc::now() - chrono::Duration::days(3);
+    sim.set_now(t0);
+    let long_open = sim.add_session(t0 - chrono::Duration::minutes(30));
+    let closed_early = sim.add_session(t0 - chrono::Duration::minutes(20));
+    let recent: Vec<String> = (0..3)
+        .map(|i| sim.add_session(t0 - chrono::Duration::minutes(10 - i)))
+        .collect();
+    let source = Code42Source::new(
+        "c42",
+        c.clone(),
+        secrelay::sources::http::client(&s.http).unwrap(),
+        None,
+    )
+    .with_clock(sim.clock());
+    let partition = secrelay::event::Partition::new("sessions", "");
+    let mut cursor = None;
+    let mut seen = std::collections::HashSet::new();
+    let version = |id: &str| format!("{id}@{}", sim.session_state(id).unwrap().1);
+    let first = one_pass(&source, &partition, &mut cursor, &mut seen).await;
+    assert_eq!(first.len(), 5, "{first:?}");
+
+    sim.set_now(t0 + chrono::Duration::minutes(1));
+    sim.update_session(&closed_early, "CLOSED_FP").unwrap();
+    assert_eq!(
+        one_pass(&source, &partition, &mut cursor, &mut seen).await,
+        [version(&closed_early)]
+    );
+
+    // Three hours on: every session began before the window.
+    sim.set_now(t0 + chrono::Duration::hours(3));
+    sim.update_session(&long_open, "IN_PROGRESS").unwrap();
+    assert_eq!(
+        one_pass(&source, &partition, &mut cursor, &mut seen).await,
+        [version(&long_open)]
+    );
+    sim.set_now(t0 + chrono::Duration::hours(4));
+    sim.update_session(&long_open, "CLOSED_TP").unwrap();
+    sim.update_session(&recent[1], "CLOSED").unwrap();
+    let mut got = one_pass(&source, &partition, &mut cursor, &mut seen).await;
+    got.sort();
+    let mut want = vec![version(&long_open), version(&recent[1])];
+    want.sort();
+    assert_eq!(got, want);
+
+    // Closed sessions are no longer followed: the next pass reads only the open ones.
+    let before = sim.requests().len();
+    assert!(one_pass(&source, &partition, &mut cursor, &mut seen)
+        .await
+        .is_empty());
+    let read: Vec<String> = sim.requests()[before..]
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    let mut by_id: Vec<&String> = read
+        .iter()
+        .filter(|p| p.starts_with("/v1/sessions/"))
+        .collect();
+    by_id.sort();
+    let mut open: Vec<String> = [&recent[0], &recent[2]]
+        .iter()
+        .map(|id| format!("/v1/sessions/{id}"))
+        .collect();
+    open.sort();
+    assert_eq!(by_id, open.iter().collect::<Vec<_>>());
+}
+/// Issue 8, defect 9: a file event without an id, alerts without an id or with an unparseable
+/// `createdAt` and a session without a `sessionId` go to the dead-letter table with the URL and
+/// the reason; every good record around them is delivered and the partitions catch up.
+#[tokio::test]
+async fn malformed_records_are_dead_lettered_and_the_rest_moves_on() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &sim,
+        dir.path(),
+        "page_size = 3\nalert_page_size = 3\nsession_page_size = 2",
+    );
+    let now = Utc::now();
+    let mut want = Vec::new();
+    let early = sim.add_file_events(
+        2,
+        now - chrono::Duration::minutes(30),
+        chrono::Duration::seconds(1),
+        chrono::Duration::zero(),
+    );
+    sim.add_raw_file_event(
+        now - chrono::Duration::minutes(29),
+        serde_json::json!({"event": {"action": "file-created", "inserted": "2026-01-01T00:00:00Z"}, "file": {"name": "no-id.docx"}}),
+    );
+    let late = sim.add_file_events(
+        4,
+        now - chrono::Duration::minutes(28),
+        chrono::Duration::seconds(1),
+        chrono::Duration::zero(),
+    );
+    want.extend(file_events(&early));
+    want.extend(file_events(&late));
+    let mut alerts = vec![sim.add_alert(now - chrono::Duration::minutes(20), "before", 0)];
+    sim.add_raw_alert(
+        now - chrono::Duration::minutes(19),
+        serde_json::json!({"name": "no id", "createdAt": (now - chrono::Duration::minutes(19))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}),
+    );
+    sim.add_raw_alert(
+        now - chrono::Duration::minutes(18),
+        serde_json::json!({"id": "bad-time", "name": "bad time", "createdAt": "yesterday"}),
+    );
+    for i in 0..4 {
+        alerts.push(sim.add_alert(
+            now - chrono::Duration::minutes(17 - i),
+            &format!("after {i}"),
+            0,
+        ));
+    }
+    want.extend(alert_lines(&alerts));
+    let session = sim.add_session(now - chrono::Duration::hours(1));
+    sim.add_raw_session(serde_json::json!({
+        "beginTime": (now - chrono::Duration::minutes(50)).timestamp_millis(),
+        "lastUpdated": now.timestamp_millis(),
+        "states": [],
+    }));
+    let other = sim.add_session(now - chrono::Duration::minutes(40));
+    for id in [&session, &other] {
+        let (_, updated) = sim.session_state(id).unwrap();
+        want.push(("sessions".into(), String::new(), format!("{id}@{updated}")));
+    }
+
+    backfill(&s).await;
+    backfill(&s).await;
+    assert_exactly_once(&delivered(dir.path()), &want);
+    let store = secrelay::store::Store::open(&s.store.path, secrelay::store::Access::Reader)
+        .await
+        .unwrap();
+    let dead = store.rejected_records("c42").await.unwrap();
+    let by_stream = |stream: &str| dead.iter().filter(|r| r.stream == stream).count();
+    assert_eq!(by_stream("file_events"), 1, "{dead:?}");
+    assert_eq!(by_stream("alerts"), 2, "{dead:?}");
+    assert_eq!(by_stream("sessions"), 1, "{dead:?}");
+    assert!(
+        dead.iter().all(|r| r.url.starts_with(&sim.url())),
+        "{dead:?}"
+    );
+    assert!(dead
+        .iter()
+        .any(|r| r.stream == "alerts" && r.reason.contains("createdAt")));
+    assert!(dead.iter().any(|r| r.record.contains("no-id.docx")));
+}

@@ -115,3 +115,32 @@ async fn excluded_types_are_not_returned() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_token_endpoint_answer_that_does_not_parse_is_never_quoted() {
+    // A token URL that answers 200 with a body cut mid-way, which still carries the token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/api/v2/oauth2/token",
+        axum::routing::post(|| async {
+            r#"{"access_token":"eyJ-planted-token-value","token_type":"bearer","expires_in":"#
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let sim = finished_sim(Identity::Tenant, 1, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(&sim, dir.path(), "", "").replace(
+        &sim.token_url(),
+        &format!("http://{addr}/api/v2/oauth2/token"),
+    );
+    let settings = Settings::from_toml(&text).unwrap();
+    let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone() else {
+        panic!("a sophos source")
+    };
+    let source = SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None);
+    let err = source.partitions().await.unwrap_err().to_string();
+    server.abort();
+    assert!(!err.contains("planted"), "{err}");
+    assert!(err.contains("/api/v2/oauth2/token"), "{err}");
+}

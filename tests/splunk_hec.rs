@@ -385,3 +385,44 @@ async fn a_trickle_of_events_lingers_into_few_requests() {
         hec.requests()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_of_a_batch_whose_acks_were_pending_at_a_restart_is_still_dead_lettered() {
+    let hec = HecSim::start(HecSimConfig {
+        ack: true,
+        ack_delay: Duration::from_secs(1),
+        ..HecSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "ack = true\nack_poll_secs = 0.1\nack_timeout_secs = 30";
+    let batch = records(10);
+
+    // The batch goes out (record 6 refused, the rest indexed); the process stops while the acks
+    // are still false.
+    let mut first = sink(&hec, dir.path(), extra).await;
+    let sending = tokio::spawn(async move { first.deliver(&batch).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hec.accepted().len() < 9 {
+        assert!(Instant::now() < deadline, "the batch was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sending.abort();
+    let _ = sending.await;
+
+    // After the restart the acks have come true: the batch is not sent again, and the refused
+    // record is reported again so the delivery loop dead-letters it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut second = sink(&hec, dir.path(), extra).await;
+    let delivered = second.deliver(&records(10)).await.unwrap();
+    assert_eq!(hec.accepted().len(), 9, "not indexed twice");
+    assert_eq!(delivered.rejected.len(), 1, "{:?}", delivered.rejected);
+    assert_eq!(delivered.rejected[0].0, 6);
+    assert!(
+        delivered.rejected[0].1.contains("code 6"),
+        "{}",
+        delivered.rejected[0].1
+    );
+}

@@ -49,7 +49,10 @@ pub async fn run_source<S: Source>(
     let mut backoff = ctx.backoff();
     let partitions = loop {
         let found = tokio::select! {
-            _ = ctx.stop.cancelled() => return Vec::new(),
+            _ = ctx.stop.cancelled() => {
+                close(&*source).await;
+                return Vec::new();
+            }
             found = source.partitions() => found,
         };
         match found {
@@ -59,6 +62,7 @@ pub async fn run_source<S: Source>(
                 let failures = backoff.failures() + 1;
                 if let Mode::Backfill { max_poll_failures } = ctx.mode {
                     if failures >= max_poll_failures {
+                        close(&*source).await;
                         return vec![PartitionReport {
                             source: id,
                             stream: "(discovery)".into(),
@@ -71,6 +75,7 @@ pub async fn run_source<S: Source>(
                     }
                 }
                 if !ctx.pause(backoff.next_delay(e.retry_after())).await {
+                    close(&*source).await;
                     return Vec::new();
                 }
             }
@@ -109,7 +114,24 @@ pub async fn run_source<S: Source>(
             }
         }
     }
+    // Every partition has stopped: end the vendor session (Tenable.sc logs out), in `run` and
+    // `backfill` alike.
+    close(&*source).await;
     reports
+}
+
+/// How long ending a vendor session may hold up a stop.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Ends the source's vendor session, giving up after [`CLOSE_WITHIN`] so that an unreachable
+/// vendor cannot hold up a stop (the session then expires on its own).
+async fn close<S: Source>(source: &S) {
+    if tokio::time::timeout(CLOSE_WITHIN, source.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(source = %source.id(), "ending the vendor session timed out; it will expire on its own");
+    }
 }
 
 /// Polls one partition: wait for outbox room, poll from the committed cursor, commit, repeat.
@@ -301,6 +323,7 @@ mod tests {
     /// A source whose vendor always says "more" but whose cursor stops moving after the first page.
     struct StuckSource {
         polls: AtomicU64,
+        closes: AtomicU64,
     }
 
     impl Source for StuckSource {
@@ -319,6 +342,10 @@ mod tests {
                 more: true,
                 ..Page::default()
             })
+        }
+
+        async fn close(&self) {
+            self.closes.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -348,6 +375,7 @@ mod tests {
         let ctx = context(&dir, Mode::Daemon).await;
         let source = Arc::new(StuckSource {
             polls: AtomicU64::new(0),
+            closes: AtomicU64::new(0),
         });
         let run = tokio::spawn(run_source(
             ctx.clone(),
@@ -363,6 +391,11 @@ mod tests {
         let state = ctx.store.cursor_states().await.unwrap();
         let error = state[0].last_error.as_deref().unwrap_or_default();
         assert!(error.contains("cursor did not move"), "{error:?}");
+        assert_eq!(
+            source.closes.load(Ordering::SeqCst),
+            1,
+            "closed once on stop"
+        );
     }
 
     #[tokio::test]
@@ -377,6 +410,7 @@ mod tests {
         .await;
         let source = Arc::new(StuckSource {
             polls: AtomicU64::new(0),
+            closes: AtomicU64::new(0),
         });
         let reports = run_source(ctx, source.clone(), Duration::from_secs(60)).await;
         assert_eq!(reports.len(), 1);

@@ -13,7 +13,7 @@ mod splunk_hec;
 mod syslog;
 mod tenable_sc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -354,7 +354,9 @@ pub struct Code42Settings {
     /// at most 2160 (the 90 days Code42 searches). Default 24.
     #[serde(default = "twenty_four")]
     pub initial_lookback_hours: u32,
-    /// Sessions that began up to this many hours ago are still watched for changes. Default 168.
+    /// Sessions that began up to this many hours ago are swept for changes on every pass; one still
+    /// open when it leaves this window is re-read by id until it is closed (at most 90 days).
+    /// Default 168.
     #[serde(default = "one_sixty_eight")]
     pub session_window_hours: u32,
     /// Extra file-event filters, ANDed with the time window. A change is noticed through the cursor
@@ -479,6 +481,17 @@ fn sophos_streams() -> Vec<SophosStream> {
 impl Settings {
     /// Loads the layers (built-in defaults, `file`, environment), checks every key and resolves secrets.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// [`Settings::load`] with `env` standing in for the process environment when given (tests).
+    ///
+    /// Environment values stay text until the key they set is read: a number or flag is parsed
+    /// for a numeric or boolean key, and a secret such as `007` stays `007`.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
@@ -492,12 +505,24 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("SECRELAY")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
+        // Values that read back the same as a number or flag are typed (`50`, `0.5`, `true`); any
+        // other stays text, so `007` or `1e3` given as a secret is not turned into `7` or `1000`.
+        let vars: HashMap<String, String> = env.unwrap_or_else(|| {
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("SECRELAY__"))
+                .collect()
+        });
+        let (typed, text): (HashMap<_, _>, HashMap<_, _>) =
+            vars.into_iter().partition(|(_, v)| reads_back_typed(v));
+        for (vars, parse) in [(typed, true), (text, false)] {
+            builder = builder.add_source(
+                config::Environment::with_prefix("SECRELAY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(parse)
+                    .source(Some(vars)),
+            );
+        }
         let layered = builder.build().map_err(|e| SettingsError::File {
             path: file.map(Path::to_path_buf).unwrap_or_default(),
             reason: e.to_string(),
@@ -541,6 +566,7 @@ impl Settings {
 
     /// Cross-key checks, and secrets resolved into their inline slot.
     fn validate(&mut self) -> Result<(), SettingsError> {
+        self.validate_seconds()?;
         let sink_names: Vec<String> = self.sinks.keys().cloned().collect();
         for (id, source) in &mut self.sources {
             let at = format!("sources.{id}");
@@ -558,9 +584,6 @@ impl Settings {
                         format!("no sink named `{sink}` (defined: {sink_names:?})"),
                     ));
                 }
-            }
-            if source.interval_secs() <= 0.0 {
-                return Err(invalid(&format!("{at}.interval_secs"), "must be above 0"));
             }
             match source {
                 SourceSettings::Sophos(s) => {
@@ -765,11 +788,116 @@ impl Settings {
         Ok(())
     }
 
-    /// Sink names with the ids of the enabled sources routed to each.
+    /// Every duration: a number of seconds that is finite, not negative, and above zero where zero
+    /// means nothing sensible (a zero interval would poll in a hot loop, a zero timeout fail every
+    /// request). `Duration::from_secs_f64` panics on a negative or NaN value: none may get that far.
+    fn validate_seconds(&self) -> Result<(), SettingsError> {
+        let mut checks: Vec<(String, f64, Zero)> = vec![
+            (
+                "scheduler.jitter_secs".into(),
+                self.scheduler.jitter_secs,
+                Zero::Allowed,
+            ),
+            (
+                "scheduler.backoff_initial_secs".into(),
+                self.scheduler.backoff_initial_secs,
+                Zero::Refused,
+            ),
+            (
+                "scheduler.backoff_max_secs".into(),
+                self.scheduler.backoff_max_secs,
+                Zero::Refused,
+            ),
+            (
+                "scheduler.shutdown_grace_secs".into(),
+                self.scheduler.shutdown_grace_secs,
+                Zero::Allowed,
+            ),
+            (
+                "backfill.drain_timeout_secs".into(),
+                self.backfill.drain_timeout_secs,
+                Zero::Allowed,
+            ),
+            (
+                "http.timeout_secs".into(),
+                self.http.timeout_secs,
+                Zero::Refused,
+            ),
+            (
+                "http.connect_timeout_secs".into(),
+                self.http.connect_timeout_secs,
+                Zero::Refused,
+            ),
+        ];
+        for (id, source) in &self.sources {
+            checks.push((
+                format!("sources.{id}.interval_secs"),
+                source.interval_secs(),
+                Zero::Refused,
+            ));
+            if let SourceSettings::TenableSc(t) = source {
+                checks.push((
+                    format!("sources.{id}.timeout_secs"),
+                    t.timeout_secs,
+                    Zero::Refused,
+                ));
+            }
+        }
+        for (name, sink) in &self.sinks {
+            let at = format!("sinks.{name}");
+            match sink {
+                SinkSettings::File(_) => {}
+                SinkSettings::Syslog(s) => {
+                    checks.push((format!("{at}.timeout_secs"), s.timeout_secs, Zero::Refused));
+                }
+                SinkSettings::SplunkHec(h) => {
+                    checks.push((format!("{at}.linger_secs"), h.linger_secs, Zero::Allowed));
+                    checks.push((
+                        format!("{at}.ack_timeout_secs"),
+                        h.ack_timeout_secs,
+                        Zero::Refused,
+                    ));
+                    checks.push((
+                        format!("{at}.ack_poll_secs"),
+                        h.ack_poll_secs,
+                        Zero::Refused,
+                    ));
+                    checks.push((format!("{at}.timeout_secs"), h.timeout_secs, Zero::Refused));
+                }
+            }
+        }
+        for (key, value, zero) in checks {
+            let why = if !value.is_finite() {
+                Some("must be a finite number of seconds")
+            } else if value < 0.0 {
+                Some("must not be negative")
+            } else if value == 0.0 && zero == Zero::Refused {
+                Some("must be above 0")
+            } else if value > MAX_SECONDS {
+                Some("must be at most 31536000 (a year)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(invalid(&key, format!("{why} (got {value})")));
+            }
+        }
+        if self.scheduler.backoff_max_secs < self.scheduler.backoff_initial_secs {
+            return Err(invalid(
+                "scheduler.backoff_max_secs",
+                "must not be below scheduler.backoff_initial_secs",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sink names with the ids of the sources routed to each, disabled ones included: a source
+    /// switched off may still have records waiting in the outbox, and a sink reading past them
+    /// would never deliver them.
     pub fn routes(&self) -> BTreeMap<String, Vec<String>> {
         let mut routes: BTreeMap<String, Vec<String>> =
             self.sinks.keys().map(|k| (k.clone(), Vec::new())).collect();
-        for (id, source) in self.sources.iter().filter(|(_, s)| s.enabled()) {
+        for (id, source) in &self.sources {
             for sink in source.sinks() {
                 routes.entry(sink.clone()).or_default().push(id.clone());
             }
@@ -777,6 +905,28 @@ impl Settings {
         routes
     }
 }
+
+/// Whether an environment value means the same typed as it does as text: a flag, or a number
+/// written the way it would be printed back.
+fn reads_back_typed(value: &str) -> bool {
+    matches!(value, "true" | "false")
+        || value.parse::<i64>().is_ok_and(|n| n.to_string() == value)
+        || value
+            .parse::<f64>()
+            .is_ok_and(|n| n.is_finite() && n.to_string() == value)
+}
+
+/// Whether zero seconds means something for a duration setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    /// Zero is a meaningful choice (no jitter, no linger, no grace).
+    Allowed,
+    /// Zero would spin or fail at once.
+    Refused,
+}
+
+/// The longest duration any setting takes, in seconds (a year): beyond it lies a typo.
+const MAX_SECONDS: f64 = 31_536_000.0;
 
 fn invalid(key: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
@@ -841,6 +991,100 @@ mod tests {
         client_secret = "PLANTED-SECRET"
         sinks = ["archive"]
     "#;
+
+    #[test]
+    fn a_duration_that_is_negative_not_a_number_or_zero_where_zero_spins_names_its_key() {
+        for (extra, key, why) in [
+            (
+                "[scheduler]\nshutdown_grace_secs = -1",
+                "scheduler.shutdown_grace_secs",
+                "negative",
+            ),
+            (
+                "[scheduler]\nbackoff_initial_secs = nan",
+                "scheduler.backoff_initial_secs",
+                "finite",
+            ),
+            ("[http]\ntimeout_secs = inf", "http.timeout_secs", "finite"),
+            (
+                "[http]\nconnect_timeout_secs = 0",
+                "http.connect_timeout_secs",
+                "above 0",
+            ),
+            (
+                "[backfill]\ndrain_timeout_secs = 1e12",
+                "backfill.drain_timeout_secs",
+                "at most",
+            ),
+            (
+                "[scheduler]\nbackoff_initial_secs = 9\nbackoff_max_secs = 3",
+                "scheduler.backoff_max_secs",
+                "below",
+            ),
+        ] {
+            let err = Settings::from_toml(&format!("{MINIMAL}\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(why), "{extra}: {err}");
+        }
+        let zero_interval = MINIMAL.replace(
+            "sinks = [\"archive\"]",
+            "sinks = [\"archive\"]\ninterval_secs = 0",
+        );
+        let err = Settings::from_toml(&zero_interval).unwrap_err().to_string();
+        assert!(err.contains("sources.sophos_eu.interval_secs"), "{err}");
+        // Zero where it means "none" is fine.
+        let ok = format!("{MINIMAL}\n[scheduler]\njitter_secs = 0\nshutdown_grace_secs = 0");
+        assert!(Settings::from_toml(&ok).is_ok());
+    }
+
+    #[test]
+    fn environment_values_stay_text_until_a_key_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrelay.toml");
+        std::fs::write(
+            &file,
+            MINIMAL.replace("client_secret = \"PLANTED-SECRET\"\n", ""),
+        )
+        .unwrap();
+        let env = HashMap::from([
+            (
+                "SECRELAY__SOURCES__SOPHOS_EU__CLIENT_SECRET".to_string(),
+                "007".to_string(),
+            ),
+            (
+                "SECRELAY__SOURCES__SOPHOS_EU__PAGE_SIZE".to_string(),
+                "50".to_string(),
+            ),
+            (
+                "SECRELAY__SCHEDULER__JITTER_SECS".to_string(),
+                "0.5".to_string(),
+            ),
+            (
+                "SECRELAY__SOURCES__SOPHOS_EU__ENABLED".to_string(),
+                "false".to_string(),
+            ),
+        ]);
+        let s = Settings::load_with_env(Some(&file), Some(env)).unwrap();
+        let SourceSettings::Sophos(sophos) = &s.sources["sophos_eu"] else {
+            panic!("a sophos source")
+        };
+        assert_eq!(sophos.client_secret.as_ref().unwrap().expose(), "007");
+        assert_eq!(sophos.page_size, 50);
+        assert!(!sophos.enabled);
+        assert_eq!(s.scheduler.jitter_secs, 0.5);
+        for (value, typed) in [
+            ("50", true),
+            ("0.5", true),
+            ("true", true),
+            ("007", false),
+            ("1e3", false),
+            ("+5", false),
+            ("x1", false),
+        ] {
+            assert_eq!(reads_back_typed(value), typed, "{value}");
+        }
+    }
 
     #[test]
     fn defaults_fill_every_section() {

@@ -103,14 +103,15 @@ pub struct TenableScSettings {
     /// Rows per request (`endOffset - startOffset`), 1–10000. Default 1000.
     #[serde(default = "thousand")]
     pub page_size: u32,
-    /// Pages fetched at once, 1–8. Default 3.
+    /// Accepted for compatibility, 1–8, default 3, but no longer used: pages are read by keyset,
+    /// each query starting where the previous page ended, so they cannot be fetched at once.
     #[serde(default = "three")]
     pub concurrency: u32,
     /// First poll (or after `--reset`) reaches this far back, in days, 1–365. Default 30.
     #[serde(default = "thirty")]
     pub initial_lookback_days: u32,
-    /// Each window starts this many hours before the last one ended: scan results are imported
-    /// after the time they carry. Default 6.
+    /// Each pass starts this many hours before the newest finding the last pass read (on the
+    /// server's clock): scan results are imported after the time they carry. Default 6.
     #[serde(default = "six")]
     pub overlap_hours: u32,
     /// Request timeout for analysis queries, in seconds (they are slow). Default 300.

@@ -8,10 +8,36 @@
 //! starts token paging and `nextPgToken` is the id of the last event on the page; without a token
 //! `pgNum` paging stops at 10 000 results; an unknown token is HTTP 400 `INVALID_PAGE_TOKEN`; an
 //! event is searchable only from its `visible_from` time, which can trail `event.inserted`.
+//!
+//! Quirks modelled (harsher where the sources are silent), each with where it comes from
+//! (reference/vendor-apis.md):
+//! - Many file events and alerts share one timestamp: tests add them at one instant
+//!   (`add_file_event`, `add_alerts_at`), so every cursor field has ties (§1.4 timestamps are
+//!   milliseconds; §1.8 code42cli and the Incydr CLI keep the ids seen at the last timestamp
+//!   precisely because of ties).
+//! - `ON_OR_AFTER` is inclusive: a query from the newest `createdAt` (or `event.inserted`) seen
+//!   repeats the records at that instant on every poll (§1.4 operators, §1.5 alert filters).
+//! - File events become searchable late, up to 15 minutes after `event.inserted` (`visible_from`;
+//!   DESIGN.md "Cursors and dedup", §1.4 "inserted … typically very soon after ingested").
+//! - Alerts page by 0-based `pgNum` with `pgSize` 1–500, in `createdAt` order; ties are broken
+//!   arbitrarily but stably (a hash of the id), so a new alert at an old instant can sort before
+//!   ones already served (§1.5: no tie-break is documented).
+//! - Sessions change long after they began: an analyst closes one, a note or new data moves its
+//!   `lastUpdated`, whatever its `beginTime` (`update_session`; §1.5 states, §1.8 "sessions keep
+//!   changing"). `GET /v1/sessions` filters on `beginTime` only (`on_or_after`, `before`), and
+//!   `GET /v1/sessions/{id}` returns one session or 404 (§1.5).
+//! - Tokens expire: a refused token is HTTP 401 until a new one is issued (`expire_tokens`;
+//!   §1.3 py42 renews once on 401).
+//! - Records the source cannot use (no id, no `createdAt`) can be served as they are
+//!   (`add_raw_file_event`, `add_raw_alert`, `add_raw_session`); the API types make every field
+//!   optional (§1.7).
+//!
+//! Time: the real clock, or a simulated one (`set_now`, `clock`) that a test moves by hand so
+//! windows, visibility and `lastUpdated` do not depend on how fast the test runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -105,6 +131,8 @@ struct FileEventEntry {
     inserted_ms: i64,
     timestamp_ms: i64,
     visible_from_ms: i64,
+    /// Served as it is instead of a rendered event (a record the source must reject).
+    raw: Option<Value>,
 }
 
 struct Shared {
@@ -119,6 +147,30 @@ struct Shared {
     token_requests: AtomicU64,
     tokens: super::TokenLedger,
     requests: Mutex<Vec<Code42Request>>,
+    /// Simulated time in epoch ms; 0: the real clock.
+    now_ms: Arc<AtomicI64>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> i64 {
+        match self.now_ms.load(Ordering::SeqCst) {
+            0 => Utc::now().timestamp_millis(),
+            ms => ms,
+        }
+    }
+}
+
+/// Where the alerts' tie-break puts `id` among alerts with the same `createdAt`: arbitrary but
+/// stable (a hash of the id), as no order is documented.
+fn tie_break(id: &str) -> u64 {
+    id.bytes().fold(0x5eed_u64, |h, b| mix(h ^ u64::from(b)))
+}
+
+fn created_micros(alert: &Value) -> i64 {
+    alert["createdAt"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(i64::MIN, |t| t.timestamp_micros())
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -150,6 +202,7 @@ impl Code42Sim {
             token_requests: AtomicU64::new(0),
             tokens: super::TokenLedger::default(),
             requests: Mutex::new(Vec::new()),
+            now_ms: Arc::new(AtomicI64::new(0)),
         });
         let app = Router::new()
             .route("/v1/oauth", post(oauth))
@@ -157,6 +210,7 @@ impl Code42Sim {
             .route("/v1/alerts/query-alerts", post(query_alerts))
             .route("/v1/alerts/query-details", post(query_details))
             .route("/v1/sessions", get(sessions))
+            .route("/v1/sessions/{id}", get(session_by_id))
             .route("/api/v1/ServerEnv", get(server_env))
             .route("/simple-key-value-store/v1/{key}", get(key_value))
             .route("/api/v3/oauth/token", post(legacy_oauth))
@@ -190,6 +244,29 @@ impl Code42Sim {
     /// The fault switches.
     pub fn faults(&self) -> &Code42Faults {
         &self.shared.faults
+    }
+
+    /// Switches to simulated time, now `at` (and stays there until moved again).
+    pub fn set_now(&self, at: DateTime<Utc>) {
+        self.shared
+            .now_ms
+            .store(at.timestamp_millis().max(1), Ordering::SeqCst);
+    }
+
+    /// The simulator's present: simulated time once `set_now` was called, else the real clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(self.shared.now_ms())
+            .single()
+            .unwrap_or_default()
+    }
+
+    /// A clock reading the simulator's present, for a source under test to share it.
+    pub fn clock(&self) -> impl Fn() -> DateTime<Utc> + Send + Sync + 'static {
+        let now_ms = self.shared.now_ms.clone();
+        move || match now_ms.load(Ordering::SeqCst) {
+            0 => Utc::now(),
+            ms => Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
+        }
     }
 
     /// Refuse every token issued so far.
@@ -255,17 +332,73 @@ impl Code42Sim {
             inserted_ms: inserted.timestamp_millis(),
             timestamp_ms: detected.timestamp_millis(),
             visible_from_ms: visible_from.timestamp_millis(),
+            raw: None,
         };
+        self.insert_file_event(entry);
+        id
+    }
+
+    /// Adds a file event served exactly as `record` (say, one without `event.id`), filed under
+    /// insertion time `inserted` and searchable at once.
+    pub fn add_raw_file_event(&self, inserted: DateTime<Utc>, record: Value) {
+        let k = self.shared.next_k.fetch_add(1, Ordering::SeqCst);
+        self.insert_file_event(FileEventEntry {
+            k,
+            // Sorts first among the events of its millisecond.
+            id: format!("\u{0}raw-{k}"),
+            inserted_ms: inserted.timestamp_millis(),
+            timestamp_ms: inserted.timestamp_millis(),
+            visible_from_ms: inserted.timestamp_millis(),
+            raw: Some(record),
+        });
+    }
+
+    fn insert_file_event(&self, entry: FileEventEntry) {
         if let Ok(mut events) = self.shared.file_events.write() {
             let at =
                 events.partition_point(|e| (e.inserted_ms, &e.id) < (entry.inserted_ms, &entry.id));
             events.insert(at, entry);
         }
-        id
+    }
+
+    /// Adds `count` alerts that all share the `createdAt` `created` (to the microsecond), named
+    /// `name 0`, `name 1`, ... Returns their ids.
+    pub fn add_alerts_at(&self, created: DateTime<Utc>, name: &str, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|i| self.push_alert(created, &format!("{name} {i}"), 0, true))
+            .collect()
+    }
+
+    /// Adds an alert served exactly as `record` (say, one without `id` or with a bad
+    /// `createdAt`), sorted as if created at `created`.
+    pub fn add_raw_alert(&self, created: DateTime<Utc>, mut record: Value) {
+        let mut alerts = self
+            .shared
+            .alerts
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if created_micros(&record) == i64::MIN {
+            // Sorted (and matched by the ON_OR_AFTER filter) by this hidden key instead.
+            record["_simCreatedAt"] = json!(created.to_rfc3339_opts(SecondsFormat::Micros, true));
+        }
+        alerts.push(record);
+        sort_alerts(&mut alerts);
     }
 
     /// Adds an alert created at `created` with `observations` observations. Returns its id.
     pub fn add_alert(&self, created: DateTime<Utc>, name: &str, observations: usize) -> String {
+        self.push_alert(created, name, observations, false)
+    }
+
+    /// Adds an alert; `exact`: `createdAt` is `created` as given, else its millisecond plus a few
+    /// generated microseconds (as real `createdAt`s have).
+    fn push_alert(
+        &self,
+        created: DateTime<Utc>,
+        name: &str,
+        observations: usize,
+        exact: bool,
+    ) -> String {
         let mut alerts = self
             .shared
             .alerts
@@ -281,7 +414,11 @@ impl Code42Sim {
             (r >> 8) & 0xfff,
             mix(r) & 0xffff_ffff_ffff
         );
-        let created_text = iso_micros(created.timestamp_millis(), r);
+        let created_text = if exact {
+            created.to_rfc3339_opts(SecondsFormat::Micros, true)
+        } else {
+            iso_micros(created.timestamp_millis(), r)
+        };
         alerts.push(json!({
             "type$": "ALERT_DETAILS",
             "tenantId": self.shared.config.tenant_id,
@@ -308,8 +445,29 @@ impl Code42Sim {
             })).collect::<Vec<_>>(),
             "note": null,
         }));
-        alerts.sort_by(|a, b| a["createdAt"].as_str().cmp(&b["createdAt"].as_str()));
+        sort_alerts(&mut alerts);
         id
+    }
+
+    /// Adds a session served exactly as `record` (say, one without `sessionId`).
+    pub fn add_raw_session(&self, record: Value) {
+        self.shared
+            .sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record);
+    }
+
+    /// The current state of session `id` (its last `states` entry) and its `lastUpdated`.
+    pub fn session_state(&self, id: &str) -> Option<(String, i64)> {
+        let sessions = self
+            .shared
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let session = sessions.iter().find(|s| s["sessionId"] == id)?;
+        let state = session["states"].as_array()?.last()?["state"].as_str()?;
+        Some((state.to_string(), session["lastUpdated"].as_i64()?))
     }
 
     /// Adds an open session that began at `begin`. Returns its id.
@@ -320,7 +478,7 @@ impl Code42Sim {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let id = format!("session-{}", sessions.len() + 1);
-        let now = Utc::now().timestamp_millis();
+        let now = self.shared.now_ms();
         sessions.push(json!({
             "sessionId": id,
             "tenantId": self.shared.config.tenant_id,
@@ -355,7 +513,7 @@ impl Code42Sim {
             .unwrap_or_else(|e| e.into_inner());
         let session = sessions.iter_mut().find(|s| s["sessionId"] == id)?;
         let previous = session["lastUpdated"].as_i64().unwrap_or(0);
-        let now = Utc::now().timestamp_millis().max(previous + 1);
+        let now = self.shared.now_ms().max(previous + 1);
         session["lastUpdated"] = json!(now);
         if let Some(states) = session["states"].as_array_mut() {
             states.push(json!({"sourceTimestamp": now, "state": state, "stateV2": state, "userId": "analyst"}));
@@ -690,7 +848,7 @@ fn file_events_response(s: &Shared, headers: &HeaderMap, body: &Value, v1: bool)
     if q.token.as_deref().is_some_and(|t| !t.is_empty()) && take(&s.faults.invalid_page_token) {
         return invalid_token.into_response();
     }
-    let now = Utc::now().timestamp_millis();
+    let now = s.now_ms();
     let events = s.file_events.read().unwrap_or_else(|e| e.into_inner());
     let mut matched: Vec<&FileEventEntry> = events
         .iter()
@@ -729,7 +887,11 @@ fn file_events_response(s: &Shared, headers: &HeaderMap, body: &Value, v1: bool)
         .get(start..end.max(start))
         .unwrap_or_default()
         .iter()
-        .map(|e| if v1 { render_v1(s, e) } else { render_v2(s, e) })
+        .map(|e| match &e.raw {
+            Some(raw) => raw.clone(),
+            None if v1 => render_v1(s, e),
+            None => render_v2(s, e),
+        })
         .collect();
     let next = if token_mode && end < total {
         matched.get(end.saturating_sub(1)).map(|e| e.id.clone())
@@ -779,20 +941,13 @@ fn query_alerts_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Respo
     let alerts = s.alerts.read().unwrap_or_else(|e| e.into_inner());
     let matched: Vec<Value> = alerts
         .iter()
-        .filter(|a| {
-            let created = a["createdAt"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-            match (since_ms, created) {
-                (Some(ms), Some(c)) => c.timestamp_micros() >= ms * 1000,
-                _ => true,
-            }
-        })
+        .filter(|a| since_ms.is_none_or(|ms| sort_micros(a) >= ms * 1000))
         .map(|a| {
             let mut summary = a.clone();
             if let Some(o) = summary.as_object_mut() {
                 o.remove("observations");
                 o.remove("note");
+                o.remove("_simCreatedAt");
                 o.insert("type$".into(), json!("ALERT_SUMMARY"));
             }
             summary
@@ -832,7 +987,13 @@ async fn query_details(
                 .as_str()
                 .is_some_and(|id| ids.iter().any(|i| i == id))
         })
-        .cloned()
+        .map(|a| {
+            let mut details = a.clone();
+            if let Some(o) = details.as_object_mut() {
+                o.remove("_simCreatedAt");
+            }
+            details
+        })
         .collect();
     record(&s, "query-details", &body, StatusCode::OK);
     Json(json!({"type$": "ALERT_DETAILS_RESPONSE", "alerts": found})).into_response()
@@ -841,6 +1002,7 @@ async fn query_details(
 #[derive(Deserialize)]
 struct SessionQuery {
     on_or_after: Option<i64>,
+    before: Option<i64>,
     page_number: Option<usize>,
     page_size: Option<usize>,
 }
@@ -877,6 +1039,10 @@ async fn sessions(
             x["sessionId"].as_str().map(str::to_string),
         )
     });
+    // `before` is exclusive (epoch ms), as the SDK's parameter name says.
+    if let Some(before) = q.before {
+        all.retain(|x| x["beginTime"].as_i64().unwrap_or(0) < before);
+    }
     let total = all.len();
     let items: Vec<Value> = all
         .into_iter()
@@ -885,4 +1051,53 @@ async fn sessions(
         .collect();
     record(&s, "/v1/sessions", &Value::Null, StatusCode::OK);
     Json(json!({"items": items, "totalCount": total})).into_response()
+}
+
+async fn session_by_id(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    delay(&s).await;
+    let path = format!("/v1/sessions/{id}");
+    if !authorized(&s, &headers) {
+        record(&s, &path, &Value::Null, StatusCode::UNAUTHORIZED);
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let found = s
+        .sessions
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|x| x["sessionId"].as_str() == Some(id.as_str()))
+        .cloned();
+    match found {
+        Some(session) => {
+            record(&s, &path, &Value::Null, StatusCode::OK);
+            Json(session).into_response()
+        }
+        None => {
+            record(&s, &path, &Value::Null, StatusCode::NOT_FOUND);
+            error(StatusCode::NOT_FOUND, "session not found")
+        }
+    }
+}
+
+/// The instant an alert sorts and filters by: its `createdAt`, or for a raw record without one
+/// the hidden key it was added with.
+fn sort_micros(alert: &Value) -> i64 {
+    match alert.get("_simCreatedAt") {
+        Some(hidden) => created_micros(&json!({"createdAt": hidden})),
+        None => created_micros(alert),
+    }
+}
+
+/// `createdAt` order, ties broken by [`tie_break`].
+fn sort_alerts(alerts: &mut [Value]) {
+    alerts.sort_by_key(|a| {
+        (
+            sort_micros(a),
+            tie_break(a["id"].as_str().unwrap_or_default()),
+        )
+    });
 }

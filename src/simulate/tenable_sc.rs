@@ -2,12 +2,33 @@
 //! and `/rest/analysis` for `vulndetails` with the real envelope, string-typed rows and offset
 //! paging inside `query`, on loopback.
 //!
-//! Owns: the simulated findings (added and re-observed by tests) and faults: slow responses,
-//! findings arriving between pages (so `totalRecords` changes mid-pass), session expiry, and
-//! `error_code` 146 for an unknown filter. Must not: be reachable from anything but loopback.
+//! Owns: the simulated findings (added, re-observed, mitigated and corrupted by tests, at once or
+//! scheduled before the n-th analysis request so they land between the pages of a pass) and
+//! faults. Must not: be reachable from anything but loopback.
+//!
+//! Quirks modelled (reference/vendor-apis.md §3 unless noted; harsher behaviour where unsure):
+//! - Envelope `{type, response, error_code, error_msg, warnings, timestamp}`; a non-zero
+//!   `error_code` can come with HTTP 200 (`error_on_ok`; §3.4, pyTenable `_resp_error_check`), an
+//!   unknown filter is 403 with `error_code` 146 (§3.3, pyTenable `analysis.py` docstring).
+//! - Every scalar of a row is a string, and so are `totalRecords`, `startOffset` and `endOffset`
+//!   (§3.3 response, §3.5; pyTenable `test_analysis_vulns_vulndetails_tool` cassette).
+//! - Offset paging inside `query` (`startOffset`/`endOffset`, §3.3), sorted by `sortField`
+//!   (`lastSeen`, or `lastMitigated` for `patched`). Many rows share one second (a scan imports a
+//!   host's findings with one `lastSeen`), and the order of such ties is NOT stable between
+//!   requests: nothing documents a secondary order, so ties are shuffled per request.
+//! - The result set changes under paging: a finding re-observed by a scan mid-pass gets a new
+//!   `lastSeen` (later rows shift left, §3.3 "Cursor and identity" and DESIGN.md); new findings
+//!   are imported between pages, with a scan time that may be before the newest row (the reason
+//!   for `overlap_hours`); a mitigated finding moves from `cumulative` to `patched`, and a
+//!   mitigated one seen again reopens (moves back, leaving the patched window).
+//! - Sessions (§3.2): `POST /rest/token` gives a numeric token and a `TNS_SESSIONID` cookie, both
+//!   needed; an expired or dropped session is answered **HTTP 403 with `error_code` 12**
+//!   ("Invalid token"), as a real SecurityCenter does, not 401 (issue 8, defect 4). Wrong API keys
+//!   are 401 `error_code` 74.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -67,10 +88,43 @@ impl Default for TenableSimConfig {
 pub struct TenableFaults {
     /// Delay every analysis response, milliseconds.
     pub delay_ms: AtomicU64,
-    /// Findings that appear inside the queried window each time a page after the first is served.
+    /// Findings that appear inside the queried window (60 s before its end) with every analysis
+    /// request, so the result set grows between the pages of a pass.
     pub arrivals_per_page: AtomicU64,
     /// Answer this many analysis requests with HTTP 200 but a non-zero `error_code`.
     pub error_on_ok: AtomicU64,
+    /// Refuse every session, even a fresh one (403, `error_code` 12), as a server does whose
+    /// session handling is broken; logins still succeed.
+    pub sessions_refused: AtomicBool,
+}
+
+/// A change to the simulated findings, applied at once or scheduled between analysis requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenableChange {
+    /// A scan sees finding `n` again at `at` (epoch seconds): its `lastSeen` moves; a mitigated
+    /// finding reopens (moves back from `patched` to `cumulative`).
+    Reobserve {
+        /// The finding's number.
+        n: u64,
+        /// The new `lastSeen`, epoch seconds.
+        at: i64,
+    },
+    /// `count` new open findings are imported, last seen at `at` (epoch seconds).
+    Insert {
+        /// How many.
+        count: u64,
+        /// Their `lastSeen`, epoch seconds.
+        at: i64,
+    },
+    /// Finding `n` is fixed: it moves to `patched`, mitigated at `at` (epoch seconds).
+    Mitigate {
+        /// The finding's number.
+        n: u64,
+        /// `lastMitigated`, epoch seconds.
+        at: i64,
+    },
+    /// Every session ends (server restart, timeout): the next request with one gets 403/12.
+    ExpireSessions,
 }
 
 /// One finding: a plugin result on a host's port.
@@ -86,6 +140,8 @@ struct Finding {
     first_seen: i64,
     last_seen: i64,
     mitigated: Option<i64>,
+    /// A field rendered with this text instead of its value (a malformed row).
+    corrupt: Option<(String, String)>,
 }
 
 struct Shared {
@@ -98,6 +154,12 @@ struct Shared {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     analysis_requests: Mutex<Vec<(Value, u16)>>,
+    /// Analysis requests received so far (the clock scheduled changes run on).
+    analysis_count: AtomicU64,
+    /// Changes waiting for their request number, in the order they were scheduled.
+    pending: Mutex<Vec<(u64, TenableChange)>>,
+    /// Every (patched, identity) that has existed.
+    ever: Mutex<BTreeSet<(bool, String)>>,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -139,6 +201,9 @@ impl TenableSim {
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             analysis_requests: Mutex::new(Vec::new()),
+            analysis_count: AtomicU64::new(0),
+            pending: Mutex::new(Vec::new()),
+            ever: Mutex::new(BTreeSet::new()),
         });
         let app = Router::new()
             .route("/rest/system", get(system))
@@ -179,38 +244,89 @@ impl TenableSim {
             .unwrap_or_else(|e| e.into_inner());
         let start = findings.len() as u64;
         let span = (to - from).max(1);
-        (0..count)
+        let numbers = (0..count)
             .map(|i| {
                 let n = start + i;
                 let last_seen = from + (i as i64 * span) / count.max(1) as i64;
                 findings.push(new_finding(self.shared.config.seed, n, last_seen));
                 n
             })
-            .collect()
+            .collect();
+        remember(&self.shared, &findings[start as usize..]);
+        numbers
     }
 
-    /// A scan sees finding `n` again at `at` (epoch seconds).
+    /// A scan sees finding `n` again at `at` (epoch seconds); a mitigated finding reopens.
     pub fn reobserve(&self, n: u64, at: i64) {
-        let mut findings = self
-            .shared
-            .findings
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = findings.iter_mut().find(|f| f.n == n) {
-            f.last_seen = at;
-        }
+        self.change(TenableChange::Reobserve { n, at });
     }
 
     /// Finding `n` is fixed: it moves to the patched set, mitigated at `at`.
     pub fn mitigate(&self, n: u64, at: i64) {
+        self.change(TenableChange::Mitigate { n, at });
+    }
+
+    /// Every session ends now; the next request with one is answered 403, `error_code` 12.
+    pub fn expire_sessions(&self) {
+        self.change(TenableChange::ExpireSessions);
+    }
+
+    /// Applies `change` now.
+    pub fn change(&self, change: TenableChange) {
+        apply(&self.shared, &change);
+    }
+
+    /// Applies `change` just before the analysis request number `request` (counted from 1 since
+    /// the start) is answered, so it lands between the pages of a pass.
+    pub fn schedule(&self, request: u64, change: TenableChange) {
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.push((request, change));
+        }
+    }
+
+    /// Applies every scheduled change whose request has not come yet, in order; returns how many.
+    pub fn apply_pending(&self) -> usize {
+        let due: Vec<(u64, TenableChange)> = match self.shared.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => Vec::new(),
+        };
+        for (_, change) in &due {
+            apply(&self.shared, change);
+        }
+        due.len()
+    }
+
+    /// Analysis requests received so far.
+    pub fn analysis_count(&self) -> u64 {
+        self.shared.analysis_count.load(Ordering::SeqCst)
+    }
+
+    /// Renders `field` of finding `n` as `text` from now on (a malformed row, e.g. a port of
+    /// `"n/a"`).
+    pub fn corrupt(&self, n: u64, field: &str, text: &str) {
         let mut findings = self
             .shared
             .findings
             .write()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(f) = findings.iter_mut().find(|f| f.n == n) {
-            f.mitigated = Some(at);
+            f.corrupt = Some((field.to_string(), text.to_string()));
         }
+    }
+
+    /// Every identity that has existed so far in `cumulative` (open) or `patched` (mitigated),
+    /// including observations already replaced by a later one.
+    pub fn identities_ever(&self, patched: bool) -> Vec<String> {
+        self.shared
+            .ever
+            .lock()
+            .map(|ever| {
+                ever.iter()
+                    .filter(|(p, _)| *p == patched)
+                    .map(|(_, id)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The identities secrelay should derive for every finding currently in `cumulative` (open)
@@ -224,17 +340,7 @@ impl TenableSim {
         findings
             .iter()
             .filter(|f| f.mitigated.is_some() == patched)
-            .map(|f| {
-                let host = if f.dns.is_empty() {
-                    agent_uuid(self.shared.config.seed, f)
-                } else {
-                    f.dns.clone()
-                };
-                format!(
-                    "{}|{}|{}|{}|{}|{}|{}",
-                    f.repository, f.ip, host, f.plugin, f.port, f.protocol, f.last_seen
-                )
-            })
+            .map(|f| identity(self.shared.config.seed, f))
             .collect()
     }
 
@@ -263,6 +369,60 @@ impl TenableSim {
     }
 }
 
+/// The identity DESIGN.md gives a finding's current observation.
+fn identity(seed: u64, f: &Finding) -> String {
+    let host = if f.dns.is_empty() {
+        agent_uuid(seed, f)
+    } else {
+        f.dns.clone()
+    };
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}",
+        f.repository, f.ip, host, f.plugin, f.port, f.protocol, f.last_seen
+    )
+}
+
+/// Adds every current observation to the ever-existed set.
+fn remember(s: &Shared, findings: &[Finding]) {
+    if let Ok(mut ever) = s.ever.lock() {
+        for f in findings {
+            ever.insert((f.mitigated.is_some(), identity(s.config.seed, f)));
+        }
+    }
+}
+
+fn apply(s: &Shared, change: &TenableChange) {
+    let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
+    // Findings are numbered by their position, so `n` indexes them.
+    let changed = match change {
+        TenableChange::Reobserve { n, at } => findings.get_mut(*n as usize).map(|f| {
+            f.last_seen = *at;
+            f.mitigated = None;
+            *n as usize..*n as usize + 1
+        }),
+        TenableChange::Insert { count, at } => {
+            let first = findings.len();
+            for i in 0..*count {
+                findings.push(new_finding(s.config.seed, first as u64 + i, *at));
+            }
+            Some(first..findings.len())
+        }
+        TenableChange::Mitigate { n, at } => findings.get_mut(*n as usize).map(|f| {
+            f.mitigated = Some(*at);
+            *n as usize..*n as usize + 1
+        }),
+        TenableChange::ExpireSessions => {
+            if let Ok(mut sessions) = s.sessions.lock() {
+                sessions.clear();
+            }
+            None
+        }
+    };
+    if let Some(range) = changed {
+        remember(s, &findings[range]);
+    }
+}
+
 fn new_finding(seed: u64, n: u64, last_seen: i64) -> Finding {
     let r = mix(seed ^ mix(n));
     const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "ICMP"];
@@ -283,6 +443,7 @@ fn new_finding(seed: u64, n: u64, last_seen: i64) -> Finding {
         first_seen: last_seen - 86_400 * ((r >> 32) % 90) as i64,
         last_seen,
         mitigated: None,
+        corrupt: None,
     }
 }
 
@@ -304,7 +465,7 @@ fn render(seed: u64, f: &Finding) -> Value {
     let severity = (r % 5) as usize;
     let names = ["Info", "Low", "Medium", "High", "Critical"];
     let uuid = agent_uuid(seed, f);
-    json!({
+    let mut row = json!({
         "pluginID": f.plugin.to_string(),
         "severity": {"id": severity.to_string(), "name": names[severity], "description": format!("{} Severity", names[severity])},
         "hasBeenMitigated": if f.mitigated.is_some() { "1" } else { "0" },
@@ -333,7 +494,11 @@ fn render(seed: u64, f: &Finding) -> Value {
         "family": {"id": "1", "name": "General", "type": "active"},
         "repository": {"id": f.repository.to_string(), "name": format!("Repository {}", f.repository), "description": "", "dataFormat": "IPv4"},
         "pluginInfo": format!("{} ({}/6) Simulated check", f.plugin, f.port),
-    })
+    });
+    if let Some((field, text)) = &f.corrupt {
+        row[field.as_str()] = json!(text);
+    }
+    row
 }
 
 fn envelope(status: StatusCode, response: Value, error_code: i64, error_msg: &str) -> Response {
@@ -397,6 +562,9 @@ fn session_of(s: &Shared, headers: &HeaderMap) -> Option<String> {
         .ok()?
         .split(';')
         .find_map(|c| c.trim().strip_prefix("TNS_SESSIONID="))?;
+    if s.faults.sessions_refused.load(Ordering::SeqCst) {
+        return None;
+    }
     let sessions = s.sessions.lock().ok()?;
     sessions
         .iter()
@@ -415,8 +583,13 @@ async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
             s.logouts.fetch_add(1, Ordering::SeqCst);
             envelope(StatusCode::OK, json!(""), 0, "")
         }
-        None => envelope(StatusCode::UNAUTHORIZED, json!(""), 74, "Invalid token"),
+        None => invalid_token(),
     }
+}
+
+/// What a real SecurityCenter answers a request whose session expired or was dropped.
+fn invalid_token() -> Response {
+    envelope(StatusCode::FORBIDDEN, json!(""), 12, "Invalid token")
 }
 
 fn api_key_ok(s: &Shared, headers: &HeaderMap) -> bool {
@@ -457,7 +630,21 @@ async fn analysis(
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
-    let response = analysis_response(&s, &headers, &body);
+    let number = s.analysis_count.fetch_add(1, Ordering::SeqCst) + 1;
+    let due: Vec<TenableChange> = match s.pending.lock() {
+        Ok(mut pending) => {
+            let (due, later) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(at, _)| *at <= number);
+            *pending = later;
+            due.into_iter().map(|(_, c)| c).collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    for change in &due {
+        apply(&s, change);
+    }
+    let response = analysis_response(&s, &headers, &body, number);
     if let Ok(mut log) = s.analysis_requests.lock() {
         log.push((body, response.status().as_u16()));
     }
@@ -469,9 +656,15 @@ fn window(value: &str) -> Option<(i64, i64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Response {
-    if !api_key_ok(s, headers) && session_of(s, headers).is_none() {
-        return envelope(StatusCode::UNAUTHORIZED, json!(""), 74, "Invalid token");
+fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64) -> Response {
+    if !api_key_ok(s, headers) {
+        if headers.contains_key("x-securitycenter") {
+            if session_of(s, headers).is_none() {
+                return invalid_token();
+            }
+        } else {
+            return envelope(StatusCode::UNAUTHORIZED, json!(""), 74, "Invalid API keys");
+        }
     }
     if s.faults
         .error_on_ok
@@ -544,13 +737,18 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Response 
     let end = query["endOffset"].as_u64().unwrap_or(50) as usize;
     // New findings arrive while a pass is under way: inside the window, so totalRecords changes.
     let arrivals = s.faults.arrivals_per_page.load(Ordering::SeqCst);
-    if start > 0 && arrivals > 0 {
+    if arrivals > 0 {
         if let Some((_, a, b)) = bounds {
             let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
-            let first = findings.len() as u64;
+            let first = findings.len();
             for i in 0..arrivals {
-                findings.push(new_finding(s.config.seed, first + i, (b - 60).max(a)));
+                findings.push(new_finding(
+                    s.config.seed,
+                    (first as u64) + i,
+                    (b - 60).max(a),
+                ));
             }
+            remember(s, &findings[first..]);
         }
     }
     let findings = s.findings.read().unwrap_or_else(|e| e.into_inner());
@@ -576,7 +774,8 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value) -> Response 
             f.last_seen
         }
     };
-    matched.sort_by_key(|f| (key(f), f.n));
+    // Ties in the sort field come back in a different order on every request.
+    matched.sort_by_cached_key(|f| (key(f), mix(mix(s.config.seed ^ number) ^ f.n)));
     let total = matched.len();
     let rows: Vec<Value> = matched
         .iter()

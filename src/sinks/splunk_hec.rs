@@ -358,10 +358,25 @@ impl Sink for HecSink {
                     .all(|(c, _, seq)| c == channel && *seq == last);
                 let ids = pending.iter().map(|(_, id, _)| *id).collect();
                 let acked = same_batch && self.wait_for_acks(channel, ids).await;
+                // What the receiver refused in that send is still refused: dead-letter it now.
+                let refused = if acked {
+                    self.store
+                        .pending_rejects(&self.name)
+                        .await
+                        .map_err(|e| self.unavailable(e.to_string(), None))?
+                } else {
+                    Vec::new()
+                };
                 let _ = self.store.clear_pending_acks(&self.name).await;
                 if acked {
                     tracing::info!(sink = %self.name, "acks of the batch sent before the restart arrived; not sending it again");
-                    return Ok(Delivered::default());
+                    let rejected = refused
+                        .into_iter()
+                        .filter_map(|(seq, reason)| {
+                            batch.iter().position(|r| r.seq == seq).map(|i| (i, reason))
+                        })
+                        .collect();
+                    return Ok(Delivered { rejected });
                 }
             }
         }
@@ -378,8 +393,19 @@ impl Sink for HecSink {
         self.send_all(&events, channel.as_deref(), &mut rejected, &mut acks)
             .await?;
         if let (Some(channel), false) = (channel, acks.is_empty()) {
+            let refused: Vec<(i64, String)> = rejected
+                .iter()
+                .map(|(i, reason)| (batch[*i].seq, reason.clone()))
+                .collect();
             self.store
-                .save_pending_acks(&self.name, &channel, &acks, last, chrono::Utc::now())
+                .save_pending_acks(
+                    &self.name,
+                    &channel,
+                    &acks,
+                    last,
+                    &refused,
+                    chrono::Utc::now(),
+                )
                 .await
                 .map_err(|e| self.unavailable(e.to_string(), None))?;
             let acked = self.wait_for_acks(&channel, acks).await;

@@ -19,12 +19,19 @@ const EXCERPT: usize = 300;
 
 /// Builds the HTTP client sources share (rustls with the ring provider, timeouts from `[http]`).
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {
+    builder(settings, Duration::from_secs_f64(settings.timeout_secs)).build()
+}
+
+/// What every vendor client has in common. Redirects are never followed: requests carry
+/// credentials in headers (`X-APIKey`, `X-SecurityCenter`, bearer tokens) that must not travel to
+/// wherever a vendor answer points, or over plain HTTP; a 3xx is reported as the vendor's answer.
+fn builder(settings: &HttpSettings, timeout: Duration) -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(settings.timeout_secs))
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_secs))
         .user_agent(concat!("secrelay/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// TLS settings for servers that need more than the system roots.
@@ -46,12 +53,7 @@ pub fn client_with_tls(
     timeout: Duration,
     key_prefix: &str,
 ) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_secs))
-        .user_agent(concat!("secrelay/", env!("CARGO_PKG_VERSION")))
-        .danger_accept_invalid_certs(!tls.verify);
+    let mut builder = builder(settings, timeout).danger_accept_invalid_certs(!tls.verify);
     if let Some(path) = &tls.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| format!("{key_prefix}.ca_file {}: {e}", path.display()))?;
@@ -132,6 +134,30 @@ fn transport_detail(e: &reqwest::Error) -> String {
 
 /// Reads a successful response as JSON `T`; any other status becomes the matching error.
 pub async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T, SourceError> {
+    read_json_as(response, Quote::Excerpt).await
+}
+
+/// Reads a token endpoint's JSON answer like [`read_json`], but never quotes its body in an error:
+/// a 200 that does not parse may still carry a token (`{"access_token": …`), and an error message
+/// ends up in logs and the state database. A failed status keeps only the OAuth `error` and
+/// `error_description` fields, which say what is wrong without carrying a credential.
+pub async fn read_token_json<T: DeserializeOwned>(response: Response) -> Result<T, SourceError> {
+    read_json_as(response, Quote::OauthErrorOnly).await
+}
+
+/// How much of a vendor body an error may quote.
+#[derive(Clone, Copy)]
+enum Quote {
+    /// A short single-line excerpt.
+    Excerpt,
+    /// Nothing but the OAuth `error`/`error_description` fields of a failed status.
+    OauthErrorOnly,
+}
+
+async fn read_json_as<T: DeserializeOwned>(
+    response: Response,
+    quote: Quote,
+) -> Result<T, SourceError> {
     let url = display_url(response.url());
     let status = response.status();
     let headers = response.headers().clone();
@@ -140,16 +166,40 @@ pub async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T, Sou
         detail: format!("body could not be read: {}", transport_detail(&e)),
     })?;
     if !status.is_success() {
-        return Err(status_error(status, &headers, &body, url));
+        let shown = match quote {
+            Quote::Excerpt => body.clone(),
+            Quote::OauthErrorOnly => oauth_error(&body),
+        };
+        return Err(status_error(status, &headers, &shown, url));
     }
     serde_json::from_str(&body).map_err(|e| SourceError::Malformed {
-        detail: format!(
-            "{e} (body {} bytes, starts {:?})",
-            body.len(),
-            excerpt(&body)
-        ),
+        detail: match quote {
+            Quote::Excerpt => format!(
+                "{e} (body {} bytes, starts {:?})",
+                body.len(),
+                excerpt(&body)
+            ),
+            Quote::OauthErrorOnly => format!(
+                "the token response is not the JSON expected ({} bytes, not quoted: it may hold a \
+                 credential)",
+                body.len()
+            ),
+        },
         url,
     })
+}
+
+/// The OAuth `error` and `error_description` of a failed token request, if the body has them.
+fn oauth_error(body: &str) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(body) else {
+        return format!("({} bytes, not quoted)", body.len());
+    };
+    let text = |key: &str| fields.get(key).and_then(serde_json::Value::as_str);
+    match (text("error"), text("error_description")) {
+        (Some(e), Some(d)) => format!("{e}: {d}"),
+        (Some(e), None) => e.to_string(),
+        _ => format!("({} bytes, not quoted)", body.len()),
+    }
 }
 
 /// The error a non-success status means.
@@ -230,6 +280,122 @@ mod tests {
             status_error(StatusCode::BAD_REQUEST, &h, "", "u".into()),
             SourceError::Rejected { .. }
         ));
+    }
+
+    fn response(status: u16, body: &str) -> Response {
+        Response::from(
+            axum::http::Response::builder()
+                .status(status)
+                .body(body.to_string())
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_token_response_is_never_quoted_in_an_error() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.secret-token";
+        let unparseable = format!(r#"{{"access_token":"{secret}","expires_in":"soon"#);
+        for (status, body) in [
+            (200, unparseable.as_str()),
+            (500, unparseable.as_str()),
+            (
+                200,
+                r#"{"access_token":"eyJhbGciOiJSUzI1NiJ9.secret-token"}"#,
+            ),
+        ] {
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Token {
+                expires_in: u64,
+            }
+            let err = read_token_json::<Token>(response(status, body))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("secret-token"), "{err}");
+            assert!(err.contains("not quoted"), "{err}");
+        }
+        // The same body read as data is quoted, which is why tokens take the other path.
+        let err =
+            read_json::<serde_json::Map<String, serde_json::Value>>(response(200, &unparseable))
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("secret-token"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_request_keeps_the_oauth_error_only() {
+        let err = read_token_json::<serde_json::Value>(response(
+            401,
+            r#"{"error":"invalid_client","error_description":"Client authentication failed","trace":"x"}"#,
+        ))
+        .await
+        .unwrap_err();
+        assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid_client: Client authentication failed")
+                && !text.contains("trace"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_credentials() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let elsewhere_hits = std::sync::Arc::new(AtomicU64::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_url = format!("http://{}/collect", elsewhere.local_addr().unwrap());
+        let collect = axum::Router::new().route(
+            "/collect",
+            axum::routing::get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(elsewhere, collect).await });
+        let vendor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vendor_url = format!("http://{}/api", vendor.local_addr().unwrap());
+        let redirect = axum::Router::new().route(
+            "/api",
+            axum::routing::get(move || async move {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(reqwest::header::LOCATION, elsewhere_url)],
+                )
+            }),
+        );
+        tokio::spawn(async move { axum::serve(vendor, redirect).await });
+
+        let settings = HttpSettings {
+            timeout_secs: 5.0,
+            connect_timeout_secs: 5.0,
+        };
+        for client in [
+            client(&settings).unwrap(),
+            client_with_tls(
+                &settings,
+                &TlsOptions::default(),
+                Duration::from_secs(5),
+                "t",
+            )
+            .unwrap(),
+        ] {
+            let request = client
+                .get(&vendor_url)
+                .header("X-APIKey", "accessKey=a; secretKey=b");
+            let response = send(request, &vendor_url).await.unwrap();
+            assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+            let err = read_json::<serde_json::Value>(response).await.unwrap_err();
+            assert!(matches!(err, SourceError::Rejected { .. }), "{err}");
+        }
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "the credentials stayed home"
+        );
     }
 
     #[test]

@@ -50,7 +50,12 @@ impl Vendor {
             (Vendor::Code42, "file_events") => code42::cef::file_event(record),
             (Vendor::Code42, "alerts") => code42::cef::alert(record),
             (Vendor::Code42, "sessions") => code42::cef::session(record),
-            (Vendor::TenableSc, _) => tenable_sc::cef::finding(record),
+            (Vendor::TenableSc, "mitigated") => {
+                tenable_sc::cef::finding(record, tenable_sc::cef::FindingKind::Mitigated)
+            }
+            (Vendor::TenableSc, _) => {
+                tenable_sc::cef::finding(record, tenable_sc::cef::FindingKind::Open)
+            }
             (Vendor::Jamf, "inventory") => jamf::cef::inventory(record),
             (vendor, stream) => {
                 let (name, product) = match vendor {

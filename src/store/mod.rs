@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,9 +221,9 @@ impl Store {
                 .map_err(|e| open_err(format!("creating {}: {e}", dir.display())))?;
         }
         create_private_file(path).map_err(|e| open_err(e.to_string()))?;
-        let url = format!("sqlite://{}", path.display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .map_err(|e| open_err(e.to_string()))?
+        // A file name, not a URL: `?` and `#` in the path are part of the name.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed page survives power loss, not only a process crash.
             .synchronous(SqliteSynchronous::Full)
@@ -810,12 +809,16 @@ impl Store {
     }
 
     /// Remembers the ack ids a batch ending at `last_seq` waits for.
+    ///
+    /// `rejected` are the outbox positions of the batch's records the receiver refused, with why:
+    /// kept with the acks, so that a restart that finds the acks answered still dead-letters them.
     pub async fn save_pending_acks(
         &self,
         sink: &str,
         channel: &str,
         ack_ids: &[u64],
         last_seq: i64,
+        rejected: &[(i64, String)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self
@@ -839,6 +842,17 @@ impl Store {
                 .await
                 .map_err(query_err("saving pending acks"))?;
         }
+        for (seq, reason) in rejected {
+            sqlx::query(
+                "INSERT OR REPLACE INTO pending_rejects (sink, seq, reason) VALUES (?, ?, ?)",
+            )
+            .bind(sink)
+            .bind(seq)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("saving pending rejects"))?;
+        }
         tx.commit()
             .await
             .map_err(query_err("committing pending acks"))?;
@@ -860,13 +874,35 @@ impl Store {
             .collect())
     }
 
-    /// Forgets the acks of `sink` (answered, or given up and the batch sent again).
+    /// The refused records saved with the pending acks of `sink`: (outbox position, reason).
+    pub async fn pending_rejects(&self, sink: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, reason FROM pending_rejects WHERE sink = ? ORDER BY seq")
+                .bind(sink)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("reading pending rejects"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Forgets the acks of `sink` and the refused records kept with them (answered, or given up
+    /// and the batch sent again).
     pub async fn clear_pending_acks(&self, sink: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM pending_acks WHERE sink = ?")
-            .bind(sink)
-            .execute(&self.pool)
+        let mut tx = self
+            .pool
+            .begin()
             .await
-            .map_err(query_err("clearing pending acks"))?;
+            .map_err(query_err("starting to clear acks"))?;
+        for table in ["pending_acks", "pending_rejects"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE sink = ?"))
+                .bind(sink)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("clearing pending acks"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_err("committing cleared acks"))?;
         Ok(())
     }
 }
@@ -1056,7 +1092,14 @@ mod tests {
                 "created once"
             );
             store
-                .save_pending_acks("hec", "chan-1", &[4, 5], 99, Utc::now())
+                .save_pending_acks(
+                    "hec",
+                    "chan-1",
+                    &[4, 5],
+                    99,
+                    &[(97, "code 6".to_string())],
+                    Utc::now(),
+                )
                 .await
                 .unwrap();
             store.close().await;
@@ -1067,8 +1110,35 @@ mod tests {
             pending,
             vec![("chan-1".to_string(), 4, 99), ("chan-1".to_string(), 5, 99)]
         );
+        assert_eq!(
+            store.pending_rejects("hec").await.unwrap(),
+            vec![(97, "code 6".to_string())]
+        );
         store.clear_pending_acks("hec").await.unwrap();
         assert!(store.pending_acks("hec").await.unwrap().is_empty());
+        assert!(store.pending_rejects("hec").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_path_with_url_characters_is_a_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state?mode=ro#1.db");
+        let store = Store::open(&path, Access::Writer).await.unwrap();
+        let page = Page {
+            events: vec![event("a", 1)],
+            ..Page::default()
+        };
+        store
+            .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 0,
+            "written where it was told"
+        );
+        let reopened = Store::open(&path, Access::Reader).await.unwrap();
+        assert_eq!(reopened.outbox_totals().await.unwrap().rows, 1);
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@
 //! names its seeds, and `SECRELAY_TIMELINE_SEED=S` replays one. Nothing sleeps: the vendor clocks are
 //! simulated and the scheduler's backoff is a millisecond.
 
+mod code42;
 mod harness;
 mod jamf;
 mod sophos;
+mod tenable_sc;

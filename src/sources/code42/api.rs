@@ -145,6 +145,20 @@ impl Api {
         read_json(response).await
     }
 
+    /// `GET url` as JSON, or `None` when the vendor answers 404 (the record is gone).
+    pub async fn get_optional<T: DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<Option<T>, SourceError> {
+        let response = self
+            .authed(|token| self.http.get(url).bearer_auth(token), url)
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        read_json(response).await.map(Some)
+    }
+
     /// `POST url` with a JSON body; a 400 naming `INVALID_PAGE_TOKEN` is reported as such.
     pub async fn post<T: DeserializeOwned>(
         &self,

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::settings::{Code42Auth, Secret};
-use crate::sources::http::{read_json, send};
+use crate::sources::http::{read_json, read_token_json, send};
 use crate::sources::SourceError;
 
 /// Renew this long before expiry (the Incydr SDK has no margin and races the expiry).
@@ -108,7 +108,7 @@ impl Tokens {
             Code42Auth::ApiClient => {
                 let url = format!("{}/v1/oauth", self.api_url);
                 let response = send(basic(self.http.post(&url)), &url).await?;
-                let token: OauthResponse = read_json(response).await?;
+                let token: OauthResponse = read_token_json(response).await?;
                 Ok((
                     token.access_token,
                     Duration::from_secs(token.expires_in.unwrap_or(900)),
@@ -118,12 +118,13 @@ impl Tokens {
                 let url = format!("{}/api/v3/oauth/token", self.console_url);
                 let request =
                     basic(self.http.post(&url)).query(&[("grant_type", "client_credentials")]);
-                let body: Value = read_json(send(request, &url).await?).await?;
+                let body: Value = read_token_json(send(request, &url).await?).await?;
+                // serde's message may quote a value of the body: say only what was expected.
                 let token: OauthResponse =
-                    serde_json::from_value(unwrap_data(body)).map_err(|e| {
+                    serde_json::from_value(unwrap_data(body)).map_err(|_| {
                         SourceError::Malformed {
                             url: url.clone(),
-                            detail: format!("token response: {e}"),
+                            detail: "the token response has no access_token string".into(),
                         }
                     })?;
                 Ok((
@@ -134,7 +135,7 @@ impl Tokens {
             Code42Auth::LegacyUser => {
                 let url = format!("{}/api/v3/auth/jwt", self.console_url);
                 let request = basic(self.http.get(&url)).query(&[("useBody", "true")]);
-                let body: Value = read_json(send(request, &url).await?).await?;
+                let body: Value = read_token_json(send(request, &url).await?).await?;
                 let token = unwrap_data(body)
                     .get("v3_user_token")
                     .and_then(Value::as_str)

@@ -7,7 +7,8 @@
 //! `eventType` or the v2 `event.action`: created → C42200, modified → C42201, deleted → C42202,
 //! read by an application → C42203, emailed → C42204, anything else C42000 (code42cli's default).
 //! Severity from the risk severity (NO_RISK 0, LOW 3, MODERATE 5, HIGH 8, CRITICAL 10), 5 when
-//! the event has none (code42cli's default).
+//! the event has none (code42cli's default): `super::file_event_severity`, the rule the envelope
+//! uses too.
 //!
 //! Where several fields map to one key, the first present wins, in this order:
 //! - `suser`: actor, then deviceUserName, then emailSender (v2: `user.email`, then
@@ -24,7 +25,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{at, risk_severity};
+use super::{at, file_event_severity, risk_severity};
 use crate::encode::cef::CefRecord;
 
 const VENDOR: &str = "Code42";
@@ -120,7 +121,8 @@ pub fn file_event(record: &Value) -> CefRecord {
         v2: record.get("event").is_some_and(Value::is_object),
     };
     let action = v.text("eventType", "event.action").unwrap_or_default();
-    let severity = risk_severity(v.text("riskSeverity", "risk.severity").as_deref()).unwrap_or(5);
+    // The same rule as the envelope's severity, so both say the same of one event.
+    let severity = file_event_severity(record);
     let mut cef = CefRecord::new(
         VENDOR,
         PRODUCT,

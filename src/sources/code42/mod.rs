@@ -11,9 +11,30 @@
 //!   become searchable up to 15 minutes after their insertion time; the seen-set drops the overlap.
 //!   `INVALID_PAGE_TOKEN` restarts the window from the stored `since`, never from the beginning of
 //!   history. The configured filters are stored with the cursor: a change restarts the window.
-//! - alerts: `createdAt` at or after the newest one seen (boundary repeats dropped by id).
-//! - sessions: sweeps over the sessions begun within `session_window_hours`; each change of a session
-//!   (`sessionId`, `lastUpdated`) is forwarded once.
+//! - alerts: `createdAt` ON_OR_AFTER `since` (milliseconds, as queries are sent), `srtKey
+//!   CreatedAt` ascending, 0-based `pgNum`. The cursor keeps `since` and the ids already delivered
+//!   in `since`'s millisecond, as the Incydr CLI does (§1.8): the inclusive filter repeats them on
+//!   every poll and they are dropped by id. A page with newer alerts moves `since` to the newest
+//!   millisecond on it (its ids become the boundary set). Only a FULL page that lies wholly at
+//!   `since` steps `pgNum` (`skip`) on, since more may share the instant; a short page ends the pass
+//!   with `skip` back at 0, so the next pass re-reads the boundary from page 0, where a late alert
+//!   at that instant may have sorted (ties are in no documented order). Cost at rest: one query
+//!   (plus one per full page of alerts sharing the boundary millisecond).
+//! - sessions: the API filters on `beginTime` only (§1.5), yet a session changes (an analyst closes
+//!   it, notes, scores: `lastUpdated` moves) long after it began. Changes are followed by
+//!   `lastUpdated` in two phases per pass. (1) The sweep: every session begun within
+//!   `session_window_hours` (`on_or_after` fixed for the pass, `page_number` paging). (2) The
+//!   follow phase: the cursor keeps every session last seen in a state that is not closed
+//!   (`sessionId` → `beginTime`, `lastUpdated`); those that began before the sweep's window are
+//!   re-read one by one with `GET /v1/sessions/{id}`, `session_page_size` of them per poll. A
+//!   session seen closed is dropped from the set; a 404 drops it too. Cost per pass: the window's
+//!   sessions / `session_page_size` list requests, plus one GET per open session older than the
+//!   window; the set is bounded by dropping sessions that began more than 90 days ago (Code42's
+//!   search horizon, §1.4), with a warning. Not followed: a session already closed when it leaves
+//!   the window and reopened later (OPEN_NEW_DATA), or first created with a `beginTime` older than
+//!   the window. Each change (`sessionId`, `lastUpdated`) is one event; the seen-set drops repeats.
+//! - A record that cannot become an event (no id, an unparseable `createdAt`, a session without
+//!   `sessionId`/`lastUpdated`) goes to `Page::rejected` and the cursor moves past it.
 //!
 //! Invariant: an event's `time` is the field the cursor windows on, so `backfill --reset --days N`
 //! forgets exactly the ids it fetches again.
@@ -27,7 +48,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::event::{Event, Page, Partition, Severity};
+use std::collections::BTreeMap;
+
+use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{Code42Auth, Code42Settings, Code42Stream, FileEventsApi, Secret};
 use crate::sources::{Source, SourceError};
 use api::{Api, Reply, ALERT_SERVICE, FORENSIC_SEARCH};
@@ -64,6 +87,14 @@ pub fn risk_severity(name: Option<&str>) -> Option<u8> {
         "CRITICAL" => 10,
         _ => return None,
     })
+}
+
+/// Severity of a file event (v1 or v2), the one rule for the envelope and CEF: its risk severity
+/// on the 0–10 scale, or 5 when it has none (or one this version does not know), as code42cli's
+/// CEF output did (reference/vendor-apis.md §1.9).
+pub fn file_event_severity(record: &Value) -> u8 {
+    risk_severity(text(record, "risk.severity").or_else(|| text(record, "riskSeverity")))
+        .unwrap_or(5)
 }
 
 fn iso(t: DateTime<Utc>) -> String {
@@ -106,17 +137,82 @@ struct WindowCursor {
     filters: Value,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The alert cursor: `createdAt` on or after `since`, and the ids already delivered at `since`
+/// (as the Incydr CLI keeps them, reference §1.8). Reads the `{"since", "skip"}` cursors of
+/// earlier versions (`seen` empty: the seen-set drops the repeats).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct AlertCursor {
+    /// Lower bound (inclusive) of `createdAt`, at the millisecond the query is sent with.
     since: DateTime<Utc>,
-    /// Pages to skip at `since` (only when a whole page shares one `createdAt`).
+    /// Ids of the alerts in `since`'s millisecond already delivered.
+    #[serde(default)]
+    seen: Vec<String>,
+    /// The `pgNum` to read at `since`: above 0 only while FULL pages of alerts in `since`'s
+    /// millisecond are being stepped over.
     #[serde(default)]
     skip: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The session cursor: the pass in progress and the sessions still open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct SessionCursor {
+    /// Next `page_number` of the sweep.
+    #[serde(default)]
     page: u32,
+    /// Window start of the pass in progress (epoch ms): `on_or_after` of its sweep, fixed while
+    /// the pass lasts so its pages do not shift. `None` between passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<i64>,
+    /// Set once the sweep is done: the follow phase re-reads open sessions begun before `from`
+    /// whose id sorts after this one (`""`: from the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    follow_after: Option<String>,
+    /// Sessions last seen in a state that is not closed: `sessionId` → (`beginTime`,
+    /// `lastUpdated`), epoch ms.
+    #[serde(default)]
+    open: BTreeMap<String, (i64, i64)>,
+}
+
+/// Open sessions older than this are no longer followed: Code42 searches 90 days back (§1.4).
+const FOLLOW_HORIZON_DAYS: i64 = 90;
+
+/// A time truncated to the millisecond, the precision of query filters (§1.4).
+fn floor_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(t.timestamp_millis())
+        .single()
+        .unwrap_or(t)
+}
+
+/// An alert summary's id and `createdAt`, or why it cannot become an event.
+fn alert_identity(raw: &RawValue) -> Result<(String, DateTime<Utc>), String> {
+    let v: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not an object: {e}"))?;
+    let id = text(&v, "id")
+        .filter(|id| !id.is_empty())
+        .ok_or("an alert has no id")?;
+    let created = parse_time(text(&v, "createdAt"))
+        .ok_or_else(|| format!("alert {id} has no parseable createdAt"))?;
+    Ok((id.to_string(), created))
+}
+
+/// Whether a session's current state (its last `states` entry, as `cef.rs` reads it) is closed.
+fn session_closed(session: &Value) -> bool {
+    at(session, "states")
+        .and_then(Value::as_array)
+        .and_then(|s| s.last())
+        .and_then(|s| text(s, "state"))
+        .is_some_and(|state| state.to_ascii_uppercase().starts_with("CLOSED"))
+}
+
+/// An id as one URL path segment (percent-encoding everything but unreserved characters).
+fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -147,7 +243,11 @@ pub struct Code42Source {
     settings: Code42Settings,
     api: Api,
     lookback: Duration,
+    clock: Clock,
 }
+
+/// Where a source reads the present (the real clock unless a simulation shares its own).
+pub type Clock = std::sync::Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 impl Code42Source {
     /// A source for `settings` (secret resolved). `lookback` overrides `initial_lookback_hours`.
@@ -178,7 +278,18 @@ impl Code42Source {
             settings,
             api,
             lookback,
+            clock: std::sync::Arc::new(Utc::now),
         }
+    }
+
+    /// The same source reading the present from `clock` (simulations with a simulated clock).
+    pub fn with_clock(mut self, clock: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        self.clock = std::sync::Arc::new(clock);
+        self
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
     }
 
     fn bad_cursor(&self, stream: &str, e: serde_json::Error) -> SourceError {
@@ -209,7 +320,7 @@ impl Code42Source {
     }
 
     async fn poll_file_events(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        let now = Utc::now();
+        let now = self.now();
         let filters =
             serde_json::to_value(&self.settings.file_event_filters).unwrap_or(Value::Null);
         let mut c = match cursor {
@@ -267,12 +378,14 @@ impl Code42Source {
         {
             tracing::warn!(source = %self.id, url = %url, "the query reported problems: {problems}");
         }
-        let events = page
-            .file_events
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| file_event(raw, &url, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::with_capacity(page.file_events.len());
+        let mut rejected = Vec::new();
+        for raw in &page.file_events {
+            match file_event(raw) {
+                Ok(event) => events.push(event),
+                Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, raw.get())),
+            }
+        }
         let next = match page.next_pg_token.filter(|t| !t.is_empty()) {
             Some(token) if !events.is_empty() => (
                 WindowCursor {
@@ -296,6 +409,7 @@ impl Code42Source {
         };
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&next.0).unwrap_or_default()),
             more: next.1,
             ..Page::default()
@@ -325,10 +439,13 @@ impl Code42Source {
         let c: AlertCursor = match cursor {
             Some(text) => serde_json::from_str(text).map_err(|e| self.bad_cursor("alerts", e))?,
             None => AlertCursor {
-                since: Utc::now() - self.lookback,
+                since: self.now() - self.lookback,
+                seen: Vec::new(),
                 skip: 0,
             },
         };
+        // Cursors written before the fix may hold microseconds; the query has milliseconds.
+        let since = floor_ms(c.since);
         let tenant = self.api.tokens().tenant_id().await?;
         let (query_url, details_url) = self.alert_urls().await?;
         let size = self.settings.alert_page_size;
@@ -336,7 +453,7 @@ impl Code42Source {
             "tenantId": tenant,
             "groupClause": "AND",
             "groups": [{"filterClause": "AND", "filters": [
-                {"term": "createdAt", "operator": "ON_OR_AFTER", "value": iso(c.since)}
+                {"term": "createdAt", "operator": "ON_OR_AFTER", "value": iso(since)}
             ]}],
             "pgNum": c.skip,
             "pgSize": size,
@@ -347,23 +464,56 @@ impl Code42Source {
             Reply::Page(p) => p,
             Reply::InvalidPageToken => AlertsPage { alerts: Vec::new() },
         };
-        let summaries: Vec<Value> = page
-            .alerts
+        let full = page.alerts.len() as u64 >= u64::from(size);
+        let mut rejected = Vec::new();
+        // (id, createdAt, summary) of every usable alert on the page, in the page's order.
+        let mut usable: Vec<(String, DateTime<Utc>, &RawValue)> = Vec::new();
+        for raw in &page.alerts {
+            match alert_identity(raw) {
+                Ok((id, created)) => usable.push((id, created, raw)),
+                Err(reason) => rejected.push(Rejected::new(query_url.as_str(), reason, raw.get())),
+            }
+        }
+        let newest = usable
             .iter()
-            .map(|raw| serde_json::from_str(raw.get()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| SourceError::Malformed {
-                url: query_url.clone(),
-                detail: e.to_string(),
-            })?;
-        let ids: Vec<String> = summaries
+            .map(|(_, created, _)| floor_ms(*created))
+            .max()
+            .filter(|newest| *newest > since);
+        let next = match newest {
+            // Newer alerts: the boundary moves to the newest millisecond on the page, with the
+            // ids there (the next query repeats them, as ON_OR_AFTER is inclusive).
+            Some(newest) => AlertCursor {
+                since: newest,
+                seen: usable
+                    .iter()
+                    .filter(|(_, created, _)| floor_ms(*created) == newest)
+                    .map(|(id, _, _)| id.clone())
+                    .collect(),
+                skip: 0,
+            },
+            // Only the boundary millisecond: remember its ids. Step to the next page only when
+            // this one was full (more may share the instant); a short page ends the pass, and the
+            // next one reads the boundary again from page 0, where a late tie may have sorted.
+            None => {
+                let mut seen = c.seen.clone();
+                for (id, _, _) in &usable {
+                    if !seen.contains(id) {
+                        seen.push(id.clone());
+                    }
+                }
+                AlertCursor {
+                    since,
+                    seen,
+                    skip: if full { c.skip + 1 } else { 0 },
+                }
+            }
+        };
+        // Alerts at the boundary already delivered are not fetched again.
+        let fresh: Vec<&(String, DateTime<Utc>, &RawValue)> = usable
             .iter()
-            .map(|a| text(a, "id").map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| SourceError::Malformed {
-                url: query_url.clone(),
-                detail: "an alert has no id".into(),
-            })?;
+            .filter(|(id, created, _)| !(floor_ms(*created) <= since && c.seen.contains(id)))
+            .collect();
+        let ids: Vec<String> = fresh.iter().map(|(id, _, _)| id.clone()).collect();
         // Details (observations) for every alert, in batches the API accepts.
         let mut details: std::collections::HashMap<String, Box<RawValue>> =
             std::collections::HashMap::new();
@@ -380,102 +530,174 @@ impl Code42Source {
                 }
             }
         }
-        let mut events = Vec::with_capacity(ids.len());
-        let mut newest = c.since;
-        for ((id, summary), raw) in ids.iter().zip(&summaries).zip(&page.alerts) {
-            let created =
-                parse_time(text(summary, "createdAt")).ok_or_else(|| SourceError::Malformed {
-                    url: query_url.clone(),
-                    detail: format!("alert {id} has no createdAt"),
-                })?;
-            newest = newest.max(created);
-            let severity = risk_severity(text(summary, "riskSeverity"))
-                .or_else(|| risk_severity(text(summary, "severity")))
+        let mut events = Vec::with_capacity(fresh.len());
+        for (id, created, raw) in fresh {
+            let summary: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+            let severity = risk_severity(text(&summary, "riskSeverity"))
+                .or_else(|| risk_severity(text(&summary, "severity")))
                 .unwrap_or(5);
-            let record = details.get(id).unwrap_or(raw);
+            let record: &RawValue = details.get(id).map_or(*raw, |d| d);
             events.push(Event::new(
                 id.clone(),
-                created,
+                *created,
                 Severity::new(severity),
                 record,
             ));
         }
-        let full = events.len() as u32 >= size;
-        let next = if events.is_empty() {
-            c.clone()
-        } else if newest > c.since {
-            AlertCursor {
-                since: newest,
-                skip: 0,
-            }
-        } else {
-            // A whole page at one timestamp: step past it by page number.
-            AlertCursor {
-                since: c.since,
-                skip: c.skip + 1,
-            }
-        };
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
+            // A full page: more may wait (the cursor moved: `since` or `skip`).
             more: full,
             ..Page::default()
         })
     }
 
-    async fn poll_sessions(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        let c: SessionCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| self.bad_cursor("sessions", e))?,
-            None => SessionCursor { page: 0 },
-        };
-        let url = format!(
+    fn sessions_url(&self) -> String {
+        format!(
             "{}/v1/sessions",
             self.settings.api_url.trim_end_matches('/')
-        );
-        let since = Utc::now() - Duration::hours(i64::from(self.settings.session_window_hours));
-        let size = self.settings.session_page_size;
-        let query = [
-            ("on_or_after", since.timestamp_millis().to_string()),
-            ("page_number", c.page.to_string()),
-            ("page_size", size.to_string()),
-        ];
-        let page: SessionsPage = self.api.get(&url, &query).await?;
-        let mut events = Vec::with_capacity(page.items.len());
-        for raw in &page.items {
-            let v: Value = serde_json::from_str(raw.get()).map_err(|e| SourceError::Malformed {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
-            let (Some(session), Some(updated)) = (
-                text(&v, "sessionId"),
-                at(&v, "lastUpdated").and_then(Value::as_i64),
-            ) else {
-                return Err(SourceError::Malformed {
-                    url,
-                    detail: "a session lacks sessionId or lastUpdated".into(),
-                });
-            };
-            let time = Utc
-                .timestamp_millis_opt(updated)
-                .single()
-                .unwrap_or_else(Utc::now);
-            events.push(Event::new(
-                format!("{session}@{updated}"),
-                time,
-                Severity::new(session_severity(&v)),
-                raw,
-            ));
-        }
-        let full = page.items.len() as u32 >= size;
-        let next = SessionCursor {
-            page: if full { c.page + 1 } else { 0 },
+        )
+    }
+
+    async fn poll_sessions(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
+        let mut c: SessionCursor = match cursor {
+            Some(text) => serde_json::from_str(text).map_err(|e| self.bad_cursor("sessions", e))?,
+            None => SessionCursor::default(),
         };
+        let now = self.now();
+        let from = c.from.unwrap_or_else(|| {
+            (now - Duration::hours(i64::from(self.settings.session_window_hours)))
+                .timestamp_millis()
+        });
+        // Bound: a session still open after Code42's 90-day search horizon is no longer followed.
+        let horizon = (now - Duration::days(FOLLOW_HORIZON_DAYS)).timestamp_millis();
+        let before = c.open.len();
+        c.open.retain(|_, (begin, _)| *begin >= horizon);
+        if c.open.len() < before {
+            tracing::warn!(source = %self.id, dropped = before - c.open.len(),
+                "open sessions older than {FOLLOW_HORIZON_DAYS} days are no longer followed");
+        }
+        let size = self.settings.session_page_size;
+        let url = self.sessions_url();
+        let mut events = Vec::new();
+        let mut rejected = Vec::new();
+        // Open sessions that began before the window, with an id after `after`: the follow
+        // phase's work still to do.
+        let to_follow = |open: &BTreeMap<String, (i64, i64)>, after: &str| {
+            open.iter()
+                .filter(|(id, (begin, _))| *begin < from && id.as_str() > after)
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>()
+        };
+        let pass_over = match c.follow_after.clone() {
+            None => {
+                // The sweep: every session begun since `from`, whatever its state.
+                let query = [
+                    ("on_or_after", from.to_string()),
+                    ("page_number", c.page.to_string()),
+                    ("page_size", size.to_string()),
+                ];
+                let page: SessionsPage = self.api.get(&url, &query).await?;
+                for raw in &page.items {
+                    self.take_session(raw, &url, &mut c.open, &mut events, &mut rejected);
+                }
+                if page.items.len() as u64 >= u64::from(size) {
+                    c.page += 1;
+                    false
+                } else if to_follow(&c.open, "").is_empty() {
+                    true
+                } else {
+                    c.page = 0;
+                    c.follow_after = Some(String::new());
+                    false
+                }
+            }
+            Some(after) => {
+                // Following: re-read, one by one, the open sessions that began before the window.
+                let mut batch = to_follow(&c.open, &after);
+                batch.truncate(size as usize);
+                for id in &batch {
+                    let one = format!("{url}/{}", path_segment(id));
+                    match self.api.get_optional::<Box<RawValue>>(&one).await? {
+                        Some(raw) => {
+                            self.take_session(&raw, &one, &mut c.open, &mut events, &mut rejected)
+                        }
+                        None => {
+                            tracing::info!(source = %self.id, session = %id,
+                                "an open session is gone (404): no longer followed");
+                            c.open.remove(id);
+                        }
+                    }
+                }
+                match batch.last() {
+                    Some(last) if !to_follow(&c.open, last).is_empty() => {
+                        c.follow_after = Some(last.clone());
+                        false
+                    }
+                    _ => true,
+                }
+            }
+        };
+        if pass_over {
+            // The next pass starts from the window as it will be then.
+            c.page = 0;
+            c.from = None;
+            c.follow_after = None;
+        } else {
+            c.from = Some(from);
+        }
+        let more = !pass_over;
         Ok(Page {
             events,
-            cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
-            more: full,
+            rejected,
+            cursor: Some(serde_json::to_string(&c).unwrap_or_default()),
+            more,
             ..Page::default()
         })
+    }
+
+    /// One session as an event (its id is `sessionId@lastUpdated`, so each change is one event),
+    /// or a dead letter; and whether to keep following it.
+    fn take_session(
+        &self,
+        raw: &RawValue,
+        url: &str,
+        open: &mut BTreeMap<String, (i64, i64)>,
+        events: &mut Vec<Event>,
+        rejected: &mut Vec<Rejected>,
+    ) {
+        let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let (Some(session), Some(updated)) = (
+            text(&v, "sessionId").filter(|s| !s.is_empty()),
+            at(&v, "lastUpdated").and_then(Value::as_i64),
+        ) else {
+            rejected.push(Rejected::new(
+                url,
+                "a session lacks sessionId or a numeric lastUpdated",
+                raw.get(),
+            ));
+            return;
+        };
+        let Some(time) = Utc.timestamp_millis_opt(updated).single() else {
+            rejected.push(Rejected::new(url, "lastUpdated out of range", raw.get()));
+            return;
+        };
+        if session_closed(&v) {
+            open.remove(session);
+        } else {
+            let begin = at(&v, "beginTime")
+                .and_then(Value::as_i64)
+                .unwrap_or(updated);
+            open.insert(session.to_string(), (begin, updated));
+        }
+        events.push(Event::new(
+            format!("{session}@{updated}"),
+            time,
+            Severity::new(session_severity(&v)),
+            raw,
+        ));
     }
 }
 
@@ -514,23 +736,18 @@ fn file_event_query(
 }
 
 /// A v2 (nested) or v1 (flat) file event as an [`Event`]: id, insertion time, risk severity.
-fn file_event(raw: &RawValue, url: &str, index: usize) -> Result<Event, SourceError> {
-    let v: Value = serde_json::from_str(raw.get()).map_err(|e| SourceError::Malformed {
-        url: url.to_string(),
-        detail: format!("file event {index}: {e}"),
-    })?;
+/// Err: why the record cannot become an event (it goes to the dead letters).
+fn file_event(raw: &RawValue) -> Result<Event, String> {
+    let v: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
     let id = text(&v, "event.id")
         .or_else(|| text(&v, "eventId"))
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| SourceError::Malformed {
-            url: url.to_string(),
-            detail: format!("file event {index} has no event.id"),
-        })?;
+        .ok_or("a file event has no event.id (v1: eventId)")?;
+    // The insertion time is what the window is on and what `--reset --days` forgets by.
     let inserted = parse_time(text(&v, "event.inserted"))
         .or_else(|| parse_time(text(&v, "insertionTimestamp")))
-        .unwrap_or_else(Utc::now);
-    let severity =
-        risk_severity(text(&v, "risk.severity").or_else(|| text(&v, "riskSeverity"))).unwrap_or(0);
+        .ok_or_else(|| format!("file event {id} has no parseable event.inserted"))?;
+    let severity = file_event_severity(&v);
     Ok(Event::new(
         id.to_string(),
         inserted,
@@ -602,6 +819,56 @@ mod tests {
         let v1 = file_event_query(since, until, "tok", &[], true, 10);
         assert_eq!(v1["srtKey"], "insertionTimestamp");
         assert_eq!(v1["pgToken"], "tok");
+    }
+
+    /// The CEF header's severity (the seventh `|`-separated field).
+    fn cef_severity(cef: &crate::encode::cef::CefRecord) -> u8 {
+        cef.to_line().split('|').nth(6).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_file_event_has_one_severity_in_the_envelope_and_in_cef() {
+        let records = [
+            json!({"event": {"id": "v2-none", "inserted": "2026-01-01T00:00:00.000Z"}}),
+            json!({"eventId": "v1-none", "insertionTimestamp": "2026-01-01T00:00:00.000Z"}),
+            json!({"event": {"id": "v2-odd", "inserted": "2026-01-01T00:00:00.000Z"}, "risk": {"severity": "UNHEARD_OF"}}),
+            json!({"event": {"id": "v2-high", "inserted": "2026-01-01T00:00:00.000Z"}, "risk": {"severity": "HIGH"}}),
+            json!({"eventId": "v1-no-risk", "insertionTimestamp": "2026-01-01T00:00:00.000Z", "riskSeverity": "NO_RISK"}),
+        ];
+        for record in records {
+            let raw = RawValue::from_string(record.to_string()).unwrap();
+            let event = file_event(&raw).unwrap();
+            assert_eq!(
+                event.severity.value(),
+                cef_severity(&cef::file_event(&record)),
+                "{record}"
+            );
+        }
+    }
+
+    #[test]
+    fn cursors_written_by_the_previous_version_are_still_read() {
+        let alert: AlertCursor =
+            serde_json::from_str(r#"{"since":"2026-01-01T00:00:00.123456Z","skip":3}"#).unwrap();
+        assert_eq!(alert.skip, 3);
+        assert!(alert.seen.is_empty());
+        assert_eq!(
+            iso(floor_ms(alert.since)),
+            "2026-01-01T00:00:00.123Z",
+            "queried at the millisecond"
+        );
+        let session: SessionCursor = serde_json::from_str(r#"{"page":2}"#).unwrap();
+        assert_eq!(session.page, 2);
+        assert!(session.open.is_empty() && session.from.is_none());
+    }
+
+    #[test]
+    fn closed_sessions_are_those_whose_last_state_is_closed() {
+        let with = |states: &[&str]| json!({"states": states.iter().map(|s| json!({"state": s})).collect::<Vec<_>>()});
+        assert!(session_closed(&with(&["OPEN", "CLOSED_TP"])));
+        assert!(!session_closed(&with(&["CLOSED", "OPEN_NEW_DATA"])));
+        assert!(!session_closed(&json!({})), "no state: followed");
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::settings::{JamfAuth, Secret};
-use crate::sources::http::{read_json, send};
+use crate::sources::http::{read_token_json, send};
 use crate::sources::SourceError;
 
 /// Renew when less than this is left (the Jamf SDK keeps user tokens alive inside 60 s).
@@ -87,7 +87,7 @@ impl Tokens {
             if self.mode == JamfAuth::User && !left.is_zero() {
                 let url = format!("{}/api/v1/auth/keep-alive", self.url);
                 let request = self.http.post(&url).bearer_auth(c.token.expose());
-                if let Ok(kept) = read_json::<UserToken>(send(request, &url).await?).await {
+                if let Ok(kept) = read_token_json::<UserToken>(send(request, &url).await?).await {
                     let fresh = user_cache(kept);
                     let token = fresh.token.clone();
                     *cached = Some(fresh);
@@ -111,7 +111,7 @@ impl Tokens {
                     ("grant_type", "client_credentials"),
                 ];
                 let token: OauthToken =
-                    read_json(send(self.http.post(&url).form(&form), &url).await?).await?;
+                    read_token_json(send(self.http.post(&url).form(&form), &url).await?).await?;
                 let lifetime = Duration::from_secs(token.expires_in.unwrap_or(1200));
                 Ok(Cached {
                     token: token.access_token,
@@ -125,7 +125,7 @@ impl Tokens {
                     .http
                     .post(&url)
                     .basic_auth(&self.id, Some(self.secret.expose()));
-                let token: UserToken = read_json(send(request, &url).await?).await?;
+                let token: UserToken = read_token_json(send(request, &url).await?).await?;
                 Ok(user_cache(token))
             }
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::settings::Secret;
-use crate::sources::http::{read_json, send};
+use crate::sources::http::{read_token_json, send};
 use crate::sources::SourceError;
 
 /// Renew this long before the vendor's expiry (the Sophos SIEM script uses 120 s).
@@ -71,7 +71,7 @@ impl TokenCache {
             ("client_secret", self.client_secret.expose()),
         ];
         let response = send(self.http.post(&self.token_url).form(&form), &self.token_url).await?;
-        let token: TokenResponse = read_json(response).await?;
+        let token: TokenResponse = read_token_json(response).await?;
         let lifetime = Duration::from_secs(token.expires_in);
         let margin = RENEW_MARGIN.min(lifetime / 2);
         *cached = Some(Cached {

@@ -1,11 +1,12 @@
 //! Tenable Security Center source: vulnerability findings from `POST /rest/analysis`
 //! (reference/vendor-apis.md §3), open (`cumulative`) and mitigated (`patched`) as two streams.
 //!
-//! Owns: authentication (API keys, or a session with re-login and logout), the envelope
-//! (`error_code` is an error even on HTTP 200), the `lastSeen`/`lastMitigated` window with offset
-//! paging inside `query`, a bounded number of pages fetched at once, strict parsing of the
-//! all-string rows, and the identity of a finding. CEF mapping lives in `cef.rs`. Must not: sleep,
-//! retry or touch the store.
+//! Owns: authentication (API keys, or a session with re-login once on 401/403 and logout), the
+//! envelope (`error_code` is an error even on HTTP 200), the `lastSeen`/`lastMitigated` window
+//! read by keyset (see `WindowCursor`: the result set changes under offset paging, so offsets
+//! are never trusted across requests), strict parsing of the all-string rows (a bad row is
+//! rejected, the page goes on), and the identity of a finding. CEF mapping lives in `cef.rs`.
+//! Must not: sleep, retry or touch the store.
 //!
 //! Identity: (repository id, ip, dnsName or uuid, pluginID, port, protocol, lastSeen): a finding
 //! seen again later is forwarded again; the same observation never twice.
@@ -21,7 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::event::{Event, Page, Partition, Severity};
+use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{HttpSettings, Secret, TenableAuth, TenableScSettings, TenableStream};
 use crate::sources::http::{self, display_url, send, status_error, TlsOptions};
 use crate::sources::{Source, SourceError};
@@ -34,22 +35,57 @@ pub fn stream_name(stream: TenableStream) -> &'static str {
     }
 }
 
+/// `error_code` of a request whose session expired or was dropped (sent with HTTP 403).
+const INVALID_TOKEN: i64 = 12;
+
 /// A logged-in session (`session` auth).
 struct Session {
     token: Secret,
     cookie: Secret,
 }
 
+/// Where a stream stands. A pass reads the window `[since, until]` by keyset: every query starts
+/// at offset 0 of `[since, until]`, sorted by the window field ascending, and `since` moves to the
+/// newest window time on a full page. Rows at that boundary are read again (the seen-set drops
+/// them); a full page whose rows all share `since` is read as one group in a single request, since
+/// the server does not keep the order of ties between requests. Offsets are never trusted across
+/// requests, so rows leaving or entering the window mid-pass cannot shift a row out of sight.
+/// (Cursors written before keyset paging carried an `offset`; it is ignored, so such a pass
+/// restarts at its `since` and repeats are dropped by the seen-set.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct WindowCursor {
-    /// Window start, epoch seconds.
+    /// Keyset position: the next query reads window times from here, epoch seconds.
     since: i64,
-    /// Window end, fixed when the window started.
+    /// Window end of the pass under way, fixed when it started; `None` between passes.
     #[serde(default)]
     until: Option<i64>,
-    /// Next `startOffset` inside the window.
+    /// Where the pass under way started (`None`: at `since`), epoch seconds.
     #[serde(default)]
-    offset: u64,
+    start: Option<i64>,
+    /// The newest window time read in the pass under way, epoch seconds.
+    #[serde(default)]
+    newest: Option<i64>,
+    /// Rows to skip at `since`: only after a full page none of whose rows had a readable window
+    /// time, so that `since` could not move.
+    #[serde(default)]
+    skip: u64,
+}
+
+/// What one analysis request returned.
+struct Fetched {
+    events: Vec<Event>,
+    /// Rows that could not become events.
+    rejected: Vec<Rejected>,
+    /// Rows in the response, good or not.
+    rows: u64,
+    /// The newest readable window time among them.
+    newest: Option<i64>,
+    /// Whether every readable window time in the response equals this one.
+    all_at: Option<i64>,
+    /// `totalRecords`, when the server sent a readable one.
+    total: Option<i64>,
+    /// `endOffset`, when the server sent a readable one.
+    end: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -134,16 +170,27 @@ impl TenableScSource {
             Duration::from_secs_f64(settings.timeout_secs),
             &format!("sources.{id}"),
         )?;
+        Ok(Self::with_client(id, settings, http, lookback))
+    }
+
+    /// A source over an HTTP client built elsewhere (its TLS settings are then the client's, not
+    /// `ca_file`/`client_cert_file`/`tls_verify`): for tests that rebuild sources often.
+    pub fn with_client(
+        id: &str,
+        settings: TenableScSettings,
+        http: reqwest::Client,
+        lookback: Option<chrono::Duration>,
+    ) -> Self {
         let lookback = lookback
             .unwrap_or_else(|| chrono::Duration::days(i64::from(settings.initial_lookback_days)));
-        Ok(TenableScSource {
+        TenableScSource {
             id: id.to_string(),
             base: format!("{}/rest", settings.url.trim_end_matches('/')),
             settings,
             http,
             session: Mutex::new(None),
             lookback,
-        })
+        }
     }
 
     async fn login(&self) -> Result<Session, SourceError> {
@@ -162,7 +209,11 @@ impl TenableScSource {
             .filter_map(|v| v.to_str().ok())
             .find_map(|v| v.strip_prefix("TNS_SESSIONID="))
             .map(|v| v.split(';').next().unwrap_or_default().to_string());
-        let payload = self.envelope(response, &url).await?;
+        // A refused login is a credential problem, whatever status and code it came with.
+        let payload = self.envelope(response, &url).await.map_err(|e| match e {
+            SourceError::Rejected { url, detail } => SourceError::Auth { url, detail },
+            other => other,
+        })?;
         let token = match payload.get("token") {
             Some(Value::String(t)) => t.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -201,6 +252,9 @@ impl TenableScSource {
                     env.error_code, env.error_msg
                 );
                 Err(match status.as_u16() {
+                    _ if env.error_code == INVALID_TOKEN => {
+                        SourceError::Auth { url: shown, detail }
+                    }
                     401 => SourceError::Auth { url: shown, detail },
                     429 | 500..=599 => status_error(status, &headers, &detail, shown),
                     _ => SourceError::Rejected { url: shown, detail },
@@ -216,7 +270,10 @@ impl TenableScSource {
         }
     }
 
-    /// `POST /rest/<path>` with the configured auth; a session refused with 401 logs in again once.
+    /// `POST /rest/<path>` with the configured auth. In session mode a refusal (401, or the 403 with
+    /// `error_code` 12 a real SecurityCenter sends for an expired session, or any other 403) logs
+    /// in again once; refused again, the request fails with [`SourceError::Auth`] (or
+    /// [`SourceError::Rejected`] when the 403 carried another `error_code`, e.g. 146 for a filter).
     async fn post(&self, path: &str, body: &Value) -> Result<Value, SourceError> {
         let url = format!("{}/{path}", self.base);
         let mut relogged = false;
@@ -251,7 +308,10 @@ impl TenableScSource {
                 }
             }
             let response = send(request, &url).await?;
-            let refused = response.status() == StatusCode::UNAUTHORIZED;
+            let refused = matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            );
             if refused && self.settings.auth == TenableAuth::Session && !relogged {
                 // Pages run concurrently: only the first to see the refusal drops the session, the
                 // others find the new one already in place.
@@ -267,7 +327,88 @@ impl TenableScSource {
         }
     }
 
-    fn query(&self, stream: TenableStream, since: i64, until: i64, start: u64) -> Value {
+    /// One analysis request for `[since, until]`, rows `start..end`.
+    async fn fetch(
+        &self,
+        stream: TenableStream,
+        since: i64,
+        until: i64,
+        start: u64,
+        end: u64,
+    ) -> Result<Fetched, SourceError> {
+        let url = format!("{}/analysis", self.base);
+        let body = self.query(stream, since, until, start, end);
+        let payload = self.post("analysis", &body).await?;
+        let page: AnalysisPage =
+            serde_json::from_value(payload).map_err(|e| SourceError::Malformed {
+                url: url.clone(),
+                detail: format!("analysis response: {e}"),
+            })?;
+        let total = page
+            .total_records
+            .as_deref()
+            .map(|t| int(t, "totalRecords", &url))
+            .transpose()?;
+        let end = page
+            .end_offset
+            .as_deref()
+            .map(|t| int(t, "endOffset", &url))
+            .transpose()?;
+        let mut fetched = Fetched {
+            events: Vec::with_capacity(page.results.len()),
+            rejected: Vec::new(),
+            rows: page.results.len() as u64,
+            newest: None,
+            all_at: None,
+            total,
+            end,
+        };
+        let mut times = Vec::with_capacity(page.results.len());
+        for raw in &page.results {
+            times.extend(window_time(raw, stream));
+            match finding(raw, stream, &url) {
+                Ok(event) => fetched.events.push(event),
+                Err(e) => {
+                    let reason = match e {
+                        SourceError::Malformed { detail, .. } => detail,
+                        other => other.to_string(),
+                    };
+                    fetched
+                        .rejected
+                        .push(Rejected::new(&url, reason, raw.get()));
+                }
+            }
+        }
+        fetched.newest = times.iter().copied().max();
+        fetched.all_at = fetched.newest.filter(|n| times.iter().all(|t| t == n));
+        Ok(fetched)
+    }
+
+    /// Every row whose window time is `at`, in one response: asks for `total` rows (the size of a
+    /// window that holds the group, so at least the group), and again with twice as many while
+    /// the answer fills what was asked.
+    async fn read_group(
+        &self,
+        stream: TenableStream,
+        at: i64,
+        total: Option<i64>,
+        size: u64,
+    ) -> Result<Fetched, SourceError> {
+        let mut want = total.map_or(size * 2, |t| u64::try_from(t).unwrap_or(0).max(size * 2));
+        loop {
+            let group = self.fetch(stream, at, at, 0, want).await?;
+            if group.rows < want {
+                if group.rows > size * 10 {
+                    tracing::warn!(source = %self.id, rows = group.rows, at,
+                        "many findings share one window time; read them in one response");
+                }
+                return Ok(group);
+            }
+            want *= 2;
+        }
+    }
+
+    fn query(&self, stream: TenableStream, since: i64, until: i64, start: u64, end: u64) -> Value {
         let field = window_field(stream);
         let mut filters = vec![
             json!({"filterName": field, "operator": "=", "value": format!("{since}-{until}")}),
@@ -278,7 +419,7 @@ impl TenableScSource {
             "type": "vuln",
             "filters": filters,
             "startOffset": start,
-            "endOffset": start + u64::from(self.settings.page_size),
+            "endOffset": end,
         });
         if let Some(id) = self.settings.query_id {
             query["id"] = json!(id);
@@ -291,6 +432,24 @@ impl TenableScSource {
             "query": query,
         })
     }
+}
+
+/// The window time of a row (`lastSeen`, or `lastMitigated` for mitigated findings), read on its
+/// own so that a row rejected for another field still moves the keyset.
+fn window_time(raw: &RawValue, stream: TenableStream) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Times {
+        #[serde(rename = "lastSeen", default)]
+        last_seen: Option<String>,
+        #[serde(rename = "lastMitigated", default)]
+        last_mitigated: Option<String>,
+    }
+    let times: Times = serde_json::from_str(raw.get()).ok()?;
+    let text = match stream {
+        TenableStream::Cumulative => times.last_seen,
+        TenableStream::Patched => times.last_mitigated,
+    }?;
+    text.trim().parse().ok()
 }
 
 fn window_field(stream: TenableStream) -> &'static str {
@@ -391,68 +550,62 @@ impl Source for TenableScSource {
             None => WindowCursor {
                 since: now - self.lookback.num_seconds(),
                 until: None,
-                offset: 0,
+                start: None,
+                newest: None,
+                skip: 0,
             },
         };
-        let until = c.until.unwrap_or(now);
-        let url = format!("{}/analysis", self.base);
+        let until = c.until.unwrap_or(now).max(c.since);
+        let start = c.start.unwrap_or(c.since);
         let size = u64::from(self.settings.page_size);
-        // A bounded number of pages at once; they come back in offset order.
-        let starts: Vec<u64> = (0..u64::from(self.settings.concurrency))
-            .map(|i| c.offset + i * size)
-            .collect();
-        let bodies: Vec<Value> = starts
-            .iter()
-            .map(|start| self.query(stream, c.since, until, *start))
-            .collect();
-        let pages =
-            futures_util::future::join_all(bodies.iter().map(|body| self.post("analysis", body)))
-                .await;
-        let mut events = Vec::new();
-        let mut done = false;
-        for page in pages {
-            let payload = page?;
-            let page: AnalysisPage =
-                serde_json::from_value(payload).map_err(|e| SourceError::Malformed {
-                    url: url.clone(),
-                    detail: format!("analysis response: {e}"),
-                })?;
-            let total = page
-                .total_records
-                .as_deref()
-                .map(|t| int(t, "totalRecords", &url))
-                .transpose()?;
-            let end = page
-                .end_offset
-                .as_deref()
-                .map(|t| int(t, "endOffset", &url))
-                .transpose()?;
-            for raw in &page.results {
-                events.push(finding(raw, stream, &url)?);
-            }
-            // Stop on a short page, and also when the server says the end was reached.
-            if (page.results.len() as u64) < size
-                || matches!((end, total), (Some(e), Some(t)) if e >= t)
-            {
-                done = true;
-                break;
-            }
-        }
+        let first = self
+            .fetch(stream, c.since, until, c.skip, c.skip + size)
+            .await?;
+        let mut events = first.events;
+        let mut rejected = first.rejected;
+        let mut newest = c.newest.max(first.newest);
+        // Short, or the server says the window ends here: the rest of the window was read by this
+        // very response, so the pass is over.
+        let done =
+            first.rows < size || matches!((first.end, first.total), (Some(e), Some(t)) if e >= t);
         let next = if done {
+            // Next pass: `overlap_hours` before the newest row read (scan results are imported
+            // after the time they carry), on the server's clock, never behind this pass.
+            let overlap = i64::from(self.settings.overlap_hours) * 3600;
             WindowCursor {
-                since: (until - i64::from(self.settings.overlap_hours) * 3600).max(c.since),
+                since: newest.map_or(start, |n| (n - overlap).max(start)),
                 until: None,
-                offset: 0,
+                start: None,
+                newest: None,
+                skip: 0,
             }
         } else {
+            let (since, skip) = match (first.newest, first.all_at) {
+                (Some(n), _) if n > c.since => (n, 0),
+                (Some(_), Some(_)) => {
+                    // A full page of ties at `since`: read the whole group in one response, as
+                    // their order can change from one request to the next.
+                    let group = self.read_group(stream, c.since, first.total, size).await?;
+                    events.extend(group.events);
+                    rejected.extend(group.rejected);
+                    newest = newest.max(group.newest);
+                    (c.since + 1, 0)
+                }
+                // No readable window time on a full page: step over it by offset (the rows went
+                // to the dead letters; they are read again only if the pass is re-run).
+                _ => (c.since, c.skip + size),
+            };
             WindowCursor {
-                since: c.since,
+                since,
                 until: Some(until),
-                offset: c.offset + starts.len() as u64 * size,
+                start: Some(start),
+                newest,
+                skip,
             }
         };
         Ok(Page {
             events,
+            rejected,
             cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
             more: !done,
             ..Page::default()
@@ -501,6 +654,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pluginID") && err.contains("x1"), "{err}");
+    }
+
+    #[test]
+    fn a_cursor_written_by_offset_paging_restarts_its_pass_at_since() {
+        let old: WindowCursor =
+            serde_json::from_str(r#"{"since":100,"until":500,"offset":2000}"#).unwrap();
+        assert_eq!((old.since, old.until, old.skip), (100, Some(500), 0));
+        assert_eq!((old.start, old.newest), (None, None));
+    }
+
+    #[test]
+    fn the_window_time_of_a_row_rejected_for_its_port_is_still_read() {
+        let raw = RawValue::from_string(
+            r#"{"pluginID":"1","port":"n/a","lastSeen":"50","lastMitigated":"60"}"#.to_string(),
+        )
+        .unwrap();
+        assert!(finding(&raw, TenableStream::Cumulative, "u").is_err());
+        assert_eq!(window_time(&raw, TenableStream::Cumulative), Some(50));
+        assert_eq!(window_time(&raw, TenableStream::Patched), Some(60));
     }
 
     #[test]
