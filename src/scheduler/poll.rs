@@ -227,11 +227,6 @@ async fn run_partition<S: Source>(
         if let Some(why) = &page.cursor_clamped {
             tracing::warn!(source = %id, partition = %partition, "cursor clamped: {why}");
         }
-        if !page.rejected.is_empty() {
-            tracing::warn!(source = %id, partition = %partition, rejected = page.rejected.len(),
-                first = %page.rejected[0].reason, url = %page.rejected[0].url,
-                "records that cannot become events were kept as dead letters (see `secrelay state`)");
-        }
         // "More is waiting" from a cursor that did not move would poll the same page forever, an
         // fsynced commit each time: treat it as a failed poll (backoff; it ends a backfill).
         let stuck = page.more
@@ -253,6 +248,13 @@ async fn run_partition<S: Source>(
                 report.duplicates += summary.duplicates;
                 if summary.appended > 0 {
                     ctx.appended.notify_waiters();
+                }
+                // Only records kept for the first time: one fetched again by an overlapping window
+                // is already in the store and was reported then.
+                if let (true, Some(first)) = (summary.rejected > 0, page.rejected.first()) {
+                    tracing::warn!(source = %id, partition = %partition, rejected = summary.rejected,
+                        first = %first.reason, url = %first.url,
+                        "records that cannot become events were kept as dead letters (see `secrelay state`)");
                 }
                 tracing::debug!(source = %id, partition = %partition, appended = summary.appended,
                     duplicates = summary.duplicates, more = page.more, "page committed");

@@ -199,18 +199,21 @@ impl Relay {
         );
     }
 
-    /// Every outbox row in commit order (no sink runs, so nothing was pruned).
-    pub async fn delivered(&self) -> Vec<Row> {
-        let store = self.store();
-        let sources: Vec<String> = store
+    /// The ids of every source that committed a page.
+    async fn sources(&self) -> BTreeSet<String> {
+        self.store()
             .cursor_states()
             .await
             .expect("cursor states")
             .into_iter()
             .map(|c| c.source)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+            .collect()
+    }
+
+    /// Every outbox row in commit order (no sink runs, so nothing was pruned).
+    pub async fn delivered(&self) -> Vec<Row> {
+        let store = self.store();
+        let sources: Vec<String> = self.sources().await.into_iter().collect();
         let mut rows = Vec::new();
         let mut after = 0;
         loop {
@@ -234,14 +237,7 @@ impl Relay {
     pub async fn rejected(&self) -> Vec<RejectedRecord> {
         let store = self.store();
         let mut all = Vec::new();
-        let sources: BTreeSet<String> = store
-            .cursor_states()
-            .await
-            .expect("cursor states")
-            .into_iter()
-            .map(|c| c.source)
-            .collect();
-        for source in sources {
+        for source in self.sources().await {
             all.extend(store.rejected_records(&source).await.expect("rejected"));
         }
         all
