@@ -577,6 +577,16 @@ impl Settings {
             {
                 return Err(invalid(&at, "source ids use letters, digits, `_` and `-`"));
             }
+            // A source with no sink would fill the outbox with rows nothing ever takes (and
+            // that are never pruned): say so rather than accept it.
+            if source.sinks().is_empty() {
+                return Err(invalid(
+                    &format!("{at}.sinks"),
+                    format!(
+                        "routes to no sink; name at least one (defined: {sink_names:?})"
+                    ),
+                ));
+            }
             for sink in source.sinks() {
                 if !sink_names.contains(sink) {
                     return Err(invalid(
@@ -1118,6 +1128,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("outbox") && err.contains("max_byte"), "{err}");
+    }
+
+    #[test]
+    fn a_source_routed_to_no_sink_is_an_error() {
+        for enabled in ["true", "false"] {
+            let text = MINIMAL.replace(
+                "sinks = [\"archive\"]",
+                &format!("sinks = []\nenabled = {enabled}"),
+            );
+            let err = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("sources.sophos_eu.sinks") && err.contains("no sink"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
