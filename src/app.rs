@@ -442,8 +442,11 @@ pub struct StateReport {
     pub outbox: OutboxTotals,
     /// The configured cap.
     pub outbox_cap_bytes: u64,
-    /// True while sources are paused because the outbox is full.
+    /// True while some sources are paused because a sink they route to is a full share behind
+    /// (see `sinks[].full`).
     pub sources_paused: bool,
+    /// Each routed sink's share of the cap, in bytes.
+    pub sink_share_bytes: u64,
     /// Per partition.
     pub partitions: Vec<CursorState>,
     /// Per sink, with its backlog.
@@ -464,6 +467,13 @@ pub struct SinkStateWithBacklog {
     pub state: SinkState,
     /// Records routed to this sink still in the outbox.
     pub backlog: i64,
+    /// Bytes of those records.
+    pub backlog_bytes: i64,
+    /// The backlog reached the sink's share of the outbox cap: the sources routed to it are paused.
+    pub full: bool,
+    /// The receiver refused the sink at its last attempt (credentials, configuration); the daemon
+    /// asks again at the longest backoff.
+    pub refused: bool,
 }
 
 /// Reads the state database (creating it if it does not exist yet).
@@ -479,6 +489,7 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
         .map(|s| (s.sink.clone(), s))
         .collect();
     let mut sinks = Vec::new();
+    let sink_share = settings.sink_share();
     for (name, sources) in settings.routes() {
         let state = stored.remove(&name).unwrap_or(SinkState {
             sink: name.clone(),
@@ -489,17 +500,36 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
             last_error_at: None,
             dead_letters: 0,
         });
-        let backlog = store.backlog(state.delivered_seq, &sources).await?;
-        sinks.push(SinkStateWithBacklog { state, backlog });
+        let backlog = store.backlog_totals(state.delivered_seq, &sources).await?;
+        let refused = state.last_error.as_deref().is_some_and(|e| {
+            e.starts_with(crate::scheduler::REFUSED)
+                && state
+                    .updated_at
+                    .is_none_or(|moved| state.last_error_at.is_some_and(|failed| failed > moved))
+        });
+        sinks.push(SinkStateWithBacklog {
+            state,
+            backlog: backlog.rows,
+            backlog_bytes: backlog.bytes,
+            full: !sources.is_empty() && backlog.bytes as u64 >= sink_share,
+            refused,
+        });
     }
     // Sinks no longer configured still show, so their dead letters are not forgotten.
     for (_, state) in stored {
-        sinks.push(SinkStateWithBacklog { state, backlog: 0 });
+        sinks.push(SinkStateWithBacklog {
+            state,
+            backlog: 0,
+            backlog_bytes: 0,
+            full: false,
+            refused: false,
+        });
     }
     store.close().await;
     Ok(StateReport {
         at: Utc::now(),
-        sources_paused: outbox.bytes as u64 >= settings.outbox.max_bytes,
+        sources_paused: sinks.iter().any(|s| s.full),
+        sink_share_bytes: sink_share,
         outbox,
         outbox_cap_bytes: settings.outbox.max_bytes,
         partitions,
@@ -531,11 +561,28 @@ impl StateReport {
             self.outbox.bytes,
             self.outbox_cap_bytes,
             if self.sources_paused {
-                "  — FULL: sources are paused until sinks catch up"
+                "  — sources routed to a full sink are paused"
             } else {
                 ""
             }
         );
+        for s in &self.sinks {
+            if s.refused {
+                let _ = writeln!(
+                    out,
+                    "!! sink {} is REFUSED by its receiver ({}): fix it; its records wait and it is tried again",
+                    s.state.sink,
+                    ago(s.state.last_error_at)
+                );
+            }
+            if s.full {
+                let _ = writeln!(
+                    out,
+                    "!! sink {} is {} bytes behind (its share is {}): the sources routed to it are paused",
+                    s.state.sink, s.backlog_bytes, self.sink_share_bytes
+                );
+            }
+        }
         let _ = writeln!(out, "\nSOURCES");
         let _ = writeln!(
             out,

@@ -3,7 +3,8 @@
 //!
 //! Must not: poll sources or format records. Invariant: the position moves in the same transaction
 //! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok`; on stop the
-//! loop drains what it can within the grace period and abandons the rest to the outbox.
+//! loop drains what it can within the grace period and abandons the rest to the outbox. A daemon's
+//! sink never ends on its own: a receiver that refuses it is asked again at the longest backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,10 @@ use crate::sinks::{Sink, SinkError};
 
 /// How long an idle sink waits for a commit notification before looking at the store again.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
+
+/// How a sink's last error starts when its receiver refused it (credentials, configuration):
+/// `secrelay state` shows such a sink as refused, not merely failing.
+pub const REFUSED: &str = "REFUSED by the receiver";
 
 /// What one sink did during this run.
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +143,7 @@ pub async fn run_sink<K: Sink>(
         match delivered {
             Ok(outcome) => {
                 backoff.reset();
+                report.error = None;
                 let last = batch.last().map_or(position, |r| r.seq);
                 let rejected: Vec<_> = outcome
                     .rejected
@@ -177,14 +183,34 @@ pub async fn run_sink<K: Sink>(
                     }
                 }
             }
-            Err(e @ SinkError::Fatal { .. }) => {
+            Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
+                // A one-shot run reports the refusal and ends; the records wait for the daemon.
                 tracing::error!(sink = %name, "{e}; its records wait in the outbox");
                 let _ = ctx
                     .store
-                    .record_sink_error(&name, &e.to_string(), Utc::now())
+                    .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
                     .await;
                 report.error = Some(e.to_string());
                 break;
+            }
+            Err(e @ SinkError::Fatal { .. }) => {
+                // The daemon never gives a sink up: credentials get fixed, proxies come back. It
+                // asks again at the longest backoff, loudly each time, and the sources routed to
+                // it pause once its backlog reaches its share of the outbox cap.
+                let delay = Duration::from_secs_f64(ctx.timing.backoff_max_secs);
+                tracing::error!(sink = %name, retry_in_secs = delay.as_secs(),
+                    "{e}; the receiver refuses this sink (check its credentials, URL or proxy); its records wait in the outbox and it is tried again");
+                let _ = ctx
+                    .store
+                    .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
+                    .await;
+                report.error = Some(e.to_string());
+                let wake = Instant::now() + delay;
+                let wake = deadline.map_or(wake, |d| d.min(wake));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {},
+                    _ = ctx.stop.cancelled(), if deadline.is_none() => {},
+                }
             }
             Err(e @ SinkError::Unavailable { .. }) => {
                 let retry_after = match &e {

@@ -12,17 +12,17 @@ mod deliver;
 mod poll;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::SchedulerSettings;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub use backoff::{with_jitter, Backoff};
-pub use deliver::{run_sink, SinkReport};
+pub use deliver::{run_sink, SinkReport, REFUSED};
 pub use poll::{run_source, PartitionReport};
 
 /// How the pipeline ends.
@@ -58,7 +58,38 @@ pub struct Context {
     pub appended: Notify,
     /// Source id → every sink routed to it (a row is pruned once all of them passed it).
     pub sinks_of_source: BTreeMap<String, Vec<String>>,
+    /// Sink name → the sources routed to it (the inverse of `sinks_of_source`).
+    pub sources_of_sink: BTreeMap<String, Vec<String>>,
+    /// Each routed sink's share of `outbox_cap`, in bytes: `outbox_cap` divided by the number of
+    /// sinks. A sink whose backlog reaches it pauses only the sources routed to it.
+    pub sink_share: u64,
+    /// The last measurement of every sink's backlog in bytes, and when it was taken.
+    backlogs: Mutex<Option<(Instant, BTreeMap<String, i64>)>>,
 }
+
+/// Whether a source may poll now (back-pressure).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Room {
+    /// Poll.
+    Free,
+    /// A sink this source routes to is a whole share behind: wait for it.
+    SinkBehind {
+        /// The sink.
+        sink: String,
+        /// Its backlog, in bytes.
+        bytes: i64,
+        /// Its share of the outbox cap, in bytes.
+        share: u64,
+    },
+    /// No routes are known for this source and the whole outbox is at its cap: wait.
+    OutboxFull {
+        /// Bytes in the outbox.
+        bytes: i64,
+    },
+}
+
+/// How long a measurement of the sinks' backlogs is reused: measuring reads every waiting row.
+const BACKLOGS_FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl Context {
     /// A context over `store`.
@@ -71,7 +102,20 @@ impl Context {
         sinks_of_source: BTreeMap<String, Vec<String>>,
         stop: CancellationToken,
     ) -> Arc<Self> {
+        let mut sources_of_sink: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (source, sinks) in &sinks_of_source {
+            for sink in sinks {
+                sources_of_sink
+                    .entry(sink.clone())
+                    .or_default()
+                    .push(source.clone());
+            }
+        }
+        let sink_share = outbox_cap / (sources_of_sink.len().max(1) as u64);
         Arc::new(Context {
+            sources_of_sink,
+            sink_share,
+            backlogs: Mutex::new(None),
             store,
             timing,
             outbox_cap,
@@ -90,6 +134,65 @@ impl Context {
             _ = self.stop.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
         }
+    }
+
+    /// Whether `source` may poll: every sink it routes to is less than its share of the outbox
+    /// cap behind. A sink that is stuck thus pauses only the sources routed to it; sources routed
+    /// only to healthy sinks go on.
+    pub async fn room_for(&self, source: &str) -> Result<Room, StoreError> {
+        let totals = self.store.outbox_totals().await?;
+        let sinks = self
+            .sinks_of_source
+            .get(source)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if sinks.is_empty() {
+            return Ok(if totals.bytes as u64 >= self.outbox_cap {
+                Room::OutboxFull {
+                    bytes: totals.bytes,
+                }
+            } else {
+                Room::Free
+            });
+        }
+        // No sink can be a share behind while the whole outbox holds less than a share: the
+        // common case costs one read of the running totals.
+        if (totals.bytes as u64) < self.sink_share {
+            return Ok(Room::Free);
+        }
+        let backlogs = self.sink_backlogs().await?;
+        for sink in sinks {
+            let bytes = backlogs.get(sink).copied().unwrap_or(0);
+            if bytes as u64 >= self.sink_share {
+                return Ok(Room::SinkBehind {
+                    sink: sink.clone(),
+                    bytes,
+                    share: self.sink_share,
+                });
+            }
+        }
+        Ok(Room::Free)
+    }
+
+    /// Every routed sink's backlog in bytes, measured at most once per [`BACKLOGS_FRESH_FOR`].
+    async fn sink_backlogs(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        if let Ok(cached) = self.backlogs.lock() {
+            if let Some((at, backlogs)) = cached.as_ref() {
+                if at.elapsed() < BACKLOGS_FRESH_FOR {
+                    return Ok(backlogs.clone());
+                }
+            }
+        }
+        let mut measured = BTreeMap::new();
+        for (sink, sources) in &self.sources_of_sink {
+            let position = self.store.sink_position(sink).await?;
+            let backlog = self.store.backlog_totals(position, sources).await?;
+            measured.insert(sink.clone(), backlog.bytes);
+        }
+        if let Ok(mut cached) = self.backlogs.lock() {
+            *cached = Some((Instant::now(), measured.clone()));
+        }
+        Ok(measured)
     }
 
     fn backoff(&self) -> Backoff {

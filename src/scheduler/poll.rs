@@ -5,13 +5,13 @@
 //! on error nothing is committed and the wait is at least the vendor's `Retry-After`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{with_jitter, Context, Mode};
+use super::{with_jitter, Context, Mode, Room};
 use crate::event::Partition;
 use crate::sources::Source;
 
@@ -152,28 +152,76 @@ async fn run_partition<S: Source>(
         error: None,
     };
     let mut backoff = ctx.backoff();
-    let mut paused = false;
+    // Set while back-pressure holds this partition; how many horizon warnings were given.
+    let mut paused_since: Option<Instant> = None;
+    let mut horizon_warned = 0u8;
     // Set while the source says `more` without moving its cursor (see below); logged once.
     let mut stalled = false;
     while !ctx.stop.is_cancelled() {
-        // Back-pressure: never poll while the outbox is over its cap.
-        match ctx.store.outbox_totals().await {
-            Ok(totals) if totals.bytes as u64 >= ctx.outbox_cap => {
-                if !paused {
-                    tracing::warn!(source = %id, partition = %partition, outbox_bytes = totals.bytes,
-                        cap = ctx.outbox_cap, "outbox full: pausing until sinks catch up");
-                    paused = true;
+        // Back-pressure: never poll while a sink this source routes to is a share behind.
+        match ctx.room_for(&id).await {
+            Ok(Room::Free) => {
+                if let Some(since) = paused_since.take() {
+                    tracing::info!(source = %id, partition = %partition,
+                        paused_secs = since.elapsed().as_secs(), "sinks caught up: resuming");
+                    horizon_warned = 0;
+                }
+            }
+            Ok(full) => {
+                let newly = paused_since.is_none();
+                let since = *paused_since.get_or_insert_with(Instant::now);
+                let why = match &full {
+                    Room::SinkBehind { sink, bytes, share } => format!(
+                        "paused: sink {sink} is {bytes} bytes behind, its share of outbox.max_bytes is {share}"
+                    ),
+                    Room::OutboxFull { bytes } => {
+                        format!("paused: the outbox holds {bytes} bytes, its cap is {}", ctx.outbox_cap)
+                    }
+                    Room::Free => String::new(),
+                };
+                if newly {
+                    tracing::warn!(source = %id, partition = %partition, "{why}; polling resumes when it catches up");
+                    let _ = ctx
+                        .store
+                        .record_poll_error(&id, &partition, &why, Utc::now())
+                        .await;
+                }
+                // A vendor that keeps only so much history turns a long pause into loss: say so
+                // at half and at three quarters of its horizon, while there is time to act.
+                if let Some(horizon) = source.horizon() {
+                    let paused = since.elapsed();
+                    let level = if paused >= horizon.mul_f64(0.75) {
+                        2
+                    } else if paused >= horizon / 2 {
+                        1
+                    } else {
+                        0
+                    };
+                    if level > horizon_warned {
+                        horizon_warned = level;
+                        let left = horizon.saturating_sub(paused);
+                        let message = format!(
+                            "{why}; paused for {}s of the vendor's {}s horizon: what is not fetched in the next {}s is lost",
+                            paused.as_secs(),
+                            horizon.as_secs(),
+                            left.as_secs()
+                        );
+                        if level == 2 {
+                            tracing::error!(source = %id, partition = %partition, "{message}");
+                        } else {
+                            tracing::warn!(source = %id, partition = %partition, "{message}");
+                        }
+                        let _ = ctx
+                            .store
+                            .record_poll_error(&id, &partition, &message, Utc::now())
+                            .await;
+                    }
                 }
                 if !ctx.pause(PAUSED_RECHECK).await {
                     break;
                 }
                 continue;
             }
-            Ok(_) if paused => {
-                tracing::info!(source = %id, partition = %partition, "outbox has room again: resuming");
-                paused = false;
-            }
-            Ok(_) => {}
             Err(e) => {
                 tracing::error!(source = %id, partition = %partition, "{e}");
                 if !ctx.pause(backoff.next_delay(None)).await {
@@ -424,5 +472,153 @@ mod tests {
             4,
             "one page, then 3 stuck"
         );
+    }
+
+    /// A source that finds one ~600-byte event per poll, forever.
+    struct TrickleSource {
+        id: &'static str,
+        polls: AtomicU64,
+        horizon: Option<Duration>,
+    }
+
+    impl Source for TrickleSource {
+        fn id(&self) -> &str {
+            self.id
+        }
+
+        async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+            Ok(vec![Partition::new("events", "")])
+        }
+
+        async fn poll(&self, _: &Partition, _: Option<&str>) -> Result<Page, SourceError> {
+            let n = self.polls.fetch_add(1, Ordering::SeqCst);
+            let text = format!(r#"{{"id":"{n}","pad":"{}"}}"#, "x".repeat(580));
+            let raw = serde_json::value::RawValue::from_string(text).unwrap();
+            Ok(Page {
+                events: vec![crate::event::Event::new(
+                    n.to_string(),
+                    Utc::now(),
+                    crate::event::Severity::new(3),
+                    &raw,
+                )],
+                cursor: Some(n.to_string()),
+                more: false,
+                ..Page::default()
+            })
+        }
+
+        fn horizon(&self) -> Option<Duration> {
+            self.horizon
+        }
+    }
+
+    /// A receiver that takes everything at once.
+    struct AcceptingSink;
+
+    impl crate::sinks::Sink for AcceptingSink {
+        fn name(&self) -> &str {
+            "healthy"
+        }
+
+        async fn deliver(
+            &mut self,
+            _: &[crate::store::OutboxRecord],
+        ) -> Result<crate::sinks::Delivered, crate::sinks::SinkError> {
+            Ok(crate::sinks::Delivered::default())
+        }
+
+        async fn check(&mut self) -> Result<(), crate::sinks::SinkError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sink_pauses_only_the_sources_routed_to_it_and_warns_before_the_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+            .await
+            .unwrap();
+        // Two sinks share 4,000 bytes: 2,000 each, about three events.
+        let routes = BTreeMap::from([
+            ("routed_to_stuck".to_string(), vec!["stuck".to_string()]),
+            ("routed_to_healthy".to_string(), vec!["healthy".to_string()]),
+        ]);
+        let ctx = Context::new(
+            store,
+            SchedulerSettings {
+                jitter_secs: 0.0,
+                backoff_initial_secs: 0.05,
+                backoff_max_secs: 0.1,
+                shutdown_grace_secs: 1.0,
+            },
+            4000,
+            Mode::Daemon,
+            Duration::from_secs(1),
+            routes,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        assert_eq!(ctx.sink_share, 2000);
+        let stuck = Arc::new(TrickleSource {
+            id: "routed_to_stuck",
+            polls: AtomicU64::new(0),
+            horizon: Some(Duration::from_millis(1600)),
+        });
+        let healthy = Arc::new(TrickleSource {
+            id: "routed_to_healthy",
+            polls: AtomicU64::new(0),
+            horizon: None,
+        });
+        let interval = Duration::from_millis(20);
+        let tasks = [
+            tokio::spawn(run_source(ctx.clone(), stuck.clone(), interval)),
+            tokio::spawn(run_source(ctx.clone(), healthy.clone(), interval)),
+        ];
+        // Only the healthy sink runs; nothing ever takes the stuck sink's records.
+        let sink = tokio::spawn(crate::scheduler::run_sink(
+            ctx.clone(),
+            AcceptingSink,
+            vec!["routed_to_healthy".to_string()],
+            100,
+            Duration::ZERO,
+        ));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let stuck_polls = stuck.polls.load(Ordering::SeqCst);
+        let healthy_polls = healthy.polls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        ctx.stop.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        sink.await.unwrap();
+
+        assert!(
+            (3..=5).contains(&stuck_polls),
+            "polls until its sink is a share behind: {stuck_polls}"
+        );
+        assert_eq!(
+            stuck.polls.load(Ordering::SeqCst),
+            stuck_polls,
+            "then it stays paused"
+        );
+        assert!(
+            healthy.polls.load(Ordering::SeqCst) > healthy_polls + 10,
+            "the source routed to the healthy sink never pauses ({healthy_polls} then {})",
+            healthy.polls.load(Ordering::SeqCst)
+        );
+        let states = ctx.store.cursor_states().await.unwrap();
+        let paused = states
+            .iter()
+            .find(|p| p.source == "routed_to_stuck")
+            .unwrap();
+        let error = paused.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("paused: sink stuck is") && error.contains("horizon"),
+            "a pause past half the vendor's horizon is said before data is lost: {error:?}"
+        );
+        let running = states
+            .iter()
+            .find(|p| p.source == "routed_to_healthy")
+            .unwrap();
+        assert_eq!(running.last_error, None);
     }
 }

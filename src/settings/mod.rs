@@ -86,8 +86,9 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxSettings {
-    /// Back-pressure cap in bytes of records waiting for sinks; above it sources pause (nothing is
-    /// dropped). Default 268435456 (256 MiB).
+    /// Back-pressure cap in bytes of records waiting for sinks, shared equally by the sinks: when
+    /// one sink's backlog reaches its share, the sources routed to it pause (nothing is dropped);
+    /// sources routed only to other sinks go on. Default 268435456 (256 MiB).
     pub max_bytes: u64,
 }
 
@@ -582,9 +583,7 @@ impl Settings {
             if source.sinks().is_empty() {
                 return Err(invalid(
                     &format!("{at}.sinks"),
-                    format!(
-                        "routes to no sink; name at least one (defined: {sink_names:?})"
-                    ),
+                    format!("routes to no sink; name at least one (defined: {sink_names:?})"),
                 ));
             }
             for sink in source.sinks() {
@@ -899,6 +898,14 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Each routed sink's share of `outbox.max_bytes`, in bytes: the cap divided by the number of
+    /// sinks some source routes to. A sink whose backlog reaches its share pauses only the sources
+    /// routed to it (the scheduler computes the same from its routes).
+    pub fn sink_share(&self) -> u64 {
+        let routed = self.routes().values().filter(|s| !s.is_empty()).count();
+        self.outbox.max_bytes / routed.max(1) as u64
     }
 
     /// Sink names with the ids of the sources routed to each, disabled ones included: a source

@@ -35,8 +35,9 @@ pub enum SinkError {
         /// The receiver's requested pause, when it gave one.
         retry_after: Option<Duration>,
     },
-    /// The receiver refuses us for good (credentials revoked, configuration wrong). Stop this sink
-    /// loudly; its backlog waits in the outbox.
+    /// The receiver refuses us (credentials revoked, configuration wrong, a proxy's error page):
+    /// waiting a little will not help. The daemon says so loudly and tries again only after the
+    /// longest backoff; `backfill` ends the sink. Its backlog waits in the outbox either way.
     #[error("sink {sink} stopped: {detail}")]
     Fatal {
         /// Sink name.

@@ -155,6 +155,13 @@ pub trait Source: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page, SourceError>> + Send;
 
+    /// How far back the vendor still serves data: a partition paused (or failing) for longer than
+    /// this loses what it has not fetched yet. `None` (default): the vendor keeps everything or
+    /// serves current state (inventories, vulnerability snapshots).
+    fn horizon(&self) -> Option<Duration> {
+        None
+    }
+
     /// Ends a vendor session, once, when the source stops (default: nothing to end).
     fn close(&self) -> impl Future<Output = ()> + Send {
         async {}

@@ -543,6 +543,37 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// Rows and bytes in the outbox after `after_seq` from one of `sources`: a sink's backlog,
+    /// measured against its share of the outbox cap. Reads the backlog's rows (a range of
+    /// `outbox_by_source` per source), so callers cache it rather than ask on every poll.
+    pub async fn backlog_totals(
+        &self,
+        after_seq: i64,
+        sources: &[String],
+    ) -> Result<OutboxTotals, StoreError> {
+        if sources.is_empty() {
+            return Ok(OutboxTotals::default());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox WHERE seq > ",
+        );
+        q.push_bind(after_seq).push(" AND source IN (");
+        let mut list = q.separated(", ");
+        for s in sources {
+            list.push_bind(s);
+        }
+        q.push(")");
+        let row = q
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("measuring a sink backlog"))?;
+        Ok(OutboxTotals {
+            rows: row.get(0),
+            bytes: row.get(1),
+        })
+    }
+
     /// Moves `sink` to `to_seq` after its receiver accepted a batch, recording the records it
     /// rejected as dead letters in the same transaction. Never moves a position backwards.
     pub async fn advance_sink(

@@ -773,6 +773,11 @@ impl Source for Code42Source {
         &self.id
     }
 
+    /// File events and alerts are searchable 90 days back (code42cli refuses older `--begin`).
+    fn horizon(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(90 * 24 * 3600))
+    }
+
     async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
         // Authenticating here makes `check` and start-up fail early on a bad credential.
         self.api.tokens().bearer().await?;

@@ -220,6 +220,11 @@ impl Source for SophosSource {
         &self.id
     }
 
+    /// The SIEM API serves at most 24 hours back (`from_date`, and cursors older than that).
+    fn horizon(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(24 * 3600))
+    }
+
     async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
         let mut tenants = self.discover_tenants().await?;
         if !self.settings.tenant_ids.is_empty() {
