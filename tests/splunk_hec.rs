@@ -376,20 +376,25 @@ batch_size = 100",
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_intermittent_503_mid_batch_keeps_the_requests_already_taken() {
-    // 50 records a batch in requests of 10 (envelopes are under 850 bytes): every fourth request
-    // is refused with a 503 (Retry-After: 1), so a batch never gets all of its 5 requests through
-    // in one go.
-    let sim = common::finished_sim(Identity::Tenant, 1, 250).await;
-    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+/// Delivers `events` Sophos events through the real loop while every fourth HEC request gets a
+/// 503 (Retry-After: 1): 50 records a batch in requests of 10 (envelopes are under 850 bytes), so a
+/// batch never gets all of its 5 requests through in one go. Each event must be indexed at most
+/// twice, nothing lost, and at most one batch of duplicates in all.
+async fn intermittent_503s_mid_batch(events: u64, extra: &str) {
+    let sim = common::finished_sim(Identity::Tenant, 1, events).await;
+    let hec = HecSim::start(HecSimConfig {
+        ack: extra.contains("ack = true"),
+        ..HecSimConfig::default()
+    })
+    .await
+    .unwrap();
     hec.faults().fail_every.store(4, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let mut s = pipeline_config(
         &sim,
         &hec,
         dir.path(),
-        "batch_size = 50\nmax_request_bytes = 8500\ngzip = false",
+        &format!("batch_size = 50\nmax_request_bytes = 8500\ngzip = false\n{extra}"),
     );
     s.backfill.drain_timeout_secs = 25.0;
     let summary = app::backfill(&s, &BackfillOptions::default(), CancellationToken::new())
@@ -397,7 +402,7 @@ async fn an_intermittent_503_mid_batch_keeps_the_requests_already_taken() {
         .unwrap();
     assert!(summary.complete(), "{summary:?}");
     assert!(
-        hec.busy_answers() >= 5,
+        hec.busy_answers() >= 3,
         "the outage was intermittent throughout: {} 503s",
         hec.busy_answers()
     );
@@ -411,6 +416,16 @@ async fn an_intermittent_503_mid_batch_keeps_the_requests_already_taken() {
         duplicates <= 50,
         "{duplicates} duplicates: more than one batch"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermittent_503_mid_batch_keeps_the_requests_already_taken() {
+    intermittent_503s_mid_batch(250, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermittent_503_mid_batch_keeps_the_requests_already_acked() {
+    intermittent_503s_mid_batch(150, "ack = true\nack_poll_secs = 0.05").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,4 +551,67 @@ async fn a_refused_event_of_a_batch_whose_acks_were_pending_at_a_restart_is_stil
         "{}",
         delivered.rejected[0].1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_only_the_requests_without_an_ack_are_sent_again() {
+    let hec = HecSim::start(HecSimConfig {
+        ack: true,
+        ack_delay: Duration::from_millis(1500),
+        ..HecSimConfig::default()
+    })
+    .await
+    .unwrap();
+    // The second request is refused with a 503.
+    hec.faults().fail_every.store(2, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let mut batch = records(10);
+    batch[6].record = r#"{"id":"e-6","name":"event 6"}"#.into();
+    // Requests of 5 records each.
+    let probe = sink(&hec, dir.path(), "").await;
+    let five: usize = batch[..5]
+        .iter()
+        .map(|r| {
+            let mut out = Vec::new();
+            probe.envelope(r, &mut out);
+            out.len()
+        })
+        .sum();
+    drop(probe);
+    let extra = format!(
+        "ack = true\nack_poll_secs = 0.1\nack_timeout_secs = 30\ngzip = false\nmax_request_bytes = {five}"
+    );
+
+    // The first request is taken and its ack pending, the second gets a 503; the process stops
+    // while it waits for the ack.
+    let mut first = sink(&hec, dir.path(), &extra).await;
+    let sending = tokio::spawn({
+        let batch = batch.clone();
+        async move { first.deliver(&batch).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hec.requests() < 2 {
+        assert!(Instant::now() < deadline, "the batch was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sending.abort();
+    let _ = sending.await;
+    assert_eq!(hec.accepted().len(), 5);
+
+    // After the restart the ack of the first request has come: only the second is sent again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut second = sink(&hec, dir.path(), &extra).await;
+    let delivered = second.deliver(&batch).await.unwrap();
+    assert!(delivered.shortfall.is_none(), "{delivered:?}");
+    assert!(delivered.rejected.is_empty(), "{delivered:?}");
+    let counts = index_counts(&hec);
+    for i in 0..10 {
+        assert_eq!(
+            counts.get(&format!("e-{i}")),
+            Some(&1),
+            "e-{i} indexed once"
+        );
+    }
+    assert_eq!(hec.requests(), 3, "two then one, none sent twice");
 }
