@@ -2,7 +2,8 @@
 //! and moves the position only after the receiver accepted.
 //!
 //! Must not: poll sources or format records. Invariant: the position moves in the same transaction
-//! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok`; on stop the
+//! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok` — to the end
+//! of the batch, or with a `Shortfall` to the end of the part the receiver took; on stop the
 //! loop drains what it can within the grace period and abandons the rest to the outbox. A daemon's
 //! sink never ends on its own: a receiver that refuses it is asked again at the longest backoff.
 
@@ -13,8 +14,10 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
 use super::{Context, Mode};
-use crate::sinks::{Sink, SinkError};
+use crate::sinks::{Delivered, Sink, SinkError};
+use crate::store::OutboxRecord;
 
 /// How long an idle sink waits for a commit notification before looking at the store again.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
@@ -140,48 +143,53 @@ pub async fn run_sink<K: Sink>(
                 break;
             }
         };
+        // The receiver took a leading part of the batch and failed the rest (HEC: the requests before
+        // a 503): that part counts as delivered, so a retry re-sends only the rest; the failure is
+        // then handled as if the whole batch had failed.
+        let delivered = match delivered {
+            Ok(Delivered {
+                rejected,
+                shortfall: Some(shortfall),
+            }) => {
+                let accepted = shortfall.accepted.min(batch.len());
+                if accepted > 0 {
+                    // It is up, if intermittently: the next retry need not wait longer.
+                    backoff.reset();
+                    let rejected = rejected
+                        .into_iter()
+                        .filter(|(i, _)| *i < accepted)
+                        .collect();
+                    position = record_accepted(
+                        &ctx,
+                        &name,
+                        &sources,
+                        &batch[..accepted],
+                        rejected,
+                        &mut backoff,
+                        &mut report,
+                    )
+                    .await
+                    .unwrap_or(position);
+                }
+                Err(shortfall.error)
+            }
+            other => other,
+        };
         match delivered {
             Ok(outcome) => {
                 backoff.reset();
                 report.error = None;
-                let last = batch.last().map_or(position, |r| r.seq);
-                let rejected: Vec<_> = outcome
-                    .rejected
-                    .into_iter()
-                    .filter_map(|(i, reason)| batch.get(i).map(|r| (r.clone(), reason)))
-                    .collect();
-                for (record, reason) in &rejected {
-                    tracing::warn!(sink = %name, source = %record.source, event_id = %record.event_id,
-                        "receiver rejected a record; kept as a dead letter: {reason}");
-                }
-                let accepted = (batch.len() - rejected.len()) as u64;
-                // The advance itself is never abandoned: the receiver has the batch.
-                loop {
-                    match ctx
-                        .store
-                        .advance_sink(&name, last, accepted, &rejected, Utc::now())
-                        .await
-                    {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::error!(sink = %name, "{e}");
-                            tokio::time::sleep(backoff.next_delay(None)).await;
-                        }
-                    }
-                }
-                position = last;
-                report.delivered += accepted;
-                report.dead_letters += rejected.len() as u64;
-                for source in &sources {
-                    let sinks = ctx
-                        .sinks_of_source
-                        .get(source)
-                        .map(Vec::as_slice)
-                        .unwrap_or_default();
-                    if let Err(e) = ctx.store.prune_outbox(source, sinks).await {
-                        tracing::warn!(sink = %name, "{e}");
-                    }
-                }
+                position = record_accepted(
+                    &ctx,
+                    &name,
+                    &sources,
+                    &batch,
+                    outcome.rejected,
+                    &mut backoff,
+                    &mut report,
+                )
+                .await
+                .unwrap_or(position);
             }
             Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
                 // A one-shot run reports the refusal and ends; the records wait for the daemon.
@@ -238,4 +246,55 @@ pub async fn run_sink<K: Sink>(
         tracing::info!(sink = %name, delivered = report.delivered, backlog = report.backlog, "sink finished");
     }
     report
+}
+
+/// Records that the receiver took `accepted` (the batch or a leading part of it, in log order): moves
+/// the position to its last record in one transaction with its dead letters, then prunes the outbox.
+/// Returns the new position (`None` when `accepted` is empty). The advance itself is never
+/// abandoned: the receiver has these records.
+async fn record_accepted(
+    ctx: &Context,
+    name: &str,
+    sources: &[String],
+    accepted: &[OutboxRecord],
+    rejected: Vec<(usize, String)>,
+    backoff: &mut Backoff,
+    report: &mut SinkReport,
+) -> Option<i64> {
+    let last = accepted.last()?.seq;
+    let rejected: Vec<_> = rejected
+        .into_iter()
+        .filter_map(|(i, reason)| accepted.get(i).map(|r| (r.clone(), reason)))
+        .collect();
+    for (record, reason) in &rejected {
+        tracing::warn!(sink = %name, source = %record.source, event_id = %record.event_id,
+            "receiver rejected a record; kept as a dead letter: {reason}");
+    }
+    let taken = (accepted.len() - rejected.len()) as u64;
+    loop {
+        match ctx
+            .store
+            .advance_sink(name, last, taken, &rejected, Utc::now())
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(sink = %name, "{e}");
+                tokio::time::sleep(backoff.next_delay(None)).await;
+            }
+        }
+    }
+    report.delivered += taken;
+    report.dead_letters += rejected.len() as u64;
+    for source in sources {
+        let sinks = ctx
+            .sinks_of_source
+            .get(source)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if let Err(e) = ctx.store.prune_outbox(source, sinks).await {
+            tracing::warn!(sink = %name, "{e}");
+        }
+    }
+    Some(last)
 }

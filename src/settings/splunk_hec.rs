@@ -65,9 +65,16 @@ pub struct SplunkHecSettings {
     /// Wait for indexer acknowledgement before a batch counts as delivered. Default false.
     #[serde(default)]
     pub ack: bool,
-    /// How long to wait for acks before sending the batch again, in seconds. Default 120.
+    /// How long to wait for acks before sending the unacknowledged requests again (or, once
+    /// `ack_resends` is used up, counting them delivered on their code 0), in seconds. Default 120.
     #[serde(default = "two_minutes")]
     pub ack_timeout_secs: f64,
+    /// How many times in a row requests whose acks did not come are sent again before the sink
+    /// counts them delivered on HTTP 200 code 0 alone and warns loudly that acks are not arriving
+    /// (behind a load balancer without sticky sessions they never do). Default 1: one re-send
+    /// recovers a batch an indexer really lost, and bounds the duplicates to one copy.
+    #[serde(default = "one_resend")]
+    pub ack_resends: u32,
     /// Pause between ack queries, in seconds. Default 2.
     #[serde(default = "two")]
     pub ack_poll_secs: f64,
@@ -90,6 +97,9 @@ fn thousand() -> usize {
 }
 fn two_minutes() -> f64 {
     120.0
+}
+fn one_resend() -> u32 {
+    1
 }
 fn one() -> f64 {
     1.0

@@ -3,9 +3,11 @@
 //! `invalid-event-number`), channels and indexer acks, `/services/collector/ack` and
 //! `/services/collector/health`, on loopback.
 //!
-//! Owns: the events it accepted (in order, for tests to compare) and faults: 503s, slowness, acks
-//! that come late or never. Must not: be reachable from anything but loopback. Invariant: a request
-//! with one invalid event is refused whole, nothing of it accepted.
+//! Owns: the events it accepted (in order, for tests to compare) and faults: 503s (all, a count, or
+//! every n-th request), slowness, acks that come late or never (as behind a load balancer without
+//! sticky sessions). Must not: be reachable from anything but loopback. Invariant: a request with an
+//! invalid event is answered as Splunk does: the events before it are indexed, it and the rest of
+//! the request are not, and the 400 names it by its zero-based place (`invalid-event-number`).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -52,8 +54,11 @@ pub struct HecFaults {
     pub unavailable: AtomicU64,
     /// Delay every event request, milliseconds.
     pub delay_ms: AtomicU64,
-    /// Never turn acks true.
+    /// Never turn acks true, as behind a load balancer without sticky sessions (the ack query
+    /// reaches an indexer that never saw the request).
     pub withhold_acks: AtomicBool,
+    /// Answer 503 to every n-th event request (counting all of them); 0 turns it off.
+    pub fail_every: AtomicU64,
 }
 
 struct Shared {
@@ -208,7 +213,9 @@ async fn event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
         .unavailable
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
-    if s.faults.busy.load(Ordering::SeqCst) || counted_down {
+    let every = s.faults.fail_every.load(Ordering::SeqCst);
+    let nth = every > 0 && s.requests.load(Ordering::SeqCst) % every == 0;
+    if s.faults.busy.load(Ordering::SeqCst) || counted_down || nth {
         s.busy_answers.fetch_add(1, Ordering::SeqCst);
         let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, 9, "Server is busy");
         r.headers_mut()
@@ -246,25 +253,32 @@ async fn event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
         body.to_vec()
     };
     let mut envelopes = Vec::new();
+    let mut refusal = None;
     for (n, parsed) in serde_json::Deserializer::from_slice(&body)
         .into_iter::<Value>()
         .enumerate()
     {
-        let Ok(envelope) = parsed else {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"text": "Invalid data format", "code": 6, "invalid-event-number": n})),
-            )
-                .into_response();
+        let problem = match &parsed {
+            Err(_) => Some((6, "Invalid data format")),
+            Ok(envelope) => invalid(envelope),
         };
-        if let Some((code, text)) = invalid(&envelope) {
-            return (
+        if let Some((code, text)) = problem {
+            refusal = Some((
                 StatusCode::BAD_REQUEST,
                 Json(json!({"text": text, "code": code, "invalid-event-number": n})),
-            )
-                .into_response();
+            ));
+            break;
         }
-        envelopes.push(envelope);
+        if let Ok(envelope) = parsed {
+            envelopes.push(envelope);
+        }
+    }
+    if let Some(refusal) = refusal {
+        // Splunk indexes what came before the invalid event (without an ack id to ask about).
+        if let Ok(mut accepted) = s.accepted.lock() {
+            accepted.extend(envelopes);
+        }
+        return refusal.into_response();
     }
     if envelopes.is_empty() {
         return reply(StatusCode::BAD_REQUEST, 5, "No data");

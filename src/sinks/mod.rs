@@ -3,7 +3,10 @@
 //!
 //! Owns: the contract between the delivery loop and a transport. Must not: read the store, move a
 //! position or sleep — the delivery loop in `scheduler` does that. Invariant: `deliver` returns `Ok`
-//! only once the receiver has accepted the whole batch (minus the records it reports as rejected).
+//! only once the receiver has accepted the whole batch (minus the records it reports as rejected),
+//! or, with a [`Shortfall`], a leading part of it: records before `Shortfall::accepted` are with the
+//! receiver, the rest must be sent again. A transport that takes all or nothing (file, syslog) never
+//! reports a shortfall.
 
 pub mod file;
 pub mod splunk_hec;
@@ -20,6 +23,19 @@ pub struct Delivered {
     /// Indexes into the batch of records the receiver refused as invalid, with its reason; they go
     /// to the dead-letter table and do not block the log.
     pub rejected: Vec<(usize, String)>,
+    /// Set when the receiver took only the first records of the batch (HEC: the requests before a
+    /// 503). `None`: it took the whole batch.
+    pub shortfall: Option<Shortfall>,
+}
+
+/// The part of a batch a receiver did not take, and why.
+#[derive(Debug)]
+pub struct Shortfall {
+    /// Records `[0, accepted)` of the batch are with the receiver (minus `Delivered::rejected`);
+    /// the rest are not and go again after the loop's backoff.
+    pub accepted: usize,
+    /// Why the rest failed; the delivery loop handles it as if the whole batch had failed.
+    pub error: SinkError,
 }
 
 /// Why a batch was not delivered, and what the delivery loop does next.

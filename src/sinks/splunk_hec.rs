@@ -4,12 +4,38 @@
 //!
 //! Owns: requests, response handling, bad-event isolation and the ack wait. Must not: build the
 //! envelope bytes itself (see `encode::hec`), or touch the outbox; its only state in the store is
-//! its channel and the acks it waits for. Invariants: a batch counts as delivered only when every
-//! request got code 0 (and, with acks on, every ack came back true); a 400 for bad data splits the
-//! request until the bad event stands alone, which becomes a dead letter while the rest goes on;
-//! 401/403 stop the sink loudly with its records still in the outbox.
+//! its channel and the acks it waits for. Invariants:
+//! - Requests of a batch go one at a time, in order, so what HEC took is always a leading part of
+//!   the batch. A request that fails (503, timeout, 401...) after earlier ones got code 0 (and,
+//!   with acks on, their acks) ends the batch with a [`Shortfall`]: the delivery loop keeps the
+//!   progress of that part and sends only the rest again, so an intermittent outage re-indexes
+//!   nothing (without acks a 503 means nothing of that request was taken). A 503 that carries
+//!   `invalid-event-number` is still treated as taking nothing of its request (at-least-once; Splunk
+//!   does not document it and Vector ignores it).
+//! - Bad data (400, codes 6, 12, 13, 15) names the refused event by its zero-based place in the
+//!   request (`invalid-event-number`). HEC indexed the events before it and dropped it and the rest
+//!   of the request (not in Splunk's docs; as reported in
+//!   opentelemetry-collector-contrib#36113 and vector#11434): exactly that event
+//!   becomes a dead letter and the events after it are sent again. With acks on, that leading part
+//!   has no ack id to ask about, so it counts on the 400 alone. Without a usable number the request
+//!   is halved until the bad event stands alone, assuming nothing of it was taken.
+//! - With acks on, a request counts once its ack is true. Acks are awaited up to
+//!   `ack_timeout_secs`; requests from the first unacknowledged one on are then sent again, at most
+//!   `ack_resends` times in a row (default 1). After that the sink trusts their HTTP 200 code 0 and
+//!   says so loudly (an ERROR, and the sink's last error in `state`), and from then on does not
+//!   re-send on an ack timeout until a batch is acked whole again. Why: behind a load balancer
+//!   without sticky sessions acks never come although the events are indexed, and re-sending
+//!   forever floods duplicates and stops delivery. Vector never re-sends on a missing ack (after
+//!   `retry_limit` = 30 queries, 10 s apart, it gives the events up as rejected, and it trusts the
+//!   200 when the ack endpoint answers 4xx); secrelay promises no loss, so it re-sends once — that
+//!   recovers a batch an indexer really lost — and bounds the duplicates to one batch per outage
+//!   of acks. An ack endpoint answering 4xx is trusted as Vector does.
+//! - After a restart, pending acks (one per request, with the last record it carried) are asked
+//!   about first; the leading requests whose acks came are not sent again, and the records refused
+//!   in them are still dead-lettered.
+//! - 401/403 stop the sink loudly with its records still in the outbox.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -18,7 +44,7 @@ use serde::Deserialize;
 
 use crate::encode::hec::{write_event, HecMeta};
 use crate::settings::{Secret, SplunkHecSettings};
-use crate::sinks::{Delivered, Sink, SinkError};
+use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
 use crate::sources::http::{self, parse_retry_after, TlsOptions};
 use crate::sources::Vendor;
 use crate::store::{OutboxRecord, Store};
@@ -50,6 +76,9 @@ struct Reply {
     code: i64,
     #[serde(rename = "ackId", default)]
     ack_id: Option<u64>,
+    /// Zero-based place in the request of the event HEC refused (400 codes 6, 12, 13, 15).
+    #[serde(rename = "invalid-event-number", default)]
+    invalid_event: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -61,9 +90,34 @@ struct AckReply {
 /// Why one request failed.
 enum PostError {
     /// HEC refused the data itself (400 codes 6, 12, 13, 15): isolate and dead-letter.
-    BadData(String),
+    BadData {
+        /// What HEC said.
+        reason: String,
+        /// `invalid-event-number`: the refused event's place in the request, when given.
+        invalid: Option<usize>,
+    },
     /// Anything else: retry, or stop.
     Sink(SinkError),
+}
+
+/// A request that got code 0 and waits for its indexer ack.
+struct Unacked {
+    ack: u64,
+    /// Index in the batch of its first record.
+    start: usize,
+}
+
+/// How far one pass over a batch got.
+struct Pass {
+    /// Records `[0, done)` of the batch are handled: taken with code 0 (acked or not yet), or
+    /// refused as invalid (in `rejected`).
+    done: usize,
+    /// Refused records, by index in the batch, with what HEC said.
+    rejected: Vec<(usize, String)>,
+    /// Requests of this pass waiting for their ack, in order.
+    unacked: Vec<Unacked>,
+    /// Why the pass stopped before the end of the batch.
+    error: Option<SinkError>,
 }
 
 /// The Splunk HEC sink.
@@ -76,6 +130,11 @@ pub struct HecSink {
     vendors: HashMap<String, Vendor>,
     store: Store,
     channel: Option<String>,
+    /// The first record whose acks did not come, and how many times that happened in a row.
+    ack_misses: Option<(i64, u32)>,
+    /// Acks stopped arriving (a batch ran out of `ack_resends`): a timeout now trusts code 0 at
+    /// once instead of sending again, until a batch is acked whole.
+    acks_not_arriving: bool,
 }
 
 fn new_channel() -> String {
@@ -127,6 +186,8 @@ impl HecSink {
             vendors,
             store,
             channel: None,
+            ack_misses: None,
+            acks_not_arriving: false,
         })
     }
 
@@ -239,12 +300,21 @@ impl HecSink {
             text: text.chars().take(200).collect(),
             code: -1,
             ack_id: None,
+            invalid_event: None,
         });
         let said = format!("{url}: HTTP {status}, code {}: {}", reply.code, reply.text);
         match status {
             StatusCode::OK if reply.code == 0 => Ok(reply.ack_id),
             StatusCode::BAD_REQUEST if matches!(reply.code, 6 | 12 | 13 | 15) => {
-                Err(PostError::BadData(said))
+                let invalid = reply
+                    .invalid_event
+                    .as_ref()
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|n| usize::try_from(n).ok());
+                Err(PostError::BadData {
+                    reason: said,
+                    invalid,
+                })
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(PostError::Sink(
                 self.fatal(format!("{said} (token refused or disabled)")),
@@ -261,20 +331,22 @@ impl HecSink {
         }
     }
 
-    /// Sends `events`, splitting by request size and, on bad data, down to the single bad event.
-    async fn send_all(
+    /// Sends the records of `batch` from `pass.done` on, in requests of at most
+    /// `max_request_bytes`, one at a time and in order, so that `pass.done` always ends a prefix
+    /// HEC took. Stops at the first request that fails for another reason than bad data.
+    async fn send(
         &self,
+        batch: &[OutboxRecord],
         events: &[Vec<u8>],
         channel: Option<&str>,
-        rejected: &mut Vec<(usize, String)>,
-        acks: &mut Vec<u64>,
-    ) -> Result<(), SinkError> {
+        pass: &mut Pass,
+    ) {
         let max = self.settings.max_request_bytes;
         let mut work: VecDeque<std::ops::Range<usize>> = VecDeque::new();
         // Cut into requests of at most `max` bytes (an event larger than that goes alone).
-        let mut start = 0;
+        let mut start = pass.done;
         let mut size = 0;
-        for (i, e) in events.iter().enumerate() {
+        for (i, e) in events.iter().enumerate().skip(pass.done) {
             if i > start && size + e.len() > max {
                 work.push_back(start..i);
                 start = i;
@@ -287,25 +359,140 @@ impl HecSink {
         }
         while let Some(range) = work.pop_front() {
             match self.post(&events[range.clone()], channel).await {
-                Ok(ack) => acks.extend(ack),
-                Err(PostError::BadData(reason)) if range.len() == 1 => {
-                    rejected.push((range.start, reason))
+                Ok(ack) => {
+                    if let (Some(ack), Some(channel)) = (ack, channel) {
+                        pass.unacked.push(Unacked {
+                            ack,
+                            start: range.start,
+                        });
+                        self.remember_ack(channel, ack, batch, range.end - 1, &pass.rejected)
+                            .await;
+                    }
+                    pass.done = range.end;
                 }
-                Err(PostError::BadData(_)) => {
+                // HEC indexed the events before the invalid one and dropped it and the rest of
+                // the request: dead-letter exactly that event and send the rest again.
+                Err(PostError::BadData {
+                    reason,
+                    invalid: Some(n),
+                }) if n < range.len() => {
+                    let bad = range.start + n;
+                    pass.rejected.push((bad, reason));
+                    pass.done = bad + 1;
+                    if bad + 1 < range.end {
+                        work.push_front(bad + 1..range.end);
+                    }
+                }
+                Err(PostError::BadData { reason, .. }) if range.len() == 1 => {
+                    pass.rejected.push((range.start, reason));
+                    pass.done = range.end;
+                }
+                // Bad data without a usable `invalid-event-number`: assume nothing of the request
+                // was taken and halve it until the bad event stands alone.
+                Err(PostError::BadData { .. }) => {
                     let mid = range.start + range.len() / 2;
                     work.push_front(mid..range.end);
                     work.push_front(range.start..mid);
                 }
-                Err(PostError::Sink(e)) => return Err(e),
+                Err(PostError::Sink(e)) => {
+                    pass.error = Some(e);
+                    return;
+                }
             }
         }
-        Ok(())
     }
 
-    /// Asks about `ids` until all are true (Ok(true)) or `ack_timeout_secs` passes (Ok(false)).
-    async fn wait_for_acks(&self, channel: &str, mut ids: Vec<u64>) -> bool {
+    /// Keeps the ack of the request ending at `batch[last]` (and the records refused so far) in
+    /// the store, so that a restart asks about it instead of sending the request again.
+    async fn remember_ack(
+        &self,
+        channel: &str,
+        ack: u64,
+        batch: &[OutboxRecord],
+        last: usize,
+        rejected: &[(usize, String)],
+    ) {
+        let refused: Vec<(i64, String)> = rejected
+            .iter()
+            .filter_map(|(i, reason)| batch.get(*i).map(|r| (r.seq, reason.clone())))
+            .collect();
+        let Some(last_seq) = batch.get(last).map(|r| r.seq) else {
+            return;
+        };
+        if let Err(e) = self
+            .store
+            .save_pending_acks(
+                &self.name,
+                channel,
+                &[ack],
+                last_seq,
+                &refused,
+                chrono::Utc::now(),
+            )
+            .await
+        {
+            // Only a restart needs it; without it, a restart sends the request again.
+            tracing::warn!(sink = %self.name, "{e}");
+        }
+    }
+
+    /// After a restart: the requests of this batch sent before it whose acks have come count as
+    /// delivered. Returns how many leading records of `batch` they cover, and adds the records
+    /// refused among them to `rejected`. Forgets the pending acks either way.
+    async fn resume(
+        &self,
+        channel: &str,
+        batch: &[OutboxRecord],
+        rejected: &mut Vec<(usize, String)>,
+    ) -> Result<usize, SinkError> {
+        let mut pending = self
+            .store
+            .pending_acks(&self.name)
+            .await
+            .map_err(|e| self.unavailable(e.to_string(), None))?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut done = 0;
+        if pending.iter().all(|(c, _, _)| c == channel) {
+            let ids = pending.iter().map(|(_, id, _)| *id).collect();
+            let acked = self.wait_for_acks(channel, ids).await;
+            // Requests went out one after another: every record up to the end of the last
+            // request of an all-acked run was handled (acked, or refused and kept below).
+            pending.sort_by_key(|(_, _, last)| *last);
+            let through = pending
+                .iter()
+                .take_while(|(_, id, _)| acked.contains(id))
+                .last()
+                .map(|(_, _, last)| *last);
+            if let Some(through) = through {
+                done = batch.partition_point(|r| r.seq <= through);
+                let refused = self
+                    .store
+                    .pending_rejects(&self.name)
+                    .await
+                    .map_err(|e| self.unavailable(e.to_string(), None))?;
+                rejected.extend(refused.into_iter().filter_map(|(seq, reason)| {
+                    batch
+                        .iter()
+                        .position(|r| r.seq == seq && seq <= through)
+                        .map(|i| (i, reason))
+                }));
+                tracing::info!(sink = %self.name, records = done,
+                    "acks of requests sent before the restart arrived; not sending them again");
+            }
+        }
+        let _ = self.store.clear_pending_acks(&self.name).await;
+        Ok(done)
+    }
+
+    /// Asks about `ids` until all are true or `ack_timeout_secs` passes; returns those that came
+    /// true. An ack endpoint that refuses the query (4xx) cannot confirm anything: then, as
+    /// Vector does, every id counts as acked on its request's code 0, with a warning.
+    async fn wait_for_acks(&self, channel: &str, mut ids: Vec<u64>) -> HashSet<u64> {
         let url = self.url("/services/collector/ack");
         let deadline = Instant::now() + Duration::from_secs_f64(self.settings.ack_timeout_secs);
+        let mut acked = HashSet::new();
         loop {
             let request = self
                 .http
@@ -315,19 +502,65 @@ impl HecSink {
                 .header("X-Splunk-Request-Channel", channel)
                 .json(&serde_json::json!({"acks": ids}));
             if let Ok(response) = request.send().await {
+                let status = response.status();
+                if status.is_client_error() {
+                    tracing::warn!(sink = %self.name, %status,
+                        "the ack endpoint refuses queries; counting requests as delivered on their code 0 alone");
+                    acked.extend(ids);
+                    return acked;
+                }
                 if let Ok(reply) = response.json::<AckReply>().await {
-                    ids.retain(|id| !reply.acks.get(&id.to_string()).copied().unwrap_or(false));
+                    ids.retain(|id| {
+                        let done = reply.acks.get(&id.to_string()).copied().unwrap_or(false);
+                        if done {
+                            acked.insert(*id);
+                        }
+                        !done
+                    });
                 }
             }
-            if ids.is_empty() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(sink = %self.name, waiting = ids.len(), "indexer acks did not arrive in time; the batch will be sent again");
-                return false;
+            if ids.is_empty() || Instant::now() >= deadline {
+                return acked;
             }
             tokio::time::sleep(Duration::from_secs_f64(self.settings.ack_poll_secs)).await;
         }
+    }
+
+    /// The acks of requests from `unacked[0]` on did not come within `ack_timeout_secs`: how many
+    /// leading records of the batch count as delivered. Sends them again (by not counting them)
+    /// up to `ack_resends` times in a row, then trusts their code 0 and says so loudly.
+    async fn acks_missing(&mut self, batch: &[OutboxRecord], first: usize, done: usize) -> usize {
+        let Some(seq) = batch.get(first).map(|r| r.seq) else {
+            return done;
+        };
+        let misses = match self.ack_misses {
+            Some((s, n)) if s == seq => n + 1,
+            _ => 1,
+        };
+        if !self.acks_not_arriving && misses <= self.settings.ack_resends {
+            tracing::warn!(sink = %self.name, attempt = misses, of = self.settings.ack_resends,
+                "indexer acks did not arrive in time; sending the unacknowledged requests again");
+            self.ack_misses = Some((seq, misses));
+            return first;
+        }
+        let detail = format!(
+            "indexer acks are not arriving (a load balancer without sticky sessions?): {} records \
+             counted as delivered on HTTP 200 code 0 alone, without confirmation of indexing; \
+             make the balancer sticky per channel, or set ack = false",
+            done - first
+        );
+        if self.acks_not_arriving {
+            tracing::warn!(sink = %self.name, "{detail}");
+        } else {
+            tracing::error!(sink = %self.name, "{detail}");
+            let _ = self
+                .store
+                .record_sink_error(&self.name, &detail, chrono::Utc::now())
+                .await;
+        }
+        self.acks_not_arriving = true;
+        self.ack_misses = None;
+        done
     }
 }
 
@@ -337,85 +570,73 @@ impl Sink for HecSink {
     }
 
     async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
-        let Some(last) = batch.last().map(|r| r.seq) else {
+        if batch.is_empty() {
             return Ok(Delivered::default());
-        };
+        }
         let channel = if self.settings.ack {
             Some(self.channel().await?)
         } else {
             None
         };
+        let mut pass = Pass {
+            done: 0,
+            rejected: Vec::new(),
+            unacked: Vec::new(),
+            error: None,
+        };
         if let Some(channel) = &channel {
-            // After a restart: acks still pending for this very batch may have arrived meanwhile.
-            let pending = self
-                .store
-                .pending_acks(&self.name)
-                .await
-                .map_err(|e| self.unavailable(e.to_string(), None))?;
-            if !pending.is_empty() {
-                let same_batch = pending
-                    .iter()
-                    .all(|(c, _, seq)| c == channel && *seq == last);
-                let ids = pending.iter().map(|(_, id, _)| *id).collect();
-                let acked = same_batch && self.wait_for_acks(channel, ids).await;
-                // What the receiver refused in that send is still refused: dead-letter it now.
-                let refused = if acked {
-                    self.store
-                        .pending_rejects(&self.name)
-                        .await
-                        .map_err(|e| self.unavailable(e.to_string(), None))?
-                } else {
-                    Vec::new()
-                };
-                let _ = self.store.clear_pending_acks(&self.name).await;
-                if acked {
-                    tracing::info!(sink = %self.name, "acks of the batch sent before the restart arrived; not sending it again");
-                    let rejected = refused
-                        .into_iter()
-                        .filter_map(|(seq, reason)| {
-                            batch.iter().position(|r| r.seq == seq).map(|i| (i, reason))
-                        })
-                        .collect();
-                    return Ok(Delivered { rejected });
-                }
-            }
+            pass.done = self.resume(channel, batch, &mut pass.rejected).await?;
         }
-        let events: Vec<Vec<u8>> = batch
-            .iter()
-            .map(|r| {
-                let mut out = Vec::with_capacity(r.record.len() + 256);
-                self.envelope(r, &mut out);
-                out
-            })
-            .collect();
-        let mut rejected = Vec::new();
-        let mut acks = Vec::new();
-        self.send_all(&events, channel.as_deref(), &mut rejected, &mut acks)
-            .await?;
-        if let (Some(channel), false) = (channel, acks.is_empty()) {
-            let refused: Vec<(i64, String)> = rejected
+        if pass.done < batch.len() {
+            let events: Vec<Vec<u8>> = batch
                 .iter()
-                .map(|(i, reason)| (batch[*i].seq, reason.clone()))
+                .map(|r| {
+                    let mut out = Vec::with_capacity(r.record.len() + 256);
+                    self.envelope(r, &mut out);
+                    out
+                })
                 .collect();
-            self.store
-                .save_pending_acks(
-                    &self.name,
-                    &channel,
-                    &acks,
-                    last,
-                    &refused,
-                    chrono::Utc::now(),
-                )
-                .await
-                .map_err(|e| self.unavailable(e.to_string(), None))?;
-            let acked = self.wait_for_acks(&channel, acks).await;
-            if !acked {
-                let _ = self.store.clear_pending_acks(&self.name).await;
-                return Err(self.unavailable("indexer acknowledgement timed out".into(), None));
+            self.send(batch, &events, channel.as_deref(), &mut pass)
+                .await;
+        }
+        // Records before `accepted` are with the receiver: with acks, up to the first request
+        // whose ack did not come.
+        let mut accepted = pass.done;
+        if let (Some(channel), false) = (&channel, pass.unacked.is_empty()) {
+            let ids = pass.unacked.iter().map(|u| u.ack).collect();
+            let acked = self.wait_for_acks(channel, ids).await;
+            match pass.unacked.iter().find(|u| !acked.contains(&u.ack)) {
+                None => {
+                    self.ack_misses = None;
+                    self.acks_not_arriving = false;
+                }
+                Some(missing) => {
+                    accepted = self.acks_missing(batch, missing.start, pass.done).await;
+                    if accepted < pass.done && pass.error.is_none() {
+                        pass.error = Some(self.unavailable(
+                            format!(
+                                "indexer acks did not arrive within {} s",
+                                self.settings.ack_timeout_secs
+                            ),
+                            None,
+                        ));
+                    }
+                }
             }
             let _ = self.store.clear_pending_acks(&self.name).await;
         }
-        Ok(Delivered { rejected })
+        let rejected = pass.rejected;
+        match pass.error {
+            None => Ok(Delivered {
+                rejected,
+                shortfall: None,
+            }),
+            Some(error) if accepted == 0 => Err(error),
+            Some(error) => Ok(Delivered {
+                rejected,
+                shortfall: Some(Shortfall { accepted, error }),
+            }),
+        }
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
