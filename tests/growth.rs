@@ -417,3 +417,52 @@ async fn the_binary_shows_growth_lists_dead_letters_and_retries_them_into_the_ne
     want.push(("events".into(), String::new(), "refused-1".into()));
     assert_exactly_once(&got, &want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_beside_a_running_daemon_is_delivered_by_it() {
+    let sim = finished_sim(Identity::Tenant, 1, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sim, dir.path(), "", "");
+    let config = dir.path().join("secrelay.toml");
+    std::fs::write(&config, &text).unwrap();
+    {
+        let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+            .await
+            .unwrap();
+        commit(&store, "sophos_t", vec![event("refused-2", 10)]).await;
+        let batch = store.read_batch(0, &["sophos_t".into()], 1).await.unwrap();
+        let refused = [(batch[0].clone(), "refused".to_string())];
+        store
+            .advance_sink("out", batch[0].seq, 0, &refused, Utc::now())
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let daemon = Daemon::start(&secrelay::settings::Settings::from_toml(&text).unwrap());
+    let mut want = expected(&sim, &["events", "alerts"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while delivered(dir.path()).len() < want.len() {
+        assert!(std::time::Instant::now() < deadline, "the daemon delivers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Beside the daemon (which holds the writer's lock): every configured sink's dead letters.
+    let retry =
+        tokio::task::spawn_blocking(move || run_binary(&config, &["dead-letters", "retry"]))
+            .await
+            .unwrap();
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    want.push(("events".into(), String::new(), "refused-2".into()));
+    while delivered(dir.path()).len() < want.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon sends the retry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+    assert_exactly_once(&delivered(dir.path()), &want);
+}

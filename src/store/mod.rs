@@ -1123,12 +1123,16 @@ impl Store {
         sources: &[String],
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT seq, source, stream, tenant, event_id, event_time, ingest_time, severity, record
-             FROM outbox WHERE seq > ",
+        // Two ordered index scans merged (UNION ALL), never an OR: SQLite would collect every
+        // matching row after the position and sort them for each batch.
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_sink_rows(
+            &mut q,
+            "seq, source, stream, tenant, event_id, event_time, ingest_time, severity, record",
+            sink,
+            after_seq,
+            sources,
         );
-        q.push_bind(after_seq);
-        push_sink_rows(&mut q, sink, sources);
         q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
         let rows = q
             .build()
@@ -1146,9 +1150,9 @@ impl Store {
         after_seq: i64,
         sources: &[String],
     ) -> Result<i64, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM outbox WHERE seq > ");
-        q.push_bind(after_seq);
-        push_sink_rows(&mut q, sink, sources);
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM (");
+        push_sink_rows(&mut q, "seq", sink, after_seq, sources);
+        q.push(")");
         let row = q
             .build()
             .fetch_one(&self.pool)
@@ -1236,19 +1240,29 @@ impl Store {
     }
 }
 
-/// Appends the filter of the rows `sink` reads: those of its `sources` meant for every sink, and
-/// those re-queued for it alone.
-fn push_sink_rows<'a>(q: &mut QueryBuilder<'a, Sqlite>, sink: &'a str, sources: &'a [String]) {
-    q.push(" AND (");
+/// Appends a SELECT of `columns` from the outbox rows `sink` reads after `after_seq`: those of its
+/// `sources` meant for every sink, then (UNION ALL) those re-queued for it alone.
+fn push_sink_rows<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    columns: &str,
+    sink: &'a str,
+    after_seq: i64,
+    sources: &'a [String],
+) {
     if !sources.is_empty() {
-        q.push("(target_sink IS NULL AND source IN (");
+        q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
+            .push_bind(after_seq)
+            .push(" AND source IN (");
         let mut list = q.separated(", ");
         for s in sources {
             list.push_bind(s);
         }
-        q.push(")) OR ");
+        q.push(") AND target_sink IS NULL UNION ALL ");
     }
-    q.push("target_sink = ").push_bind(sink).push(")");
+    q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
+        .push_bind(after_seq)
+        .push(" AND target_sink = ")
+        .push_bind(sink);
 }
 
 /// Makes sure the file uses incremental auto-vacuum. A new file already does (the connection sets
