@@ -645,7 +645,10 @@ impl StateReport {
             }
         );
         let g = &self.growth;
-        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+        let mib = |b: u64| match b {
+            0..=1_048_575 => format!("{:.0} KiB", b as f64 / 1024.0),
+            _ => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        };
         let _ = writeln!(
             out,
             "database: {} on disk (main {} + WAL {}; {} free inside, auto_vacuum {}) {}",
