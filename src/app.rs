@@ -26,7 +26,8 @@ use crate::sources::sophos::SophosSource;
 use crate::sources::tenable_sc::TenableScSource;
 use crate::sources::{http, Source, Vendor};
 use crate::store::{
-    Access, CursorState, OutboxTotals, RejectedRecord, SinkState, Store, StoreError,
+    Access, CursorState, DeadLetter, OutboxTotals, RejectedRecord, SinkState, Store, StoreError,
+    StoreGrowth,
 };
 
 /// Failures that end a command. Each says what to fix.
@@ -49,6 +50,9 @@ pub enum AppError {
     /// `--source` names no configured source.
     #[error("no source named `{0}` in the configuration")]
     UnknownSource(String),
+    /// `--sink` names no configured sink.
+    #[error("no sink named `{0}` in the configuration")]
+    UnknownSink(String),
 }
 
 /// What a `run` or `backfill` did.
@@ -279,6 +283,11 @@ async fn prune_seen_periodically(store: Store, settings: Settings, stop: Cancell
                 Err(e) => tracing::warn!(source = %id, "{e}"),
             }
         }
+        match store.reclaim_free_pages().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(bytes = n, "gave free pages of the state database back"),
+            Err(e) => tracing::warn!("{e}"),
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
@@ -454,6 +463,43 @@ pub struct StateReport {
     /// The most recent records sources could not turn into events (newest first, at most
     /// [`STATE_REJECTED_SHOWN`]); every partition's total is in `partitions`.
     pub rejected: Vec<RejectedRecord>,
+    /// What grows in the state database: seen ids (in all and per source), dead letters, rejected
+    /// records, re-queued dead letters, and the file's size on disk (main file plus WAL).
+    pub growth: StoreGrowth,
+}
+
+/// The human table `secrelay dead-letters` prints (the records themselves: `--json`).
+pub fn dead_letters_table(letters: &[DeadLetter]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<16} {:<18} {:<38} {:<20} REASON",
+        "SINK", "SOURCE", "STREAM", "EVENT ID", "WHEN"
+    );
+    for d in letters {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<16} {:<18} {:<38} {:<20} {}",
+            d.sink,
+            d.source,
+            d.stream,
+            d.event_id,
+            d.at.format("%Y-%m-%d %H:%M:%S"),
+            d.reason
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} dead letters{}",
+        letters.len(),
+        if letters.is_empty() {
+            ""
+        } else {
+            "; `secrelay dead-letters retry [--sink S]` sends them again to the sink that rejected them"
+        }
+    );
+    out
 }
 
 /// How many recent rejected records `secrelay state` lists.
@@ -482,6 +528,7 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
     let outbox = store.outbox_totals().await?;
     let partitions = store.cursor_states().await?;
     let rejected = store.recent_rejected(STATE_REJECTED_SHOWN).await?;
+    let growth = store.growth().await?;
     let mut stored: BTreeMap<String, SinkState> = store
         .sink_states()
         .await?
@@ -500,7 +547,9 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
             last_error_at: None,
             dead_letters: 0,
         });
-        let backlog = store.backlog_totals(state.delivered_seq, &sources).await?;
+        let backlog = store
+            .backlog_totals(&name, state.delivered_seq, &sources)
+            .await?;
         let refused = state.last_error.as_deref().is_some_and(|e| {
             e.starts_with(crate::scheduler::REFUSED)
                 && state
@@ -535,7 +584,66 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
         partitions,
         sinks,
         rejected,
+        growth,
     })
+}
+
+/// The dead letters of `sink` (every sink when `None`), oldest first: records a sink's receiver
+/// rejected. Reads beside a running daemon.
+pub async fn dead_letters(
+    settings: &Settings,
+    sink: Option<&str>,
+) -> Result<Vec<DeadLetter>, AppError> {
+    let store = Store::open(&settings.store.path, Access::Reader).await?;
+    let letters = store.dead_letters(sink).await;
+    store.close().await;
+    Ok(letters?)
+}
+
+/// What `secrelay dead-letters retry` did for one sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct Requeued {
+    /// Sink name.
+    pub sink: String,
+    /// Dead letters moved back to the outbox for this sink alone.
+    pub records: u64,
+}
+
+/// Re-queues the dead letters of `sink` (every configured sink when `None`): they go back to the
+/// end of the outbox for that sink alone, and the delivery loop (a running daemon, or the next
+/// `run` or `backfill`) sends them again; rejected again, they are dead letters again. Dead
+/// letters of a sink no longer configured are left alone (nothing would deliver or prune them).
+pub async fn retry_dead_letters(
+    settings: &Settings,
+    sink: Option<&str>,
+) -> Result<Vec<Requeued>, AppError> {
+    let names: Vec<String> = match sink {
+        Some(name) if settings.sinks.contains_key(name) => vec![name.to_string()],
+        Some(name) => return Err(AppError::UnknownSink(name.to_string())),
+        None => settings.sinks.keys().cloned().collect(),
+    };
+    // A reader: the re-queue is one short transaction, safe beside a running daemon.
+    let store = Store::open(&settings.store.path, Access::Reader).await?;
+    let mut done = Vec::new();
+    for name in names {
+        match store.requeue_dead_letters(&name).await {
+            Ok(records) => {
+                if records > 0 {
+                    tracing::info!(sink = %name, records, "dead letters re-queued for this sink");
+                }
+                done.push(Requeued {
+                    sink: name,
+                    records,
+                });
+            }
+            Err(e) => {
+                store.close().await;
+                return Err(e.into());
+            }
+        }
+    }
+    store.close().await;
+    Ok(done)
 }
 
 impl StateReport {
@@ -565,6 +673,51 @@ impl StateReport {
             } else {
                 ""
             }
+        );
+        let g = &self.growth;
+        let mib = |b: u64| match b {
+            0..=1_048_575 => format!("{:.0} KiB", b as f64 / 1024.0),
+            _ => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        };
+        let _ = writeln!(
+            out,
+            "database: {} on disk (main {} + WAL {}; {} free inside, auto_vacuum {}) {}",
+            mib(g.database.total_bytes),
+            mib(g.database.main_bytes),
+            mib(g.database.wal_bytes),
+            mib(g.database.free_bytes),
+            g.database.auto_vacuum,
+            g.database.path.display()
+        );
+        let per_source: Vec<String> = g
+            .seen_ids_by_source
+            .iter()
+            .map(|(source, n)| format!("{source} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "seen ids: {}{}",
+            g.seen_ids,
+            if per_source.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", per_source.join(", "))
+            }
+        );
+        let _ = writeln!(
+            out,
+            "dead letters: {} (records sinks rejected; `secrelay dead-letters` lists them){}",
+            g.dead_letters,
+            if g.requeued > 0 {
+                format!("; {} re-queued, waiting in the outbox", g.requeued)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "rejected records: {} (records sources could not read)",
+            g.rejected_records
         );
         for s in &self.sinks {
             if s.refused {

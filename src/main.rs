@@ -49,6 +49,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the records sinks rejected (dead letters), or re-queue them with `retry`.
+    DeadLetters {
+        /// Machine-readable JSON (with the records) instead of the table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Only this sink's dead letters (listed, or re-queued: default every configured sink's).
+        #[arg(long, global = true)]
+        sink: Option<String>,
+        #[command(subcommand)]
+        action: Option<DeadLetterAction>,
+    },
     /// Start the built-in vendor simulators and run the real pipeline into ./demo-out/.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -58,6 +69,13 @@ enum Command {
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Send them again, each to the sink that rejected it only (by a running daemon, or the next
+    /// run or backfill); rejected again, a record is a dead letter again.
+    Retry,
 }
 
 fn init_logging(level: &str) {
@@ -181,6 +199,28 @@ async fn main() -> ExitCode {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            Command::DeadLetters { json, sink, action } => match action {
+                None => {
+                    let letters = app::dead_letters(&settings, sink.as_deref()).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&letters)?);
+                    } else {
+                        print!("{}", app::dead_letters_table(&letters));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(DeadLetterAction::Retry) => {
+                    let done = app::retry_dead_letters(&settings, sink.as_deref()).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&done)?);
+                    } else {
+                        for r in &done {
+                            println!("{:<16} {} re-queued", r.sink, r.records);
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            },
             Command::Demo { .. } => Ok(ExitCode::SUCCESS),
         }
     }

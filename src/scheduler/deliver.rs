@@ -91,7 +91,11 @@ pub async fn run_sink<K: Sink>(
             tracing::warn!(sink = %name, "stopping with records still waiting (they stay in the outbox)");
             break;
         }
-        let batch = match ctx.store.read_batch(position, &sources, batch_size).await {
+        let batch = match ctx
+            .store
+            .read_sink_batch(&name, position, &sources, batch_size)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(sink = %name, "{e}");
@@ -241,7 +245,11 @@ pub async fn run_sink<K: Sink>(
             }
         }
     }
-    report.backlog = ctx.store.backlog(position, &sources).await.unwrap_or(-1);
+    report.backlog = ctx
+        .store
+        .sink_backlog(&name, position, &sources)
+        .await
+        .unwrap_or(-1);
     if ctx.mode != Mode::Daemon || report.backlog > 0 {
         tracing::info!(sink = %name, delivered = report.delivered, backlog = report.backlog, "sink finished");
     }
@@ -286,13 +294,25 @@ async fn record_accepted(
     }
     report.delivered += taken;
     report.dead_letters += rejected.len() as u64;
+    let mut pruned = 0;
     for source in sources {
         let sinks = ctx
             .sinks_of_source
             .get(source)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        if let Err(e) = ctx.store.prune_outbox(source, sinks).await {
+        match ctx.store.prune_outbox(source, sinks).await {
+            Ok(n) => pruned += n,
+            Err(e) => tracing::warn!(sink = %name, "{e}"),
+        }
+    }
+    match ctx.store.prune_requeued(name).await {
+        Ok(n) => pruned += n,
+        Err(e) => tracing::warn!(sink = %name, "{e}"),
+    }
+    // Pruned rows leave free pages: give them back so a drained backlog shrinks the file.
+    if pruned > 0 {
+        if let Err(e) = ctx.store.reclaim_free_pages().await {
             tracing::warn!(sink = %name, "{e}");
         }
     }

@@ -186,7 +186,7 @@ impl Context {
         let mut measured = BTreeMap::new();
         for (sink, sources) in &self.sources_of_sink {
             let position = self.store.sink_position(sink).await?;
-            let backlog = self.store.backlog_totals(position, sources).await?;
+            let backlog = self.store.backlog_totals(sink, position, sources).await?;
             measured.insert(sink.clone(), backlog.bytes);
         }
         if let Ok(mut cached) = self.backlogs.lock() {

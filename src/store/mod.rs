@@ -6,6 +6,21 @@
 //! is one transaction, so a crash at any instant leaves either the old cursor or the new cursor with
 //! its events on disk; and a sink's position only moves forward, in the same transaction that
 //! records its dead letters.
+//!
+//! Growth is bounded and visible: the file uses incremental auto-vacuum (set before the first table
+//! of a new database; an older file is switched with one `VACUUM` at the first writer's open), and
+//! [`Store::reclaim_free_pages`] gives the pages of pruned rows back to the file system a few at a
+//! time after pruning, so a drained backlog shrinks the file without holding the write lock long.
+//!
+//! Re-queued dead letters (`secrelay dead-letters retry`): a rejected record is appended again to
+//! the END of the outbox log with `target_sink` set to the sink that rejected it. Only that sink
+//! reads it ([`Store::read_sink_batch`]); rows with a `target_sink` are pruned once that sink has
+//! passed them ([`Store::prune_requeued`]) and are left out of the per-source prune. Why a column on
+//! the log rather than a side table: the record gets a real outbox position, so everything keyed
+//! by position keeps working unchanged for it — the sink's one offset, the HEC pending acks and
+//! pending rejects (which store positions), the backlog, the cap, and the dead-letter path of
+//! [`Store::advance_sink`] (rejected again, it is a dead letter again). Other sinks never see it,
+//! since they already had it or rejected it themselves.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,7 +29,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::event::{Page, Partition};
@@ -30,6 +47,17 @@ const SCHEMA_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Rows per multi-row statement; well under SQLite's bound-parameter limit.
 const CHUNK: usize = 400;
+
+/// Free pages below this many bytes stay in the file: the next commits reuse them, and giving them
+/// back after every batch of a busy outbox would only churn.
+const RECLAIM_ABOVE_BYTES: i64 = 4 << 20;
+
+/// Bytes of free pages given back per `incremental_vacuum` statement. Each statement is its own
+/// short write transaction, so commits and sink advances get the lock between steps.
+const RECLAIM_STEP_BYTES: i64 = 8 << 20;
+
+/// The WAL file is truncated to this after a checkpoint, so a burst does not leave it large.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
 /// Store failures. Every variant is worth a retry after a pause except [`StoreError::Open`], which
 /// stops the process: the database could not be opened or migrated.
@@ -202,6 +230,10 @@ pub enum Access {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The database file (its WAL is beside it, `-wal` appended).
+    path: PathBuf,
+    /// Set while one task gives free pages back, so sinks finishing at once do not all do it.
+    reclaiming: Arc<std::sync::atomic::AtomicBool>,
     /// Held for the life of a writer's store (see [`Access::Writer`]).
     _lock: Option<Arc<std::fs::File>>,
 }
@@ -227,6 +259,10 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed page survives power loss, not only a process crash.
             .synchronous(SqliteSynchronous::Full)
+            // Set on every connection, before `journal_mode`: on a new file it takes effect with the
+            // first table; an older file needs one VACUUM (see `use_incremental_vacuum`).
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
             // A commit waiting on another writer's fsync is normal here, not worth a warning per page.
@@ -251,6 +287,12 @@ impl Store {
                 .run(&pool)
                 .await
                 .map_err(|e| open_err(format!("migration failed: {e}")))?;
+            // Only a writer rewrites the file: `state` must not spend minutes on a VACUUM.
+            if access == Access::Writer {
+                use_incremental_vacuum(&pool, path)
+                    .await
+                    .map_err(|e| open_err(format!("switching to incremental vacuum: {e}")))?;
+            }
         } else {
             // The writer holding the lock may still be migrating: wait for the schema it brings.
             wait_for_schema(&pool).await.map_err(open_err)?;
@@ -260,7 +302,12 @@ impl Store {
             // Dropping the file releases the lock.
             Access::Reader => None,
         };
-        Ok(Store { pool, _lock: lock })
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+            reclaiming: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            _lock: lock,
+        })
     }
 
     /// Closes the pool, checkpointing the WAL.
@@ -483,6 +530,7 @@ impl Store {
     }
 
     /// Up to `limit` records after `after_seq` that come from one of `sources`, in log order.
+    /// Leaves out dead letters re-queued for one sink (see [`Store::read_sink_batch`]).
     pub async fn read_batch(
         &self,
         after_seq: i64,
@@ -501,29 +549,18 @@ impl Store {
         for s in sources {
             list.push_bind(s);
         }
-        q.push(") ORDER BY seq LIMIT ").push_bind(limit as i64);
+        q.push(") AND target_sink IS NULL ORDER BY seq LIMIT ")
+            .push_bind(limit as i64);
         let rows = q
             .build()
             .fetch_all(&self.pool)
             .await
             .map_err(query_err("reading an outbox batch"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboxRecord {
-                seq: r.get(0),
-                source: r.get(1),
-                stream: r.get(2),
-                tenant: r.get(3),
-                event_id: r.get(4),
-                event_time: from_millis(r.get(5)),
-                ingest_time: from_millis(r.get(6)),
-                severity: r.get::<i64, _>(7).clamp(0, 10) as u8,
-                record: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(outbox_record).collect())
     }
 
-    /// Records in the outbox after `after_seq` from one of `sources`: a sink's backlog.
+    /// Records in the outbox after `after_seq` from one of `sources`, leaving out dead letters
+    /// re-queued for one sink (a sink's backlog with them: [`Store::sink_backlog`]).
     pub async fn backlog(&self, after_seq: i64, sources: &[String]) -> Result<i64, StoreError> {
         if sources.is_empty() {
             return Ok(0);
@@ -534,7 +571,7 @@ impl Store {
         for s in sources {
             list.push_bind(s);
         }
-        q.push(")");
+        q.push(") AND target_sink IS NULL");
         let row = q
             .build()
             .fetch_one(&self.pool)
@@ -543,25 +580,17 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Rows and bytes in the outbox after `after_seq` from one of `sources`: a sink's backlog,
-    /// measured against its share of the outbox cap. Reads the backlog's rows (a range of
-    /// `outbox_by_source` per source), so callers cache it rather than ask on every poll.
+    /// Rows and bytes waiting for `sink` after `after_seq` (the rows of `sources` plus the dead
+    /// letters re-queued for it): its backlog, measured against its share of the outbox cap.
+    /// Reads every waiting row, so callers cache it rather than ask on every poll.
     pub async fn backlog_totals(
         &self,
+        sink: &str,
         after_seq: i64,
         sources: &[String],
     ) -> Result<OutboxTotals, StoreError> {
-        if sources.is_empty() {
-            return Ok(OutboxTotals::default());
-        }
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox WHERE seq > ",
-        );
-        q.push_bind(after_seq).push(" AND source IN (");
-        let mut list = q.separated(", ");
-        for s in sources {
-            list.push_bind(s);
-        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM (");
+        push_sink_rows(&mut q, "seq, bytes", sink, after_seq, sources);
         q.push(")");
         let row = q
             .build()
@@ -592,7 +621,7 @@ impl Store {
             .map_err(query_err("starting a sink advance"))?;
         for chunk in rejected.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at) ",
+                "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at, severity, ingest_time) ",
             );
             q.push_values(chunk, |mut b, (r, reason)| {
                 b.push_bind(sink)
@@ -604,7 +633,9 @@ impl Store {
                     .push_bind(millis(r.event_time))
                     .push_bind(&r.record)
                     .push_bind(reason)
-                    .push_bind(now_ms);
+                    .push_bind(now_ms)
+                    .push_bind(i64::from(r.severity))
+                    .push_bind(millis(r.ingest_time));
             });
             q.build()
                 .execute(&mut *tx)
@@ -652,6 +683,7 @@ impl Store {
     }
 
     /// Deletes the outbox rows of `source` that every sink in `sinks` has passed. Returns rows deleted.
+    /// Dead letters re-queued for one sink are left to [`Store::prune_requeued`].
     pub async fn prune_outbox(&self, source: &str, sinks: &[String]) -> Result<u64, StoreError> {
         if sinks.is_empty() {
             return Ok(0);
@@ -659,7 +691,7 @@ impl Store {
         // A sink with no row yet has delivered nothing: MIN over a missing row must count as 0.
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE source = ");
         q.push_bind(source)
-            .push(" AND seq <= (SELECT MIN(p) FROM (");
+            .push(" AND target_sink IS NULL AND seq <= (SELECT MIN(p) FROM (");
         let mut first = true;
         for sink in sinks {
             if !first {
@@ -807,6 +839,22 @@ impl Store {
     }
 }
 
+/// An `outbox` row selected as (seq, source, stream, tenant, event_id, event_time, ingest_time,
+/// severity, record).
+fn outbox_record(r: &sqlx::sqlite::SqliteRow) -> OutboxRecord {
+    OutboxRecord {
+        seq: r.get(0),
+        source: r.get(1),
+        stream: r.get(2),
+        tenant: r.get(3),
+        event_id: r.get(4),
+        event_time: from_millis(r.get(5)),
+        ingest_time: from_millis(r.get(6)),
+        severity: r.get::<i64, _>(7).clamp(0, 10) as u8,
+        record: r.get(8),
+    }
+}
+
 /// A `rejected_records` row selected as (source, stream, tenant, url, reason, record, at).
 fn rejected_record(r: &sqlx::sqlite::SqliteRow) -> RejectedRecord {
     RejectedRecord {
@@ -936,6 +984,333 @@ impl Store {
             .map_err(query_err("committing cleared acks"))?;
         Ok(())
     }
+}
+
+/// A record a sink's receiver rejected, as kept in the dead-letter table.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Row id (ordering only).
+    pub id: i64,
+    /// The sink whose receiver rejected it.
+    pub sink: String,
+    /// Its outbox position when it was rejected.
+    pub seq: i64,
+    /// Source id.
+    pub source: String,
+    /// Stream.
+    pub stream: String,
+    /// Tenant (`""` when none).
+    pub tenant: String,
+    /// Vendor-stable event id.
+    pub event_id: String,
+    /// Event time.
+    pub event_time: DateTime<Utc>,
+    /// What the receiver said.
+    pub reason: String,
+    /// When it was rejected.
+    pub at: DateTime<Utc>,
+    /// The vendor record, compact JSON.
+    pub record: String,
+}
+
+/// The size of the database file, as `secrelay state` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DatabaseSize {
+    /// The database file.
+    pub path: PathBuf,
+    /// Bytes of the main file on disk.
+    pub main_bytes: u64,
+    /// Bytes of the write-ahead log beside it (0 when there is none).
+    pub wal_bytes: u64,
+    /// `main_bytes + wal_bytes`.
+    pub total_bytes: u64,
+    /// Bytes of free pages inside the main file (given back by incremental vacuum above 4 MiB).
+    pub free_bytes: u64,
+    /// `none`, `full` or `incremental` (`incremental` once a writer has opened it).
+    pub auto_vacuum: String,
+}
+
+/// What the state database holds that grows, as `secrelay state` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StoreGrowth {
+    /// Seen-set ids kept, in all.
+    pub seen_ids: i64,
+    /// Seen-set ids kept, per source id.
+    pub seen_ids_by_source: std::collections::BTreeMap<String, i64>,
+    /// Records a sink's receiver rejected (dead letters), in all sinks.
+    pub dead_letters: i64,
+    /// Records a source could not turn into events, in all.
+    pub rejected_records: i64,
+    /// Outbox rows that are dead letters re-queued for one sink (counted in the outbox too).
+    pub requeued: i64,
+    /// The file on disk.
+    pub database: DatabaseSize,
+}
+
+/// Growth: sizes for `state`, giving free pages back, and dead letters listed and re-queued.
+impl Store {
+    /// Row counts of what grows, and the file's size on disk (main file plus WAL).
+    pub async fn growth(&self) -> Result<StoreGrowth, StoreError> {
+        let by_source: Vec<(String, i64)> =
+            sqlx::query_as("SELECT source, COUNT(*) FROM seen GROUP BY source ORDER BY source")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("counting seen ids"))?;
+        let counts = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM dead_letters), (SELECT COUNT(*) FROM rejected_records),
+                    (SELECT COUNT(*) FROM outbox WHERE target_sink IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_err("counting dead letters"))?;
+        let (page_size, free_pages, auto_vacuum) = self.pages().await?;
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let main_bytes = size(&self.path);
+        let wal_bytes = size(&PathBuf::from(format!("{}-wal", self.path.display())));
+        Ok(StoreGrowth {
+            seen_ids: by_source.iter().map(|(_, n)| n).sum(),
+            seen_ids_by_source: by_source.into_iter().collect(),
+            dead_letters: counts.get(0),
+            rejected_records: counts.get(1),
+            requeued: counts.get(2),
+            database: DatabaseSize {
+                path: self.path.clone(),
+                main_bytes,
+                wal_bytes,
+                total_bytes: main_bytes + wal_bytes,
+                free_bytes: (page_size * free_pages).max(0) as u64,
+                auto_vacuum: match auto_vacuum {
+                    0 => "none",
+                    1 => "full",
+                    _ => "incremental",
+                }
+                .to_string(),
+            },
+        })
+    }
+
+    /// (page size, free pages, auto_vacuum mode 0/1/2).
+    async fn pages(&self) -> Result<(i64, i64, i64), StoreError> {
+        sqlx::query_as(
+            "SELECT (SELECT page_size FROM pragma_page_size()),
+                    (SELECT freelist_count FROM pragma_freelist_count()),
+                    (SELECT auto_vacuum FROM pragma_auto_vacuum())",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_err("reading page counts"))
+    }
+
+    /// Gives free pages (left by pruned rows) back to the file system while more than 4 MiB of them
+    /// are free, 8 MiB per statement, each its own short write transaction. Returns bytes given back.
+    /// Does nothing while another task of this process is at it, or on a file without incremental
+    /// auto-vacuum (a reader-only database not yet opened by a writer).
+    pub async fn reclaim_free_pages(&self) -> Result<u64, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.reclaiming.swap(true, Ordering::AcqRel) {
+            return Ok(0);
+        }
+        let result = self.reclaim_steps().await;
+        self.reclaiming.store(false, Ordering::Release);
+        result
+    }
+
+    async fn reclaim_steps(&self) -> Result<u64, StoreError> {
+        let (page_size, mut free, auto_vacuum) = self.pages().await?;
+        if auto_vacuum != 2 || page_size <= 0 {
+            return Ok(0);
+        }
+        let step = (RECLAIM_STEP_BYTES / page_size).max(1);
+        let mut given_back = 0u64;
+        while free * page_size > RECLAIM_ABOVE_BYTES {
+            sqlx::query(&format!("PRAGMA incremental_vacuum({step})"))
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("giving free pages back"))?;
+            let (_, now_free, _) = self.pages().await?;
+            if now_free >= free {
+                break; // No progress (another connection holds them): try after the next prune.
+            }
+            given_back += ((free - now_free) * page_size) as u64;
+            free = now_free;
+        }
+        Ok(given_back)
+    }
+
+    /// Up to `limit` records for `sink` after `after_seq`, in log order: the rows of `sources` plus
+    /// the dead letters re-queued for this sink alone (whatever their source).
+    pub async fn read_sink_batch(
+        &self,
+        sink: &str,
+        after_seq: i64,
+        sources: &[String],
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        // Two ordered index scans merged (UNION ALL), never an OR: SQLite would collect every
+        // matching row after the position and sort them for each batch.
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_sink_rows(
+            &mut q,
+            "seq, source, stream, tenant, event_id, event_time, ingest_time, severity, record",
+            sink,
+            after_seq,
+            sources,
+        );
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("reading an outbox batch"))?;
+        Ok(rows.iter().map(outbox_record).collect())
+    }
+
+    /// Records waiting for `sink` after `after_seq`: the rows of `sources` plus the dead letters
+    /// re-queued for it.
+    pub async fn sink_backlog(
+        &self,
+        sink: &str,
+        after_seq: i64,
+        sources: &[String],
+    ) -> Result<i64, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM (");
+        push_sink_rows(&mut q, "seq", sink, after_seq, sources);
+        q.push(")");
+        let row = q
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("counting a sink backlog"))?;
+        Ok(row.get(0))
+    }
+
+    /// Deletes the dead letters re-queued for `sink` that it has passed. Returns rows deleted.
+    pub async fn prune_requeued(&self, sink: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE target_sink = ?1
+               AND seq <= COALESCE((SELECT delivered_seq FROM sink_offsets WHERE sink = ?1), 0)",
+        )
+        .bind(sink)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("pruning re-queued dead letters"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// The dead letters of `sink` (every sink when `None`), oldest first.
+    pub async fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, sink, seq, source, stream, tenant, event_id, event_time, reason, at, record
+             FROM dead_letters WHERE ?1 IS NULL OR sink = ?1 ORDER BY id",
+        )
+        .bind(sink)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading dead letters"))?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                sink: r.get(1),
+                seq: r.get(2),
+                source: r.get(3),
+                stream: r.get(4),
+                tenant: r.get(5),
+                event_id: r.get(6),
+                event_time: from_millis(r.get(7)),
+                reason: r.get(8),
+                at: from_millis(r.get(9)),
+                record: r.get(10),
+            })
+            .collect())
+    }
+
+    /// Moves every dead letter of `sink` back into the outbox, at its end, for that sink alone; in
+    /// one transaction, so a record is either a dead letter or waiting, never both or neither.
+    /// Returns how many were re-queued. Safe beside a running writer (the rows get new positions
+    /// after everything already in the log).
+    pub async fn requeue_dead_letters(&self, sink: &str) -> Result<u64, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("starting a re-queue"))?;
+        // Severity and ingest time were not kept before the migration that re-queues: take them
+        // from the outbox row if it is still there.
+        let moved = sqlx::query(
+            "INSERT INTO outbox (source, stream, tenant, event_id, event_time, ingest_time, severity,
+                                 record, bytes, target_sink)
+             SELECT d.source, d.stream, d.tenant, d.event_id, d.event_time,
+                    COALESCE(d.ingest_time, o.ingest_time, d.at), COALESCE(d.severity, o.severity, 0),
+                    d.record, length(CAST(d.record AS BLOB)), d.sink
+             FROM dead_letters d LEFT JOIN outbox o ON o.seq = d.seq
+             WHERE d.sink = ?1 ORDER BY d.id",
+        )
+        .bind(sink)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("re-queueing dead letters"))?
+        .rows_affected();
+        sqlx::query("DELETE FROM dead_letters WHERE sink = ?")
+            .bind(sink)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("re-queueing dead letters"))?;
+        tx.commit()
+            .await
+            .map_err(query_err("committing a re-queue"))?;
+        Ok(moved)
+    }
+}
+
+/// Appends a SELECT of `columns` from the outbox rows `sink` reads after `after_seq`: those of its
+/// `sources` meant for every sink, then (UNION ALL) those re-queued for it alone.
+fn push_sink_rows<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    columns: &str,
+    sink: &'a str,
+    after_seq: i64,
+    sources: &'a [String],
+) {
+    if !sources.is_empty() {
+        q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
+            .push_bind(after_seq)
+            .push(" AND source IN (");
+        let mut list = q.separated(", ");
+        for s in sources {
+            list.push_bind(s);
+        }
+        q.push(") AND target_sink IS NULL UNION ALL ");
+    }
+    q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
+        .push_bind(after_seq)
+        .push(" AND target_sink = ")
+        .push_bind(sink);
+}
+
+/// Makes sure the file uses incremental auto-vacuum. A new file already does (the connection sets
+/// it before the first table); a file made before that needs one VACUUM, which rewrites it whole:
+/// logged, since it takes time and up to twice the file's size on disk once.
+async fn use_incremental_vacuum(pool: &SqlitePool, path: &Path) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&mut *conn)
+        .await?;
+    if mode == 2 {
+        return Ok(());
+    }
+    let before = std::fs::metadata(path).map_or(0, |m| m.len());
+    tracing::info!(path = %path.display(), bytes = before,
+        "state database: switching to incremental auto-vacuum (one VACUUM rewrites the file)");
+    let started = std::time::Instant::now();
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("VACUUM").execute(&mut *conn).await?;
+    let after = std::fs::metadata(path).map_or(0, |m| m.len());
+    tracing::info!(path = %path.display(), bytes = after, took_ms = started.elapsed().as_millis() as u64,
+        "state database: incremental auto-vacuum on");
+    Ok(())
 }
 
 /// Takes the exclusive lock. A reader gives up at once when it is held (a writer has migrated
@@ -1148,6 +1523,171 @@ mod tests {
         store.clear_pending_acks("hec").await.unwrap();
         assert!(store.pending_acks("hec").await.unwrap().is_empty());
         assert!(store.pending_rejects("hec").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_older_file_is_switched_to_incremental_vacuum_by_a_writer_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database made the way earlier versions made it: auto_vacuum NONE, tables in it.
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            MIGRATOR.run(&pool).await.unwrap();
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, 0);
+            pool.close().await;
+        }
+        let reader = Store::open(&path, Access::Reader).await.unwrap();
+        assert_eq!(reader.growth().await.unwrap().database.auto_vacuum, "none");
+        reader.close().await;
+        drop(reader);
+        let writer = Store::open(&path, Access::Writer).await.unwrap();
+        let page = Page {
+            events: (0..3000).map(|i| event(&format!("{i:0>500}"), i)).collect(),
+            ..Page::default()
+        };
+        writer
+            .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+            .await
+            .unwrap();
+        let growth = writer.growth().await.unwrap();
+        assert_eq!(growth.database.auto_vacuum, "incremental");
+        assert_eq!(growth.seen_ids, 3000);
+        // Pruned rows leave free pages; the reclaim gives them back down to the 4 MiB kept.
+        writer
+            .advance_sink("k", i64::MAX, 3000, &[], Utc::now())
+            .await
+            .unwrap();
+        writer.prune_outbox("s", &["k".into()]).await.unwrap();
+        writer
+            .prune_seen("s", Utc::now() + chrono::Duration::days(1))
+            .await
+            .unwrap();
+        let free = writer.growth().await.unwrap().database.free_bytes;
+        assert!(free > 1 << 20, "{free} bytes free after pruning");
+        assert!(writer.reclaim_free_pages().await.unwrap() > 0);
+        let free = writer.growth().await.unwrap().database.free_bytes;
+        assert!(
+            free <= RECLAIM_ABOVE_BYTES as u64,
+            "{free} bytes still free"
+        );
+        // At the threshold nothing is worth giving back; the pages stay for the next commits.
+        assert_eq!(writer.reclaim_free_pages().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_file_uses_incremental_vacuum_and_gives_big_free_space_back() {
+        let (_dir, store) = store().await;
+        let big = "y".repeat(4000);
+        let page = Page {
+            events: (0..3000)
+                .map(|i| {
+                    let raw =
+                        RawValue::from_string(format!(r#"{{"id":"{i}","p":"{big}"}}"#)).unwrap();
+                    Event::new(i.to_string(), Utc::now(), Severity::new(1), &raw)
+                })
+                .collect(),
+            ..Page::default()
+        };
+        store
+            .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.growth().await.unwrap().database.auto_vacuum,
+            "incremental"
+        );
+        store
+            .advance_sink("k", i64::MAX, 3000, &[], Utc::now())
+            .await
+            .unwrap();
+        store.prune_outbox("s", &["k".into()]).await.unwrap();
+        let before = store.growth().await.unwrap().database.free_bytes;
+        assert!(before > 8 << 20, "{before} bytes free after pruning");
+        let given = store.reclaim_free_pages().await.unwrap();
+        let after = store.growth().await.unwrap().database.free_bytes;
+        assert!(
+            after <= RECLAIM_ABOVE_BYTES as u64,
+            "{after} bytes still free"
+        );
+        assert_eq!(given, before - after);
+    }
+
+    #[tokio::test]
+    async fn a_requeued_dead_letter_is_read_counted_and_pruned_for_its_sink_only() {
+        let (_dir, store) = store().await;
+        let page = Page {
+            events: vec![event("a", 1), event("b", 2)],
+            ..Page::default()
+        };
+        store
+            .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+            .await
+            .unwrap();
+        let batch = store.read_batch(0, &["s".into()], 10).await.unwrap();
+        let sinks = ["one".to_string(), "two".to_string()];
+        store
+            .advance_sink("one", 2, 1, &[(batch[0].clone(), "bad".into())], Utc::now())
+            .await
+            .unwrap();
+        store
+            .advance_sink("two", 2, 2, &[], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(store.prune_outbox("s", &sinks).await.unwrap(), 2);
+        assert_eq!(store.requeue_dead_letters("two").await.unwrap(), 0);
+        assert_eq!(store.requeue_dead_letters("one").await.unwrap(), 1);
+        assert!(store.dead_letters(Some("one")).await.unwrap().is_empty());
+
+        let s = ["s".to_string()];
+        let for_one = store.read_sink_batch("one", 2, &s, 10).await.unwrap();
+        assert_eq!(for_one.len(), 1);
+        assert_eq!((for_one[0].seq, for_one[0].event_id.as_str()), (3, "a"));
+        assert_eq!(for_one[0].severity, 3, "kept from the dead letter");
+        // Even when the sink no longer reads that source, it gets what was re-queued for it.
+        assert_eq!(
+            store
+                .read_sink_batch("one", 2, &[], 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .read_sink_batch("two", 2, &s, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.read_batch(2, &s, 10).await.unwrap().is_empty());
+        assert_eq!(store.sink_backlog("one", 2, &s).await.unwrap(), 1);
+        assert_eq!(store.sink_backlog("two", 2, &s).await.unwrap(), 0);
+        assert_eq!(store.backlog(2, &s).await.unwrap(), 0);
+        assert_eq!(store.growth().await.unwrap().requeued, 1);
+
+        // Sink two passing it (it has nothing to read) prunes nothing; sink one passing it does.
+        store
+            .advance_sink("two", 3, 0, &[], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(store.prune_outbox("s", &sinks[1..]).await.unwrap(), 0);
+        assert_eq!(store.prune_requeued("two").await.unwrap(), 0);
+        assert_eq!(store.prune_requeued("one").await.unwrap(), 0);
+        store
+            .advance_sink("one", 3, 1, &[], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(store.prune_requeued("one").await.unwrap(), 1);
+        assert_eq!(
+            store.outbox_totals().await.unwrap(),
+            OutboxTotals::default()
+        );
     }
 
     #[tokio::test]
