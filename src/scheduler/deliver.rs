@@ -18,6 +18,9 @@ use crate::sinks::{Sink, SinkError};
 /// How long an idle sink waits for a commit notification before looking at the store again.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
 
+/// Longest a sink may spend closing its connection at the end (the receiver reading what is left).
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
 /// What one sink did during this run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkReport {
@@ -206,6 +209,12 @@ pub async fn run_sink<K: Sink>(
                 }
             }
         }
+    }
+    if tokio::time::timeout(CLOSE_WITHIN, sink.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(sink = %name, "closing the connection took too long; abandoned");
     }
     report.backlog = ctx.store.backlog(position, &sources).await.unwrap_or(-1);
     if ctx.mode != Mode::Daemon || report.backlog > 0 {
