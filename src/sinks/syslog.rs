@@ -139,10 +139,21 @@ async fn liveness(connection: &mut Connection) -> Liveness {
     }
 }
 
+/// How a graceful close ended.
+#[derive(Debug)]
+enum Closing {
+    /// The receiver closed its side in order: it read everything we sent.
+    InOrder,
+    /// It kept its side open past the limit: alive, and nothing says it lost anything.
+    NoAnswer,
+    /// A reset or another error: what it had not read yet is gone.
+    Failed(String),
+}
+
 /// Closes a TCP/TLS connection so that the receiver reads everything sent on it: a TLS
-/// close_notify, a write shutdown, then reads (discarding) until the receiver closes its side.
-/// True when it did so in order (not a reset) within `within`.
-async fn close_gracefully(connection: Connection, within: Duration) -> bool {
+/// close_notify, a write shutdown, then reads (discarding) until the receiver closes its side,
+/// for at most `within`.
+async fn close_gracefully(connection: Connection, within: Duration) -> Closing {
     let closed = tokio::time::timeout(within, async move {
         let mut buf = [0u8; 4096];
         match connection {
@@ -167,7 +178,11 @@ async fn close_gracefully(connection: Connection, within: Duration) -> bool {
         }
     })
     .await;
-    matches!(closed, Ok(Ok(())))
+    match closed {
+        Ok(Ok(())) => Closing::InOrder,
+        Ok(Err(e)) => Closing::Failed(e.to_string()),
+        Err(_) => Closing::NoAnswer,
+    }
 }
 
 /// Keepalive probes and `TCP_USER_TIMEOUT`, so a receiver that vanished without a FIN or reset
@@ -482,12 +497,17 @@ impl SyslogSink {
         if self.settings.idle_reconnect_secs > 0.0
             && idle >= Duration::from_secs_f64(self.settings.idle_reconnect_secs)
         {
-            if close_gracefully(connection, self.close_within()).await {
-                self.last_batch.clear();
-                tracing::debug!(sink = %self.name, idle_secs = idle.as_secs(), "idle connection closed; opening a new one");
-            } else {
-                self.resend = std::mem::take(&mut self.last_batch);
-                tracing::warn!(sink = %self.name, "the receiver did not close an idle connection in order; its last batch goes again");
+            match close_gracefully(connection, self.close_within()).await {
+                Closing::Failed(e) => {
+                    self.resend = std::mem::take(&mut self.last_batch);
+                    tracing::warn!(sink = %self.name, address = %self.settings.address,
+                        "closing an idle connection failed ({e}); its last batch goes again");
+                }
+                // Idle this long, everything was acknowledged (or TCP_USER_TIMEOUT had ended it).
+                Closing::InOrder | Closing::NoAnswer => {
+                    self.last_batch.clear();
+                    tracing::debug!(sink = %self.name, idle_secs = idle.as_secs(), "idle connection closed; opening a new one");
+                }
             }
             return;
         }
@@ -637,7 +657,7 @@ impl Sink for SyslogSink {
 
     async fn check(&mut self) -> Result<(), SinkError> {
         if let Some(connection) = self.connection.take() {
-            if !close_gracefully(connection, self.close_within()).await {
+            if let Closing::Failed(_) = close_gracefully(connection, self.close_within()).await {
                 self.resend = std::mem::take(&mut self.last_batch);
             }
         }
@@ -651,11 +671,18 @@ impl Sink for SyslogSink {
         if matches!(connection, Connection::Udp(_)) {
             return;
         }
-        if close_gracefully(connection, self.close_within()).await {
-            tracing::debug!(sink = %self.name, "connection closed in order");
-        } else if !self.last_batch.is_empty() {
-            tracing::warn!(sink = %self.name, address = %self.settings.address,
-                "the receiver did not close the connection in order: it may not have read the last batch");
+        let within = self.close_within();
+        match close_gracefully(connection, within).await {
+            Closing::InOrder => tracing::debug!(sink = %self.name, "connection closed in order"),
+            Closing::NoAnswer => {
+                tracing::warn!(sink = %self.name, address = %self.settings.address,
+                "the receiver did not close its side within {} s; it may not have read the last batch",
+                within.as_secs_f64())
+            }
+            Closing::Failed(e) => {
+                tracing::warn!(sink = %self.name, address = %self.settings.address,
+                "closing the connection failed ({e}); the receiver may not have read the last batch")
+            }
         }
         self.last_batch.clear();
     }
