@@ -8,14 +8,19 @@ mod rsyslog;
 #[path = "common/tls.rs"]
 mod tls;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncReadExt;
 
 use chrono::{TimeZone, Utc};
-use secrelay::settings::{Settings, SinkSettings, SyslogSinkSettings};
+use secrelay::event::{Event, Page, Partition, Severity};
+use secrelay::scheduler::{run_sink, Context, Mode};
+use secrelay::settings::{SchedulerSettings, Settings, SinkSettings, SyslogSinkSettings};
 use secrelay::sinks::syslog::SyslogSink;
 use secrelay::sinks::{Sink, SinkError};
 use secrelay::sources::Vendor;
-use secrelay::store::OutboxRecord;
+use secrelay::store::{Access, OutboxRecord, Store};
 
 fn settings(extra: &str) -> SyslogSinkSettings {
     let text = format!("[sinks.s]\ntype = \"syslog\"\nhostname = \"collector-1\"\n{extra}\n");
@@ -253,43 +258,218 @@ async fn udp_messages_over_the_limit_are_cut_on_a_character_boundary() {
     );
 }
 
-#[tokio::test]
-async fn a_receiver_that_goes_away_is_reconnected_and_the_batch_sent_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = rsyslog::Rsyslog::start(dir.path(), None);
-    let port = receiver.tcp;
-    let mut sink = SyslogSink::new(
-        "s",
-        settings(&format!("address = \"127.0.0.1:{port}\"")),
-        vendors(),
-    )
-    .unwrap();
-    let records = hostile_records();
-    sink.deliver(&records[..3]).await.unwrap();
-    receiver.wait_for("tcp", 3).await;
-    let ports = (receiver.udp, receiver.tcp, receiver.tls);
-    drop(receiver);
-    // Writes into a dead connection fail once the peer has reset it; the sink reports it.
-    let mut failed = false;
-    for _ in 0..20 {
-        if sink.deliver(&records[3..4]).await.is_err() {
-            failed = true;
-            break;
+/// The ids in CEF lines (`externalId=`) and how often each arrived. Lines without one (a frame
+/// rsyslog cut at a restart) are left out.
+fn id_counts(lines: &[String]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in lines {
+        if let Some((_, ext)) = line.split_once("externalId=") {
+            let id = ext.split(' ').next().unwrap_or_default().to_string();
+            *counts.entry(id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Waits (up to 10 s) until every id in `want` arrived at `input`, and returns the counts of all.
+async fn wait_for_ids(
+    receiver: &rsyslog::Rsyslog,
+    input: &str,
+    want: &[String],
+) -> HashMap<String, usize> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let counts = id_counts(&receiver.received(input));
+        if want.iter().all(|id| counts.contains_key(id)) || std::time::Instant::now() > deadline {
+            return counts;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(failed, "a write to a receiver that is gone must fail");
-    assert!(
-        sink.deliver(&records[3..4]).await.is_err(),
-        "nothing listens: connect fails"
+}
+
+/// A store under `dir` whose outbox holds `count` Sophos events of source `sophos_eu`; their ids.
+async fn store_with_events(dir: &std::path::Path, count: usize) -> (Store, Vec<String>) {
+    let store = Store::open(&dir.join("state.db"), Access::Writer)
+        .await
+        .unwrap();
+    let partition = Partition::new("events", "t-1");
+    let mut ids = Vec::with_capacity(count);
+    let base = Utc::now() - chrono::Duration::hours(1);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(2_000) {
+        let events = chunk
+            .iter()
+            .map(|i| {
+                let id = format!("ev-{i:06}");
+                let record = serde_json::json!({
+                    "id": id,
+                    "type": "Event::Endpoint::Threat::Detected",
+                    "name": format!("threat {i} on host-{}", i % 97),
+                    "severity": "high",
+                    "created_at": "2026-11-20T10:00:00.000Z",
+                    "when": "2026-11-20T09:59:58.000Z",
+                    "source": "CORP\\user",
+                    "location": format!("host-{}", i % 97),
+                });
+                let raw = serde_json::value::to_raw_value(&record).unwrap();
+                ids.push(id.clone());
+                Event::new(
+                    id,
+                    base + chrono::Duration::milliseconds(*i as i64),
+                    Severity::new(8),
+                    &raw,
+                )
+            })
+            .collect();
+        let page = Page {
+            events,
+            ..Page::default()
+        };
+        store
+            .commit_page("sophos_eu", &partition, &page, Utc::now())
+            .await
+            .unwrap();
+    }
+    (store, ids)
+}
+
+/// The real delivery loop (backfill mode: it drains the outbox and ends) for one syslog sink.
+fn delivery(
+    store: Store,
+    sink: SyslogSink,
+    batch_size: usize,
+) -> tokio::task::JoinHandle<secrelay::scheduler::SinkReport> {
+    let ctx = Context::new(
+        store,
+        SchedulerSettings {
+            jitter_secs: 0.0,
+            backoff_initial_secs: 0.05,
+            backoff_max_secs: 0.3,
+            shutdown_grace_secs: 5.0,
+        },
+        u64::MAX / 2,
+        Mode::Backfill {
+            max_poll_failures: 1,
+        },
+        std::time::Duration::from_secs(45),
+        BTreeMap::from([("sophos_eu".to_string(), vec!["s".to_string()])]),
+        tokio_util::sync::CancellationToken::new(),
     );
-    // The receiver comes back on the same port: the next delivery connects again and sends.
-    let again = tempfile::tempdir().unwrap();
-    let receiver = rsyslog::Rsyslog::start_on(again.path(), None, ports);
-    sink.deliver(&records[3..5]).await.unwrap();
+    // No source runs: the loop drains what the outbox holds, then ends.
+    ctx.sources_done.cancel();
+    tokio::spawn(run_sink(
+        ctx,
+        sink,
+        vec!["sophos_eu".to_string()],
+        batch_size,
+        std::time::Duration::ZERO,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
+    const RECORDS: usize = 20_000;
+    const BATCH: usize = 200;
+    const RESTARTS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut receiver = rsyslog::Rsyslog::start(dir.path(), None);
+    let ports = receiver.ports();
+    let (store, ids) = store_with_events(state.path(), RECORDS).await;
+    let sink = SyslogSink::new(
+        "s",
+        settings(&format!("address = \"127.0.0.1:{}\"", ports.1)),
+        vendors(),
+    )
+    .unwrap();
+    let task = delivery(store, sink, BATCH);
+    // Restart the receiver (SIGTERM, then a new one on the same port, appending to the same file)
+    // each time another sixth of the records has arrived, while the loop keeps delivering.
+    for restart in 1..=RESTARTS {
+        let threshold = restart * RECORDS / (RESTARTS + 1);
+        while receiver.received("tcp").len() < threshold {
+            assert!(
+                !task.is_finished(),
+                "delivery ended before restart {restart}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let path = dir.path().to_path_buf();
+        receiver = tokio::task::spawn_blocking(move || {
+            receiver.terminate();
+            rsyslog::Rsyslog::start_on(&path, None, ports)
+        })
+        .await
+        .unwrap();
+    }
+    let report = task.await.unwrap();
+    assert_eq!(report.backlog, 0, "{report:?}");
+    let counts = wait_for_ids(&receiver, "tcp", &ids).await;
+    let missing: Vec<&String> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {RECORDS} records never arrived after {RESTARTS} receiver restarts (first: {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!("{duplicates} duplicates after {RESTARTS} restarts");
+    assert!(
+        duplicates <= RESTARTS * BATCH,
+        "{duplicates} duplicates: more than one batch per restart"
+    );
+}
+
+#[tokio::test]
+async fn backfill_to_a_tls_receiver_leaves_every_record_there() {
+    use secrelay::app::{self, BackfillOptions};
+    use secrelay::simulate::sophos::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    let receiver = rsyslog::Rsyslog::start(dir.path(), Some(&pki));
+    let sim = common::finished_sim(Identity::Tenant, 1, 8_000).await;
+    // Large batches: the receiver still has most of the last one to read when backfill ends.
+    let text = common::config_text(&sim, dir.path(), "", "")
+        .replace("sinks = [\"out\"]", "sinks = [\"siem\"]")
+        + &format!(
+            "[sinks.siem]\ntype = \"syslog\"\ntransport = \"tls\"\nbatch_size = 5000\naddress = \"localhost:{}\"\nca_file = {:?}\n",
+            receiver.tls,
+            pki.ca.display().to_string()
+        );
+    let settings = Settings::from_toml(&text).unwrap();
+    let summary = app::backfill(
+        &settings,
+        &BackfillOptions::default(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    let want: Vec<String> = common::expected(&sim, &["events", "alerts"])
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
+    // Alerts share their event's id, so count lines per id against the expected multiplicity.
+    let mut want_counts: HashMap<String, usize> = HashMap::new();
+    for id in &want {
+        *want_counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let got = loop {
+        let got = id_counts(&receiver.received("tls"));
+        if got.values().sum::<usize>() >= want.len() || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let missing: usize = want_counts
+        .iter()
+        .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
+        .sum();
     assert_eq!(
-        receiver.wait_for("tcp", 2).await,
-        expected(&sink, &records[3..5])
+        missing,
+        0,
+        "{missing} of {} records missing at the TLS receiver after backfill exited",
+        want.len()
     );
 }
 
@@ -331,4 +511,270 @@ async fn the_pipeline_delivers_every_sophos_event_to_rsyslog_once() {
     want_ids.sort();
     // Alerts share their event's id (Sophos: event_service_event_id), so ids repeat across streams.
     assert_eq!(ids, want_ids);
+}
+
+/// A TLS syslog receiver that reads slowly (`per_read` bytes every `pause`) and, as a TLS 1.3
+/// server normally does (rustls, OpenSSL), sends session tickets after the handshake. It keeps the
+/// ids of the octet-counted CEF frames it read, over all connections.
+struct SlowTlsReceiver {
+    port: u16,
+    ids: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowTlsReceiver {
+    async fn start(pki: &tls::Pki, per_read: usize, pause: std::time::Duration) -> Self {
+        let config = tls::server_config(pki, false);
+        assert!(config.send_tls13_tickets > 0, "the receiver sends tickets");
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ids: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let task = tokio::spawn({
+            let ids = ids.clone();
+            async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    let ids = ids.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let mut pending = Vec::new();
+                        let mut buf = vec![0u8; per_read];
+                        // Until close_notify (Ok(0)) or a reset (Err): what was not read is lost.
+                        while let Ok(n) = tls.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            pending.extend_from_slice(&buf[..n]);
+                            let lines = take_frames(&mut pending);
+                            {
+                                let mut seen = ids.lock().unwrap();
+                                for (id, n) in id_counts(&lines) {
+                                    *seen.entry(id).or_insert(0) += n;
+                                }
+                            }
+                            tokio::time::sleep(pause).await;
+                        }
+                    });
+                }
+            }
+        });
+        SlowTlsReceiver { port, ids, task }
+    }
+
+    fn ids(&self) -> HashMap<String, usize> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SlowTlsReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Takes the complete octet-counted frames (`LEN SP MSG`) off the front of `pending`.
+fn take_frames(pending: &mut Vec<u8>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut at = 0;
+    while let Some(space) = pending[at..].iter().position(|b| *b == b' ') {
+        let len: usize = std::str::from_utf8(&pending[at..at + space])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .expect("an octet count");
+        let start = at + space + 1;
+        if pending.len() < start + len {
+            break;
+        }
+        lines.push(String::from_utf8_lossy(&pending[start..start + len]).into_owned());
+        at = start + len;
+    }
+    pending.drain(..at);
+    lines
+}
+
+#[tokio::test]
+async fn backfill_ends_tls_in_order_so_a_slow_receiver_that_sends_tickets_reads_everything() {
+    use secrelay::app::{self, BackfillOptions};
+    use secrelay::simulate::sophos::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    // Slower than the sender: when backfill ends, much of what it sent is still unread.
+    let receiver = SlowTlsReceiver::start(&pki, 4096, std::time::Duration::from_millis(10)).await;
+    let sim = common::finished_sim(Identity::Tenant, 1, 1_000).await;
+    let text = common::config_text(&sim, dir.path(), "", "")
+        .replace("sinks = [\"out\"]", "sinks = [\"siem\"]")
+        + &format!(
+            "[sinks.siem]\ntype = \"syslog\"\ntransport = \"tls\"\naddress = \"localhost:{}\"\nca_file = {:?}\n",
+            receiver.port,
+            pki.ca.display().to_string()
+        );
+    let settings = Settings::from_toml(&text).unwrap();
+    let summary = app::backfill(
+        &settings,
+        &BackfillOptions::default(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    let mut want: HashMap<String, usize> = HashMap::new();
+    for (_, _, id) in common::expected(&sim, &["events", "alerts"]) {
+        *want.entry(id).or_insert(0) += 1;
+    }
+    let total: usize = want.values().sum();
+    // Backfill has returned: whatever the receiver reads from now on was still in its socket.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let missing = loop {
+        let got = receiver.ids();
+        let missing: usize = want
+            .iter()
+            .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
+            .sum();
+        if missing == 0 || std::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        missing, 0,
+        "{missing} of {total} records never reached the TLS receiver after backfill exited"
+    );
+}
+
+/// The octet-counted frames of `records`, as the sink writes them.
+fn framed(sink: &SyslogSink, records: &[OutboxRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for message in expected(sink, records) {
+        out.extend_from_slice(format!("{} {message}", message.len()).as_bytes());
+    }
+    out
+}
+
+/// Accepts the sink's next connection (failing after 2 s: the sink did not open one).
+async fn next_connection(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    tokio::time::timeout(std::time::Duration::from_secs(2), listener.accept())
+        .await
+        .expect("the sink opened a new connection")
+        .unwrap()
+        .0
+}
+
+/// Reads exactly `len` bytes (failing after 2 s).
+async fn read_bytes(stream: &mut tokio::net::TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_exact(&mut buf),
+    )
+    .await
+    .expect("the batch arrives")
+    .unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn a_connection_the_receiver_closed_is_noticed_before_the_next_batch() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut sink = SyslogSink::new(
+        "s",
+        settings(&format!(
+            "address = \"127.0.0.1:{port}\"\ntimeout_secs = 0.3"
+        )),
+        vendors(),
+    )
+    .unwrap();
+    let records = hostile_records();
+    sink.deliver(&records[..2]).await.unwrap();
+    let mut first = next_connection(&listener).await;
+    let want = framed(&sink, &records[..2]);
+    assert_eq!(read_bytes(&mut first, want.len()).await, want);
+    // The receiver read everything and closes in order (FIN), longer than `timeout_secs` after
+    // the batch: nothing was in flight, so nothing needs sending again.
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    sink.deliver(&records[2..4]).await.unwrap();
+    let mut second = next_connection(&listener).await;
+    let want = framed(&sink, &records[2..4]);
+    assert_eq!(
+        read_bytes(&mut second, want.len()).await,
+        want,
+        "the batch went on a new connection, not into the closed one"
+    );
+}
+
+#[tokio::test]
+async fn after_a_reset_the_last_batch_goes_again_on_the_new_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut sink = SyslogSink::new(
+        "s",
+        settings(&format!("address = \"127.0.0.1:{port}\"")),
+        vendors(),
+    )
+    .unwrap();
+    let records = hostile_records();
+    sink.deliver(&records[..2]).await.unwrap();
+    let first = next_connection(&listener).await;
+    // The receiver dies without reading (a reset: what it had not read is gone).
+    socket2::SockRef::from(&first)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    sink.deliver(&records[2..4]).await.unwrap();
+    let mut second = next_connection(&listener).await;
+    let mut want = framed(&sink, &records[..2]);
+    want.extend(framed(&sink, &records[2..4]));
+    assert_eq!(read_bytes(&mut second, want.len()).await, want);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_in_order_and_a_new_one_opened() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut sink = SyslogSink::new(
+        "s",
+        settings(&format!(
+            "address = \"127.0.0.1:{port}\"\nidle_reconnect_secs = 0.2"
+        )),
+        vendors(),
+    )
+    .unwrap();
+    let records = hostile_records();
+    sink.deliver(&records[..2]).await.unwrap();
+    let mut first = next_connection(&listener).await;
+    // The receiver reads until the sink closes its side, then closes its own.
+    let first_read = tokio::spawn(async move {
+        let mut all = Vec::new();
+        first.read_to_end(&mut all).await.map(|_| all)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sink.deliver(&records[2..4]).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(2), first_read)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        framed(&sink, &records[..2]),
+        "the first batch, then EOF"
+    );
+    let mut second = next_connection(&listener).await;
+    let want = framed(&sink, &records[2..4]);
+    assert_eq!(read_bytes(&mut second, want.len()).await, want);
+
+    // At stop the sink shuts down its side and waits for the receiver to close.
+    let second_read = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        second.read_to_end(&mut rest).await.map(|_| rest)
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(2), sink.close())
+        .await
+        .expect("close ends once the receiver closed");
+    assert!(second_read.await.unwrap().unwrap().is_empty());
 }

@@ -26,6 +26,9 @@ const IDLE_RECHECK: Duration = Duration::from_millis(500);
 /// `secrelay state` shows such a sink as refused, not merely failing.
 pub const REFUSED: &str = "REFUSED by the receiver";
 
+/// Longest a sink may spend closing its connection at the end (the receiver reading what is left).
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
 /// What one sink did during this run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkReport {
@@ -244,6 +247,12 @@ pub async fn run_sink<K: Sink>(
                 }
             }
         }
+    }
+    if tokio::time::timeout(CLOSE_WITHIN, sink.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(sink = %name, "closing the connection took too long; abandoned");
     }
     report.backlog = ctx
         .store

@@ -858,6 +858,11 @@ impl Settings {
                 SinkSettings::File(_) => {}
                 SinkSettings::Syslog(s) => {
                     checks.push((format!("{at}.timeout_secs"), s.timeout_secs, Zero::Refused));
+                    checks.push((
+                        format!("{at}.idle_reconnect_secs"),
+                        s.idle_reconnect_secs,
+                        Zero::Allowed,
+                    ));
                 }
                 SinkSettings::SplunkHec(h) => {
                     checks.push((format!("{at}.linger_secs"), h.linger_secs, Zero::Allowed));

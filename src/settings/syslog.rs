@@ -97,6 +97,11 @@ pub struct SyslogSinkSettings {
     /// Records per write + flush. Default 500.
     #[serde(default = "five_hundred")]
     pub batch_size: usize,
+    /// TCP/TLS: a connection unused for this many seconds is closed gracefully and a new one
+    /// opened for the next batch, so a receiver (or a firewall) that silently dropped it cannot
+    /// swallow that batch. 0 keeps connections however long they idle. Default 60.
+    #[serde(default = "sixty")]
+    pub idle_reconnect_secs: f64,
 }
 
 fn tcp() -> SyslogTransport {
@@ -122,6 +127,9 @@ fn two_k() -> usize {
 }
 fn ten() -> f64 {
     10.0
+}
+fn sixty() -> f64 {
+    60.0
 }
 fn five_hundred() -> usize {
     500

@@ -76,4 +76,11 @@ pub trait Sink: Send + 'static {
 
     /// Checks that the receiver can be reached and written to, without moving data.
     fn check(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Ends the connection at stop so the receiver reads everything sent on it (syslog: TLS
+    /// close_notify, a write shutdown, then a read until the receiver closes). The delivery loop
+    /// bounds it in time. Default: nothing to close.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -147,3 +147,25 @@ impl Drop for Rsyslog {
         let _ = self.child.wait();
     }
 }
+
+impl Rsyslog {
+    /// Stops it as an operator's restart does (SIGTERM: rsyslog closes its inputs and writes what it
+    /// has queued) and waits until it has exited, so a new one can bind the same ports.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// The (udp, tcp, tls) ports, to start another one on.
+    pub fn ports(&self) -> (u16, u16, u16) {
+        (self.udp, self.tcp, self.tls)
+    }
+
+    /// Where its files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
