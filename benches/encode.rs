@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 use secrelay::encode::syslog::{frame, write_message, Framing, Header, HeaderFormat};
-use secrelay::sources::Vendor;
 use secrelay::store::OutboxRecord;
+use secrelay::vendors::Vendor;
 
 const N: usize = 1_000_000;
 

@@ -1,34 +1,33 @@
 //! Composition root: settings → store → sources and sinks → scheduler, for each mode (`run`,
 //! `backfill`, `check`, `state`).
 //!
-//! Owns: which concrete source and sink types a configuration builds, and how a mode ends. Must not:
-//! parse command lines or choose exit codes (see `main.rs`), or print secrets. Invariant: the only
-//! place that names vendor types outside their own modules.
+//! Owns: how a mode ends, and the wiring of what `vendors::build_source` and
+//! `sinks::any::build_sink` build. Must not: parse command lines or choose exit codes (see
+//! `main.rs`), print secrets, or name a vendor or transport (the registries do). `state` and its
+//! rendering live in `app/state.rs`.
+
+mod state;
+
+pub use state::{
+    dead_letters_table, state, SinkStateWithBacklog, StateReport, STATE_REJECTED_SHOWN,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, SinkReport};
-use crate::settings::{Settings, SinkSettings, SourceSettings};
-use crate::sinks::file::FileSink;
-use crate::sinks::splunk_hec::HecSink;
-use crate::sinks::syslog::SyslogSink;
+use crate::settings::{Settings, SetupError, SourceSettings};
+use crate::sinks::any::{build_sink, AnySink, SinkSetup};
 use crate::sinks::Sink;
-use crate::sources::code42::Code42Source;
-use crate::sources::jamf::JamfSource;
-use crate::sources::sophos::SophosSource;
-use crate::sources::tenable_sc::TenableScSource;
-use crate::sources::{http, Source, Vendor};
-use crate::store::{
-    Access, CursorState, DeadLetter, OutboxTotals, RejectedRecord, SinkState, Store, StoreError,
-    StoreGrowth,
-};
+use crate::sources::{http, Source};
+use crate::store::{Access, DeadLetter, Store, StoreError};
+use crate::vendors::{build_source, mappings, SourceSetup};
 
 /// Failures that end a command. Each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +38,10 @@ pub enum AppError {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
-    /// A source could not be set up from its settings (a TLS file unreadable, say); the message
-    /// names the config key. Fix it and start again.
-    #[error("{0}")]
-    SourceSetup(String),
-    /// A sink could not be set up from its settings (a TLS file unreadable, say); the message names
-    /// the config key.
-    #[error("{0}")]
-    SinkSetup(String),
+    /// A source or sink could not be set up from its settings (a TLS file unreadable, say); names
+    /// the config key. Fix it and start again.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// `--source` names no configured source.
     #[error("no source named `{0}` in the configuration")]
     UnknownSource(String),
@@ -174,30 +169,24 @@ async fn pipeline(
     );
     let client = http::client(&settings.http).map_err(|e| AppError::Http(e.to_string()))?;
 
+    let setup = SourceSetup {
+        http: &settings.http,
+        client: &client,
+        lookback,
+    };
     let mut source_tasks = JoinSet::new();
     for (id, source) in &selected {
         let interval = Duration::from_secs_f64(source.interval_secs());
-        match source {
-            SourceSettings::Sophos(s) => {
-                let built = Arc::new(SophosSource::new(id, s.clone(), client.clone(), lookback));
-                source_tasks.spawn(run_source(ctx.clone(), built, interval));
-            }
-            SourceSettings::Code42(s) => {
-                let built = Arc::new(Code42Source::new(id, s.clone(), client.clone(), lookback));
-                source_tasks.spawn(run_source(ctx.clone(), built, interval));
-            }
-            SourceSettings::TenableSc(s) => {
-                let built = TenableScSource::new(id, s.clone(), &settings.http, lookback)
-                    .map_err(AppError::SourceSetup)?;
-                source_tasks.spawn(run_source(ctx.clone(), Arc::new(built), interval));
-            }
-            SourceSettings::Jamf(s) => {
-                let built = Arc::new(JamfSource::new(id, s.clone(), client.clone()));
-                source_tasks.spawn(run_source(ctx.clone(), built, interval));
-            }
-        }
+        let built = Arc::new(build_source(id, source, &setup)?);
+        source_tasks.spawn(run_source(ctx.clone(), built, interval));
     }
 
+    let mappings = mappings(&settings.sources);
+    let sink_setup = SinkSetup {
+        http: &settings.http,
+        mappings: &mappings,
+        store: Some(store),
+    };
     let mut sink_tasks = JoinSet::new();
     for (name, sources) in settings.routes() {
         // A backfill drives only the sinks of the sources it polls; each of them reads every source
@@ -214,28 +203,8 @@ async fn pipeline(
         };
         let batch = sink_settings.batch_size();
         let linger = sink_settings.linger();
-        match sink_settings {
-            SinkSettings::File(f) => {
-                let sink = FileSink::new(&name, f.clone());
-                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
-            }
-            SinkSettings::Syslog(s) => {
-                let sink = SyslogSink::new(&name, s.clone(), vendors(settings))
-                    .map_err(AppError::SinkSetup)?;
-                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
-            }
-            SinkSettings::SplunkHec(h) => {
-                let sink = HecSink::new(
-                    &name,
-                    h.clone(),
-                    &settings.http,
-                    vendors(settings),
-                    store.clone(),
-                )
-                .map_err(AppError::SinkSetup)?;
-                sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
-            }
-        }
+        let sink = build_sink(&name, sink_settings, &sink_setup)?;
+        sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
     }
 
     let mut partitions = Vec::new();
@@ -257,15 +226,6 @@ async fn pipeline(
         .sort_by(|a, b| (&a.source, &a.stream, &a.tenant).cmp(&(&b.source, &b.stream, &b.tenant)));
     sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
     Ok(RunSummary { partitions, sinks })
-}
-
-/// Source id → vendor, for sinks whose format depends on it (CEF).
-fn vendors(settings: &Settings) -> std::collections::HashMap<String, Vendor> {
-    settings
-        .sources
-        .iter()
-        .map(|(id, source)| (id.clone(), Vendor::of(source)))
-        .collect()
 }
 
 /// Forgets seen ids older than each source's retention, hourly, until stopped.
@@ -338,40 +298,19 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
             return results;
         }
     };
+    let setup = SourceSetup {
+        http: &settings.http,
+        client: &client,
+        lookback: None,
+    };
     for (id, source) in &settings.sources {
-        let outcome = match source {
-            SourceSettings::Sophos(s) => {
-                SophosSource::new(id, s.clone(), client.clone(), None)
-                    .partitions()
-                    .await
+        let outcome = match build_source(id, source, &setup) {
+            Ok(built) => {
+                let found = built.partitions().await;
+                built.close().await;
+                found.map_err(|e| e.to_string())
             }
-            SourceSettings::Code42(s) => {
-                Code42Source::new(id, s.clone(), client.clone(), None)
-                    .partitions()
-                    .await
-            }
-            SourceSettings::TenableSc(s) => {
-                match TenableScSource::new(id, s.clone(), &settings.http, None) {
-                    Ok(source) => {
-                        let found = source.partitions().await;
-                        source.close().await;
-                        found
-                    }
-                    Err(e) => {
-                        results.push(CheckResult {
-                            what: format!("source {id}"),
-                            ok: false,
-                            detail: e,
-                        });
-                        continue;
-                    }
-                }
-            }
-            SourceSettings::Jamf(s) => {
-                JamfSource::new(id, s.clone(), client.clone())
-                    .partitions()
-                    .await
-            }
+            Err(e) => Err(e.to_string()),
         };
         results.push(match outcome {
             Ok(p) => CheckResult {
@@ -382,50 +321,33 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
             Err(e) => CheckResult {
                 what: format!("source {id}"),
                 ok: false,
-                detail: e.to_string(),
+                detail: e,
             },
         });
     }
+    let mappings = mappings(&settings.sources);
     for (name, sink) in &settings.sinks {
-        let outcome = match sink {
-            SinkSettings::File(f) => FileSink::new(name, f.clone())
+        let setup = SinkSetup {
+            http: &settings.http,
+            mappings: &mappings,
+            store: check_store.as_ref(),
+        };
+        let outcome = match build_sink(name, sink, &setup) {
+            Ok(mut built) => built
                 .check()
                 .await
-                .map(|()| "writable".to_string()),
-            SinkSettings::SplunkHec(h) => match &check_store {
-                Some(store) => match HecSink::new(
-                    name,
-                    h.clone(),
-                    &settings.http,
-                    vendors(settings),
-                    store.clone(),
-                ) {
-                    Ok(mut sink) => sink.check().await.map(|()| format!("{} is healthy", h.url)),
-                    Err(e) => Err(crate::sinks::SinkError::Fatal {
-                        sink: name.clone(),
-                        detail: e,
-                    }),
-                },
-                None => Err(crate::sinks::SinkError::Fatal {
-                    sink: name.clone(),
-                    detail: "needs the state database (its channel lives there)".into(),
-                }),
-            },
-            SinkSettings::Syslog(s) => match SyslogSink::new(name, s.clone(), vendors(settings)) {
-                Ok(mut sink) => sink
-                    .check()
-                    .await
-                    .map(|()| format!("connected to {}", s.address)),
-                Err(e) => Err(crate::sinks::SinkError::Fatal {
-                    sink: name.clone(),
-                    detail: e,
-                }),
-            },
+                .map(|()| AnySink::checked(sink))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(crate::sinks::SinkError::Fatal {
+                sink: name.clone(),
+                detail: e.to_string(),
+            }
+            .to_string()),
         };
         results.push(CheckResult {
             what: format!("sink {name}"),
             ok: outcome.is_ok(),
-            detail: outcome.unwrap_or_else(|e| e.to_string()),
+            detail: outcome.unwrap_or_else(|e| e),
         });
     }
     if let Some(store) = check_store {
@@ -440,152 +362,6 @@ fn join(partitions: &[crate::event::Partition]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// What `secrelay state` shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct StateReport {
-    /// When this was read.
-    pub at: DateTime<Utc>,
-    /// Outbox rows and bytes.
-    pub outbox: OutboxTotals,
-    /// The configured cap.
-    pub outbox_cap_bytes: u64,
-    /// True while some sources are paused because a sink they route to is a full share behind
-    /// (see `sinks[].full`).
-    pub sources_paused: bool,
-    /// Each routed sink's share of the cap, in bytes.
-    pub sink_share_bytes: u64,
-    /// Per partition.
-    pub partitions: Vec<CursorState>,
-    /// Per sink, with its backlog.
-    pub sinks: Vec<SinkStateWithBacklog>,
-    /// The most recent records sources could not turn into events (newest first, at most
-    /// [`STATE_REJECTED_SHOWN`]); every partition's total is in `partitions`.
-    pub rejected: Vec<RejectedRecord>,
-    /// What grows in the state database: seen ids (in all and per source), dead letters, rejected
-    /// records, re-queued dead letters, and the file's size on disk (main file plus WAL).
-    pub growth: StoreGrowth,
-}
-
-/// The human table `secrelay dead-letters` prints (the records themselves: `--json`).
-pub fn dead_letters_table(letters: &[DeadLetter]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<16} {:<16} {:<18} {:<38} {:<20} REASON",
-        "SINK", "SOURCE", "STREAM", "EVENT ID", "WHEN"
-    );
-    for d in letters {
-        let _ = writeln!(
-            out,
-            "{:<16} {:<16} {:<18} {:<38} {:<20} {}",
-            d.sink,
-            d.source,
-            d.stream,
-            d.event_id,
-            d.at.format("%Y-%m-%d %H:%M:%S"),
-            d.reason
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{} dead letters{}",
-        letters.len(),
-        if letters.is_empty() {
-            ""
-        } else {
-            "; `secrelay dead-letters retry [--sink S]` sends them again to the sink that rejected them"
-        }
-    );
-    out
-}
-
-/// How many recent rejected records `secrelay state` lists.
-pub const STATE_REJECTED_SHOWN: u32 = 10;
-
-/// A sink's stored state plus the records waiting for it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SinkStateWithBacklog {
-    /// Stored state.
-    #[serde(flatten)]
-    pub state: SinkState,
-    /// Records routed to this sink still in the outbox.
-    pub backlog: i64,
-    /// Bytes of those records.
-    pub backlog_bytes: i64,
-    /// The backlog reached the sink's share of the outbox cap: the sources routed to it are paused.
-    pub full: bool,
-    /// The receiver refused the sink at its last attempt (credentials, configuration); the daemon
-    /// asks again at the longest backoff.
-    pub refused: bool,
-}
-
-/// Reads the state database (creating it if it does not exist yet).
-pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
-    let store = Store::open(&settings.store.path, Access::Reader).await?;
-    let outbox = store.outbox_totals().await?;
-    let partitions = store.cursor_states().await?;
-    let rejected = store.recent_rejected(STATE_REJECTED_SHOWN).await?;
-    let growth = store.growth().await?;
-    let mut stored: BTreeMap<String, SinkState> = store
-        .sink_states()
-        .await?
-        .into_iter()
-        .map(|s| (s.sink.clone(), s))
-        .collect();
-    let mut sinks = Vec::new();
-    let sink_share = settings.sink_share();
-    for (name, sources) in settings.routes() {
-        let state = stored.remove(&name).unwrap_or(SinkState {
-            sink: name.clone(),
-            delivered_seq: 0,
-            updated_at: None,
-            delivered_total: 0,
-            last_error: None,
-            last_error_at: None,
-            dead_letters: 0,
-        });
-        let backlog = store
-            .backlog_totals(&name, state.delivered_seq, &sources)
-            .await?;
-        let refused = state.last_error.as_deref().is_some_and(|e| {
-            e.starts_with(crate::scheduler::REFUSED)
-                && state
-                    .updated_at
-                    .is_none_or(|moved| state.last_error_at.is_some_and(|failed| failed > moved))
-        });
-        sinks.push(SinkStateWithBacklog {
-            state,
-            backlog: backlog.rows,
-            backlog_bytes: backlog.bytes,
-            full: !sources.is_empty() && backlog.bytes as u64 >= sink_share,
-            refused,
-        });
-    }
-    // Sinks no longer configured still show, so their dead letters are not forgotten.
-    for (_, state) in stored {
-        sinks.push(SinkStateWithBacklog {
-            state,
-            backlog: 0,
-            backlog_bytes: 0,
-            full: false,
-            refused: false,
-        });
-    }
-    store.close().await;
-    Ok(StateReport {
-        at: Utc::now(),
-        sources_paused: sinks.iter().any(|s| s.full),
-        sink_share_bytes: sink_share,
-        outbox,
-        outbox_cap_bytes: settings.outbox.max_bytes,
-        partitions,
-        sinks,
-        rejected,
-        growth,
-    })
 }
 
 /// The dead letters of `sink` (every sink when `None`), oldest first: records a sink's receiver
@@ -644,181 +420,4 @@ pub async fn retry_dead_letters(
     }
     store.close().await;
     Ok(done)
-}
-
-impl StateReport {
-    /// The human table `secrelay state` prints.
-    pub fn to_table(&self) -> String {
-        use std::fmt::Write;
-        let ago = |t: Option<DateTime<Utc>>| match t {
-            None => "-".to_string(),
-            Some(t) => {
-                let secs = (self.at - t).num_seconds().max(0);
-                match secs {
-                    0..=119 => format!("{secs}s ago"),
-                    120..=7199 => format!("{}m ago", secs / 60),
-                    _ => format!("{}h ago", secs / 3600),
-                }
-            }
-        };
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "outbox: {} records, {} of {} bytes{}",
-            self.outbox.rows,
-            self.outbox.bytes,
-            self.outbox_cap_bytes,
-            if self.sources_paused {
-                "  — sources routed to a full sink are paused"
-            } else {
-                ""
-            }
-        );
-        let g = &self.growth;
-        let mib = |b: u64| match b {
-            0..=1_048_575 => format!("{:.0} KiB", b as f64 / 1024.0),
-            _ => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
-        };
-        let _ = writeln!(
-            out,
-            "database: {} on disk (main {} + WAL {}; {} free inside, auto_vacuum {}) {}",
-            mib(g.database.total_bytes),
-            mib(g.database.main_bytes),
-            mib(g.database.wal_bytes),
-            mib(g.database.free_bytes),
-            g.database.auto_vacuum,
-            g.database.path.display()
-        );
-        let per_source: Vec<String> = g
-            .seen_ids_by_source
-            .iter()
-            .map(|(source, n)| format!("{source} {n}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "seen ids: {}{}",
-            g.seen_ids,
-            if per_source.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", per_source.join(", "))
-            }
-        );
-        let _ = writeln!(
-            out,
-            "dead letters: {} (records sinks rejected; `secrelay dead-letters` lists them){}",
-            g.dead_letters,
-            if g.requeued > 0 {
-                format!("; {} re-queued, waiting in the outbox", g.requeued)
-            } else {
-                String::new()
-            }
-        );
-        let _ = writeln!(
-            out,
-            "rejected records: {} (records sources could not read)",
-            g.rejected_records
-        );
-        for s in &self.sinks {
-            if s.refused {
-                let _ = writeln!(
-                    out,
-                    "!! sink {} is REFUSED by its receiver ({}): fix it; its records wait and it is tried again",
-                    s.state.sink,
-                    ago(s.state.last_error_at)
-                );
-            }
-            if s.full {
-                let _ = writeln!(
-                    out,
-                    "!! sink {} is {} bytes behind (its share is {}): the sources routed to it are paused",
-                    s.state.sink, s.backlog_bytes, self.sink_share_bytes
-                );
-            }
-        }
-        let _ = writeln!(out, "\nSOURCES");
-        let _ = writeln!(
-            out,
-            "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} LAST ERROR",
-            "SOURCE",
-            "STREAM",
-            "TENANT",
-            "EVENTS",
-            "DUPS",
-            "CLAMPS",
-            "REJECTED",
-            "CURSOR MOVED",
-            "LAST OK",
-            "LAG"
-        );
-        for p in &self.partitions {
-            let error = match (&p.last_error, p.last_error_at) {
-                (Some(e), Some(at)) if p.last_success_at.is_none_or(|ok| at > ok) => {
-                    format!("{} ({})", e, ago(Some(at)))
-                }
-                (Some(_), Some(at)) => format!("(recovered; last failure {})", ago(Some(at))),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                out,
-                "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} {}",
-                p.source,
-                p.stream,
-                if p.tenant.is_empty() { "-" } else { &p.tenant },
-                p.events_total,
-                p.duplicates_total,
-                p.clamps_total,
-                p.rejected_total,
-                ago(p.updated_at),
-                ago(p.last_success_at),
-                ago(p.newest_event_at),
-                error
-            );
-        }
-        if !self.rejected.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nREJECTED RECORDS (newest {}; kept in the state database)",
-                self.rejected.len()
-            );
-            for r in &self.rejected {
-                let _ = writeln!(
-                    out,
-                    "{:<16} {:<18} {:<12} {} ({})",
-                    r.source,
-                    r.stream,
-                    ago(Some(r.at)),
-                    r.reason,
-                    r.url
-                );
-            }
-        }
-        let _ = writeln!(out, "\nSINKS");
-        let _ = writeln!(
-            out,
-            "{:<16} {:>10} {:>10} {:>12} {:>12} {:<12} LAST ERROR",
-            "SINK", "POSITION", "BACKLOG", "DELIVERED", "DEAD LETTERS", "LAST MOVED"
-        );
-        for s in &self.sinks {
-            let error = match (&s.state.last_error, s.state.last_error_at) {
-                (Some(e), Some(at)) if s.state.updated_at.is_none_or(|moved| at > moved) => {
-                    format!("{} ({})", e, ago(Some(at)))
-                }
-                (Some(_), Some(at)) => format!("(recovered; last failure {})", ago(Some(at))),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                out,
-                "{:<16} {:>10} {:>10} {:>12} {:>12} {:<12} {}",
-                s.state.sink,
-                s.state.delivered_seq,
-                s.backlog,
-                s.state.delivered_total,
-                s.state.dead_letters,
-                ago(s.state.updated_at),
-                error
-            );
-        }
-        out
-    }
 }

@@ -18,7 +18,8 @@
 //! - **Back-pressure, never drop.** Over `outbox.max_bytes` sources pause until sinks catch up.
 //!
 //! Modules: [`settings`] (configuration), [`store`] (all SQL), [`scheduler`] (timing, both loops),
-//! [`sources`] (one module per vendor), [`sinks`] (one module per transport), [`encode`] (pure
+//! [`sources`] (one module per vendor), [`vendors`] (the registry naming them), [`mapping`] (what
+//! sinks know of a vendor's records), [`sinks`] (one module per transport), [`encode`] (pure
 //! formats), [`simulate`] (vendor simulators), [`app`] (composition), [`demo`].
 
 #![warn(missing_docs)]
@@ -27,6 +28,7 @@ pub mod app;
 pub mod demo;
 pub mod encode;
 pub mod event;
+pub mod mapping;
 pub mod scheduler;
 pub mod settings;
 pub mod signals;
@@ -34,3 +36,4 @@ pub mod simulate;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod vendors;

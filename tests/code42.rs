@@ -438,7 +438,8 @@ async fn an_expired_token_is_renewed_once_and_the_tenant_comes_from_it() {
         c,
         secrelay::sources::http::client(&s.http).unwrap(),
         None,
-    );
+    )
+    .unwrap();
     let partitions = source.partitions().await.unwrap();
     assert_eq!(
         source
@@ -693,6 +694,7 @@ async fn a_session_closed_after_it_left_the_window_is_forwarded() {
         secrelay::sources::http::client(&s.http).unwrap(),
         None,
     )
+    .unwrap()
     .with_clock(sim.clock());
     let partition = secrelay::event::Partition::new("sessions", "");
     let mut cursor = None;

@@ -57,7 +57,7 @@ fn source(settings: &Settings) -> JamfSource {
     let SourceSettings::Jamf(s) = settings.sources["jamf"].clone() else {
         panic!("jamf settings")
     };
-    JamfSource::new("jamf", s, http::client(&settings.http).unwrap())
+    JamfSource::new("jamf", s, http::client(&settings.http).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

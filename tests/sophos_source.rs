@@ -18,7 +18,7 @@ fn source_with(sim: &secrelay::simulate::sophos::SophosSim, extra: &str) -> Soph
     let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone() else {
         panic!("a sophos source")
     };
-    SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None)
+    SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None).unwrap()
 }
 
 #[tokio::test]
@@ -138,7 +138,8 @@ async fn a_token_endpoint_answer_that_does_not_parse_is_never_quoted() {
     let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone() else {
         panic!("a sophos source")
     };
-    let source = SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None);
+    let source =
+        SophosSource::new("sophos_t", s, http::client(&settings.http).unwrap(), None).unwrap();
     let err = source.partitions().await.unwrap_err().to_string();
     server.abort();
     assert!(!err.contains("planted"), "{err}");

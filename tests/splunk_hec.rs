@@ -15,8 +15,8 @@ use secrelay::simulate::hec::{HecSim, HecSimConfig};
 use secrelay::simulate::sophos::Identity;
 use secrelay::sinks::splunk_hec::HecSink;
 use secrelay::sinks::{Sink, SinkError};
-use secrelay::sources::Vendor;
 use secrelay::store::{Access, OutboxRecord, Store};
+use secrelay::vendors::Vendor;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "00000000-0000-4000-8000-00000000cafe";

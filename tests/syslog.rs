@@ -19,8 +19,8 @@ use secrelay::scheduler::{run_sink, Context, Mode};
 use secrelay::settings::{SchedulerSettings, Settings, SinkSettings, SyslogSinkSettings};
 use secrelay::sinks::syslog::SyslogSink;
 use secrelay::sinks::{Sink, SinkError};
-use secrelay::sources::Vendor;
 use secrelay::store::{Access, OutboxRecord, Store};
+use secrelay::vendors::Vendor;
 
 fn settings(extra: &str) -> SyslogSinkSettings {
     let text = format!("[sinks.s]\ntype = \"syslog\"\nhostname = \"collector-1\"\n{extra}\n");

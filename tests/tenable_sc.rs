@@ -235,7 +235,8 @@ async fn an_unreadable_ca_bundle_is_an_error_naming_the_key() {
     };
     let err = TenableScSource::new("sc", settings, &s.http, None)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("sources.sc.ca_file") && err.contains("/nonexistent/ca.pem"),
         "{err}"

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{
+    in_range, invalid, non_empty, required, resolve_secret, secret, Secret, SettingsError,
+    SetupError,
+};
 
 /// How to authenticate to Jamf Pro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -109,6 +112,88 @@ pub struct JamfSettings {
     /// Streams to produce. Default all of them.
     #[serde(default = "all_streams")]
     pub streams: Vec<JamfStream>,
+}
+
+/// Who a Jamf source signs in as, with the secret resolved: the API client id and secret, or the
+/// user name and password.
+#[derive(Debug, Clone)]
+pub struct JamfCredentials {
+    /// `client_id` (api_client) or `username` (user, basic).
+    pub user: String,
+    /// `client_secret` or `password`, resolved.
+    pub secret: Secret,
+}
+
+impl JamfSettings {
+    /// Checks the auth mode's keys and ranges at `at` (`sources.<id>`), and resolves the secret
+    /// the auth mode needs.
+    pub fn validate(&mut self, at: &str) -> Result<(), SettingsError> {
+        match self.auth {
+            JamfAuth::ApiClient => {
+                required(
+                    at,
+                    "client_id",
+                    self.client_id.as_deref(),
+                    "auth = \"api_client\" needs it",
+                )?;
+                resolve_secret(
+                    at,
+                    "client_secret",
+                    &mut self.client_secret,
+                    &mut self.client_secret_file,
+                )?;
+            }
+            JamfAuth::User | JamfAuth::Basic => {
+                required(
+                    at,
+                    "username",
+                    self.username.as_deref(),
+                    "auth = \"user\" or \"basic\" needs it",
+                )?;
+                resolve_secret(at, "password", &mut self.password, &mut self.password_file)?;
+            }
+        }
+        if self.auth == JamfAuth::Basic && self.api != JamfApi::Classic {
+            return Err(invalid(
+                &format!("{at}.auth"),
+                "basic auth only works on the Classic API: set api = \"classic\"",
+            ));
+        }
+        in_range(at, "page_size", self.page_size, 1, 1000)?;
+        in_range(at, "max_connections", self.max_connections, 1, 20)?;
+        non_empty(at, "streams", &self.streams)
+    }
+
+    /// The credentials of the auth mode, resolved, of the source at `at`.
+    pub fn credentials(&self, at: &str) -> Result<JamfCredentials, SetupError> {
+        let (user_key, user, secret_key, secret) = match self.auth {
+            JamfAuth::ApiClient => (
+                "client_id",
+                &self.client_id,
+                "client_secret",
+                self.client_secret.as_ref(),
+            ),
+            JamfAuth::User | JamfAuth::Basic => (
+                "username",
+                &self.username,
+                "password",
+                self.password.as_ref(),
+            ),
+        };
+        let user = match user {
+            Some(u) if !u.is_empty() => u.clone(),
+            _ => {
+                return Err(SetupError::new(
+                    format!("{at}.{user_key}"),
+                    "required by the auth mode",
+                ))
+            }
+        };
+        Ok(JamfCredentials {
+            user,
+            secret: secret::resolved(at, secret_key, secret)?,
+        })
+    }
 }
 
 fn hour() -> f64 {

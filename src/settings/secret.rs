@@ -89,6 +89,19 @@ pub fn resolve(
     }
 }
 
+/// The secret in a resolved slot `{at}.{name}`, for the source or sink that uses it. Settings
+/// loaded through [`super::Settings::load`] always have it; a slot left empty (settings built by
+/// hand) is a setup error naming the key, never an empty credential sent to a vendor.
+pub fn resolved(at: &str, name: &str, slot: Option<&Secret>) -> Result<Secret, super::SetupError> {
+    match slot {
+        Some(secret) if !secret.expose().is_empty() => Ok(secret.clone()),
+        _ => Err(super::SetupError::new(
+            format!("{at}.{name}"),
+            "no secret resolved (settings are resolved by Settings::load)",
+        )),
+    }
+}
+
 fn credential_path(path: &Path) -> PathBuf {
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) if path.is_relative() => Path::new(&dir).join(path),

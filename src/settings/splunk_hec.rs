@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{invalid, resolve_secret, secret, Secret, SettingsError, SetupError};
 
 /// Where events of one source (and optionally one stream) go, overriding the sink's defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +87,32 @@ pub struct SplunkHecSettings {
     /// Request timeout, in seconds. Default 30.
     #[serde(default = "thirty")]
     pub timeout_secs: f64,
+}
+
+impl SplunkHecSettings {
+    /// Checks the sink at `at` (`sinks.<name>`): request size, routes naming configured sources
+    /// (`source_ids`); resolves the token.
+    pub fn validate(&mut self, at: &str, source_ids: &[String]) -> Result<(), SettingsError> {
+        resolve_secret(at, "token", &mut self.token, &mut self.token_file)?;
+        if self.max_request_bytes < 1024 {
+            return Err(invalid(
+                &format!("{at}.max_request_bytes"),
+                "must be at least 1024",
+            ));
+        }
+        if let Some(route) = self.routes.iter().find(|r| !source_ids.contains(&r.source)) {
+            return Err(invalid(
+                &format!("{at}.routes"),
+                format!("no source named `{}`", route.source),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The resolved HEC token of the sink at `at`.
+    pub fn credentials(&self, at: &str) -> Result<Secret, SetupError> {
+        secret::resolved(at, "token", self.token.as_ref())
+    }
 }
 
 fn one_mb() -> usize {

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use super::{invalid, SettingsError};
 
 /// Network transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -64,9 +66,10 @@ pub struct SyslogSinkSettings {
     /// `cef` (default) or `json`.
     #[serde(default = "cef")]
     pub payload: SyslogPayload,
-    /// Facility name: `local0`–`local7`, `user`, `auth`, ... Default `local4`.
+    /// Facility name: `local0`–`local7`, `user`, `auth`, ... Default `local4`. Parsed at load: an
+    /// unknown name is a configuration error naming this key.
     #[serde(default = "local4")]
-    pub facility: String,
+    pub facility: Facility,
     /// HOSTNAME in the header. Default: this machine's host name.
     #[serde(default)]
     pub hostname: Option<String>,
@@ -104,6 +107,56 @@ pub struct SyslogSinkSettings {
     pub idle_reconnect_secs: f64,
 }
 
+/// A syslog facility, read from its name (`local4`, `daemon`, ...) when the settings load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facility(u8);
+
+impl Facility {
+    /// The facility's number (0–23), as the PRI field uses it.
+    pub fn number(self) -> u8 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Facility {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        crate::encode::syslog::facility_number(&name)
+            .map(Facility)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown facility {name:?} (local0-local7, user, daemon, auth, ...)"
+                ))
+            })
+    }
+}
+
+impl SyslogSinkSettings {
+    /// Checks the sink at `at` (`sinks.<name>`): framing against transport, TLS files in pairs,
+    /// the UDP datagram size.
+    pub fn validate(&mut self, at: &str) -> Result<(), SettingsError> {
+        if self.transport == SyslogTransport::Tls && self.framing == SyslogFraming::Lf {
+            return Err(invalid(
+                &format!("{at}.framing"),
+                "TLS syslog uses octet counting (RFC 5425)",
+            ));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(invalid(
+                &format!("{at}.client_cert_file"),
+                "a client certificate needs both client_cert_file and client_key_file",
+            ));
+        }
+        if !(64..=65_507).contains(&self.udp_max_bytes) {
+            return Err(invalid(
+                &format!("{at}.udp_max_bytes"),
+                "must be 64 to 65507",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn tcp() -> SyslogTransport {
     SyslogTransport::Tcp
 }
@@ -116,8 +169,8 @@ fn rfc5424() -> SyslogFormat {
 fn cef() -> SyslogPayload {
     SyslogPayload::Cef
 }
-fn local4() -> String {
-    "local4".into()
+fn local4() -> Facility {
+    Facility(20)
 }
 fn secrelay() -> String {
     "secrelay".into()

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{
+    in_range, invalid, non_empty, required, resolve_secret, secret, Secret, SettingsError,
+    SetupError,
+};
 
 /// How to authenticate to Tenable.sc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,6 +120,95 @@ pub struct TenableScSettings {
     /// Request timeout for analysis queries, in seconds (they are slow). Default 300.
     #[serde(default = "five_minutes")]
     pub timeout_secs: f64,
+}
+
+/// How a Tenable.sc source signs in, with its credentials resolved.
+#[derive(Debug, Clone)]
+pub enum TenableCredentials {
+    /// `auth = "api_keys"`.
+    ApiKeys {
+        /// `access_key`.
+        access_key: String,
+        /// `secret_key` (resolved).
+        secret_key: Secret,
+    },
+    /// `auth = "session"`.
+    Session {
+        /// `username`.
+        username: String,
+        /// `password` (resolved).
+        password: Secret,
+    },
+}
+
+impl TenableScSettings {
+    /// Checks the auth mode's keys, ranges and TLS files at `at` (`sources.<id>`), and resolves
+    /// the secret the auth mode needs.
+    pub fn validate(&mut self, at: &str) -> Result<(), SettingsError> {
+        match self.auth {
+            TenableAuth::ApiKeys => {
+                required(
+                    at,
+                    "access_key",
+                    self.access_key.as_deref(),
+                    "auth = \"api_keys\" needs it",
+                )?;
+                resolve_secret(
+                    at,
+                    "secret_key",
+                    &mut self.secret_key,
+                    &mut self.secret_key_file,
+                )?;
+            }
+            TenableAuth::Session => {
+                required(
+                    at,
+                    "username",
+                    self.username.as_deref(),
+                    "auth = \"session\" needs it",
+                )?;
+                resolve_secret(at, "password", &mut self.password, &mut self.password_file)?;
+            }
+        }
+        in_range(at, "page_size", self.page_size, 1, 10_000)?;
+        in_range(at, "concurrency", self.concurrency, 1, 8)?;
+        in_range(
+            at,
+            "initial_lookback_days",
+            self.initial_lookback_days,
+            1,
+            365,
+        )?;
+        in_range(at, "overlap_hours", self.overlap_hours, 0, 720)?;
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(invalid(
+                &format!("{at}.client_cert_file"),
+                "two-way TLS needs both client_cert_file and client_key_file",
+            ));
+        }
+        non_empty(at, "streams", &self.streams)
+    }
+
+    /// The credentials of the auth mode, resolved, of the source at `at`.
+    pub fn credentials(&self, at: &str) -> Result<TenableCredentials, SetupError> {
+        let name = |key: &str, value: &Option<String>| match value {
+            Some(v) if !v.is_empty() => Ok(v.clone()),
+            _ => Err(SetupError::new(
+                format!("{at}.{key}"),
+                "required by the auth mode",
+            )),
+        };
+        Ok(match self.auth {
+            TenableAuth::ApiKeys => TenableCredentials::ApiKeys {
+                access_key: name("access_key", &self.access_key)?,
+                secret_key: secret::resolved(at, "secret_key", self.secret_key.as_ref())?,
+            },
+            TenableAuth::Session => TenableCredentials::Session {
+                username: name("username", &self.username)?,
+                password: secret::resolved(at, "password", self.password.as_ref())?,
+            },
+        })
+    }
 }
 
 fn hour() -> f64 {

@@ -8,6 +8,7 @@
 //! receiver, the rest must be sent again. A transport that takes all or nothing (file, syslog) never
 //! reports a shortfall.
 
+pub mod any;
 pub mod file;
 pub mod splunk_hec;
 pub mod syslog;

@@ -43,30 +43,11 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::encode::hec::{write_event, HecMeta};
-use crate::settings::{Secret, SplunkHecSettings};
+use crate::mapping::Mappings;
+use crate::settings::{Secret, SetupError, SplunkHecSettings};
 use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
 use crate::sources::http::{self, parse_retry_after, TlsOptions};
-use crate::sources::Vendor;
 use crate::store::{OutboxRecord, Store};
-
-/// The default `sourcetype` of a vendor's stream, e.g. `code42:file_event`.
-pub fn default_sourcetype(vendor: Option<Vendor>, stream: &str) -> String {
-    let singular = match stream {
-        "events" => "event",
-        "alerts" => "alert",
-        "file_events" => "file_event",
-        "sessions" => "session",
-        "vulnerabilities" => "vulnerability",
-        other => other,
-    };
-    match vendor {
-        Some(Vendor::Sophos) => format!("sophos:central:{singular}"),
-        Some(Vendor::Code42) => format!("code42:{singular}"),
-        Some(Vendor::TenableSc) => format!("tenable:sc:{singular}"),
-        Some(Vendor::Jamf) => format!("jamf:pro:{stream}"),
-        None => format!("secrelay:{stream}"),
-    }
-}
 
 #[derive(Deserialize)]
 struct Reply {
@@ -127,7 +108,8 @@ pub struct HecSink {
     http: reqwest::Client,
     token: Secret,
     host: String,
-    vendors: HashMap<String, Vendor>,
+    /// Source id → its vendor's mapping (the default sourcetype).
+    mappings: Mappings,
     store: Store,
     channel: Option<String>,
     /// The first record whose acks did not come, and how many times that happened in a row.
@@ -151,14 +133,18 @@ fn new_channel() -> String {
 }
 
 impl HecSink {
-    /// A sink for `settings` (token resolved). `store` keeps its channel and pending acks.
+    /// A sink for `settings` (token resolved); `mappings` gives each source's default sourcetype.
+    /// `store` keeps its channel and pending acks. Fails (naming the config key) when a TLS file
+    /// cannot be used or the token was not resolved.
     pub fn new(
         name: &str,
         settings: SplunkHecSettings,
         http_settings: &crate::settings::HttpSettings,
-        vendors: HashMap<String, Vendor>,
+        mappings: impl Into<Mappings>,
         store: Store,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
+        let at = format!("sinks.{name}");
+        let token = settings.credentials(&at)?;
         if !settings.tls_verify {
             tracing::warn!(sink = %name, url = %settings.url,
                 "TLS certificate verification is OFF for this sink (tls_verify = false)");
@@ -172,18 +158,19 @@ impl HecSink {
             http_settings,
             &tls,
             Duration::from_secs_f64(settings.timeout_secs),
-            &format!("sinks.{name}"),
-        )?;
+            &at,
+        )
+        .map_err(|e| SetupError::keyed(&at, e))?;
         Ok(HecSink {
             name: name.to_string(),
-            token: settings.token.clone().unwrap_or_else(|| Secret::new("")),
+            token,
             host: settings
                 .host
                 .clone()
                 .unwrap_or_else(crate::sinks::syslog::local_hostname),
             settings,
             http: client,
-            vendors,
+            mappings: mappings.into(),
             store,
             channel: None,
             ack_misses: None,
@@ -212,7 +199,6 @@ impl HecSink {
 
     /// The envelope of one record, with its route's index, sourcetype, host and source.
     pub fn envelope(&self, record: &OutboxRecord, out: &mut Vec<u8>) {
-        let vendor = self.vendors.get(&record.source).copied();
         let mut index = self.settings.index.as_deref();
         let mut sourcetype = None;
         let mut host = self.host.as_str();
@@ -234,7 +220,7 @@ impl HecSink {
             host = route.host.as_deref().unwrap_or(host);
             source = route.source_name.as_deref().or(source);
         }
-        let default_type = default_sourcetype(vendor, &record.stream);
+        let default_type = self.mappings.of(&record.source).sourcetype(&record.stream);
         let default_source = format!("secrelay:{}", record.source);
         let meta = HecMeta {
             host,
@@ -661,31 +647,5 @@ impl Sink for HecSink {
                 None,
             ))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_sourcetypes_name_vendor_and_record_kind() {
-        assert_eq!(
-            default_sourcetype(Some(Vendor::Code42), "file_events"),
-            "code42:file_event"
-        );
-        assert_eq!(
-            default_sourcetype(Some(Vendor::Sophos), "alerts"),
-            "sophos:central:alert"
-        );
-        assert_eq!(
-            default_sourcetype(Some(Vendor::TenableSc), "vulnerabilities"),
-            "tenable:sc:vulnerability"
-        );
-        assert_eq!(
-            default_sourcetype(Some(Vendor::Jamf), "inventory"),
-            "jamf:pro:inventory"
-        );
-        assert_eq!(default_sourcetype(None, "x"), "secrelay:x");
     }
 }

@@ -13,7 +13,6 @@
 //! or reset (rather than closed by us in order) is sent again first on the next one: duplicates
 //! stay within one batch per receiver restart. UDP is at-most-once (a WARN at start-up says so).
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -26,11 +25,11 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::encode::syslog::{self as frame, Framing, Header, HeaderFormat};
+use crate::mapping::Mappings;
 use crate::settings::{
-    SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport,
+    SetupError, SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport,
 };
 use crate::sinks::{Delivered, Sink, SinkError};
-use crate::sources::Vendor;
 use crate::store::OutboxRecord;
 
 enum Connection {
@@ -208,7 +207,8 @@ pub struct SyslogSink {
     settings: SyslogSinkSettings,
     facility: u8,
     hostname: String,
-    vendors: HashMap<String, Vendor>,
+    /// Source id → its vendor's mapping (the CEF fields).
+    mappings: Mappings,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connection: Option<Connection>,
     /// When the current TCP/TLS connection was opened or last carried a batch.
@@ -343,15 +343,18 @@ fn tls_connector(
 }
 
 impl SyslogSink {
-    /// A sink for `settings`; `vendors` maps source ids to their vendor for the CEF mapping.
-    /// Fails (naming the config key) when a TLS file cannot be used.
+    /// A sink for `settings`; `mappings` gives each source's CEF mapping. Fails (naming the
+    /// config key) when a TLS file cannot be used.
     pub fn new(
         name: &str,
         settings: SyslogSinkSettings,
-        vendors: HashMap<String, Vendor>,
-    ) -> Result<Self, String> {
+        mappings: impl Into<Mappings>,
+    ) -> Result<Self, SetupError> {
         let tls = match settings.transport {
-            SyslogTransport::Tls => Some(tls_connector(name, &settings)?),
+            SyslogTransport::Tls => Some(
+                tls_connector(name, &settings)
+                    .map_err(|e| SetupError::keyed(&format!("sinks.{name}"), e))?,
+            ),
             _ => None,
         };
         if settings.transport == SyslogTransport::Udp {
@@ -361,10 +364,10 @@ impl SyslogSink {
         }
         Ok(SyslogSink {
             name: name.to_string(),
-            facility: frame::facility_number(&settings.facility).unwrap_or(20),
+            facility: settings.facility.number(),
             hostname: settings.hostname.clone().unwrap_or_else(local_hostname),
             settings,
-            vendors,
+            mappings: mappings.into(),
             tls,
             connection: None,
             last_write: Instant::now(),
@@ -398,12 +401,8 @@ impl SyslogSink {
             SyslogPayload::Cef => {
                 let value: serde_json::Value =
                     serde_json::from_str(&record.record).unwrap_or(serde_json::Value::Null);
-                let vendor = self
-                    .vendors
-                    .get(&record.source)
-                    .copied()
-                    .unwrap_or(Vendor::Sophos);
-                vendor
+                self.mappings
+                    .of(&record.source)
                     .cef(&record.stream, &value, record.severity)
                     .to_line()
                     .into_bytes()

@@ -14,63 +14,7 @@ pub mod tenable_sc;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::encode::cef::CefRecord;
 use crate::event::{Page, Partition};
-use crate::settings::SourceSettings;
-
-/// Which vendor a configured source speaks, for formats that differ per vendor (CEF).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Vendor {
-    /// Sophos Central.
-    Sophos,
-    /// Code42 / Incydr.
-    Code42,
-    /// Tenable Security Center.
-    TenableSc,
-    /// Jamf Pro.
-    Jamf,
-}
-
-impl Vendor {
-    /// The vendor of a source's settings.
-    pub fn of(settings: &SourceSettings) -> Vendor {
-        match settings {
-            SourceSettings::Sophos(_) => Vendor::Sophos,
-            SourceSettings::Code42(_) => Vendor::Code42,
-            SourceSettings::TenableSc(_) => Vendor::TenableSc,
-            SourceSettings::Jamf(_) => Vendor::Jamf,
-        }
-    }
-
-    /// The CEF form of a record of `stream`: the vendor's own mapping, or for streams without one
-    /// (Jamf fleet views) a generic line whose `msg` carries the record's JSON.
-    pub fn cef(self, stream: &str, record: &serde_json::Value, severity: u8) -> CefRecord {
-        match (self, stream) {
-            (Vendor::Sophos, _) => sophos::cef::record(record),
-            (Vendor::Code42, "file_events") => code42::cef::file_event(record),
-            (Vendor::Code42, "alerts") => code42::cef::alert(record),
-            (Vendor::Code42, "sessions") => code42::cef::session(record),
-            (Vendor::TenableSc, "mitigated") => {
-                tenable_sc::cef::finding(record, tenable_sc::cef::FindingKind::Mitigated)
-            }
-            (Vendor::TenableSc, _) => {
-                tenable_sc::cef::finding(record, tenable_sc::cef::FindingKind::Open)
-            }
-            (Vendor::Jamf, "inventory") => jamf::cef::inventory(record),
-            (vendor, stream) => {
-                let (name, product) = match vendor {
-                    Vendor::Sophos => ("Sophos", "Sophos Central"),
-                    Vendor::Code42 => ("Code42", "Incydr"),
-                    Vendor::TenableSc => ("Tenable", "SecurityCenter"),
-                    Vendor::Jamf => ("Jamf", "Jamf Pro"),
-                };
-                let mut cef = CefRecord::new(name, product, "1", stream, stream, severity);
-                cef.field("msg", record.to_string());
-                cef
-            }
-        }
-    }
-}
 
 /// Why a poll failed, and therefore what the scheduler does next. Every message names the URL.
 #[derive(Debug, thiserror::Error)]

@@ -39,7 +39,11 @@ fn source(sim: &Code42Sim, settings: &Code42Settings) -> Arc<Code42Source> {
         timeout_secs: 60.0,
         connect_timeout_secs: 10.0,
     });
-    Arc::new(Code42Source::new("c42", settings.clone(), http, None).with_clock(sim.clock()))
+    Arc::new(
+        Code42Source::new("c42", settings.clone(), http, None)
+            .unwrap()
+            .with_clock(sim.clock()),
+    )
 }
 
 const SESSION_STATES: [&str; 6] = [

@@ -51,11 +51,7 @@ sinks = ["out"]
     let SourceSettings::Jamf(s) = settings.sources["jamf_t"].clone() else {
         panic!("a jamf source")
     };
-    Arc::new(JamfSource::new(
-        "jamf_t",
-        s,
-        harness::http_client(&settings.http),
-    ))
+    Arc::new(JamfSource::new("jamf_t", s, harness::http_client(&settings.http)).unwrap())
 }
 
 /// The vendor clock: never behind the real present (the Classic pass filters on our clock, less

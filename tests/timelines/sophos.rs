@@ -42,12 +42,7 @@ sinks = ["out"]
     let SourceSettings::Sophos(s) = settings.sources["sophos_t"].clone() else {
         panic!("a sophos source")
     };
-    Arc::new(SophosSource::new(
-        "sophos_t",
-        s,
-        harness::http_client(&settings.http),
-        None,
-    ))
+    Arc::new(SophosSource::new("sophos_t", s, harness::http_client(&settings.http), None).unwrap())
 }
 
 /// The simulated vendor clock: it starts two hours back and never passes the real present.

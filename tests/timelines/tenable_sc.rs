@@ -54,12 +54,10 @@ initial_lookback_days = 1
     let SourceSettings::TenableSc(s) = settings.sources["sc_t"].clone() else {
         panic!("a tenable_sc source")
     };
-    Arc::new(TenableScSource::with_client(
-        "sc_t",
-        s,
-        harness::http_client(&settings.http),
-        None,
-    ))
+    Arc::new(
+        TenableScSource::with_client("sc_t", s, harness::http_client(&settings.http), None)
+            .unwrap(),
+    )
 }
 
 /// The scan clock: starts 55 minutes back, moves 0–60 s per step (0: another tie).

@@ -42,6 +42,7 @@
 mod api;
 mod auth;
 pub mod cef;
+pub mod mapping;
 
 use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,7 +52,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
-use crate::settings::{Code42Auth, Code42Settings, Code42Stream, FileEventsApi, Secret};
+use crate::settings::{Code42Auth, Code42Settings, Code42Stream, FileEventsApi, SetupError};
 use crate::sources::{Source, SourceError};
 use api::{Api, Reply, ALERT_SERVICE, FORENSIC_SEARCH};
 use auth::Tokens;
@@ -251,16 +252,14 @@ pub type Clock = std::sync::Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 impl Code42Source {
     /// A source for `settings` (secret resolved). `lookback` overrides `initial_lookback_hours`.
+    /// Fails when the secret was not resolved.
     pub fn new(
         id: &str,
         settings: Code42Settings,
         http: reqwest::Client,
         lookback: Option<Duration>,
-    ) -> Self {
-        let secret = settings
-            .client_secret
-            .clone()
-            .unwrap_or_else(|| Secret::new(""));
+    ) -> Result<Self, SetupError> {
+        let secret = settings.credentials(&format!("sources.{id}"))?;
         let console = settings.console_url.clone().unwrap_or_default();
         let tokens = Tokens::new(
             http.clone(),
@@ -273,13 +272,13 @@ impl Code42Source {
         let api = Api::new(http, tokens, settings.auth, &settings.api_url, &console);
         let lookback =
             lookback.unwrap_or_else(|| Duration::hours(i64::from(settings.initial_lookback_hours)));
-        Code42Source {
+        Ok(Code42Source {
             id: id.to_string(),
             settings,
             api,
             lookback,
             clock: std::sync::Arc::new(Utc::now),
-        }
+        })
     }
 
     /// The same source reading the present from `clock` (simulations with a simulated clock).

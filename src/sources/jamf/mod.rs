@@ -32,6 +32,7 @@
 mod auth;
 pub mod cef;
 mod fleet;
+pub mod mapping;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
-use crate::settings::{JamfApi, JamfAuth, JamfSettings, JamfStream, Secret};
+use crate::settings::{JamfApi, JamfSettings, JamfStream, SetupError};
 use crate::sources::http::{read_json, send};
 use crate::sources::{Source, SourceError};
 use auth::Tokens;
@@ -278,23 +279,23 @@ fn classic_as_pro(c: &Value) -> Value {
 }
 
 impl JamfSource {
-    /// A source for `settings` (secrets resolved).
-    pub fn new(id: &str, settings: JamfSettings, http: reqwest::Client) -> Self {
-        let (user, secret) = match settings.auth {
-            JamfAuth::ApiClient => (settings.client_id.clone(), settings.client_secret.clone()),
-            JamfAuth::User | JamfAuth::Basic => {
-                (settings.username.clone(), settings.password.clone())
-            }
-        };
+    /// A source for `settings` (secrets resolved). Fails when the auth mode's credentials were
+    /// not resolved.
+    pub fn new(
+        id: &str,
+        settings: JamfSettings,
+        http: reqwest::Client,
+    ) -> Result<Self, SetupError> {
+        let credentials = settings.credentials(&format!("sources.{id}"))?;
         let url = settings.url.trim_end_matches('/').to_string();
         let tokens = Tokens::new(
             http.clone(),
             settings.auth,
             &url,
-            &user.unwrap_or_default(),
-            secret.unwrap_or_else(|| Secret::new("")),
+            &credentials.user,
+            credentials.secret,
         );
-        JamfSource {
+        Ok(JamfSource {
             id: id.to_string(),
             limiter: Semaphore::new(settings.max_connections as usize),
             settings,
@@ -302,7 +303,7 @@ impl JamfSource {
             http,
             tokens,
             fleet: Mutex::new(None),
-        }
+        })
     }
 
     /// `GET path` as JSON, holding one of the `max_connections` permits; renews a token once on 401.

@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 pub mod cef;
+pub mod mapping;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -17,7 +18,7 @@ use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
-use crate::settings::{SophosSettings, SophosStream};
+use crate::settings::{SetupError, SophosSettings, SophosStream};
 use crate::sources::{Source, SourceError};
 use api::{Api, SiemItem, SiemPage, TenantPage, Whoami};
 use auth::TokenCache;
@@ -48,17 +49,14 @@ pub struct SophosSource {
 
 impl SophosSource {
     /// A source for `settings` (secret already resolved). `lookback` overrides
-    /// `initial_lookback_hours` (backfill `--days`).
+    /// `initial_lookback_hours` (backfill `--days`). Fails when the secret was not resolved.
     pub fn new(
         id: &str,
         settings: SophosSettings,
         http: reqwest::Client,
         lookback: Option<Duration>,
-    ) -> Self {
-        let secret = settings
-            .client_secret
-            .clone()
-            .unwrap_or_else(|| crate::settings::Secret::new(""));
+    ) -> Result<Self, SetupError> {
+        let secret = settings.credentials(&format!("sources.{id}"))?;
         let tokens = TokenCache::new(
             http.clone(),
             settings.token_url.clone(),
@@ -67,13 +65,13 @@ impl SophosSource {
         );
         let lookback =
             lookback.unwrap_or_else(|| Duration::hours(i64::from(settings.initial_lookback_hours)));
-        SophosSource {
+        Ok(SophosSource {
             id: id.to_string(),
             api: Api::new(http, tokens),
             settings,
             lookback,
             hosts: RwLock::new(HashMap::new()),
-        }
+        })
     }
 
     fn host_of(&self, tenant: &str) -> Option<String> {

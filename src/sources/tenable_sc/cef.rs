@@ -130,6 +130,7 @@ pub fn finding(row: &Value, kind: FindingKind) -> CefRecord {
 mod tests {
     use super::*;
     use crate::encode::cef::tests::parse;
+    use crate::mapping::RecordMapping;
 
     const ROW: &str = include_str!("../../../tests/fixtures/tenable_sc/vulndetails_row.json");
 
@@ -154,7 +155,7 @@ mod tests {
         let mut row: Value = serde_json::from_str(ROW).unwrap();
         row["hasBeenMitigated"] = "1".into();
         row["lastMitigated"] = "1700500000".into();
-        let line = crate::sources::Vendor::TenableSc
+        let line = super::super::mapping::TenableScMapping
             .cef("mitigated", &row, 0)
             .to_line();
         assert_eq!(
@@ -168,7 +169,7 @@ mod tests {
              cfp2Label=CVSS v3 Base Score cfp3=9.2 cfp3Label=VPR Score \
              deviceCustomDate1=1700000000000 deviceCustomDate1Label=Last Seen"
         );
-        let open = crate::sources::Vendor::TenableSc
+        let open = super::super::mapping::TenableScMapping
             .cef("vulnerabilities", &row, 0)
             .to_line();
         assert!(

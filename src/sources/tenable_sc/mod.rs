@@ -12,6 +12,7 @@
 //! seen again later is forwarded again; the same observation never twice.
 
 pub mod cef;
+pub mod mapping;
 
 use std::time::Duration;
 
@@ -23,7 +24,10 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
-use crate::settings::{HttpSettings, Secret, TenableAuth, TenableScSettings, TenableStream};
+use crate::settings::{
+    HttpSettings, Secret, SetupError, TenableAuth, TenableCredentials, TenableScSettings,
+    TenableStream,
+};
 use crate::sources::http::{self, display_url, send, status_error, TlsOptions};
 use crate::sources::{Source, SourceError};
 
@@ -141,6 +145,8 @@ pub struct TenableScSource {
     base: String,
     session: Mutex<Option<Session>>,
     lookback: chrono::Duration,
+    /// The auth mode's credentials, resolved.
+    credentials: TenableCredentials,
 }
 
 impl TenableScSource {
@@ -151,7 +157,8 @@ impl TenableScSource {
         settings: TenableScSettings,
         http_settings: &HttpSettings,
         lookback: Option<chrono::Duration>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
+        let at = format!("sources.{id}");
         if !settings.tls_verify {
             tracing::warn!(source = %id, url = %settings.url,
                 "TLS certificate verification is OFF for this source (tls_verify = false)");
@@ -168,39 +175,44 @@ impl TenableScSource {
             http_settings,
             &tls,
             Duration::from_secs_f64(settings.timeout_secs),
-            &format!("sources.{id}"),
-        )?;
-        Ok(Self::with_client(id, settings, http, lookback))
+            &at,
+        )
+        .map_err(|e| SetupError::keyed(&at, e))?;
+        Self::with_client(id, settings, http, lookback)
     }
 
     /// A source over an HTTP client built elsewhere (its TLS settings are then the client's, not
-    /// `ca_file`/`client_cert_file`/`tls_verify`): for tests that rebuild sources often.
+    /// `ca_file`/`client_cert_file`/`tls_verify`): for tests that rebuild sources often. Fails
+    /// when the auth mode's credentials were not resolved.
     pub fn with_client(
         id: &str,
         settings: TenableScSettings,
         http: reqwest::Client,
         lookback: Option<chrono::Duration>,
-    ) -> Self {
+    ) -> Result<Self, SetupError> {
+        let credentials = settings.credentials(&format!("sources.{id}"))?;
         let lookback = lookback
             .unwrap_or_else(|| chrono::Duration::days(i64::from(settings.initial_lookback_days)));
-        TenableScSource {
+        Ok(TenableScSource {
             id: id.to_string(),
             base: format!("{}/rest", settings.url.trim_end_matches('/')),
             settings,
             http,
             session: Mutex::new(None),
             lookback,
-        }
+            credentials,
+        })
     }
 
     async fn login(&self) -> Result<Session, SourceError> {
         let url = format!("{}/token", self.base);
-        let password = self
-            .settings
-            .password
-            .clone()
-            .unwrap_or_else(|| Secret::new(""));
-        let body = json!({"username": self.settings.username, "password": password.expose()});
+        let TenableCredentials::Session { username, password } = &self.credentials else {
+            return Err(SourceError::Auth {
+                url,
+                detail: "auth = \"api_keys\" has no session to log in to".into(),
+            });
+        };
+        let body = json!({"username": username, "password": password.expose()});
         let response = send(self.http.post(&url).json(&body), &url).await?;
         let cookie = response
             .headers()
@@ -280,21 +292,16 @@ impl TenableScSource {
         loop {
             let mut request = self.http.post(&url).json(body);
             let mut used: Option<Secret> = None;
-            match self.settings.auth {
-                TenableAuth::ApiKeys => {
-                    let secret = self
-                        .settings
-                        .secret_key
-                        .clone()
-                        .unwrap_or_else(|| Secret::new(""));
-                    let value = format!(
-                        "accessKey={}; secretKey={}",
-                        self.settings.access_key.as_deref().unwrap_or_default(),
-                        secret.expose()
-                    );
+            match &self.credentials {
+                TenableCredentials::ApiKeys {
+                    access_key,
+                    secret_key,
+                } => {
+                    let value =
+                        format!("accessKey={access_key}; secretKey={}", secret_key.expose());
                     request = request.header("X-APIKey", value);
                 }
-                TenableAuth::Session => {
+                TenableCredentials::Session { .. } => {
                     let mut session = self.session.lock().await;
                     if session.is_none() {
                         *session = Some(self.login().await?);

@@ -1,0 +1,307 @@
+//! The vendor registry: the one place outside a vendor's own folder (`sources/<vendor>/`,
+//! `settings/<vendor>.rs`) that names vendors.
+//!
+//! Owns: which `type` of `[sources.<id>]` selects which vendor ([`SourceSettings`]), the one build
+//! function per vendor ([`build_source`] → [`AnySource`]), and which [`RecordMapping`] sinks use
+//! for a source's records ([`mappings`]). Must not: hold vendor logic — settings checks, wire
+//! types, paging and mappings live in the vendor's folder; this file only dispatches. Invariant:
+//! adding a vendor means its folder, its settings file, one variant in each enum here, its arm in
+//! each `match`, and its keys in `config/default.toml` — the compiler lists every arm to add.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::encode::cef::CefRecord;
+use crate::event::{Page, Partition};
+use crate::mapping::{Mappings, RecordMapping};
+use crate::settings::{
+    Code42Settings, HttpSettings, JamfSettings, SettingsError, SetupError, SophosSettings,
+    TenableScSettings,
+};
+use crate::sources::code42::{mapping::Code42Mapping, Code42Source};
+use crate::sources::jamf::{mapping::JamfMapping, JamfSource};
+use crate::sources::sophos::{mapping::SophosMapping, SophosSource};
+use crate::sources::tenable_sc::{mapping::TenableScMapping, TenableScSource};
+use crate::sources::{Source, SourceError};
+
+/// One `[sources.<id>]` table, selected by its `type` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceSettings {
+    /// `type = "sophos"`: Sophos Central SIEM events and alerts.
+    Sophos(SophosSettings),
+    /// `type = "code42"`: Code42 / Incydr file events, alerts and sessions.
+    Code42(Code42Settings),
+    /// `type = "tenable_sc"`: Tenable Security Center vulnerabilities.
+    TenableSc(TenableScSettings),
+    /// `type = "jamf"`: Jamf Pro computer inventory and fleet views.
+    Jamf(JamfSettings),
+}
+
+impl SourceSettings {
+    /// Sink names this source's events are routed to.
+    pub fn sinks(&self) -> &[String] {
+        match self {
+            SourceSettings::Sophos(s) => &s.sinks,
+            SourceSettings::Code42(s) => &s.sinks,
+            SourceSettings::TenableSc(s) => &s.sinks,
+            SourceSettings::Jamf(s) => &s.sinks,
+        }
+    }
+
+    /// Poll interval once caught up, in seconds.
+    pub fn interval_secs(&self) -> f64 {
+        match self {
+            SourceSettings::Sophos(s) => s.interval_secs,
+            SourceSettings::Code42(s) => s.interval_secs,
+            SourceSettings::TenableSc(s) => s.interval_secs,
+            SourceSettings::Jamf(s) => s.interval_secs,
+        }
+    }
+
+    /// Whether the source runs at all.
+    pub fn enabled(&self) -> bool {
+        match self {
+            SourceSettings::Sophos(s) => s.enabled,
+            SourceSettings::Code42(s) => s.enabled,
+            SourceSettings::TenableSc(s) => s.enabled,
+            SourceSettings::Jamf(s) => s.enabled,
+        }
+    }
+
+    /// How far back this source may re-fetch, in hours: seen ids must outlive it.
+    pub fn lookback_hours(&self) -> u64 {
+        match self {
+            SourceSettings::Sophos(_) => 24,
+            SourceSettings::Code42(s) => {
+                let lookback = u64::from(s.initial_lookback_hours.max(s.session_window_hours));
+                lookback + u64::from(s.overlap_minutes).div_ceil(60)
+            }
+            SourceSettings::TenableSc(s) => {
+                u64::from(s.initial_lookback_days) * 24 + u64::from(s.overlap_hours)
+            }
+            // Inventory is re-read from the stored report date; a day covers any boundary repeat.
+            SourceSettings::Jamf(_) => 24,
+        }
+    }
+
+    /// Durations of this source's own, in seconds, by key name: each must be above 0.
+    pub fn durations(&self) -> Vec<(&'static str, f64)> {
+        let mut found = vec![("interval_secs", self.interval_secs())];
+        if let SourceSettings::TenableSc(t) = self {
+            found.push(("timeout_secs", t.timeout_secs));
+        }
+        found
+    }
+
+    /// The vendor's own checks at `at` (`sources.<id>`), secrets resolved.
+    pub fn validate(&mut self, at: &str) -> Result<(), SettingsError> {
+        match self {
+            SourceSettings::Sophos(s) => s.validate(at),
+            SourceSettings::Code42(s) => s.validate(at),
+            SourceSettings::TenableSc(s) => s.validate(at),
+            SourceSettings::Jamf(s) => s.validate(at),
+        }
+    }
+}
+
+/// Which vendor a configured source speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    /// Sophos Central.
+    Sophos,
+    /// Code42 / Incydr.
+    Code42,
+    /// Tenable Security Center.
+    TenableSc,
+    /// Jamf Pro.
+    Jamf,
+}
+
+impl Vendor {
+    /// The vendor of a source's settings.
+    pub fn of(settings: &SourceSettings) -> Vendor {
+        match settings {
+            SourceSettings::Sophos(_) => Vendor::Sophos,
+            SourceSettings::Code42(_) => Vendor::Code42,
+            SourceSettings::TenableSc(_) => Vendor::TenableSc,
+            SourceSettings::Jamf(_) => Vendor::Jamf,
+        }
+    }
+
+    /// How sinks show this vendor's records.
+    pub fn mapping(self) -> Arc<dyn RecordMapping> {
+        match self {
+            Vendor::Sophos => Arc::new(SophosMapping),
+            Vendor::Code42 => Arc::new(Code42Mapping),
+            Vendor::TenableSc => Arc::new(TenableScMapping),
+            Vendor::Jamf => Arc::new(JamfMapping),
+        }
+    }
+
+    /// The CEF form of a record of `stream` (see [`RecordMapping::cef`]).
+    pub fn cef(self, stream: &str, record: &serde_json::Value, severity: u8) -> CefRecord {
+        self.mapping().cef(stream, record, severity)
+    }
+}
+
+/// The mapping of every configured source, disabled ones included (their records may still wait
+/// in the outbox): what sinks are handed.
+pub fn mappings(sources: &BTreeMap<String, SourceSettings>) -> Mappings {
+    sources
+        .iter()
+        .map(|(id, source)| (id.clone(), Vendor::of(source)))
+        .collect::<HashMap<_, _>>()
+        .into()
+}
+
+impl From<HashMap<String, Vendor>> for Mappings {
+    fn from(vendors: HashMap<String, Vendor>) -> Self {
+        let mut mappings = Mappings::new();
+        for (source, vendor) in vendors {
+            mappings.insert(source, vendor.mapping());
+        }
+        mappings
+    }
+}
+
+/// What building a source needs besides its own settings.
+#[derive(Debug, Clone)]
+pub struct SourceSetup<'a> {
+    /// `[http]`: timeouts for sources that build their own client (their own TLS files).
+    pub http: &'a HttpSettings,
+    /// The shared HTTP client.
+    pub client: &'a reqwest::Client,
+    /// Overrides the source's initial look-back (`backfill --days`); `None`: its own setting.
+    pub lookback: Option<chrono::Duration>,
+}
+
+/// A configured source of any vendor.
+pub enum AnySource {
+    /// Sophos Central.
+    Sophos(SophosSource),
+    /// Code42 / Incydr.
+    Code42(Code42Source),
+    /// Tenable Security Center.
+    TenableSc(TenableScSource),
+    /// Jamf Pro.
+    Jamf(JamfSource),
+}
+
+/// Builds the source `id` from its settings: one build function per vendor.
+pub fn build_source(
+    id: &str,
+    settings: &SourceSettings,
+    setup: &SourceSetup<'_>,
+) -> Result<AnySource, SetupError> {
+    match settings {
+        SourceSettings::Sophos(s) => sophos(id, s, setup),
+        SourceSettings::Code42(s) => code42(id, s, setup),
+        SourceSettings::TenableSc(s) => tenable_sc(id, s, setup),
+        SourceSettings::Jamf(s) => jamf(id, s, setup),
+    }
+}
+
+fn sophos(id: &str, s: &SophosSettings, setup: &SourceSetup<'_>) -> Result<AnySource, SetupError> {
+    SophosSource::new(id, s.clone(), setup.client.clone(), setup.lookback).map(AnySource::Sophos)
+}
+
+fn code42(id: &str, s: &Code42Settings, setup: &SourceSetup<'_>) -> Result<AnySource, SetupError> {
+    Code42Source::new(id, s.clone(), setup.client.clone(), setup.lookback).map(AnySource::Code42)
+}
+
+fn tenable_sc(
+    id: &str,
+    s: &TenableScSettings,
+    setup: &SourceSetup<'_>,
+) -> Result<AnySource, SetupError> {
+    TenableScSource::new(id, s.clone(), setup.http, setup.lookback).map(AnySource::TenableSc)
+}
+
+fn jamf(id: &str, s: &JamfSettings, setup: &SourceSetup<'_>) -> Result<AnySource, SetupError> {
+    // Jamf's inventory is a current state: `--days` does not apply.
+    JamfSource::new(id, s.clone(), setup.client.clone()).map(AnySource::Jamf)
+}
+
+impl Source for AnySource {
+    fn id(&self) -> &str {
+        match self {
+            AnySource::Sophos(s) => s.id(),
+            AnySource::Code42(s) => s.id(),
+            AnySource::TenableSc(s) => s.id(),
+            AnySource::Jamf(s) => s.id(),
+        }
+    }
+
+    async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+        match self {
+            AnySource::Sophos(s) => s.partitions().await,
+            AnySource::Code42(s) => s.partitions().await,
+            AnySource::TenableSc(s) => s.partitions().await,
+            AnySource::Jamf(s) => s.partitions().await,
+        }
+    }
+
+    async fn poll(&self, partition: &Partition, cursor: Option<&str>) -> Result<Page, SourceError> {
+        match self {
+            AnySource::Sophos(s) => s.poll(partition, cursor).await,
+            AnySource::Code42(s) => s.poll(partition, cursor).await,
+            AnySource::TenableSc(s) => s.poll(partition, cursor).await,
+            AnySource::Jamf(s) => s.poll(partition, cursor).await,
+        }
+    }
+
+    fn horizon(&self) -> Option<Duration> {
+        match self {
+            AnySource::Sophos(s) => s.horizon(),
+            AnySource::Code42(s) => s.horizon(),
+            AnySource::TenableSc(s) => s.horizon(),
+            AnySource::Jamf(s) => s.horizon(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            AnySource::Sophos(s) => s.close().await,
+            AnySource::Code42(s) => s.close().await,
+            AnySource::TenableSc(s) => s.close().await,
+            AnySource::Jamf(s) => s.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sourcetypes_name_vendor_and_record_kind() {
+        let sourcetype = |vendor: Option<Vendor>, stream: &str| {
+            let mut vendors = HashMap::new();
+            if let Some(v) = vendor {
+                vendors.insert("s".to_string(), v);
+            }
+            Mappings::from(vendors).of("s").sourcetype(stream)
+        };
+        assert_eq!(
+            sourcetype(Some(Vendor::Code42), "file_events"),
+            "code42:file_event"
+        );
+        assert_eq!(
+            sourcetype(Some(Vendor::Sophos), "alerts"),
+            "sophos:central:alert"
+        );
+        assert_eq!(
+            sourcetype(Some(Vendor::TenableSc), "vulnerabilities"),
+            "tenable:sc:vulnerability"
+        );
+        assert_eq!(
+            sourcetype(Some(Vendor::Jamf), "inventory"),
+            "jamf:pro:inventory"
+        );
+        assert_eq!(sourcetype(None, "x"), "secrelay:x");
+    }
+}
