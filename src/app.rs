@@ -258,7 +258,7 @@ async fn prune_seen_periodically(store: Store, settings: Settings, stop: Cancell
 /// One line of `secrelay check`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
-    /// `source sophos_eu`, `sink archive`, `store`.
+    /// `source edr_eu`, `sink archive`, `store`.
     pub what: String,
     /// Whether it worked.
     pub ok: bool,

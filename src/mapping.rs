@@ -21,7 +21,7 @@ pub trait RecordMapping: Send + Sync + 'static {
     /// The CEF form of a record of `stream` (`severity` 0–10: the event's own).
     fn cef(&self, stream: &str, record: &Value, severity: u8) -> CefRecord;
 
-    /// The default Splunk `sourcetype` of records of `stream`, e.g. `code42:file_event`.
+    /// The default Splunk `sourcetype` of records of `stream`, e.g. `<vendor>:file_event`.
     fn sourcetype(&self, stream: &str) -> String;
 }
 

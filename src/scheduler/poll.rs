@@ -114,7 +114,7 @@ pub async fn run_source<S: Source>(
             }
         }
     }
-    // Every partition has stopped: end the vendor session (Tenable.sc logs out), in `run` and
+    // Every partition has stopped: end the vendor session (a session login logs out), in `run` and
     // `backfill` alike.
     close(&*source).await;
     reports

@@ -2,7 +2,7 @@
 //!
 //! Layers, lowest first: `config/default.toml` (built into the binary), the file given with
 //! `--config`, then `SECRELAY__SECTION__KEY` environment variables (`__` separates levels, e.g.
-//! `SECRELAY__SOURCES__SOPHOS_EU__CLIENT_SECRET`). Owns: turning those into a validated
+//! `SECRELAY__SOURCES__EDR_EU__CLIENT_SECRET`). Owns: turning those into a validated
 //! [`Settings`] with every secret resolved. Must not: open connections or files other than secret
 //! files. Invariant: an unknown key is an error naming its full path; a secret never reaches `Debug`,
 //! logs or errors.
@@ -54,7 +54,7 @@ pub enum SettingsError {
     /// A key is unknown, has the wrong type or is missing.
     #[error("configuration key `{key}`: {reason}")]
     Invalid {
-        /// Full key path, e.g. `sources.sophos_eu.interval_secs`.
+        /// Full key path, e.g. `sources.edr_eu.interval_secs`.
         key: String,
         /// What is wrong with it.
         reason: String,
@@ -77,7 +77,7 @@ pub struct Settings {
     pub log: LogSettings,
     /// HTTP client used by every source.
     pub http: HttpSettings,
-    /// Sources keyed by id, e.g. `[sources.sophos_eu]`. Default: none.
+    /// Sources keyed by id, e.g. `[sources.edr_eu]`. Default: none.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceSettings>,
     /// Sinks keyed by name, e.g. `[sinks.archive]`. Default: none.

@@ -53,7 +53,7 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Picks the one secret given for `key` (e.g. `sources.sophos_eu.client_secret`): inline, or read
+/// Picks the one secret given for `key` (e.g. `sources.edr_eu.client_secret`): inline, or read
 /// from `{key}_file`. A relative file path is looked up in `$CREDENTIALS_DIRECTORY` when systemd set
 /// it. Exactly one of the two must be given. Trailing newlines in the file are dropped.
 pub fn resolve(

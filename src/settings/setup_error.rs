@@ -9,7 +9,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration key `{key}`: {reason}")]
 pub struct SetupError {
-    /// Full key path, e.g. `sinks.siem.ca_file` or `sources.sophos_eu`.
+    /// Full key path, e.g. `sinks.siem.ca_file` or `sources.edr_eu`.
     pub key: String,
     /// What is wrong with it.
     pub reason: String,
