@@ -145,6 +145,9 @@ pub struct HttpSettings {
     pub timeout_secs: f64,
     /// TCP+TLS connect timeout, in seconds. Default 10.
     pub connect_timeout_secs: f64,
+    /// Largest vendor response body read, in bytes; a larger one fails the poll (retried, logged)
+    /// rather than exhausting memory. At least 1 MiB. Default 268435456 (256 MiB).
+    pub max_response_bytes: u64,
 }
 
 /// One `[sinks.<name>]` table, selected by its `type` key.
@@ -406,6 +409,15 @@ impl Settings {
             if let Some(why) = why {
                 return Err(invalid(&key, format!("{why} (got {value})")));
             }
+        }
+        if self.http.max_response_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "http.max_response_bytes",
+                format!(
+                    "must be at least 1048576 (1 MiB) (got {})",
+                    self.http.max_response_bytes
+                ),
+            ));
         }
         if self.scheduler.backoff_max_secs < self.scheduler.backoff_initial_secs {
             return Err(invalid(

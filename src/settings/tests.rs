@@ -42,6 +42,11 @@ fn a_duration_that_is_negative_not_a_number_or_zero_where_zero_spins_names_its_k
             "scheduler.backoff_max_secs",
             "below",
         ),
+        (
+            "[http]\nmax_response_bytes = 1000",
+            "http.max_response_bytes",
+            "at least",
+        ),
     ] {
         let err = Settings::from_toml(&format!("{MINIMAL}\n{extra}"))
             .unwrap_err()
