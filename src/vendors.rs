@@ -304,4 +304,48 @@ mod tests {
         );
         assert_eq!(sourcetype(None, "x"), "secrelay:x");
     }
+
+    /// Settings built or changed by hand without resolving a secret give a setup error naming
+    /// the key, never a source that sends an empty credential to the vendor.
+    #[test]
+    fn a_source_whose_secret_was_not_resolved_is_a_setup_error_naming_the_key() {
+        let text = r#"
+            [sinks.archive]
+            type = "file"
+            path = "/tmp/x.ndjson"
+            [sources.edr]
+            type = "sophos"
+            client_id = "id"
+            client_secret = "s"
+            sinks = ["archive"]
+            [sources.vm]
+            type = "tenable_sc"
+            url = "https://sc.example"
+            access_key = "a"
+            secret_key = "s"
+            sinks = ["archive"]
+        "#;
+        let mut settings = crate::settings::Settings::from_toml(text).unwrap();
+        if let Some(SourceSettings::Sophos(s)) = settings.sources.get_mut("edr") {
+            s.client_secret = None;
+        }
+        if let Some(SourceSettings::TenableSc(s)) = settings.sources.get_mut("vm") {
+            s.secret_key = Some(crate::settings::Secret::new(""));
+        }
+        let client = crate::sources::http::client(&settings.http).unwrap();
+        let setup = SourceSetup {
+            http: &settings.http,
+            client: &client,
+            lookback: None,
+        };
+        for (id, key) in [
+            ("edr", "sources.edr.client_secret"),
+            ("vm", "sources.vm.secret_key"),
+        ] {
+            let Err(e) = build_source(id, &settings.sources[id], &setup) else {
+                panic!("{id}: built without a secret")
+            };
+            assert_eq!(e.key, key);
+        }
+    }
 }
