@@ -1,24 +1,24 @@
-//! The vendor registry: the one place outside a vendor's own folder (`sources/<vendor>/`,
-//! `settings/<vendor>.rs`) that names vendors.
+//! The vendor registry: with `settings/sources.rs`, the only place outside a vendor's own folder
+//! (`sources/<vendor>/`, `settings/<vendor>.rs`) that names vendors.
 //!
-//! Owns: which `type` of `[sources.<id>]` selects which vendor ([`SourceSettings`]), the one build
-//! function per vendor ([`build_source`] → [`AnySource`]), and which [`RecordMapping`] sinks use
-//! for a source's records ([`mappings`]). Must not: hold vendor logic — settings checks, wire
-//! types, paging and mappings live in the vendor's folder; this file only dispatches. Invariant:
-//! adding a vendor means its folder, its settings file, one variant in each enum here, its arm in
-//! each `match`, and its keys in `config/default.toml` — the compiler lists every arm to add.
+//! Owns: the one build function per vendor ([`build_source`] → [`AnySource`]), and which
+//! [`RecordMapping`] sinks use for a source's records ([`mappings`]). Its settings-side twin is
+//! `settings/sources.rs` ([`SourceSettings`]: which `type` selects which vendor's settings), kept
+//! there so that settings stay below sources (no module cycle). Must not: hold vendor logic —
+//! settings checks, wire types, paging and mappings live in the vendor's folder; this file only
+//! dispatches. Invariant: adding a vendor means its folder, its settings file, one variant in each
+//! enum here and in `settings/sources.rs`, its arm in each `match` (the compiler lists every one),
+//! and its keys in `config/default.toml`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::encode::cef::CefRecord;
 use crate::event::{Page, Partition};
 use crate::mapping::{Mappings, RecordMapping};
 use crate::settings::{
-    Code42Settings, HttpSettings, JamfSettings, SettingsError, SetupError, SophosSettings,
+    Code42Settings, HttpSettings, JamfSettings, SetupError, SophosSettings, SourceSettings,
     TenableScSettings,
 };
 use crate::sources::code42::{mapping::Code42Mapping, Code42Source};
@@ -26,87 +26,6 @@ use crate::sources::jamf::{mapping::JamfMapping, JamfSource};
 use crate::sources::sophos::{mapping::SophosMapping, SophosSource};
 use crate::sources::tenable_sc::{mapping::TenableScMapping, TenableScSource};
 use crate::sources::{Source, SourceError};
-
-/// One `[sources.<id>]` table, selected by its `type` key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceSettings {
-    /// `type = "sophos"`: Sophos Central SIEM events and alerts.
-    Sophos(SophosSettings),
-    /// `type = "code42"`: Code42 / Incydr file events, alerts and sessions.
-    Code42(Code42Settings),
-    /// `type = "tenable_sc"`: Tenable Security Center vulnerabilities.
-    TenableSc(TenableScSettings),
-    /// `type = "jamf"`: Jamf Pro computer inventory and fleet views.
-    Jamf(JamfSettings),
-}
-
-impl SourceSettings {
-    /// Sink names this source's events are routed to.
-    pub fn sinks(&self) -> &[String] {
-        match self {
-            SourceSettings::Sophos(s) => &s.sinks,
-            SourceSettings::Code42(s) => &s.sinks,
-            SourceSettings::TenableSc(s) => &s.sinks,
-            SourceSettings::Jamf(s) => &s.sinks,
-        }
-    }
-
-    /// Poll interval once caught up, in seconds.
-    pub fn interval_secs(&self) -> f64 {
-        match self {
-            SourceSettings::Sophos(s) => s.interval_secs,
-            SourceSettings::Code42(s) => s.interval_secs,
-            SourceSettings::TenableSc(s) => s.interval_secs,
-            SourceSettings::Jamf(s) => s.interval_secs,
-        }
-    }
-
-    /// Whether the source runs at all.
-    pub fn enabled(&self) -> bool {
-        match self {
-            SourceSettings::Sophos(s) => s.enabled,
-            SourceSettings::Code42(s) => s.enabled,
-            SourceSettings::TenableSc(s) => s.enabled,
-            SourceSettings::Jamf(s) => s.enabled,
-        }
-    }
-
-    /// How far back this source may re-fetch, in hours: seen ids must outlive it.
-    pub fn lookback_hours(&self) -> u64 {
-        match self {
-            SourceSettings::Sophos(_) => 24,
-            SourceSettings::Code42(s) => {
-                let lookback = u64::from(s.initial_lookback_hours.max(s.session_window_hours));
-                lookback + u64::from(s.overlap_minutes).div_ceil(60)
-            }
-            SourceSettings::TenableSc(s) => {
-                u64::from(s.initial_lookback_days) * 24 + u64::from(s.overlap_hours)
-            }
-            // Inventory is re-read from the stored report date; a day covers any boundary repeat.
-            SourceSettings::Jamf(_) => 24,
-        }
-    }
-
-    /// Durations of this source's own, in seconds, by key name: each must be above 0.
-    pub fn durations(&self) -> Vec<(&'static str, f64)> {
-        let mut found = vec![("interval_secs", self.interval_secs())];
-        if let SourceSettings::TenableSc(t) = self {
-            found.push(("timeout_secs", t.timeout_secs));
-        }
-        found
-    }
-
-    /// The vendor's own checks at `at` (`sources.<id>`), secrets resolved.
-    pub fn validate(&mut self, at: &str) -> Result<(), SettingsError> {
-        match self {
-            SourceSettings::Sophos(s) => s.validate(at),
-            SourceSettings::Code42(s) => s.validate(at),
-            SourceSettings::TenableSc(s) => s.validate(at),
-            SourceSettings::Jamf(s) => s.validate(at),
-        }
-    }
-}
 
 /// Which vendor a configured source speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@ mod jamf;
 mod secret;
 mod setup_error;
 mod sophos;
+mod sources;
 mod splunk_hec;
 mod syslog;
 mod tenable_sc;
@@ -22,13 +23,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::vendors::SourceSettings;
 pub use code42::{Code42Auth, Code42Filter, Code42Settings, Code42Stream, FileEventsApi};
 pub use file::FileSinkSettings;
 pub use jamf::{JamfApi, JamfAuth, JamfCredentials, JamfSettings, JamfStream};
 pub use secret::Secret;
 pub use setup_error::SetupError;
 pub use sophos::{SophosSettings, SophosStream};
+pub use sources::SourceSettings;
 pub use splunk_hec::{HecRoute, SplunkHecSettings};
 pub use syslog::{
     Facility, SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport,
