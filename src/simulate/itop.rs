@@ -1981,3 +1981,770 @@ fn case_log(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK_AUTH: [(&str, &str); 2] = [("auth_user", "secrelay"), ("auth_pwd", "itop-pw")];
+
+    thread_local! {
+        // One client per test thread (each test has its own runtime): building one costs more
+        // than a call.
+        static CLIENT: reqwest::Client = {
+            crate::sources::http::install_crypto_provider();
+            reqwest::Client::new()
+        };
+    }
+
+    fn client() -> reqwest::Client {
+        CLIENT.with(reqwest::Client::clone)
+    }
+
+    async fn start(config: ItopSimConfig) -> ItopSim {
+        ItopSim::start(config).await.expect("simulator starts")
+    }
+
+    /// Posts `form` as iTop clients do; the HTTP status and the decoded JSON.
+    async fn post(
+        sim: &ItopSim,
+        request: reqwest::RequestBuilder,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let _ = sim;
+        let response = request.form(form).send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.expect("JSON reply");
+        (status, body)
+    }
+
+    /// Calls `json_data` with form auth and version 1.3; the reply.
+    async fn call(sim: &ItopSim, json_data: Value) -> Value {
+        let text = json_data.to_string();
+        let mut form = OK_AUTH.to_vec();
+        form.extend([("version", "1.3"), ("json_data", text.as_str())]);
+        let (status, body) = post(sim, client().post(sim.endpoint()), &form).await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    fn message(reply: &Value) -> &str {
+        reply["message"].as_str().unwrap_or_default()
+    }
+
+    fn incident(fields: Value) -> Value {
+        json!({"operation": "core/create", "comment": "secrelay: alert 1", "class": "Incident",
+               "output_fields": "id, ref, status", "fields": fields})
+    }
+
+    fn good_fields() -> Value {
+        json!({"org_id": "SELECT Organization WHERE name = \"SOC\"",
+               "caller_id": {"name": "Monitoring", "first_name": "SIEM"},
+               "title": "Brute force on host1", "description": "Five failed logins",
+               "origin": "monitoring", "impact": 2, "urgency": "2"})
+    }
+
+    async fn create_one(sim: &ItopSim) -> Value {
+        let reply = call(sim, incident(good_fields())).await;
+        assert_eq!(reply["code"], 0, "{reply}");
+        reply
+    }
+
+    #[tokio::test]
+    async fn transport_errors_keep_http_200_and_itop_codes() {
+        let sim = start(ItopSimConfig::default()).await;
+        let list = json!({"operation": "list_operations"}).to_string();
+        let list = list.as_str();
+        let endpoint = sim.endpoint();
+        type Case<'a> = (Vec<(&'a str, &'a str)>, i64, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                vec![("version", "1.3"), ("json_data", list)],
+                5,
+                "Error: Missing parameter 'auth_user'",
+            ),
+            (
+                vec![
+                    ("auth_user", "secrelay"),
+                    ("version", "1.3"),
+                    ("json_data", list),
+                ],
+                6,
+                "Error: Missing parameter 'auth_pwd'",
+            ),
+            (
+                vec![
+                    ("auth_user", "secrelay"),
+                    ("auth_pwd", "wrong"),
+                    ("version", "1.3"),
+                    ("json_data", list),
+                ],
+                1,
+                "Error: Invalid login",
+            ),
+            (
+                vec![
+                    ("auth_user", "portal"),
+                    ("auth_pwd", "portal-pw"),
+                    ("version", "1.3"),
+                    ("json_data", list),
+                ],
+                1,
+                "Error: This user is not authorized to use the web services. (The profile REST \
+                 Services User is required to access the REST web services)",
+            ),
+            (
+                vec![OK_AUTH[0], OK_AUTH[1], ("json_data", list)],
+                2,
+                "Error: Missing parameter 'version' (e.g. '1.0')",
+            ),
+            (
+                vec![OK_AUTH[0], OK_AUTH[1], ("version", "1.3")],
+                3,
+                "Error: Missing parameter 'json_data'",
+            ),
+            (
+                vec![
+                    OK_AUTH[0],
+                    OK_AUTH[1],
+                    ("version", "1.3"),
+                    ("json_data", ""),
+                ],
+                3,
+                "Error: Missing parameter 'json_data'",
+            ),
+            (
+                vec![
+                    OK_AUTH[0],
+                    OK_AUTH[1],
+                    ("version", "1.3"),
+                    ("json_data", "{oops"),
+                ],
+                4,
+                "Error: Parameter json_data is not a valid JSON structure",
+            ),
+            (
+                vec![
+                    OK_AUTH[0],
+                    OK_AUTH[1],
+                    ("version", "9.9"),
+                    ("json_data", list),
+                ],
+                10,
+                "Error: There is no service available for version '9.9'",
+            ),
+            (
+                vec![
+                    OK_AUTH[0],
+                    OK_AUTH[1],
+                    ("version", "1.3"),
+                    ("json_data", r#"{"operation":"core/fly"}"#),
+                ],
+                11,
+                "Error: Unknown verb 'core/fly' in version '1.3'",
+            ),
+            (
+                vec![
+                    OK_AUTH[0],
+                    OK_AUTH[1],
+                    ("version", "1.3"),
+                    ("json_data", r#"{"comment":"x"}"#),
+                ],
+                100,
+                "Error: Missing parameter 'operation'",
+            ),
+        ];
+        for (form, code, text) in cases {
+            let response = client()
+                .post(&endpoint)
+                .form(&form)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status().as_u16(), 200);
+            assert_eq!(
+                response
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .and_then(|v| v.to_str().ok()),
+                Some("*")
+            );
+            let reply: Value = response.json().await.expect("JSON");
+            assert_eq!(
+                (reply["code"].as_i64(), message(&reply)),
+                (Some(code), text),
+                "{form:?}"
+            );
+        }
+        // Credentials in the query string are not read by the "form" login type.
+        let url = format!("{endpoint}?auth_user=secrelay&auth_pwd=itop-pw&version=1.3");
+        let (_, reply) = post(&sim, client().post(&url), &[("json_data", list)]).await;
+        assert_eq!(reply["code"], 5);
+        // A JSON body is not a form: nothing is read from it.
+        let body = json!({"auth_user": "secrelay", "auth_pwd": "itop-pw", "version": "1.3"});
+        let reply: Value = client()
+            .post(&endpoint)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(reply["code"], 5);
+        // `version` may come in the query string.
+        let url = format!("{endpoint}?version=1.3");
+        let (_, reply) = post(
+            &sim,
+            client().post(&url),
+            &[OK_AUTH[0], OK_AUTH[1], ("json_data", list)],
+        )
+        .await;
+        assert_eq!(
+            (reply["code"].as_i64(), message(&reply)),
+            (Some(0), "Operations: 7")
+        );
+        assert_eq!(reply["version"], "1.3");
+        assert_eq!(reply["operations"][0]["verb"], "core/create");
+        assert_eq!(sim.requests(), 14);
+    }
+
+    #[tokio::test]
+    async fn basic_and_token_logins_and_token_revocation() {
+        let sim = start(ItopSimConfig::default()).await;
+        let list = json!({"operation": "list_operations"}).to_string();
+        let form = [("version", "1.3"), ("json_data", list.as_str())];
+        let basic = client()
+            .post(sim.endpoint())
+            .basic_auth("secrelay", Some("itop-pw"));
+        assert_eq!(post(&sim, basic, &form).await.1["code"], 0);
+        let bad_basic = client()
+            .post(sim.endpoint())
+            .basic_auth("secrelay", Some("nope"));
+        assert_eq!(
+            post(&sim, bad_basic, &form).await.1["message"],
+            "Error: Invalid login"
+        );
+        let header = || {
+            client()
+                .post(sim.endpoint())
+                .header("Auth-Token", "itop-token-0001")
+        };
+        assert_eq!(post(&sim, header(), &form).await.1["code"], 0);
+        let mut with_field = form.to_vec();
+        with_field.push(("auth_token", "itop-token-0001"));
+        assert_eq!(
+            post(&sim, client().post(sim.endpoint()), &with_field)
+                .await
+                .1["code"],
+            0
+        );
+        sim.revoke_token("itop-token-0001");
+        let reply = post(&sim, header(), &form).await.1;
+        assert_eq!(
+            (reply["code"].as_i64(), message(&reply)),
+            (Some(1), "Error: Invalid login")
+        );
+        sim.restore_token("itop-token-0001");
+        assert_eq!(post(&sim, header(), &form).await.1["code"], 0);
+
+        let sim = start(ItopSimConfig {
+            allow_token_login: false,
+            allow_basic_login: false,
+            ..ItopSimConfig::default()
+        })
+        .await;
+        let token = client()
+            .post(sim.endpoint())
+            .header("Auth-Token", "itop-token-0001");
+        assert_eq!(post(&sim, token, &form).await.1["code"], 5);
+        let basic = client()
+            .post(sim.endpoint())
+            .basic_auth("secrelay", Some("itop-pw"));
+        assert_eq!(post(&sim, basic, &form).await.1["code"], 5);
+    }
+
+    #[tokio::test]
+    async fn check_credentials_answers_authorized() {
+        let sim = start(ItopSimConfig::default()).await;
+        let ask = |password: &str| json!({"operation": "core/check_credentials", "user": "portal", "password": password});
+        let reply = call(&sim, ask("portal-pw")).await;
+        assert_eq!(
+            reply,
+            json!({"code": 0, "message": null, "authorized": true})
+        );
+        assert_eq!(call(&sim, ask("nope")).await["authorized"], false);
+        let reply = call(
+            &sim,
+            json!({"operation": "core/check_credentials", "user": "portal"}),
+        )
+        .await;
+        assert_eq!(message(&reply), "Error: Missing parameter 'password'");
+    }
+
+    #[tokio::test]
+    async fn create_answers_in_itops_shape_and_keeps_the_ticket() {
+        let sim = start(ItopSimConfig::default()).await;
+        let mut fields = good_fields();
+        fields["public_log"] = json!({"add_item": {"message": "line1\nline2", "format": "text"}});
+        let reply = call(&sim, incident(fields)).await;
+        assert_eq!(
+            reply,
+            json!({"objects": {"Incident::1": {"code": 0, "message": "created", "class": "Incident",
+                   "key": "1", "fields": {"id": "1", "ref": "I-000001", "status": "new"}}},
+                   "code": 0, "message": null})
+        );
+        let ticket = sim.ticket("I-000001").expect("kept");
+        assert_eq!(
+            (ticket.class.as_str(), ticket.id, ticket.status.as_str()),
+            ("Incident", 1, "new")
+        );
+        assert_eq!(ticket.fields["org_id"], "2");
+        assert_eq!(ticket.fields["caller_id"], "1");
+        assert_eq!(ticket.fields["description"], "<p>Five failed logins</p>");
+        assert_eq!(
+            (
+                ticket.fields["impact"].as_str(),
+                ticket.fields["urgency"].as_str()
+            ),
+            ("2", "2")
+        );
+        assert!(!ticket.fields["start_date"].is_empty());
+        assert_eq!(ticket.comments, vec!["secrelay: alert 1".to_string()]);
+        assert_eq!(ticket.public_log.len(), 1);
+        assert_eq!(
+            (
+                ticket.public_log[0].message.as_str(),
+                ticket.public_log[0].format.as_str()
+            ),
+            ("line1\nline2", "text")
+        );
+        assert_eq!(ticket.public_log[0].user_login, "secrelay");
+
+        // Without output_fields: every attribute (not `id`), all strings; case logs as entries.
+        let mut request = incident(good_fields());
+        request.as_object_mut().map(|r| r.remove("output_fields"));
+        let reply = call(&sim, request).await;
+        let fields = &reply["objects"]["Incident::2"]["fields"];
+        assert!(fields.get("id").is_none());
+        assert_eq!(fields["ref"], "I-000002");
+        assert_eq!(fields["org_name"], "SOC");
+        assert_eq!(fields["caller_name"], "SIEM Monitoring");
+        assert_eq!(fields["priority"], "2");
+        assert_eq!(fields["origin"], "monitoring");
+        assert_eq!(fields["public_log"], json!({"entries": []}));
+        assert!(fields
+            .as_object()
+            .expect("object")
+            .values()
+            .all(|v| v.is_string() || v.is_object()));
+        let reply = call(
+            &sim,
+            json!({"operation": "core/create", "comment": "c", "class": "Incident",
+                                      "output_fields": "id, nope", "fields": good_fields()}),
+        )
+        .await;
+        assert_eq!(
+            message(&reply),
+            "Error: output_fields: invalid attribute code 'nope'"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_refuses_bad_requests_with_itops_messages() {
+        let sim = start(ItopSimConfig::default()).await;
+        let with = |change: &dyn Fn(&mut Value)| {
+            let mut request = incident(good_fields());
+            change(&mut request);
+            request
+        };
+        let cases: Vec<(Value, i64, &str)> = vec![
+            (with(&|r| { r.as_object_mut().map(|r| r.remove("comment")); }), 100,
+             "Error: Missing parameter 'comment'"),
+            (with(&|r| r["class"] = json!("Nope")), 100, "Error: class: 'Nope' is not a valid class'"),
+            (with(&|r| { r.as_object_mut().map(|r| r.remove("fields")); }), 100, "Error: Missing parameter 'fields'"),
+            (with(&|r| { r["fields"].as_object_mut().map(|f| f.remove("org_id")); }), 100,
+             "Error: Unexpected value for attribute 'Organization' (org_id) : Null not allowed: issues = \
+              {0=>Unexpected value for attribute 'Organization' (org_id) : Null not allowed}, class = Incident, id = -1"),
+            (with(&|r| { r["fields"].as_object_mut().map(|f| f.remove("caller_id")); }), 100,
+             "Error: Unexpected value for attribute 'Caller' (caller_id) : Null not allowed: issues = \
+              {0=>Unexpected value for attribute 'Caller' (caller_id) : Null not allowed}, class = Incident, id = -1"),
+            (with(&|r| r["fields"]["org_id"] = json!({"name": "Nope"})), 100,
+             "Error: org_id: No item found with criteria: name: Nope (Nope)"),
+            (with(&|r| r["fields"]["caller_id"] = json!({"name": "Dupont"})), 100,
+             "Error: caller_id: Several items found (2) with criteria: name: Dupont (Dupont)"),
+            (with(&|r| r["fields"]["org_id"] = json!("SELECT Organization WHERE name = 'Nope'")), 100,
+             "Error: org_id: No item found for query: SELECT Organization WHERE name = 'Nope'"),
+            (with(&|r| r["fields"]["org_id"] = json!(99)), 100, "Error: org_id: Invalid object Organization::99"),
+            (with(&|r| r["fields"]["impact"] = json!("9")), 100,
+             "Error: Unexpected value for attribute 'Impact' (impact) : Value not allowed [9]: issues = \
+              {0=>Unexpected value for attribute 'Impact' (impact) : Value not allowed [9]}, class = Incident, id = -1"),
+            (with(&|r| r["fields"]["foo"] = json!("x")), 100, "Error: foo: Unknown attribute"),
+            (with(&|r| r["fields"]["status"] = json!("resolved")), 100,
+             "Error: status: Attempting to set the value on the read-only attribute Incident::status"),
+            (with(&|r| r["fields"]["public_log"] = json!({"add_item": {"format": "text"}})), 100,
+             "Error: public_log: Missing mandatory entry: 'message'"),
+            (with(&|r| r["fields"]["public_log"] = json!({"add_item": {"message": "m", "user_id": 3}})), 1,
+             "Error: public_log: Only administrators can set the user id"),
+        ];
+        for (request, code, text) in cases {
+            let reply = call(&sim, request.clone()).await;
+            assert_eq!(
+                (reply["code"].as_i64(), message(&reply)),
+                (Some(code), text),
+                "{request}"
+            );
+            assert!(reply.get("objects").is_none(), "{reply}");
+        }
+        for (field, value, problem) in [
+            ("urgency", json!(5), "Value not allowed [5]"),
+            ("origin", json!("pigeon"), "Value not allowed [pigeon]"),
+            (
+                "title",
+                json!("x".repeat(256)),
+                "String too long (found 256, limited to 255)",
+            ),
+            ("title", json!(""), "Null not allowed"),
+        ] {
+            let request = with(&|r| r["fields"][field] = value.clone());
+            let reply = call(&sim, request).await;
+            assert_eq!(reply["code"], 100);
+            assert!(message(&reply).contains(problem), "{reply}");
+        }
+        assert!(sim.tickets().is_empty());
+    }
+
+    #[tokio::test]
+    async fn update_finds_one_ticket_by_id_oql_or_criteria_and_appends_to_the_log() {
+        let sim = start(ItopSimConfig::default()).await;
+        create_one(&sim).await;
+        create_one(&sim).await;
+        let update = |key: Value, fields: Value| {
+            json!({"operation": "core/update", "comment": "secrelay: alert 1 changed", "class": "Incident",
+                   "key": key, "output_fields": "ref", "fields": fields})
+        };
+        let add =
+            |text: &str| json!({"public_log": {"add_item": {"message": text, "format": "text"}}});
+        let reply = call(&sim, update(json!(1), add("state: in progress"))).await;
+        assert_eq!(
+            reply,
+            json!({"objects": {"Incident::1": {"code": 0, "message": "updated", "class": "Incident",
+                   "key": "1", "fields": {"ref": "I-000001"}}}, "code": 0, "message": null})
+        );
+        let by_oql = call(
+            &sim,
+            update(
+                json!("SELECT Incident WHERE ref = 'I-000001'"),
+                add("second"),
+            ),
+        )
+        .await;
+        assert_eq!(by_oql["code"], 0, "{by_oql}");
+        let by_criteria = call(
+            &sim,
+            update(
+                json!({"ref": "I-000001"}),
+                json!({"public_log": "<b>third</b>"}),
+            ),
+        )
+        .await;
+        assert_eq!(by_criteria["code"], 0, "{by_criteria}");
+        let ticket = sim.ticket("I-000001").expect("kept");
+        let log: Vec<(&str, &str)> = ticket
+            .public_log
+            .iter()
+            .map(|e| (e.message.as_str(), e.format.as_str()))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                ("state: in progress", "text"),
+                ("second", "text"),
+                ("<b>third</b>", "html")
+            ]
+        );
+        assert_eq!(ticket.comments.len(), 4);
+        assert!(sim.ticket("I-000002").expect("kept").public_log.is_empty());
+
+        let replace = json!({"public_log": {"items": [{"message": "only", "format": "text"}]}});
+        assert_eq!(call(&sim, update(json!("1"), replace)).await["code"], 0);
+        assert_eq!(sim.ticket("I-000001").expect("kept").public_log.len(), 1);
+
+        let errors: Vec<(Value, Value, &str)> = vec![
+            (json!(42), add("x"), "Error: Invalid object Incident::42"),
+            (json!("SELECT Incident WHERE ref = 'I-000099'"), add("x"),
+             "Error: No item found for query: SELECT Incident WHERE ref = 'I-000099'"),
+            (json!("SELECT Incident WHERE title = 'Brute force on host1'"), add("x"),
+             "Error: Several items found (2) for query: SELECT Incident WHERE title = 'Brute force on host1'"),
+            (json!({"title": "Brute force on host1"}), add("x"),
+             "Error: Several items found (2) with criteria: title: Brute force on host1 (Brute force on host1)"),
+            (json!({"ref": "I-000099"}), add("x"), "Error: No item found with criteria: ref: I-000099 (I-000099)"),
+            (json!([1]), add("x"), "Error: Wrong format for key"),
+            (json!(1), json!({"org_id": 0}),
+             "Error: Unexpected value for attribute 'Organization' (org_id) : Null not allowed: issues = \
+              {0=>Unexpected value for attribute 'Organization' (org_id) : Null not allowed}, class = Incident, id = 1"),
+        ];
+        for (key, fields, text) in errors {
+            let reply = call(&sim, update(key.clone(), fields)).await;
+            assert_eq!(
+                (reply["code"].as_i64(), message(&reply)),
+                (Some(100), text),
+                "{key}"
+            );
+        }
+        let reply = call(
+            &sim,
+            update(json!("SELECT Incident WHERE ref LIKE 'I-%'"), add("x")),
+        )
+        .await;
+        assert!(
+            message(&reply).starts_with(
+                "Error: Query failed to execute: query = SELECT Incident WHERE ref LIKE"
+            ),
+            "{reply}"
+        );
+        let mut no_comment = update(json!(1), add("x"));
+        no_comment.as_object_mut().map(|r| r.remove("comment"));
+        assert_eq!(
+            message(&call(&sim, no_comment).await),
+            "Error: Missing parameter 'comment'"
+        );
+        let ticket = sim.ticket("I-000001").expect("kept");
+        assert_eq!(
+            (ticket.public_log.len(), ticket.fields["org_id"].as_str()),
+            (1, "2")
+        );
+    }
+
+    #[tokio::test]
+    async fn stimuli_follow_the_incident_lifecycle() {
+        let sim = start(ItopSimConfig::default()).await;
+        create_one(&sim).await;
+        let stimulus = |name: &str, fields: Value| {
+            json!({"operation": "core/apply_stimulus", "comment": "secrelay: resolved", "class": "Incident",
+                   "key": 1, "stimulus": name, "output_fields": "status", "fields": fields})
+        };
+        let refused = |reply: &Value| {
+            (
+                reply["code"].as_i64(),
+                message(reply).to_string(),
+                reply["objects"].is_null(),
+            )
+        };
+        let reply = call(
+            &sim,
+            stimulus("ev_resolve", json!({"solution": "done", "service_id": 1})),
+        )
+        .await;
+        assert_eq!(
+            refused(&reply),
+            (
+                Some(100),
+                "Invalid stimulus: 'ev_resolve' on the object I-000001 in state 'new'".into(),
+                true
+            )
+        );
+        let mut no_fields = stimulus("ev_assign", json!({}));
+        no_fields.as_object_mut().map(|r| r.remove("fields"));
+        assert_eq!(
+            message(&call(&sim, no_fields).await),
+            "Error: Missing parameter 'fields'"
+        );
+        let reply = call(&sim, stimulus("ev_assign", json!({}))).await;
+        assert_eq!(
+            refused(&reply),
+            (
+                Some(100),
+                "Missing mandatory attribute(s) for applying the stimulus: team_id, agent_id."
+                    .into(),
+                true
+            )
+        );
+        let assign = json!({"team_id": {"name": "SOC Level 1"}, "agent_id": "SELECT Person WHERE name = 'Analyst'"});
+        let reply = call(&sim, stimulus("ev_assign", assign)).await;
+        assert_eq!(
+            reply,
+            json!({"objects": {"Incident::1": {"code": 0, "message": "updated", "class": "Incident",
+                   "key": "1", "fields": {"status": "assigned"}}}, "code": 0, "message": null})
+        );
+        let reply = call(&sim, stimulus("ev_resolve", json!({}))).await;
+        assert_eq!(
+            refused(&reply),
+            (
+                Some(100),
+                "Missing mandatory attribute(s) for applying the stimulus: service_id, solution."
+                    .into(),
+                true
+            )
+        );
+        // A refused stimulus saves nothing, not even its fields.
+        let reply = call(&sim, stimulus("ev_resolve", json!({"solution": "blocked"}))).await;
+        assert_eq!(reply["code"], 100);
+        assert_eq!(sim.ticket("I-000001").expect("kept").fields["solution"], "");
+        let reply = call(
+            &sim,
+            stimulus(
+                "ev_resolve",
+                json!({"solution": "blocked", "service_id": 1}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            reply["objects"]["Incident::1"]["fields"]["status"], "resolved",
+            "{reply}"
+        );
+        let reply = call(&sim, stimulus("ev_resolve", json!({}))).await;
+        assert_eq!(
+            message(&reply),
+            "Invalid stimulus: 'ev_resolve' on the object I-000001 in state 'resolved'"
+        );
+        assert_eq!(call(&sim, stimulus("ev_close", json!({}))).await["code"], 0);
+        let ticket = sim.ticket("I-000001").expect("kept");
+        assert_eq!(ticket.status, "closed");
+        assert_eq!(ticket.stimuli, ["ev_assign", "ev_resolve", "ev_close"]);
+        assert_eq!(
+            (
+                ticket.fields["team_id"].as_str(),
+                ticket.fields["agent_id"].as_str()
+            ),
+            ("1", "4")
+        );
+        for date in ["assignment_date", "resolution_date", "close_date"] {
+            assert!(!ticket.fields[date].is_empty(), "{date}");
+        }
+        let reply = call(&sim, stimulus("ev_reopen", json!({}))).await;
+        assert_eq!(
+            message(&reply),
+            "Invalid stimulus: 'ev_reopen' on the object I-000001 in state 'closed'"
+        );
+    }
+
+    #[tokio::test]
+    async fn get_finds_by_id_oql_and_criteria() {
+        let sim = start(ItopSimConfig::default()).await;
+        create_one(&sim).await;
+        let get = |class: &str, key: Value, fields: &str| json!({"operation": "core/get", "class": class, "key": key, "output_fields": fields});
+        let reply = call(
+            &sim,
+            get(
+                "Incident",
+                json!("SELECT Incident WHERE ref = \"I-000001\""),
+                "ref, status",
+            ),
+        )
+        .await;
+        assert_eq!(
+            reply,
+            json!({"objects": {"Incident::1": {"code": 0, "message": "", "class": "Incident", "key": "1",
+                   "fields": {"ref": "I-000001", "status": "new"}}}, "code": 0, "message": "Found: 1"})
+        );
+        let reply = call(&sim, get("Incident", json!(7), "ref")).await;
+        assert_eq!(
+            reply,
+            json!({"objects": null, "code": 0, "message": "Found: 0"})
+        );
+        let reply = call(
+            &sim,
+            get("Person", json!({"name": "Dupont"}), "friendlyname, org_id"),
+        )
+        .await;
+        assert_eq!(message(&reply), "Found: 2");
+        assert_eq!(
+            reply["objects"]["Person::3"]["fields"],
+            json!({"friendlyname": "Marie Dupont", "org_id": "1"})
+        );
+        let reply = call(
+            &sim,
+            get(
+                "Person",
+                json!("SELECT Person WHERE org_id = 2 AND first_name = 'SIEM'"),
+                "id",
+            ),
+        )
+        .await;
+        assert_eq!(
+            reply["objects"]["Person::1"]["fields"]["id"], "1",
+            "{reply}"
+        );
+        let paged = json!({"operation": "core/get", "class": "Person", "key": "SELECT Person", "page": 0, "limit": 1});
+        let text = paged.to_string();
+        let form = [
+            OK_AUTH[0],
+            OK_AUTH[1],
+            ("version", "1.4"),
+            ("json_data", text.as_str()),
+        ];
+        let reply = post(&sim, client().post(sim.endpoint()), &form).await.1;
+        assert_eq!(reply["code"], 13, "{reply}");
+    }
+
+    #[tokio::test]
+    async fn custom_classes_get_their_own_ref_prefix() {
+        let sim = start(ItopSimConfig {
+            custom_classes: vec![ItopCustomClass {
+                name: "SIEMIncident".into(),
+                ref_prefix: "S-".into(),
+            }],
+            first_ticket_id: 123,
+            ..ItopSimConfig::default()
+        })
+        .await;
+        let mut request = incident(good_fields());
+        request["class"] = json!("SIEMIncident");
+        let reply = call(&sim, request).await;
+        assert_eq!(
+            reply["objects"]["SIEMIncident::123"]["fields"]["ref"], "S-000123",
+            "{reply}"
+        );
+        assert_eq!(
+            create_one(&sim).await["objects"]["Incident::124"]["fields"]["ref"],
+            "I-000124"
+        );
+    }
+
+    #[tokio::test]
+    async fn faults_give_5xx_dropped_connections_and_slow_replies() {
+        let sim = start(ItopSimConfig::default()).await;
+        let list = json!({"operation": "list_operations"}).to_string();
+        let form = [
+            OK_AUTH[0],
+            OK_AUTH[1],
+            ("version", "1.3"),
+            ("json_data", list.as_str()),
+        ];
+        sim.faults().http_errors.store(2, Ordering::SeqCst);
+        for _ in 0..2 {
+            let response = client()
+                .post(sim.endpoint())
+                .form(&form)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status().as_u16(), 503);
+        }
+        assert_eq!(
+            post(&sim, client().post(sim.endpoint()), &form).await.0,
+            200
+        );
+        sim.faults().drop_connections.store(1, Ordering::SeqCst);
+        let failed = client().post(sim.endpoint()).form(&form).send().await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(
+            post(&sim, client().post(sim.endpoint()), &form).await.1["code"],
+            0
+        );
+        sim.faults().delay_ms.store(300, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let slow = client()
+            .post(sim.endpoint())
+            .timeout(Duration::from_millis(100))
+            .form(&form)
+            .send()
+            .await;
+        assert!(slow.is_err_and(|e| e.is_timeout()));
+        assert!(started.elapsed() < Duration::from_millis(300));
+        assert_eq!(sim.requests(), 6);
+        let codes: Vec<i64> = sim.journal().iter().map(|e| e.code).collect();
+        assert_eq!(codes, [503, 503, 0, 0]);
+    }
+}
