@@ -2614,6 +2614,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn autoresolve_is_the_one_way_from_new_to_resolved() {
+        let sim = start(ItopSimConfig::default()).await;
+        create_one(&sim).await;
+        let stimulus = |fields: Value| {
+            json!({"operation": "core/apply_stimulus", "comment": "c", "class": "Incident",
+                   "key": {"ref": "I-000001"}, "stimulus": "ev_autoresolve", "fields": fields})
+        };
+        let reply = call(&sim, stimulus(json!({}))).await;
+        assert_eq!(
+            message(&reply),
+            "Missing mandatory attribute(s) for applying the stimulus: service_id, solution."
+        );
+        let fields =
+            json!({"service_id": {"name": "Security Monitoring"}, "solution": "vendor closed it"});
+        assert_eq!(call(&sim, stimulus(fields)).await["code"], 0);
+        let ticket = sim.ticket("I-000001").expect("kept");
+        assert_eq!(
+            (ticket.status.as_str(), ticket.stimuli.as_slice()),
+            ("resolved", &["ev_autoresolve".to_string()][..])
+        );
+        assert_eq!(ticket.fields["resolution_code"], "assistance");
+    }
+
+    #[tokio::test]
     async fn get_finds_by_id_oql_and_criteria() {
         let sim = start(ItopSimConfig::default()).await;
         create_one(&sim).await;
