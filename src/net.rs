@@ -290,6 +290,7 @@ mod tests {
         let settings = HttpSettings {
             timeout_secs: 5.0,
             connect_timeout_secs: 5.0,
+            max_response_bytes: 1024,
         };
         let err =
             http_client_with_tls(&settings, &tls, Duration::from_secs(1), "sinks.hec").unwrap_err();
