@@ -346,6 +346,7 @@ async fn record_accepted(
     }
     report.delivered += taken;
     report.dead_letters += rejected.len() as u64;
+    ctx.note_delivered(name, accepted.iter().map(|r| r.record.len() as i64).sum());
     let mut pruned = 0;
     for source in sources {
         let sinks = ctx
