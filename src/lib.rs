@@ -19,19 +19,24 @@
 //!
 //! Modules: [`settings`] (configuration), [`store`] (all SQL), [`scheduler`] (timing, both loops),
 //! [`sources`] (one module per vendor), [`vendors`] (the registry naming them), [`mapping`] (what
-//! sinks know of a vendor's records), [`sinks`] (one module per transport), [`encode`] (pure
-//! formats), [`simulate`] (vendor simulators), [`app`] (composition), [`demo`].
+//! sinks know of a vendor's records), [`sinks`] (one module per transport), [`net`] (HTTP and TLS
+//! clients for both), [`encode`] (pure formats), [`app`] (composition); with the default cargo
+//! feature `simulators`, `simulate` (vendor simulators) and `demo`. A production build may leave
+//! them out: `cargo build --release --no-default-features`.
 
 #![warn(missing_docs)]
 
 pub mod app;
+#[cfg(feature = "simulators")]
 pub mod demo;
 pub mod encode;
 pub mod event;
 pub mod mapping;
+pub mod net;
 pub mod scheduler;
 pub mod settings;
 pub mod signals;
+#[cfg(feature = "simulators")]
 pub mod simulate;
 pub mod sinks;
 pub mod sources;

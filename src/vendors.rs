@@ -251,7 +251,7 @@ mod tests {
         if let Some(SourceSettings::TenableSc(s)) = settings.sources.get_mut("vm") {
             s.secret_key = Some(crate::settings::Secret::new(""));
         }
-        let client = crate::sources::http::client(&settings.http).unwrap();
+        let client = crate::net::http_client(&settings.http).unwrap();
         let setup = SourceSetup {
             http: &settings.http,
             client: &client,

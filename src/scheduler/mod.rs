@@ -10,6 +10,8 @@
 mod backoff;
 mod deliver;
 mod poll;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -172,6 +174,34 @@ impl Context {
             }
         }
         Ok(Room::Free)
+    }
+
+    /// Adds `bytes` just committed by `source` to the last measurement of its sinks' backlogs, so
+    /// a source polling faster than measurements are taken cannot run past its share on a stale
+    /// figure.
+    pub fn note_appended(&self, source: &str, bytes: i64) {
+        let Some(sinks) = self.sinks_of_source.get(source) else {
+            return;
+        };
+        if let Ok(mut cached) = self.backlogs.lock() {
+            if let Some((_, backlogs)) = cached.as_mut() {
+                for sink in sinks {
+                    *backlogs.entry(sink.clone()).or_insert(0) += bytes;
+                }
+            }
+        }
+    }
+
+    /// Takes `bytes` just delivered by `sink` off the last measurement of its backlog, so a sink
+    /// that keeps up never looks a share behind between measurements.
+    pub fn note_delivered(&self, sink: &str, bytes: i64) {
+        if let Ok(mut cached) = self.backlogs.lock() {
+            if let Some((_, backlogs)) = cached.as_mut() {
+                if let Some(backlog) = backlogs.get_mut(sink) {
+                    *backlog = (*backlog - bytes).max(0);
+                }
+            }
+        }
     }
 
     /// Every routed sink's backlog in bytes, measured at most once per [`BACKLOGS_FRESH_FOR`].
