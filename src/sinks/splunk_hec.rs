@@ -49,6 +49,10 @@ use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
 use crate::sources::Vendor;
 use crate::store::{OutboxRecord, Store};
 
+/// The largest HEC reply read: replies are a few hundred bytes of JSON, and a proxy or broken
+/// server that answers with more is not read into memory.
+const REPLY_MAX_BYTES: u64 = 1024 * 1024;
+
 /// The default `sourcetype` of a vendor's stream, e.g. `code42:file_event`.
 pub fn default_sourcetype(vendor: Option<Vendor>, stream: &str) -> String {
     let singular = match stream {
@@ -295,7 +299,10 @@ impl HecSink {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = response.text().await.unwrap_or_default();
+        // An unreadable or oversized reply reads as empty: its status still decides.
+        let text = net::read_body(response, REPLY_MAX_BYTES)
+            .await
+            .unwrap_or_default();
         let reply: Reply = serde_json::from_str(&text).unwrap_or(Reply {
             text: text.chars().take(200).collect(),
             code: -1,
@@ -509,7 +516,11 @@ impl HecSink {
                     acked.extend(ids);
                     return acked;
                 }
-                if let Ok(reply) = response.json::<AckReply>().await {
+                let body = net::read_body(response, REPLY_MAX_BYTES).await;
+                if let Ok(reply) = body
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_str::<AckReply>(&b).map_err(|e| e.to_string()))
+                {
                     ids.retain(|id| {
                         let done = reply.acks.get(&id.to_string()).copied().unwrap_or(false);
                         if done {
@@ -649,7 +660,9 @@ impl Sink for HecSink {
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = net::read_body(response, REPLY_MAX_BYTES)
+            .await
+            .unwrap_or_default();
         if status.is_success() {
             Ok(())
         } else {
