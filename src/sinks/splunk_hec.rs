@@ -47,7 +47,7 @@ use crate::settings::{Secret, SplunkHecSettings};
 use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
 use crate::sources::http::{self, parse_retry_after, TlsOptions};
 use crate::sources::Vendor;
-use crate::store::{OutboxRecord, Store};
+use crate::store::{HecLedger, OutboxRecord, Store};
 
 /// The default `sourcetype` of a vendor's stream, e.g. `code42:file_event`.
 pub fn default_sourcetype(vendor: Option<Vendor>, stream: &str) -> String {
@@ -128,7 +128,8 @@ pub struct HecSink {
     token: Secret,
     host: String,
     vendors: HashMap<String, Vendor>,
-    store: Store,
+    /// Its channel, pending acks and errors in the store, and nothing else there.
+    ledger: HecLedger,
     channel: Option<String>,
     /// The first record whose acks did not come, and how many times that happened in a row.
     ack_misses: Option<(i64, u32)>,
@@ -184,7 +185,7 @@ impl HecSink {
             settings,
             http: client,
             vendors,
-            store,
+            ledger: HecLedger::new(store, name),
             channel: None,
             ack_misses: None,
             acks_not_arriving: false,
@@ -250,8 +251,8 @@ impl HecSink {
             return Ok(c.clone());
         }
         let channel = self
-            .store
-            .sink_channel(&self.name, &new_channel())
+            .ledger
+            .channel(&new_channel())
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         self.channel = Some(channel.clone());
@@ -420,15 +421,8 @@ impl HecSink {
             return;
         };
         if let Err(e) = self
-            .store
-            .save_pending_acks(
-                &self.name,
-                channel,
-                &[ack],
-                last_seq,
-                &refused,
-                chrono::Utc::now(),
-            )
+            .ledger
+            .save_pending(channel, &[ack], last_seq, &refused, chrono::Utc::now())
             .await
         {
             // Only a restart needs it; without it, a restart sends the request again.
@@ -446,8 +440,8 @@ impl HecSink {
         rejected: &mut Vec<(usize, String)>,
     ) -> Result<usize, SinkError> {
         let mut pending = self
-            .store
-            .pending_acks(&self.name)
+            .ledger
+            .pending_acks()
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         if pending.is_empty() {
@@ -468,8 +462,8 @@ impl HecSink {
             if let Some(through) = through {
                 done = batch.partition_point(|r| r.seq <= through);
                 let refused = self
-                    .store
-                    .pending_rejects(&self.name)
+                    .ledger
+                    .pending_rejects()
                     .await
                     .map_err(|e| self.unavailable(e.to_string(), None))?;
                 rejected.extend(refused.into_iter().filter_map(|(seq, reason)| {
@@ -482,7 +476,7 @@ impl HecSink {
                     "acks of requests sent before the restart arrived; not sending them again");
             }
         }
-        let _ = self.store.clear_pending_acks(&self.name).await;
+        let _ = self.ledger.clear_pending().await;
         Ok(done)
     }
 
@@ -553,10 +547,7 @@ impl HecSink {
             tracing::warn!(sink = %self.name, "{detail}");
         } else {
             tracing::error!(sink = %self.name, "{detail}");
-            let _ = self
-                .store
-                .record_sink_error(&self.name, &detail, chrono::Utc::now())
-                .await;
+            let _ = self.ledger.record_error(&detail, chrono::Utc::now()).await;
         }
         self.acks_not_arriving = true;
         self.ack_misses = None;
@@ -623,7 +614,7 @@ impl Sink for HecSink {
                     }
                 }
             }
-            let _ = self.store.clear_pending_acks(&self.name).await;
+            let _ = self.ledger.clear_pending().await;
         }
         let rejected = pass.rejected;
         match pass.error {
