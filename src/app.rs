@@ -172,6 +172,7 @@ async fn pipeline(
         sinks_of_source,
         stop,
     );
+    http::limit_response_bytes(settings.http.max_response_bytes);
     let client = http::client(&settings.http).map_err(|e| AppError::Http(e.to_string()))?;
 
     let mut source_tasks = JoinSet::new();
@@ -327,6 +328,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
             None
         }
     };
+    http::limit_response_bytes(settings.http.max_response_bytes);
     let client = match http::client(&settings.http) {
         Ok(c) => c,
         Err(e) => {

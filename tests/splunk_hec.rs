@@ -12,7 +12,7 @@ use chrono::{TimeZone, Utc};
 use secrelay::app::{self, BackfillOptions};
 use secrelay::settings::{Settings, SinkSettings};
 use secrelay::simulate::hec::{HecSim, HecSimConfig};
-use secrelay::simulate::sophos::Identity;
+use secrelay::simulate::sophos::{Identity, SophosSim, SophosSimConfig};
 use secrelay::sinks::splunk_hec::HecSink;
 use secrelay::sinks::{Sink, SinkError};
 use secrelay::sources::Vendor;
@@ -614,4 +614,150 @@ async fn after_a_restart_only_the_requests_without_an_ack_are_sent_again() {
         );
     }
     assert_eq!(hec.requests(), 3, "two then one, none sent twice");
+}
+
+/// The daemon with two sinks, one of which (HEC) has its token revoked for a while: the other
+/// keeps delivering, the source routed only to it never pauses, `state` says which sink is refused
+/// and full, and once the token is valid again the refused sink gets everything, once.
+///
+/// Time is scaled: `backoff_max_secs = 2` stands for the default 300 s between attempts at a
+/// refusing receiver, so the ≥ 3 refusal rounds below stand for 10+ minutes of a revoked token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sink_in_the_daemon_pauses_only_its_sources_and_gets_everything_once_accepted_again(
+) {
+    let refused_sim = common::finished_sim(Identity::Tenant, 1, 3000).await;
+    let live_sim = SophosSim::start(SophosSimConfig {
+        identity: Identity::Tenant,
+        tenants: 1,
+        events_per_tenant: None,
+        rate_per_sec: 20.0,
+        start: Utc::now() - chrono::Duration::minutes(30),
+        ..SophosSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    hec.faults().revoke_token.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    // Two sinks share 400 kB: 200 kB each, a fraction of the refused source's 3,000 events.
+    let text = common::config_text(
+        &refused_sim,
+        dir.path(),
+        "streams = [\"events\"]\npage_size = 100",
+        "[outbox]\nmax_bytes = 400000",
+    )
+    .replace("sinks = [\"out\"]", "sinks = [\"splunk\"]")
+        + &format!(
+            "[sinks.splunk]\ntype = \"splunk_hec\"\nurl = {:?}\ntoken = {TOKEN:?}\nbatch_size = 500\n\
+             [sources.sophos_live]\ntype = \"sophos\"\nclient_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
+             token_url = {:?}\napi_url = {:?}\ninterval_secs = 0.5\ninitial_lookback_hours = 2\n\
+             streams = [\"events\"]\nsinks = [\"out\"]\n",
+            hec.url(),
+            live_sim.token_url(),
+            live_sim.url(),
+        );
+    let s = Settings::from_toml(&text).expect("valid config");
+    let mut daemon = common::Daemon::start(&s);
+
+    // The refused sink's backlog reaches its share: state shows it refused and full.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = app::state(&s).await.unwrap();
+        let splunk = state
+            .sinks
+            .iter()
+            .find(|k| k.state.sink == "splunk")
+            .unwrap();
+        if splunk.refused && splunk.full {
+            assert!(state.to_table().contains("sink splunk is REFUSED"));
+            break;
+        }
+        daemon.assert_running().await;
+        assert!(
+            Instant::now() < deadline,
+            "never refused and full: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused_requests = refused_sim.requests().len();
+    let live_requests = live_sim.requests().len();
+    let live_delivered = common::delivered(dir.path()).len();
+    let refusals = hec.refusals();
+    // Each round: the 2 s wait, then the short batch's linger.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    daemon.assert_running().await;
+    assert!(
+        hec.refusals() >= refusals + 3,
+        "the refused sink keeps asking: {} refusals, then {}",
+        refusals,
+        hec.refusals()
+    );
+    assert_eq!(
+        refused_sim.requests().len(),
+        paused_requests,
+        "the source routed to the refused sink is paused"
+    );
+    assert!(
+        live_sim.requests().len() > live_requests + 5,
+        "the source routed only to the healthy sink never pauses"
+    );
+    assert!(
+        common::delivered(dir.path()).len() > live_delivered + 50,
+        "the healthy sink keeps delivering: {live_delivered} then {}",
+        common::delivered(dir.path()).len()
+    );
+    let state = app::state(&s).await.unwrap();
+    let paused = state
+        .partitions
+        .iter()
+        .find(|p| p.source == "sophos_t")
+        .unwrap();
+    assert!(
+        paused
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("paused: sink splunk")),
+        "{paused:?}"
+    );
+    assert!(hec.accepted().is_empty());
+
+    // The token is valid again: within a retry round the refused sink takes everything, once.
+    hec.faults().revoke_token.store(false, Ordering::SeqCst);
+    let want = common::expected(&refused_sim, &["events"]).len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hec.accepted().len() < want {
+        daemon.assert_running().await;
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} after the token came back",
+            hec.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let summary = daemon.stop().await;
+    let mut ids: Vec<String> = hec
+        .accepted()
+        .iter()
+        .map(|e| e["fields"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let all = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "nothing indexed twice");
+    assert_eq!(ids.len(), want);
+    let live = common::delivered(dir.path());
+    assert_eq!(
+        common::counts(&live).len(),
+        live.len(),
+        "no duplicates in the file"
+    );
+    assert!(
+        !format!("{summary:?}").contains(TOKEN),
+        "the token is never shown"
+    );
+    let state = app::state(&s).await.unwrap();
+    assert!(
+        state.sinks.iter().all(|k| !k.refused && !k.full),
+        "{state:?}"
+    );
 }

@@ -419,20 +419,20 @@ async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
     );
 }
 
-#[tokio::test]
-async fn backfill_to_a_tls_receiver_leaves_every_record_there() {
+/// `backfill` of `sim`'s events and alerts into a TLS syslog sink at `localhost:port` that trusts
+/// `pki`'s CA; fails the test unless it completes.
+async fn backfill_over_tls(
+    sim: &secrelay::simulate::sophos::SophosSim,
+    dir: &std::path::Path,
+    pki: &tls::Pki,
+    port: u16,
+    sink_extra: &str,
+) {
     use secrelay::app::{self, BackfillOptions};
-    use secrelay::simulate::sophos::Identity;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = tls::pki(dir.path());
-    let receiver = rsyslog::Rsyslog::start(dir.path(), Some(&pki));
-    let sim = common::finished_sim(Identity::Tenant, 1, 8_000).await;
-    // Large batches: the receiver still has most of the last one to read when backfill ends.
-    let text = common::config_text(&sim, dir.path(), "", "")
+    let text = common::config_text(sim, dir, "", "")
         .replace("sinks = [\"out\"]", "sinks = [\"siem\"]")
         + &format!(
-            "[sinks.siem]\ntype = \"syslog\"\ntransport = \"tls\"\nbatch_size = 5000\naddress = \"localhost:{}\"\nca_file = {:?}\n",
-            receiver.tls,
+            "[sinks.siem]\ntype = \"syslog\"\ntransport = \"tls\"\naddress = \"localhost:{port}\"\nca_file = {:?}\n{sink_extra}\n",
             pki.ca.display().to_string()
         );
     let settings = Settings::from_toml(&text).unwrap();
@@ -444,6 +444,17 @@ async fn backfill_to_a_tls_receiver_leaves_every_record_there() {
     .await
     .unwrap();
     assert!(summary.complete(), "{summary:?}");
+}
+
+#[tokio::test]
+async fn backfill_to_a_tls_receiver_leaves_every_record_there() {
+    use secrelay::simulate::sophos::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::pki(dir.path());
+    let receiver = rsyslog::Rsyslog::start(dir.path(), Some(&pki));
+    let sim = common::finished_sim(Identity::Tenant, 1, 8_000).await;
+    // Large batches: the receiver still has most of the last one to read when backfill ends.
+    backfill_over_tls(&sim, dir.path(), &pki, receiver.tls, "batch_size = 5000").await;
     let want: Vec<String> = common::expected(&sim, &["events", "alerts"])
         .into_iter()
         .map(|(_, _, id)| id)
@@ -597,29 +608,13 @@ fn take_frames(pending: &mut Vec<u8>) -> Vec<String> {
 
 #[tokio::test]
 async fn backfill_ends_tls_in_order_so_a_slow_receiver_that_sends_tickets_reads_everything() {
-    use secrelay::app::{self, BackfillOptions};
     use secrelay::simulate::sophos::Identity;
     let dir = tempfile::tempdir().unwrap();
     let pki = tls::pki(dir.path());
     // Slower than the sender: when backfill ends, much of what it sent is still unread.
     let receiver = SlowTlsReceiver::start(&pki, 4096, std::time::Duration::from_millis(10)).await;
     let sim = common::finished_sim(Identity::Tenant, 1, 1_000).await;
-    let text = common::config_text(&sim, dir.path(), "", "")
-        .replace("sinks = [\"out\"]", "sinks = [\"siem\"]")
-        + &format!(
-            "[sinks.siem]\ntype = \"syslog\"\ntransport = \"tls\"\naddress = \"localhost:{}\"\nca_file = {:?}\n",
-            receiver.port,
-            pki.ca.display().to_string()
-        );
-    let settings = Settings::from_toml(&text).unwrap();
-    let summary = app::backfill(
-        &settings,
-        &BackfillOptions::default(),
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert!(summary.complete(), "{summary:?}");
+    backfill_over_tls(&sim, dir.path(), &pki, receiver.port, "").await;
     let mut want: HashMap<String, usize> = HashMap::new();
     for (_, _, id) in common::expected(&sim, &["events", "alerts"]) {
         *want.entry(id).or_insert(0) += 1;

@@ -443,18 +443,23 @@ mod tests {
         }
     }
 
+    /// No jitter, backoff in tens of milliseconds.
+    fn fast_timing() -> SchedulerSettings {
+        SchedulerSettings {
+            jitter_secs: 0.0,
+            backoff_initial_secs: 0.05,
+            backoff_max_secs: 0.1,
+            shutdown_grace_secs: 1.0,
+        }
+    }
+
     async fn context(dir: &tempfile::TempDir, mode: Mode) -> Arc<Context> {
         let store = Store::open(&dir.path().join("state.db"), Access::Writer)
             .await
             .unwrap();
         Context::new(
             store,
-            SchedulerSettings {
-                jitter_secs: 0.0,
-                backoff_initial_secs: 0.05,
-                backoff_max_secs: 0.1,
-                shutdown_grace_secs: 1.0,
-            },
+            fast_timing(),
             u64::MAX / 2,
             mode,
             Duration::from_secs(1),
@@ -661,12 +666,7 @@ mod tests {
         ]);
         let ctx = Context::new(
             store,
-            SchedulerSettings {
-                jitter_secs: 0.0,
-                backoff_initial_secs: 0.05,
-                backoff_max_secs: 0.1,
-                shutdown_grace_secs: 1.0,
-            },
+            fast_timing(),
             4000,
             Mode::Daemon,
             Duration::from_secs(1),

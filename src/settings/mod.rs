@@ -132,6 +132,9 @@ pub struct HttpSettings {
     pub timeout_secs: f64,
     /// TCP+TLS connect timeout, in seconds. Default 10.
     pub connect_timeout_secs: f64,
+    /// Largest vendor response body read, in bytes; a larger one fails the poll (retried, logged)
+    /// rather than exhausting memory. At least 1 MiB. Default 268435456 (256 MiB).
+    pub max_response_bytes: u64,
 }
 
 /// One `[sources.<id>]` table, selected by its `type` key.
@@ -896,6 +899,15 @@ impl Settings {
                 return Err(invalid(&key, format!("{why} (got {value})")));
             }
         }
+        if self.http.max_response_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "http.max_response_bytes",
+                format!(
+                    "must be at least 1048576 (1 MiB) (got {})",
+                    self.http.max_response_bytes
+                ),
+            ));
+        }
         if self.scheduler.backoff_max_secs < self.scheduler.backoff_initial_secs {
             return Err(invalid(
                 "scheduler.backoff_max_secs",
@@ -1042,6 +1054,11 @@ mod tests {
                 "[scheduler]\nbackoff_initial_secs = 9\nbackoff_max_secs = 3",
                 "scheduler.backoff_max_secs",
                 "below",
+            ),
+            (
+                "[http]\nmax_response_bytes = 1000",
+                "http.max_response_bytes",
+                "at least",
             ),
         ] {
             let err = Settings::from_toml(&format!("{MINIMAL}\n{extra}"))

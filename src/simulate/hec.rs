@@ -57,6 +57,9 @@ pub struct HecFaults {
     /// Never turn acks true, as behind a load balancer without sticky sessions (the ack query
     /// reaches an indexer that never saw the request).
     pub withhold_acks: AtomicBool,
+    /// Answer 403 "Invalid token" to every request while set, as after the token was revoked;
+    /// counted in [`HecSim::refusals`].
+    pub revoke_token: AtomicBool,
     /// Answer 503 to every n-th event request (counting all of them); 0 turns it off.
     pub fail_every: AtomicU64,
 }
@@ -68,6 +71,7 @@ struct Shared {
     requests: AtomicU64,
     gzipped: AtomicU64,
     busy_answers: AtomicU64,
+    refusals: AtomicU64,
     /// (channel, ack id) → when it was accepted.
     acks: Mutex<HashMap<(String, u64), Instant>>,
     next_ack: Mutex<HashMap<String, u64>>,
@@ -92,6 +96,7 @@ impl HecSim {
             requests: AtomicU64::new(0),
             gzipped: AtomicU64::new(0),
             busy_answers: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
             acks: Mutex::new(HashMap::new()),
             next_ack: Mutex::new(HashMap::new()),
         });
@@ -141,6 +146,11 @@ impl HecSim {
     pub fn busy_answers(&self) -> u64 {
         self.shared.busy_answers.load(Ordering::SeqCst)
     }
+
+    /// Requests refused while [`HecFaults::revoke_token`] was set.
+    pub fn refusals(&self) -> u64 {
+        self.shared.refusals.load(Ordering::SeqCst)
+    }
 }
 
 fn reply(status: StatusCode, code: i64, text: &str) -> Response {
@@ -155,7 +165,11 @@ fn token_refusal(s: &Shared, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = value.strip_prefix("Splunk ") else {
         return Some(reply(StatusCode::UNAUTHORIZED, 3, "Invalid authorization"));
     };
-    (token != s.config.token).then(|| reply(StatusCode::FORBIDDEN, 4, "Invalid token"))
+    let revoked = s.faults.revoke_token.load(Ordering::SeqCst);
+    if revoked {
+        s.refusals.fetch_add(1, Ordering::SeqCst);
+    }
+    (revoked || token != s.config.token).then(|| reply(StatusCode::FORBIDDEN, 4, "Invalid token"))
 }
 
 fn is_guid(text: &str) -> bool {

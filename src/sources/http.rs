@@ -5,6 +5,7 @@
 //! an error (errors carry the URL without its query string, and at most a short, cleaned excerpt
 //! of the vendor's body).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -16,6 +17,62 @@ use crate::settings::HttpSettings;
 
 /// Longest excerpt of a vendor's body quoted in an error.
 const EXCERPT: usize = 300;
+
+/// The largest response body read from a vendor, in bytes (`http.max_response_bytes`). One value
+/// per process, since every source shares the `[http]` section; set once at start-up by
+/// [`limit_response_bytes`], 256 MiB until then.
+static MAX_RESPONSE_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_RESPONSE_BYTES);
+
+/// `http.max_response_bytes` when not configured: 256 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Sets the largest response body any source reads (from `http.max_response_bytes`).
+pub fn limit_response_bytes(max: u64) {
+    MAX_RESPONSE_BYTES.store(max, Ordering::Relaxed);
+}
+
+/// Reads a response body as text, at most `http.max_response_bytes` of it: a broken or hostile
+/// endpoint that streams without end fails the poll (retried, loudly) instead of exhausting memory.
+/// Bytes that are not UTF-8 are replaced, as `Response::text` does.
+pub async fn read_text(response: Response) -> Result<String, SourceError> {
+    read_text_within(response, MAX_RESPONSE_BYTES.load(Ordering::Relaxed)).await
+}
+
+async fn read_text_within(mut response: Response, max: u64) -> Result<String, SourceError> {
+    let url = display_url(response.url());
+    let too_large = |url: String| SourceError::Malformed {
+        url,
+        detail: format!(
+            "the response is larger than http.max_response_bytes ({max} bytes); raise it if the \
+             vendor's pages really are that large, or lower the source's page size"
+        ),
+    };
+    if response.content_length().is_some_and(|n| n > max) {
+        return Err(too_large(url));
+    }
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if (body.len() + chunk.len()) as u64 > max {
+                    return Err(too_large(url));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(SourceError::Malformed {
+                    url,
+                    detail: format!("body could not be read: {}", transport_detail(&e)),
+                })
+            }
+        }
+    }
+    Ok(match String::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
 
 /// Builds the HTTP client sources share (rustls with the ring provider, timeouts from `[http]`).
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {
@@ -161,10 +218,7 @@ async fn read_json_as<T: DeserializeOwned>(
     let url = display_url(response.url());
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.text().await.map_err(|e| SourceError::Malformed {
-        url: url.clone(),
-        detail: format!("body could not be read: {}", transport_detail(&e)),
-    })?;
+    let body = read_text(response).await?;
     if !status.is_success() {
         let shown = match quote {
             Quote::Excerpt => body.clone(),
@@ -372,6 +426,7 @@ mod tests {
         let settings = HttpSettings {
             timeout_secs: 5.0,
             connect_timeout_secs: 5.0,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         };
         for client in [
             client(&settings).unwrap(),
@@ -403,5 +458,47 @@ mod tests {
         let url =
             reqwest::Url::parse("http://127.0.0.1:9/siem/v1/events?cursor=abc&limit=5").unwrap();
         assert_eq!(display_url(&url), "http://127.0.0.1:9/siem/v1/events");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_fails_the_read_whether_or_not_its_length_is_announced() {
+        use axum::body::Body;
+        let app = axum::Router::new()
+            .route(
+                "/announced",
+                axum::routing::get(|| async { vec![b'x'; 5000] }),
+            )
+            .route(
+                "/streamed",
+                axum::routing::get(|| async {
+                    // Chunked, no Content-Length: only counting what arrives can stop it.
+                    let chunks = (0..100).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 100]));
+                    Body::from_stream(futures_util::stream::iter(chunks))
+                }),
+            )
+            .route("/small", axum::routing::get(|| async { "{\"ok\":true}" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = client(&HttpSettings {
+            timeout_secs: 5.0,
+            connect_timeout_secs: 5.0,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+        .unwrap();
+        for path in ["/announced", "/streamed"] {
+            let url = format!("{base}{path}");
+            let response = http.get(&url).send().await.unwrap();
+            let err = read_text_within(response, 4096).await.unwrap_err();
+            assert!(
+                matches!(&err, SourceError::Malformed { detail, .. } if detail.contains("http.max_response_bytes")),
+                "{path}: {err}"
+            );
+        }
+        let response = http.get(format!("{base}/small")).send().await.unwrap();
+        assert_eq!(
+            read_text_within(response, 4096).await.unwrap(),
+            "{\"ok\":true}"
+        );
     }
 }

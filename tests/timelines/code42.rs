@@ -38,6 +38,7 @@ fn source(sim: &Code42Sim, settings: &Code42Settings) -> Arc<Code42Source> {
     let http = harness::http_client(&secrelay::settings::HttpSettings {
         timeout_secs: 60.0,
         connect_timeout_secs: 10.0,
+        max_response_bytes: secrelay::sources::http::DEFAULT_MAX_RESPONSE_BYTES,
     });
     Arc::new(Code42Source::new("c42", settings.clone(), http, None).with_clock(sim.clock()))
 }

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use super::auth::Tokens;
 use crate::settings::Code42Auth;
-use crate::sources::http::{display_url, read_json, send, status_error};
+use crate::sources::http::{display_url, read_json, read_text, send, status_error};
 use crate::sources::SourceError;
 
 /// What a paged query answered.
@@ -96,7 +96,7 @@ impl Api {
         )
         .await?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let text = read_text(response).await?;
         if !status.is_success() || text.trim().is_empty() {
             return Err(SourceError::Malformed {
                 url,
@@ -174,7 +174,7 @@ impl Api {
         if response.status() == StatusCode::BAD_REQUEST {
             let shown = display_url(response.url());
             let headers = response.headers().clone();
-            let text = response.text().await.unwrap_or_default();
+            let text = read_text(response).await?;
             if text.contains("INVALID_PAGE_TOKEN") {
                 return Ok(Reply::InvalidPageToken);
             }

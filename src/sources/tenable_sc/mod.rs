@@ -213,7 +213,7 @@ impl TenableScSource {
             .find_map(|v| v.strip_prefix("TNS_SESSIONID="))
             .map(|v| v.split(';').next().unwrap_or_default().to_string());
         // A refused login is a credential problem, whatever status and code it came with.
-        let payload = self.envelope(response, &url).await.map_err(|e| match e {
+        let payload = self.envelope(response).await.map_err(|e| match e {
             SourceError::Rejected { url, detail } => SourceError::Auth { url, detail },
             other => other,
         })?;
@@ -239,14 +239,11 @@ impl TenableScSource {
     }
 
     /// Reads the envelope: its `response` on success; `error_code` ≠ 0 is an error at any status.
-    async fn envelope(&self, response: reqwest::Response, url: &str) -> Result<Value, SourceError> {
+    async fn envelope(&self, response: reqwest::Response) -> Result<Value, SourceError> {
         let status = response.status();
         let headers = response.headers().clone();
         let shown = display_url(response.url());
-        let text = response.text().await.map_err(|e| SourceError::Malformed {
-            url: url.to_string(),
-            detail: format!("body could not be read: {e}"),
-        })?;
+        let text = crate::sources::http::read_text(response).await?;
         let parsed: Result<Envelope, _> = serde_json::from_str(&text);
         match parsed {
             Ok(env) if env.error_code != 0 => {
@@ -264,7 +261,14 @@ impl TenableScSource {
                 })
             }
             Ok(env) if status.is_success() => Ok(env.response),
-            Ok(_) => Err(status_error(status, &headers, &text, shown)),
+            // An envelope that says success under a failed status is not quoted: on the login
+            // path its `response` may hold the session token.
+            Ok(_) => Err(status_error(
+                status,
+                &headers,
+                "(an error_code 0 envelope, not quoted)",
+                shown,
+            )),
             Err(_) if !status.is_success() => Err(status_error(status, &headers, &text, shown)),
             Err(e) => Err(SourceError::Malformed {
                 url: shown,
@@ -326,7 +330,7 @@ impl TenableScSource {
                 relogged = true;
                 continue;
             }
-            return self.envelope(response, &url).await;
+            return self.envelope(response).await;
         }
     }
 
