@@ -4,7 +4,7 @@
 //!
 //! Owns: requests, response handling, bad-event isolation and the ack wait. Must not: build the
 //! envelope bytes itself (see `encode::hec`), or touch the outbox; its only state in the store is
-//! its channel and the acks it waits for. Invariants:
+//! its channel and the acks it waits for, through a [`HecLedger`] scoped to this sink. Invariants:
 //! - Requests of a batch go one at a time, in order, so what HEC took is always a leading part of
 //!   the batch. A request that fails (503, timeout, 401...) after earlier ones got code 0 (and,
 //!   with acks on, their acks) ends the batch with a [`Shortfall`]: the delivery loop keeps the
@@ -152,7 +152,8 @@ fn new_channel() -> String {
 }
 
 impl HecSink {
-    /// A sink for `settings` (token resolved). `store` keeps its channel and pending acks.
+    /// A sink for `settings` (token resolved). Of `store`, it keeps only this sink's
+    /// [`HecLedger`]: its channel, pending acks and delivery errors.
     pub fn new(
         name: &str,
         settings: SplunkHecSettings,

@@ -45,16 +45,9 @@ impl Store {
         if sources.is_empty() {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {OUTBOX_RECORD_COLUMNS} FROM outbox WHERE seq > "
-        ));
-        q.push_bind(after_seq).push(" AND source IN (");
-        let mut list = q.separated(", ");
-        for s in sources {
-            list.push_bind(s);
-        }
-        q.push(") AND target_sink IS NULL ORDER BY seq LIMIT ")
-            .push_bind(limit as i64);
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_shared_rows(&mut q, OUTBOX_RECORD_COLUMNS, after_seq, sources);
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
         let rows = q
             .build()
             .fetch_all(&self.pool)
@@ -72,14 +65,8 @@ impl Store {
         if sources.is_empty() {
             return Ok(0);
         }
-        let mut q =
-            QueryBuilder::<Sqlite>::new("SELECT COUNT(*) AS waiting FROM outbox WHERE seq > ");
-        q.push_bind(after_seq).push(" AND source IN (");
-        let mut list = q.separated(", ");
-        for s in sources {
-            list.push_bind(s);
-        }
-        q.push(") AND target_sink IS NULL");
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_shared_rows(&mut q, "COUNT(*) AS waiting", after_seq, sources);
         let row = q
             .build()
             .fetch_one(&self.pool)
@@ -209,19 +196,31 @@ fn push_sink_rows<'a>(
     sources: &'a [String],
 ) {
     if !sources.is_empty() {
-        q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
-            .push_bind(after_seq)
-            .push(" AND source IN (");
-        let mut list = q.separated(", ");
-        for s in sources {
-            list.push_bind(s);
-        }
-        q.push(") AND target_sink IS NULL UNION ALL ");
+        push_shared_rows(q, columns, after_seq, sources);
+        q.push(" UNION ALL ");
     }
     q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
         .push_bind(after_seq)
         .push(" AND target_sink = ")
         .push_bind(sink);
+}
+
+/// Appends a SELECT of `columns` from the outbox rows after `after_seq` of one of `sources` that
+/// are meant for every sink (not re-queued for one). `sources` must not be empty.
+fn push_shared_rows<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    columns: &str,
+    after_seq: i64,
+    sources: &'a [String],
+) {
+    q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
+        .push_bind(after_seq)
+        .push(" AND source IN (");
+    let mut list = q.separated(", ");
+    for s in sources {
+        list.push_bind(s);
+    }
+    q.push(") AND target_sink IS NULL");
 }
 
 /// An `outbox` row (the columns of [`OUTBOX_RECORD_COLUMNS`]).
