@@ -5,6 +5,7 @@
 
 pub mod code42;
 pub mod hec;
+pub mod itop;
 pub mod jamf;
 pub mod sophos;
 pub mod tenable_sc;
