@@ -18,18 +18,23 @@
 //! - **Back-pressure, never drop.** Over `outbox.max_bytes` sources pause until sinks catch up.
 //!
 //! Modules: [`settings`] (configuration), [`store`] (all SQL), [`scheduler`] (timing, both loops),
-//! [`sources`] (one module per vendor), [`sinks`] (one module per transport), [`encode`] (pure
-//! formats), [`simulate`] (vendor simulators), [`app`] (composition), [`demo`].
+//! [`sources`] (one module per vendor), [`sinks`] (one module per transport), [`net`] (HTTP and TLS
+//! clients for both), [`encode`] (pure formats), [`app`] (composition); with the default cargo
+//! feature `simulators`, `simulate` (vendor simulators) and `demo`. A production build may leave
+//! them out: `cargo build --release --no-default-features`.
 
 #![warn(missing_docs)]
 
 pub mod app;
+#[cfg(feature = "simulators")]
 pub mod demo;
 pub mod encode;
 pub mod event;
+pub mod net;
 pub mod scheduler;
 pub mod settings;
 pub mod signals;
+#[cfg(feature = "simulators")]
 pub mod simulate;
 pub mod sinks;
 pub mod sources;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use secrelay::app::{self, BackfillOptions, RunSummary};
-use secrelay::demo::{self, DemoOptions};
 use secrelay::settings::Settings;
 use secrelay::signals;
 
@@ -127,29 +126,7 @@ fn print_summary(summary: &RunSummary) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Demo { seconds, out } = &cli.command {
-        init_logging("info");
-        let stop = match signals::install() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let options = DemoOptions {
-            seconds: *seconds,
-            out: out.clone(),
-        };
-        return match demo::run(&options, stop).await {
-            Ok(summary) => {
-                print_summary(&summary);
-                println!("events are in {}", out.join("events.ndjson").display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return run_demo(*seconds, out).await;
     }
 
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -232,4 +209,44 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `secrelay demo`: the simulators and the real pipeline into `out`.
+#[cfg(feature = "simulators")]
+async fn run_demo(seconds: Option<f64>, out: &std::path::Path) -> ExitCode {
+    use secrelay::demo::{self, DemoOptions};
+    let out = out.to_path_buf();
+    init_logging("info");
+    let stop = match signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = DemoOptions {
+        seconds,
+        out: out.clone(),
+    };
+    match demo::run(&options, stop).await {
+        Ok(summary) => {
+            print_summary(&summary);
+            println!("events are in {}", out.join("events.ndjson").display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `secrelay demo` in a build without the simulators: says so and fails.
+#[cfg(not(feature = "simulators"))]
+async fn run_demo(_seconds: Option<f64>, _out: &std::path::Path) -> ExitCode {
+    eprintln!(
+        "error: this build of secrelay has no simulators (built without the cargo feature \
+         `simulators`), so `secrelay demo` is not available; build with default features to use it"
+    );
+    ExitCode::FAILURE
 }

@@ -4,8 +4,10 @@
 //! Must not: poll sources or format records. Invariant: the position moves in the same transaction
 //! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok` — to the end
 //! of the batch, or with a `Shortfall` to the end of the part the receiver took; on stop the
-//! loop drains what it can within the grace period and abandons the rest to the outbox. A daemon's
-//! sink never ends on its own: a receiver that refuses it is asked again at the longest backoff.
+//! loop drains what it can within the grace period and abandons the rest to the outbox. Every wait
+//! (linger, idle, backoff, a retry after a store error, a batch in flight) races the stop, so a
+//! stop ends the loop within the grace period. A daemon's sink never ends on its own: a receiver
+//! that refuses it is asked again at the longest backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +65,11 @@ pub async fn run_sink<K: Sink>(
     let mut backoff = ctx.backoff();
     // Connect (or open) at start, so a receiver that cannot be reached is reported at once rather
     // than at the first batch; delivery retries it anyway.
-    if let Err(e) = sink.check().await {
+    let checked = tokio::select! {
+        checked = sink.check() => checked,
+        _ = ctx.stop.cancelled() => Ok(()),
+    };
+    if let Err(e) = checked {
         tracing::warn!(sink = %name, "not reachable at start (records wait in the outbox): {e}");
     }
     let mut position = loop {
@@ -71,7 +77,13 @@ pub async fn run_sink<K: Sink>(
             Ok(p) => break p,
             Err(e) => {
                 tracing::error!(sink = %name, "{e}");
-                tokio::time::sleep(backoff.next_delay(None)).await;
+                if ctx.stop.is_cancelled() {
+                    close(&mut sink, &name).await;
+                    report.error = Some(format!("stopped before its position could be read: {e}"));
+                    report.backlog = -1;
+                    return report;
+                }
+                wait_to_retry(&ctx, backoff.next_delay(None), None).await;
             }
         }
     };
@@ -83,7 +95,7 @@ pub async fn run_sink<K: Sink>(
         let finishing = ctx.stop.is_cancelled() || ctx.sources_done.is_cancelled();
         if finishing {
             let limit = if ctx.stop.is_cancelled() {
-                Duration::from_secs_f64(ctx.timing.shutdown_grace_secs).min(ctx.drain_within)
+                grace(&ctx)
             } else {
                 ctx.drain_within
             };
@@ -102,7 +114,7 @@ pub async fn run_sink<K: Sink>(
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(sink = %name, "{e}");
-                tokio::time::sleep(backoff.next_delay(None)).await;
+                wait_to_retry(&ctx, backoff.next_delay(None), deadline).await;
                 continue;
             }
         };
@@ -133,7 +145,7 @@ pub async fn run_sink<K: Sink>(
         lingered = false;
 
         // A batch in flight when the stop comes gets the grace period, no more.
-        let grace = Duration::from_secs_f64(ctx.timing.shutdown_grace_secs).min(ctx.drain_within);
+        let grace = grace(&ctx);
         let give_up = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -166,7 +178,7 @@ pub async fn run_sink<K: Sink>(
                         .into_iter()
                         .filter(|(i, _)| *i < accepted)
                         .collect();
-                    position = record_accepted(
+                    match record_accepted(
                         &ctx,
                         &name,
                         &sources,
@@ -176,7 +188,10 @@ pub async fn run_sink<K: Sink>(
                         &mut report,
                     )
                     .await
-                    .unwrap_or(position);
+                    {
+                        Ok(advanced) => position = advanced.unwrap_or(position),
+                        Err(Abandoned) => break,
+                    }
                 }
                 Err(shortfall.error)
             }
@@ -186,7 +201,7 @@ pub async fn run_sink<K: Sink>(
             Ok(outcome) => {
                 backoff.reset();
                 report.error = None;
-                position = record_accepted(
+                match record_accepted(
                     &ctx,
                     &name,
                     &sources,
@@ -196,7 +211,10 @@ pub async fn run_sink<K: Sink>(
                     &mut report,
                 )
                 .await
-                .unwrap_or(position);
+                {
+                    Ok(advanced) => position = advanced.unwrap_or(position),
+                    Err(Abandoned) => break,
+                }
             }
             Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
                 // A one-shot run reports the refusal and ends; the records wait for the daemon.
@@ -220,12 +238,7 @@ pub async fn run_sink<K: Sink>(
                     .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
                     .await;
                 report.error = Some(e.to_string());
-                let wake = Instant::now() + delay;
-                let wake = deadline.map_or(wake, |d| d.min(wake));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => {},
-                    _ = ctx.stop.cancelled(), if deadline.is_none() => {},
-                }
+                wait_to_retry(&ctx, delay, deadline).await;
             }
             Err(e @ SinkError::Unavailable { .. }) => {
                 let retry_after = match &e {
@@ -238,22 +251,11 @@ pub async fn run_sink<K: Sink>(
                     .store
                     .record_sink_error(&name, &e.to_string(), Utc::now())
                     .await;
-                let wake = Instant::now() + delay;
-                let wake = deadline.map_or(wake, |d| d.min(wake));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => {},
-                    // A stop shortens the wait to the grace period.
-                    _ = ctx.stop.cancelled(), if deadline.is_none() => {},
-                }
+                wait_to_retry(&ctx, delay, deadline).await;
             }
         }
     }
-    if tokio::time::timeout(CLOSE_WITHIN, sink.close())
-        .await
-        .is_err()
-    {
-        tracing::warn!(sink = %name, "closing the connection took too long; abandoned");
-    }
+    close(&mut sink, &name).await;
     report.backlog = ctx
         .store
         .sink_backlog(&name, position, &sources)
@@ -265,10 +267,40 @@ pub async fn run_sink<K: Sink>(
     report
 }
 
+/// How long a stop lets the loop go on: the grace period, or less when draining must end sooner.
+fn grace(ctx: &Context) -> Duration {
+    Duration::from_secs_f64(ctx.timing.shutdown_grace_secs).min(ctx.drain_within)
+}
+
+/// Waits `delay` before trying again, never past `deadline`; before a stop, the stop cuts the wait
+/// short (the loop then sets its deadline to the grace period and tries within it).
+async fn wait_to_retry(ctx: &Context, delay: Duration, deadline: Option<Instant>) {
+    let wake = Instant::now() + delay;
+    let wake = deadline.map_or(wake, |d| d.min(wake));
+    tokio::select! {
+        _ = tokio::time::sleep_until(wake) => {},
+        _ = ctx.stop.cancelled(), if deadline.is_none() => {},
+    }
+}
+
+/// Ends the sink's connection, giving up after [`CLOSE_WITHIN`].
+async fn close<K: Sink>(sink: &mut K, name: &str) {
+    if tokio::time::timeout(CLOSE_WITHIN, sink.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(sink = %name, "closing the connection took too long; abandoned");
+    }
+}
+
+/// The store could not record a delivered batch before the grace period ran out: the loop ends and
+/// the batch goes again at the next start (the one in-flight batch the duplicate bound allows).
+struct Abandoned;
+
 /// Records that the receiver took `accepted` (the batch or a leading part of it, in log order): moves
 /// the position to its last record in one transaction with its dead letters, then prunes the outbox.
-/// Returns the new position (`None` when `accepted` is empty). The advance itself is never
-/// abandoned: the receiver has these records.
+/// Returns the new position (`None` when `accepted` is empty). The advance is retried until the
+/// store takes it (the receiver has these records); after a stop, only within the grace period.
 async fn record_accepted(
     ctx: &Context,
     name: &str,
@@ -277,8 +309,10 @@ async fn record_accepted(
     rejected: Vec<(usize, String)>,
     backoff: &mut Backoff,
     report: &mut SinkReport,
-) -> Option<i64> {
-    let last = accepted.last()?.seq;
+) -> Result<Option<i64>, Abandoned> {
+    let Some(last) = accepted.last().map(|r| r.seq) else {
+        return Ok(None);
+    };
     let rejected: Vec<_> = rejected
         .into_iter()
         .filter_map(|(i, reason)| accepted.get(i).map(|r| (r.clone(), reason)))
@@ -288,6 +322,8 @@ async fn record_accepted(
             "receiver rejected a record; kept as a dead letter: {reason}");
     }
     let taken = (accepted.len() - rejected.len()) as u64;
+    // Set once a stop is seen: the advance is retried until then, no longer.
+    let mut give_up: Option<Instant> = None;
     loop {
         match ctx
             .store
@@ -297,7 +333,14 @@ async fn record_accepted(
             Ok(()) => break,
             Err(e) => {
                 tracing::error!(sink = %name, "{e}");
-                tokio::time::sleep(backoff.next_delay(None)).await;
+                if ctx.stop.is_cancelled() {
+                    let limit = *give_up.get_or_insert_with(|| Instant::now() + grace(ctx));
+                    if Instant::now() >= limit {
+                        tracing::warn!(sink = %name, "stopping before the store recorded a delivered batch; it will be sent again");
+                        return Err(Abandoned);
+                    }
+                }
+                wait_to_retry(ctx, backoff.next_delay(None), give_up).await;
             }
         }
     }
@@ -325,5 +368,5 @@ async fn record_accepted(
             tracing::warn!(sink = %name, "{e}");
         }
     }
-    Some(last)
+    Ok(Some(last))
 }

@@ -10,6 +10,8 @@
 mod backoff;
 mod deliver;
 mod poll;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -43,9 +43,9 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::encode::hec::{write_event, HecMeta};
+use crate::net::{self, parse_retry_after, TlsOptions};
 use crate::settings::{Secret, SplunkHecSettings};
 use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
-use crate::sources::http::{self, parse_retry_after, TlsOptions};
 use crate::sources::Vendor;
 use crate::store::{HecLedger, OutboxRecord, Store};
 
@@ -170,7 +170,7 @@ impl HecSink {
             client_cert: None,
             verify: settings.tls_verify,
         };
-        let client = http::client_with_tls(
+        let client = net::http_client_with_tls(
             http_settings,
             &tls,
             Duration::from_secs_f64(settings.timeout_secs),
@@ -288,7 +288,7 @@ impl HecSink {
         } else {
             request.body(body)
         };
-        let response = http::send(request, &url)
+        let response = net::send(request, &url)
             .await
             .map_err(|e| PostError::Sink(self.unavailable(e.to_string(), None)))?;
         let status = response.status();
@@ -637,7 +637,7 @@ impl Sink for HecSink {
             .http
             .get(&url)
             .header("Authorization", format!("Splunk {}", self.token.expose()));
-        let response = http::send(request, &url)
+        let response = net::send(request, &url)
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         let status = response.status();

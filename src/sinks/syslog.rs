@@ -19,13 +19,13 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::encode::syslog::{self as frame, Framing, Header, HeaderFormat};
+use crate::net::{tls_client_config, TlsOptions};
 use crate::settings::{
     SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport,
 };
@@ -232,102 +232,25 @@ pub fn local_hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Accepts any server certificate: only when the operator set `tls_verify = false`.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// The TLS connector and the name the receiver's certificate must carry.
 fn tls_connector(
     name: &str,
     s: &SyslogSinkSettings,
 ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), String> {
-    crate::sources::http::install_crypto_provider();
     let key = format!("sinks.{name}");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{key}: {e}"))?;
-    let builder = if !s.tls_verify {
+    if !s.tls_verify {
         tracing::warn!(sink = %name, address = %s.address,
             "TLS certificate verification is OFF for this sink (tls_verify = false)");
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-    } else if let Some(path) = &s.ca_file {
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{key}.ca_file {}: {e}", path.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("{key}.ca_file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{key}.ca_file {}: {e}", path.display()))?;
-        }
-        builder.with_root_certificates(roots)
-    } else {
-        let verifier = rustls_platform_verifier::Verifier::new(provider)
-            .map_err(|e| format!("{key}: system roots: {e}"))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+    }
+    let tls = TlsOptions {
+        ca_file: s.ca_file.clone(),
+        client_cert: match (&s.client_cert_file, &s.client_key_file) {
+            (Some(cert), Some(private)) => Some((cert.clone(), private.clone())),
+            _ => None,
+        },
+        verify: s.tls_verify,
     };
-    let config = match (&s.client_cert_file, &s.client_key_file) {
-        (Some(cert), Some(private)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<_, _>>())
-                .map_err(|e| format!("{key}.client_cert_file {}: {e}", cert.display()))?;
-            let pk = PrivateKeyDer::from_pem_file(private)
-                .map_err(|e| format!("{key}.client_key_file {}: {e}", private.display()))?;
-            builder
-                .with_client_auth_cert(chain, pk)
-                .map_err(|e| format!("{key}.client_cert_file: {e}"))?
-        }
-        _ => builder.with_no_client_auth(),
-    };
+    let config = tls_client_config(&tls, &key)?;
     let host = match &s.tls_server_name {
         Some(n) => n.clone(),
         None => s

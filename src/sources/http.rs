@@ -1,19 +1,23 @@
-//! HTTP plumbing shared by every vendor module: the client, and the mapping of a response to data or
-//! to a [`SourceError`] that tells the scheduler what to do.
+//! HTTP plumbing shared by every vendor module: the mapping of a response to data or to a
+//! [`SourceError`] that tells the scheduler what to do. The clients themselves are built in
+//! [`crate::net`] (re-exported here for the vendor modules).
 //!
 //! Must not: know a vendor's endpoints, retry or sleep (the scheduler does), or put a credential in
 //! an error (errors carry the URL without its query string, and at most a short, cleaned excerpt
 //! of the vendor's body).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::SourceError;
-use crate::settings::HttpSettings;
+use crate::net::transport_detail;
+pub use crate::net::{
+    http_client as client, http_client_with_tls as client_with_tls, install_crypto_provider,
+    parse_retry_after, TlsOptions,
+};
 
 /// Longest excerpt of a vendor's body quoted in an error.
 const EXCERPT: usize = 300;
@@ -74,83 +78,6 @@ async fn read_text_within(mut response: Response, max: u64) -> Result<String, So
     })
 }
 
-/// Builds the HTTP client sources share (rustls with the ring provider, timeouts from `[http]`).
-pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {
-    builder(settings, Duration::from_secs_f64(settings.timeout_secs)).build()
-}
-
-/// What every vendor client has in common. Redirects are never followed: requests carry
-/// credentials in headers (`X-APIKey`, `X-SecurityCenter`, bearer tokens) that must not travel to
-/// wherever a vendor answer points, or over plain HTTP; a 3xx is reported as the vendor's answer.
-fn builder(settings: &HttpSettings, timeout: Duration) -> reqwest::ClientBuilder {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs_f64(settings.connect_timeout_secs))
-        .user_agent(concat!("secrelay/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-}
-
-/// TLS settings for servers that need more than the system roots.
-#[derive(Debug, Clone, Default)]
-pub struct TlsOptions {
-    /// PEM bundle of extra CAs to trust.
-    pub ca_file: Option<std::path::PathBuf>,
-    /// PEM client certificate and key, for two-way TLS.
-    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Verify the server certificate (never turned off silently: callers warn).
-    pub verify: bool,
-}
-
-/// A client with its own TLS trust, client certificate and request timeout. Errors name the file
-/// and config key so the operator can fix them.
-pub fn client_with_tls(
-    settings: &HttpSettings,
-    tls: &TlsOptions,
-    timeout: Duration,
-    key_prefix: &str,
-) -> Result<reqwest::Client, String> {
-    let mut builder = builder(settings, timeout).danger_accept_invalid_certs(!tls.verify);
-    if let Some(path) = &tls.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("{key_prefix}.ca_file {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            format!(
-                "{key_prefix}.ca_file {}: not a PEM bundle: {e}",
-                path.display()
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "{key_prefix}.ca_file {}: no certificate in it",
-                path.display()
-            ));
-        }
-        builder = builder.tls_certs_merge(certs);
-    }
-    if let Some((cert, key)) = &tls.client_cert {
-        let mut pem = std::fs::read(cert)
-            .map_err(|e| format!("{key_prefix}.client_cert_file {}: {e}", cert.display()))?;
-        pem.push(b'\n');
-        pem.extend(
-            std::fs::read(key)
-                .map_err(|e| format!("{key_prefix}.client_key_file {}: {e}", key.display()))?,
-        );
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| format!("{key_prefix}.client_cert_file/client_key_file: {e}"))?;
-        builder = builder.identity(identity);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("{key_prefix}: cannot build the HTTP client: {e}"))
-}
-
-/// Makes ring the process-wide rustls provider (once; later calls are no-ops).
-pub fn install_crypto_provider() {
-    // An error only means a provider is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The URL as errors show it: without the query string (cursors and filters make it long).
 pub fn display_url(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
@@ -160,33 +87,13 @@ pub fn display_url(url: &reqwest::Url) -> String {
 
 /// Sends a request, turning transport failures (refused, timeout, reset) into `Unavailable`.
 pub async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<Response, SourceError> {
-    request.send().await.map_err(|e| SourceError::Unavailable {
-        url: url.to_string(),
-        detail: transport_detail(&e),
-        retry_after: None,
-    })
-}
-
-fn transport_detail(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "transport error"
-    };
-    // reqwest's Display repeats the URL; the source chain holds the cause.
-    let mut cause = String::new();
-    let mut next = std::error::Error::source(e);
-    while let Some(err) = next {
-        cause = err.to_string();
-        next = err.source();
-    }
-    if cause.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {cause}")
-    }
+    crate::net::send(request, url)
+        .await
+        .map_err(|e| SourceError::Unavailable {
+            url: e.url,
+            detail: e.detail,
+            retry_after: None,
+        })
 }
 
 /// Reads a successful response as JSON `T`; any other status becomes the matching error.
@@ -280,17 +187,6 @@ pub fn status_error(
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
-}
-
 /// A short, single-line excerpt of a vendor body for error messages.
 fn excerpt(body: &str) -> String {
     let mut cut: String = body.chars().take(EXCERPT).collect();
@@ -304,17 +200,10 @@ fn excerpt(body: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn retry_after_in_seconds_and_as_date() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
+    use super::*;
+    use crate::settings::HttpSettings;
 
     #[test]
     fn statuses_map_to_what_the_scheduler_does() {
