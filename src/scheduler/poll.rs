@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::{with_jitter, Context, Mode, Room};
 use crate::event::Partition;
-use crate::sources::Source;
+use crate::sources::{Source, SourceError};
 
 /// How often a running daemon looks for new tenants.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
@@ -248,6 +248,10 @@ async fn run_partition<S: Source>(
         };
         let page = match polled {
             Ok(page) => page,
+            Err(e @ SourceError::BadCursor { .. }) => {
+                stop_on_bad_cursor(&ctx, &id, &partition, &e, &mut report).await;
+                break;
+            }
             Err(e) => {
                 tracing::error!(source = %id, partition = %partition, "poll failed: {e}");
                 let message = e.to_string();
@@ -366,6 +370,47 @@ async fn run_partition<S: Source>(
     report
 }
 
+/// How often a partition stopped on an unreadable cursor says so again while the daemon runs.
+const BAD_CURSOR_REMINDER: Duration = Duration::from_secs(3600);
+
+/// Stops a partition whose stored cursor cannot be read ([`SourceError::BadCursor`]): retrying
+/// cannot help (the same text fails the same way), so it is said at ERROR, recorded in `state`, and
+/// in a backfill the partition fails. A daemon keeps this partition stopped (repeating the ERROR
+/// hourly) until it is stopped itself, while its other partitions and the sinks go on.
+///
+/// Why stop and not reset: the cursor is left as it is, so nothing is skipped. A reset would start
+/// the partition over from its look-back, silently skipping what lies between the stored position
+/// and the look-back (or, for a cursor a newer version wrote, throwing that position away); the
+/// operator decides with `secrelay backfill --reset --source ID [--days N]`, which the message names.
+async fn stop_on_bad_cursor(
+    ctx: &Context,
+    id: &str,
+    partition: &Partition,
+    error: &SourceError,
+    report: &mut PartitionReport,
+) {
+    let message = format!("{error}; this partition stops polling until then");
+    tracing::error!(source = %id, partition = %partition, "{message}");
+    if let Err(e) = ctx
+        .store
+        .record_poll_error(id, partition, &message, Utc::now())
+        .await
+    {
+        tracing::error!(source = %id, "{e}");
+    }
+    report.error = Some(message.clone());
+    if ctx.mode == Mode::Daemon {
+        loop {
+            tokio::select! {
+                _ = ctx.stop.cancelled() => break,
+                _ = tokio::time::sleep(BAD_CURSOR_REMINDER) => {
+                    tracing::error!(source = %id, partition = %partition, "{message}");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -374,7 +419,6 @@ mod tests {
     use super::*;
     use crate::event::Page;
     use crate::settings::SchedulerSettings;
-    use crate::sources::SourceError;
     use crate::store::{Access, Store};
 
     /// A source whose vendor always says "more" but whose cursor stops moving after the first page.
@@ -484,6 +528,78 @@ mod tests {
             4,
             "one page, then 3 stuck"
         );
+    }
+
+    /// A source whose stored cursor can never be read.
+    struct BadCursorSource {
+        polls: AtomicU64,
+    }
+
+    impl Source for BadCursorSource {
+        fn id(&self) -> &str {
+            "unreadable"
+        }
+
+        async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+            Ok(vec![Partition::new("events", "")])
+        }
+
+        async fn poll(&self, _: &Partition, _: Option<&str>) -> Result<Page, SourceError> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            Err(SourceError::BadCursor {
+                detail: "unreadable events cursor: expected value at line 1 column 1".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_cursor_stops_its_partition_loudly_instead_of_retrying() {
+        // A daemon: polled once, the error recorded for `state`, the cursor left as it was.
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(&dir, Mode::Daemon).await;
+        let source = Arc::new(BadCursorSource {
+            polls: AtomicU64::new(0),
+        });
+        let run = tokio::spawn(run_source(
+            ctx.clone(),
+            source.clone(),
+            Duration::from_secs(60),
+        ));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            source.polls.load(Ordering::SeqCst),
+            1,
+            "no retries with backoff: the same cursor fails the same way"
+        );
+        assert!(!run.is_finished(), "the daemon keeps running");
+        let state = ctx.store.cursor_states().await.unwrap();
+        let error = state[0].last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("backfill --reset") && error.contains("stops polling"),
+            "{error:?}"
+        );
+        assert_eq!(state[0].cursor, None, "nothing reset or moved");
+        ctx.stop.cancel();
+        let reports = run.await.unwrap();
+        assert!(reports[0].error.is_some());
+
+        // A backfill: the partition fails at once, not after `max_poll_failures` polls.
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(
+            &dir,
+            Mode::Backfill {
+                max_poll_failures: 3,
+            },
+        )
+        .await;
+        let source = Arc::new(BadCursorSource {
+            polls: AtomicU64::new(0),
+        });
+        let reports = run_source(ctx, source.clone(), Duration::from_secs(60)).await;
+        assert_eq!(source.polls.load(Ordering::SeqCst), 1);
+        assert!(!reports[0].caught_up);
+        let error = reports[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains("stored cursor unusable"), "{error:?}");
     }
 
     /// A source that finds one ~600-byte event per poll, forever.

@@ -4,7 +4,7 @@
 //!
 //! Owns: requests, response handling, bad-event isolation and the ack wait. Must not: build the
 //! envelope bytes itself (see `encode::hec`), or touch the outbox; its only state in the store is
-//! its channel and the acks it waits for. Invariants:
+//! its channel and the acks it waits for, through a [`HecLedger`] scoped to this sink. Invariants:
 //! - Requests of a batch go one at a time, in order, so what HEC took is always a leading part of
 //!   the batch. A request that fails (503, timeout, 401...) after earlier ones got code 0 (and,
 //!   with acks on, their acks) ends the batch with a [`Shortfall`]: the delivery loop keeps the
@@ -47,7 +47,7 @@ use crate::net::{self, parse_retry_after, TlsOptions};
 use crate::settings::{Secret, SplunkHecSettings};
 use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
 use crate::sources::Vendor;
-use crate::store::{OutboxRecord, Store};
+use crate::store::{HecLedger, OutboxRecord, Store};
 
 /// The largest HEC reply read: replies are a few hundred bytes of JSON, and a proxy or broken
 /// server that answers with more is not read into memory.
@@ -132,7 +132,8 @@ pub struct HecSink {
     token: Secret,
     host: String,
     vendors: HashMap<String, Vendor>,
-    store: Store,
+    /// Its channel, pending acks and errors in the store, and nothing else there.
+    ledger: HecLedger,
     channel: Option<String>,
     /// The first record whose acks did not come, and how many times that happened in a row.
     ack_misses: Option<(i64, u32)>,
@@ -155,7 +156,8 @@ fn new_channel() -> String {
 }
 
 impl HecSink {
-    /// A sink for `settings` (token resolved). `store` keeps its channel and pending acks.
+    /// A sink for `settings` (token resolved). Of `store`, it keeps only this sink's
+    /// [`HecLedger`]: its channel, pending acks and delivery errors.
     pub fn new(
         name: &str,
         settings: SplunkHecSettings,
@@ -188,7 +190,7 @@ impl HecSink {
             settings,
             http: client,
             vendors,
-            store,
+            ledger: HecLedger::new(store, name),
             channel: None,
             ack_misses: None,
             acks_not_arriving: false,
@@ -254,8 +256,8 @@ impl HecSink {
             return Ok(c.clone());
         }
         let channel = self
-            .store
-            .sink_channel(&self.name, &new_channel())
+            .ledger
+            .channel(&new_channel())
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         self.channel = Some(channel.clone());
@@ -427,15 +429,8 @@ impl HecSink {
             return;
         };
         if let Err(e) = self
-            .store
-            .save_pending_acks(
-                &self.name,
-                channel,
-                &[ack],
-                last_seq,
-                &refused,
-                chrono::Utc::now(),
-            )
+            .ledger
+            .save_pending(channel, &[ack], last_seq, &refused, chrono::Utc::now())
             .await
         {
             // Only a restart needs it; without it, a restart sends the request again.
@@ -453,8 +448,8 @@ impl HecSink {
         rejected: &mut Vec<(usize, String)>,
     ) -> Result<usize, SinkError> {
         let mut pending = self
-            .store
-            .pending_acks(&self.name)
+            .ledger
+            .pending_acks()
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         if pending.is_empty() {
@@ -475,8 +470,8 @@ impl HecSink {
             if let Some(through) = through {
                 done = batch.partition_point(|r| r.seq <= through);
                 let refused = self
-                    .store
-                    .pending_rejects(&self.name)
+                    .ledger
+                    .pending_rejects()
                     .await
                     .map_err(|e| self.unavailable(e.to_string(), None))?;
                 rejected.extend(refused.into_iter().filter_map(|(seq, reason)| {
@@ -489,7 +484,7 @@ impl HecSink {
                     "acks of requests sent before the restart arrived; not sending them again");
             }
         }
-        let _ = self.store.clear_pending_acks(&self.name).await;
+        let _ = self.ledger.clear_pending().await;
         Ok(done)
     }
 
@@ -564,10 +559,7 @@ impl HecSink {
             tracing::warn!(sink = %self.name, "{detail}");
         } else {
             tracing::error!(sink = %self.name, "{detail}");
-            let _ = self
-                .store
-                .record_sink_error(&self.name, &detail, chrono::Utc::now())
-                .await;
+            let _ = self.ledger.record_error(&detail, chrono::Utc::now()).await;
         }
         self.acks_not_arriving = true;
         self.ack_misses = None;
@@ -634,7 +626,7 @@ impl Sink for HecSink {
                     }
                 }
             }
-            let _ = self.store.clear_pending_acks(&self.name).await;
+            let _ = self.ledger.clear_pending().await;
         }
         let rejected = pass.rejected;
         match pass.error {

@@ -18,6 +18,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{SophosSettings, SophosStream};
+use crate::sources::cursor::stream_partitions;
 use crate::sources::{Source, SourceError};
 use api::{Api, SiemItem, SiemPage, TenantPage, Whoami};
 use auth::TokenCache;
@@ -242,10 +243,10 @@ impl Source for SophosSource {
         Ok(tenants
             .iter()
             .flat_map(|(tenant, _)| {
-                self.settings
-                    .streams
-                    .iter()
-                    .map(move |s| Partition::new(stream_name(*s), tenant.clone()))
+                stream_partitions(
+                    self.settings.streams.iter().map(|s| stream_name(*s)),
+                    tenant,
+                )
             })
             .collect())
     }
