@@ -159,6 +159,29 @@ impl Rejected {
     }
 }
 
+/// One row of the outbox log, as a sink reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    /// Position in the log; strictly increasing, never reused.
+    pub seq: i64,
+    /// Configured source id.
+    pub source: String,
+    /// Stream within the source.
+    pub stream: String,
+    /// Vendor tenant, `""` when none.
+    pub tenant: String,
+    /// Vendor-stable event id.
+    pub event_id: String,
+    /// Event time.
+    pub event_time: DateTime<Utc>,
+    /// When secrelay committed the event.
+    pub ingest_time: DateTime<Utc>,
+    /// Severity 0–10.
+    pub severity: u8,
+    /// The vendor record, compact JSON.
+    pub record: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

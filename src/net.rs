@@ -194,6 +194,44 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// Why a response body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is larger than the caller's bound (announced or counted while streaming).
+    #[error("the response is larger than {max} bytes")]
+    TooLarge {
+        /// The bound, in bytes.
+        max: u64,
+    },
+    /// The connection failed while the body was arriving.
+    #[error("body could not be read: {0}")]
+    Transport(String),
+}
+
+/// Reads a response body as text, at most `max` bytes of it: a broken or hostile server that
+/// streams without end is refused instead of exhausting memory. Bytes that are not UTF-8 are
+/// replaced, as `Response::text` does.
+pub async fn read_body(mut response: reqwest::Response, max: u64) -> Result<String, BodyError> {
+    if response.content_length().is_some_and(|n| n > max) {
+        return Err(BodyError::TooLarge { max });
+    }
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(max) as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Transport(transport_detail(&e)))?
+    {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(BodyError::TooLarge { max });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(match String::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
 /// An HTTP request that got no response (refused, timed out, reset).
 #[derive(Debug, thiserror::Error)]
 #[error("{url} unavailable: {detail}")]

@@ -631,7 +631,7 @@ async fn a_refused_sink_in_the_daemon_pauses_only_its_sources_and_gets_everythin
         tenants: 1,
         events_per_tenant: None,
         rate_per_sec: 20.0,
-        start: Utc::now() - chrono::Duration::minutes(30),
+        start: Utc::now() - chrono::Duration::minutes(2),
         ..SophosSimConfig::default()
     })
     .await
@@ -756,8 +756,10 @@ async fn a_refused_sink_in_the_daemon_pauses_only_its_sources_and_gets_everythin
         "the token is never shown"
     );
     let state = app::state(&s).await.unwrap();
-    assert!(
-        state.sinks.iter().all(|k| !k.refused && !k.full),
-        "{state:?}"
-    );
+    let splunk = state
+        .sinks
+        .iter()
+        .find(|k| k.state.sink == "splunk")
+        .unwrap();
+    assert!(!splunk.refused && !splunk.full, "{state:?}");
 }

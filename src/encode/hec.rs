@@ -5,7 +5,7 @@
 //! Invariants: `time` is epoch seconds with milliseconds (not milliseconds); `event` is the vendor
 //! record whole; `fields` is flat (strings only), as HEC requires.
 
-use crate::store::OutboxRecord;
+use crate::event::OutboxRecord;
 
 /// Where an event goes in Splunk.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@
 
 use chrono::SecondsFormat;
 
-use crate::store::OutboxRecord;
+use crate::event::OutboxRecord;
 
 /// Appends the envelope of `record` and a `\n` to `out`:
 /// `{"source":…,"stream":…,"tenant":…,"id":…,"time":…,"ingest_time":…,"severity":…,"record":{…}}`.

@@ -4,7 +4,7 @@
 //!
 //! Owns: requests, response handling, bad-event isolation and the ack wait. Must not: build the
 //! envelope bytes itself (see `encode::hec`), or touch the outbox; its only state in the store is
-//! its channel and the acks it waits for. Invariants:
+//! its channel and the acks it waits for, through a [`HecLedger`] scoped to this sink. Invariants:
 //! - Requests of a batch go one at a time, in order, so what HEC took is always a leading part of
 //!   the batch. A request that fails (503, timeout, 401...) after earlier ones got code 0 (and,
 //!   with acks on, their acks) ends the batch with a [`Shortfall`]: the delivery loop keeps the
@@ -47,7 +47,11 @@ use crate::mapping::Mappings;
 use crate::net::{self, parse_retry_after, TlsOptions};
 use crate::settings::{Secret, SetupError, SplunkHecSettings};
 use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
-use crate::store::{OutboxRecord, Store};
+use crate::store::{HecLedger, OutboxRecord, Store};
+
+/// The largest HEC reply read: replies are a few hundred bytes of JSON, and a proxy or broken
+/// server that answers with more is not read into memory.
+const REPLY_MAX_BYTES: u64 = 1024 * 1024;
 
 #[derive(Deserialize)]
 struct Reply {
@@ -110,7 +114,8 @@ pub struct HecSink {
     host: String,
     /// Source id → its vendor's mapping (the default sourcetype).
     mappings: Mappings,
-    store: Store,
+    /// Its channel, pending acks and errors in the store, and nothing else there.
+    ledger: HecLedger,
     channel: Option<String>,
     /// The first record whose acks did not come, and how many times that happened in a row.
     ack_misses: Option<(i64, u32)>,
@@ -134,8 +139,9 @@ fn new_channel() -> String {
 
 impl HecSink {
     /// A sink for `settings` (token resolved); `mappings` gives each source's default sourcetype.
-    /// `store` keeps its channel and pending acks. Fails (naming the config key) when a TLS file
-    /// cannot be used or the token was not resolved.
+    /// Of `store`, it keeps only this sink's [`HecLedger`]: its channel, pending acks and delivery
+    /// errors. Fails (naming the config key) when a TLS file cannot be used or the token was not
+    /// resolved.
     pub fn new(
         name: &str,
         settings: SplunkHecSettings,
@@ -171,7 +177,7 @@ impl HecSink {
             settings,
             http: client,
             mappings: mappings.into(),
-            store,
+            ledger: HecLedger::new(store, name),
             channel: None,
             ack_misses: None,
             acks_not_arriving: false,
@@ -236,8 +242,8 @@ impl HecSink {
             return Ok(c.clone());
         }
         let channel = self
-            .store
-            .sink_channel(&self.name, &new_channel())
+            .ledger
+            .channel(&new_channel())
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         self.channel = Some(channel.clone());
@@ -281,7 +287,10 @@ impl HecSink {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = response.text().await.unwrap_or_default();
+        // An unreadable or oversized reply reads as empty: its status still decides.
+        let text = net::read_body(response, REPLY_MAX_BYTES)
+            .await
+            .unwrap_or_default();
         let reply: Reply = serde_json::from_str(&text).unwrap_or(Reply {
             text: text.chars().take(200).collect(),
             code: -1,
@@ -406,15 +415,8 @@ impl HecSink {
             return;
         };
         if let Err(e) = self
-            .store
-            .save_pending_acks(
-                &self.name,
-                channel,
-                &[ack],
-                last_seq,
-                &refused,
-                chrono::Utc::now(),
-            )
+            .ledger
+            .save_pending(channel, &[ack], last_seq, &refused, chrono::Utc::now())
             .await
         {
             // Only a restart needs it; without it, a restart sends the request again.
@@ -432,8 +434,8 @@ impl HecSink {
         rejected: &mut Vec<(usize, String)>,
     ) -> Result<usize, SinkError> {
         let mut pending = self
-            .store
-            .pending_acks(&self.name)
+            .ledger
+            .pending_acks()
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         if pending.is_empty() {
@@ -454,8 +456,8 @@ impl HecSink {
             if let Some(through) = through {
                 done = batch.partition_point(|r| r.seq <= through);
                 let refused = self
-                    .store
-                    .pending_rejects(&self.name)
+                    .ledger
+                    .pending_rejects()
                     .await
                     .map_err(|e| self.unavailable(e.to_string(), None))?;
                 rejected.extend(refused.into_iter().filter_map(|(seq, reason)| {
@@ -468,7 +470,7 @@ impl HecSink {
                     "acks of requests sent before the restart arrived; not sending them again");
             }
         }
-        let _ = self.store.clear_pending_acks(&self.name).await;
+        let _ = self.ledger.clear_pending().await;
         Ok(done)
     }
 
@@ -495,7 +497,11 @@ impl HecSink {
                     acked.extend(ids);
                     return acked;
                 }
-                if let Ok(reply) = response.json::<AckReply>().await {
+                let body = net::read_body(response, REPLY_MAX_BYTES).await;
+                if let Ok(reply) = body
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_str::<AckReply>(&b).map_err(|e| e.to_string()))
+                {
                     ids.retain(|id| {
                         let done = reply.acks.get(&id.to_string()).copied().unwrap_or(false);
                         if done {
@@ -539,10 +545,7 @@ impl HecSink {
             tracing::warn!(sink = %self.name, "{detail}");
         } else {
             tracing::error!(sink = %self.name, "{detail}");
-            let _ = self
-                .store
-                .record_sink_error(&self.name, &detail, chrono::Utc::now())
-                .await;
+            let _ = self.ledger.record_error(&detail, chrono::Utc::now()).await;
         }
         self.acks_not_arriving = true;
         self.ack_misses = None;
@@ -609,7 +612,7 @@ impl Sink for HecSink {
                     }
                 }
             }
-            let _ = self.store.clear_pending_acks(&self.name).await;
+            let _ = self.ledger.clear_pending().await;
         }
         let rejected = pass.rejected;
         match pass.error {
@@ -635,7 +638,9 @@ impl Sink for HecSink {
             .await
             .map_err(|e| self.unavailable(e.to_string(), None))?;
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = net::read_body(response, REPLY_MAX_BYTES)
+            .await
+            .unwrap_or_default();
         if status.is_success() {
             Ok(())
         } else {

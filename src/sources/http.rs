@@ -13,7 +13,6 @@ use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::SourceError;
-use crate::net::transport_detail;
 pub use crate::net::{
     http_client as client, http_client_with_tls as client_with_tls, install_crypto_provider,
     parse_retry_after, TlsOptions,
@@ -42,40 +41,20 @@ pub async fn read_text(response: Response) -> Result<String, SourceError> {
     read_text_within(response, MAX_RESPONSE_BYTES.load(Ordering::Relaxed)).await
 }
 
-async fn read_text_within(mut response: Response, max: u64) -> Result<String, SourceError> {
+async fn read_text_within(response: Response, max: u64) -> Result<String, SourceError> {
     let url = display_url(response.url());
-    let too_large = |url: String| SourceError::Malformed {
-        url,
-        detail: format!(
-            "the response is larger than http.max_response_bytes ({max} bytes); raise it if the \
-             vendor's pages really are that large, or lower the source's page size"
-        ),
-    };
-    if response.content_length().is_some_and(|n| n > max) {
-        return Err(too_large(url));
-    }
-    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if (body.len() + chunk.len()) as u64 > max {
-                    return Err(too_large(url));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return Err(SourceError::Malformed {
-                    url,
-                    detail: format!("body could not be read: {}", transport_detail(&e)),
-                })
-            }
-        }
-    }
-    Ok(match String::from_utf8(body) {
-        Ok(text) => text,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
+    crate::net::read_body(response, max)
+        .await
+        .map_err(|e| SourceError::Malformed {
+            url,
+            detail: match e {
+                crate::net::BodyError::TooLarge { max } => format!(
+                    "the response is larger than http.max_response_bytes ({max} bytes); raise it \
+                     if the vendor's pages really are that large, or lower the source's page size"
+                ),
+                other => other.to_string(),
+            },
+        })
 }
 
 /// The URL as errors show it: without the query string (cursors and filters make it long).

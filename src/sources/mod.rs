@@ -6,8 +6,10 @@
 //! scheduler owns timing, retries and cancellation. Invariant: a failed poll never moves a cursor.
 
 pub mod code42;
+pub mod cursor;
 pub mod http;
 pub mod jamf;
+pub mod json_path;
 pub mod sophos;
 pub mod tenable_sc;
 
@@ -56,7 +58,8 @@ pub enum SourceError {
         detail: String,
     },
     /// The stored cursor cannot be read (written by another version, or edited). Polling this
-    /// partition cannot go on: reset it with `secrelay backfill --reset --source ID`.
+    /// partition cannot go on: reset it with `secrelay backfill --reset --source ID`. The scheduler
+    /// stops the partition (ERROR, recorded in `state`; a backfill fails it) and never retries it.
     #[error("stored cursor unusable ({detail}); reset it with `secrelay backfill --reset --source <id>`")]
     BadCursor {
         /// Which cursor and why.

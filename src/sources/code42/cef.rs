@@ -25,8 +25,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{at, file_event_severity, risk_severity};
+use super::{file_event_severity, risk_severity};
 use crate::encode::cef::CefRecord;
+use crate::sources::json_path::at;
 
 const VENDOR: &str = "Code42";
 const PRODUCT: &str = "Incydr";

@@ -53,6 +53,8 @@ use std::collections::BTreeMap;
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{Code42Auth, Code42Settings, Code42Stream, FileEventsApi, SetupError};
+use crate::sources::cursor::{stream_partitions, StoredCursor};
+use crate::sources::json_path::{at, text};
 use crate::sources::{Source, SourceError};
 use api::{Api, Reply, ALERT_SERVICE, FORENSIC_SEARCH};
 use auth::Tokens;
@@ -108,20 +110,6 @@ fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Reads a dotted path (`event.inserted`) from a JSON value.
-/// Numeric segments index arrays: `destination.tabs.0.url`.
-pub(crate) fn at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .try_fold(value, |v, key| match (v, key.parse::<usize>()) {
-            (Value::Array(items), Ok(i)) => items.get(i),
-            _ => v.get(key),
-        })
-}
-
-pub(crate) fn text<'a>(value: &'a Value, path: &str) -> Option<&'a str> {
-    at(value, path).and_then(Value::as_str)
-}
-
 /// The file-event window cursor.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct WindowCursor {
@@ -138,6 +126,8 @@ struct WindowCursor {
     filters: Value,
 }
 
+impl StoredCursor for WindowCursor {}
+
 /// The alert cursor: `createdAt` on or after `since`, and the ids already delivered at `since`
 /// (as the Incydr CLI keeps them, reference §1.8). Reads the `{"since", "skip"}` cursors of
 /// earlier versions (`seen` empty: the seen-set drops the repeats).
@@ -153,6 +143,8 @@ struct AlertCursor {
     #[serde(default)]
     skip: u32,
 }
+
+impl StoredCursor for AlertCursor {}
 
 /// The session cursor: the pass in progress and the sessions still open.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -173,6 +165,8 @@ struct SessionCursor {
     #[serde(default)]
     open: BTreeMap<String, (i64, i64)>,
 }
+
+impl StoredCursor for SessionCursor {}
 
 /// Open sessions older than this are no longer followed: Code42 searches 90 days back (§1.4).
 const FOLLOW_HORIZON_DAYS: i64 = 90;
@@ -291,12 +285,6 @@ impl Code42Source {
         (self.clock)()
     }
 
-    fn bad_cursor(&self, stream: &str, e: serde_json::Error) -> SourceError {
-        SourceError::BadCursor {
-            detail: format!("{} {stream} cursor: {e}", self.id),
-        }
-    }
-
     async fn file_events_url(&self) -> Result<(String, bool), SourceError> {
         let v1 = self.settings.file_events_api == FileEventsApi::V1;
         Ok(match (self.settings.auth, v1) {
@@ -322,17 +310,12 @@ impl Code42Source {
         let now = self.now();
         let filters =
             serde_json::to_value(&self.settings.file_event_filters).unwrap_or(Value::Null);
-        let mut c = match cursor {
-            Some(text) => {
-                serde_json::from_str(text).map_err(|e| self.bad_cursor("file_events", e))?
-            }
-            None => WindowCursor {
-                since: now - self.lookback,
-                until: None,
-                token: None,
-                filters: filters.clone(),
-            },
-        };
+        let mut c = WindowCursor::load(cursor, &self.id, "file_events", || WindowCursor {
+            since: now - self.lookback,
+            until: None,
+            token: None,
+            filters: filters.clone(),
+        })?;
         if c.filters != filters {
             tracing::warn!(source = %self.id, since = %iso(c.since),
                 "file-event filters changed: restarting the window at the stored time with the new filters");
@@ -364,7 +347,7 @@ impl Code42Source {
                     ..c
                 };
                 return Ok(Page {
-                    cursor: Some(serde_json::to_string(&restart).unwrap_or_default()),
+                    cursor: Some(restart.save()),
                     more: true,
                     ..Page::default()
                 });
@@ -409,7 +392,7 @@ impl Code42Source {
         Ok(Page {
             events,
             rejected,
-            cursor: Some(serde_json::to_string(&next.0).unwrap_or_default()),
+            cursor: Some(next.0.save()),
             more: next.1,
             ..Page::default()
         })
@@ -435,14 +418,11 @@ impl Code42Source {
     }
 
     async fn poll_alerts(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        let c: AlertCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| self.bad_cursor("alerts", e))?,
-            None => AlertCursor {
-                since: self.now() - self.lookback,
-                seen: Vec::new(),
-                skip: 0,
-            },
-        };
+        let c = AlertCursor::load(cursor, &self.id, "alerts", || AlertCursor {
+            since: self.now() - self.lookback,
+            seen: Vec::new(),
+            skip: 0,
+        })?;
         // Cursors written before the fix may hold microseconds; the query has milliseconds.
         let since = floor_ms(c.since);
         let tenant = self.api.tokens().tenant_id().await?;
@@ -546,7 +526,7 @@ impl Code42Source {
         Ok(Page {
             events,
             rejected,
-            cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
+            cursor: Some(next.save()),
             // A full page: more may wait (the cursor moved: `since` or `skip`).
             more: full,
             ..Page::default()
@@ -561,10 +541,7 @@ impl Code42Source {
     }
 
     async fn poll_sessions(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        let mut c: SessionCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| self.bad_cursor("sessions", e))?,
-            None => SessionCursor::default(),
-        };
+        let mut c = SessionCursor::load(cursor, &self.id, "sessions", SessionCursor::default)?;
         let now = self.now();
         let from = c.from.unwrap_or_else(|| {
             (now - Duration::hours(i64::from(self.settings.session_window_hours)))
@@ -651,7 +628,7 @@ impl Code42Source {
         Ok(Page {
             events,
             rejected,
-            cursor: Some(serde_json::to_string(&c).unwrap_or_default()),
+            cursor: Some(c.save()),
             more,
             ..Page::default()
         })
@@ -780,12 +757,10 @@ impl Source for Code42Source {
     async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
         // Authenticating here makes `check` and start-up fail early on a bad credential.
         self.api.tokens().bearer().await?;
-        Ok(self
-            .settings
-            .streams
-            .iter()
-            .map(|s| Partition::new(stream_name(*s), ""))
-            .collect())
+        Ok(stream_partitions(
+            self.settings.streams.iter().map(|s| stream_name(*s)),
+            "",
+        ))
     }
 
     async fn poll(&self, partition: &Partition, cursor: Option<&str>) -> Result<Page, SourceError> {

@@ -9,12 +9,8 @@ use serde_json::Value;
 
 use crate::encode::cef::CefRecord;
 
-fn text<'a>(v: &'a Value, path: &str) -> &'a str {
-    path.split('.')
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
+// The shared dotted-path reader, under the short name the mapping below reads best with.
+use crate::sources::json_path::text_or_empty as text;
 
 /// A computer inventory record as CEF.
 pub fn inventory(computer: &Value) -> CefRecord {

@@ -31,12 +31,8 @@ fn is_vm(name: &str) -> bool {
     VM_MARKERS.iter().any(|m| lower.contains(m))
 }
 
-fn text<'a>(v: &'a Value, path: &str) -> &'a str {
-    path.split('.')
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
+// The shared dotted-path reader, under the short name the mapping below reads best with.
+use crate::sources::json_path::text_or_empty as text;
 
 fn names(v: &Value, list: &str) -> Vec<String> {
     let mut found: Vec<String> = v

@@ -47,7 +47,9 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{JamfApi, JamfSettings, JamfStream, SetupError};
+use crate::sources::cursor::{stream_partitions, StoredCursor};
 use crate::sources::http::{read_json, send};
+use crate::sources::json_path::{at, text_or_empty};
 use crate::sources::{Source, SourceError};
 use auth::Tokens;
 pub use fleet::stream_name;
@@ -75,6 +77,8 @@ struct KeysetCursor {
     found: bool,
 }
 
+impl StoredCursor for KeysetCursor {}
+
 /// Walks of one report date's pages again, at most, before the cursor moves on regardless.
 const MAX_REWALKS: u8 = 3;
 
@@ -95,6 +99,8 @@ struct ClassicCursor {
     #[serde(default)]
     pass_started_ms: i64,
 }
+
+impl StoredCursor for ClassicCursor {}
 
 /// How far before the start of the previous Classic pass report dates are still forwarded: the
 /// server's clock (`report_date_epoch`) and ours may disagree; repeats inside it are deduplicated.
@@ -138,6 +144,8 @@ struct FleetCursor {
     #[serde(default)]
     sent: u64,
 }
+
+impl StoredCursor for FleetCursor {}
 
 /// The fleet pass under way, shared by the fleet streams (memory only: a restart starts a pass).
 struct FleetPass {
@@ -192,14 +200,6 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |v, k| v.get(k))
-}
-
-fn str_field<'a>(v: &'a Value, path: &str) -> &'a str {
-    field(v, path).and_then(Value::as_str).unwrap_or_default()
-}
-
 /// Words that mark a field as a password or a secret (or its hash), compared against the field
 /// name lower-cased without separators: `management_password_sha256`, `passwordHash`, `secret`.
 const SECRET_WORDS: [&str; 4] = ["password", "passwd", "passphrase", "secret"];
@@ -246,7 +246,7 @@ fn without_secrets(raw: &RawValue) -> Result<(Value, Box<RawValue>), serde_json:
 fn classic_as_pro(c: &Value) -> Value {
     let list = |path: &str| -> Value {
         Value::Array(
-            field(c, path)
+            at(c, path)
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -257,20 +257,20 @@ fn classic_as_pro(c: &Value) -> Value {
                 .collect(),
         )
     };
-    let id = field(c, "general.id")
+    let id = at(c, "general.id")
         .map(|v| v.to_string().trim_matches('"').to_string())
         .unwrap_or_default();
-    let report = field(c, "general.report_date_epoch")
+    let report = at(c, "general.report_date_epoch")
         .and_then(Value::as_i64)
         .map(iso_ms)
         .unwrap_or_default();
     serde_json::json!({
         "id": id,
-        "general": {"name": str_field(c, "general.name"), "lastIpAddress": str_field(c, "general.ip_address"), "reportDate": report},
-        "hardware": {"make": str_field(c, "hardware.make"), "model": str_field(c, "hardware.model"),
-                     "serialNumber": str_field(c, "general.serial_number"), "macAddress": str_field(c, "general.mac_address")},
-        "operatingSystem": {"name": str_field(c, "hardware.os_name"), "version": str_field(c, "hardware.os_version")},
-        "userAndLocation": {"username": str_field(c, "location.username")},
+        "general": {"name": text_or_empty(c, "general.name"), "lastIpAddress": text_or_empty(c, "general.ip_address"), "reportDate": report},
+        "hardware": {"make": text_or_empty(c, "hardware.make"), "model": text_or_empty(c, "hardware.model"),
+                     "serialNumber": text_or_empty(c, "general.serial_number"), "macAddress": text_or_empty(c, "general.mac_address")},
+        "operatingSystem": {"name": text_or_empty(c, "hardware.os_name"), "version": text_or_empty(c, "hardware.os_version")},
+        "userAndLocation": {"username": text_or_empty(c, "location.username")},
         "applications": list("software.applications"),
         "plugins": list("software.plugins"),
         "services": list("software.running_services"),
@@ -379,12 +379,7 @@ impl JamfSource {
     }
 
     async fn poll_inventory(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        let c: KeysetCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| SourceError::BadCursor {
-                detail: format!("{} inventory: {e}", self.id),
-            })?,
-            None => KeysetCursor::default(),
-        };
+        let c = KeysetCursor::load(cursor, &self.id, "inventory", KeysetCursor::default)?;
         let size = self.settings.page_size;
         let mut query = self.sections();
         query.push(("page", c.skip.to_string()));
@@ -416,7 +411,7 @@ impl JamfSource {
                     continue;
                 }
             };
-            let id = str_field(&v, "id").to_string();
+            let id = text_or_empty(&v, "id").to_string();
             if id.is_empty() {
                 rejected.push(unreadable(
                     record.get(),
@@ -425,7 +420,7 @@ impl JamfSource {
                 ));
                 continue;
             }
-            let report = str_field(&v, "general.reportDate");
+            let report = text_or_empty(&v, "general.reportDate");
             let Some(time) = parse_time(report) else {
                 let reason = format!("computer {id}: general.reportDate {report:?} is not a time");
                 rejected.push(unreadable(record.get(), Some(&id), reason));
@@ -513,7 +508,7 @@ impl JamfSource {
         Ok(Page {
             more: full,
             events,
-            cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
+            cursor: Some(next.save()),
             rejected,
             ..Page::default()
         })
@@ -550,12 +545,7 @@ impl JamfSource {
     }
 
     async fn poll_inventory_classic(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        let mut c: ClassicCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| SourceError::BadCursor {
-                detail: format!("{} inventory: {e}", self.id),
-            })?,
-            None => ClassicCursor::default(),
-        };
+        let mut c = ClassicCursor::load(cursor, &self.id, "inventory", ClassicCursor::default)?;
         let ids = self.classic_ids().await?;
         if c.after_id.is_none() && c.index > 0 {
             // Written by an earlier version (a position): go on after the id now there, once.
@@ -582,7 +572,7 @@ impl JamfSource {
                     continue;
                 }
             };
-            let Some(id) = field(&v, "general.id").and_then(Value::as_u64) else {
+            let Some(id) = at(&v, "general.id").and_then(Value::as_u64) else {
                 rejected.push(Rejected::new(
                     &url,
                     "computer without general.id",
@@ -590,7 +580,7 @@ impl JamfSource {
                 ));
                 continue;
             };
-            let time = field(&v, "general.report_date_epoch")
+            let time = at(&v, "general.report_date_epoch")
                 .and_then(Value::as_i64)
                 .and_then(|epoch| Some((epoch, Utc.timestamp_millis_opt(epoch).single()?)));
             let Some((epoch, time)) = time else {
@@ -625,7 +615,7 @@ impl JamfSource {
         };
         Ok(Page {
             events,
-            cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
+            cursor: Some(next.save()),
             more: !done,
             rejected,
             ..Page::default()
@@ -742,12 +732,7 @@ impl JamfSource {
         let Some(&stream) = streams.iter().find(|s| **s == stream) else {
             return Ok(Page::default());
         };
-        let c: FleetCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| SourceError::BadCursor {
-                detail: format!("{} {stream}: {e}", self.id),
-            })?,
-            None => FleetCursor::default(),
-        };
+        let c = FleetCursor::load(cursor, &self.id, stream, FleetCursor::default)?;
         let size = self.settings.page_size as usize;
         let mut guard = self.fleet.lock().await;
         let interval = std::time::Duration::from_secs_f64(self.settings.interval_secs / 2.0);
@@ -887,7 +872,7 @@ impl JamfSource {
         }
         Page {
             events,
-            cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
+            cursor: Some(next.save()),
             more,
             ..Page::default()
         }
@@ -902,12 +887,10 @@ impl Source for JamfSource {
     async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
         // Authenticate now, so start-up and `check` fail early on a bad credential.
         let (_, _) = self.tokens.authorize(self.http.get(&self.url)).await?;
-        Ok(self
-            .settings
-            .streams
-            .iter()
-            .map(|s| Partition::new(stream_name(*s), ""))
-            .collect())
+        Ok(stream_partitions(
+            self.settings.streams.iter().map(|s| stream_name(*s)),
+            "",
+        ))
     }
 
     async fn poll(&self, partition: &Partition, cursor: Option<&str>) -> Result<Page, SourceError> {

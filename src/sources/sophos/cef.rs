@@ -9,12 +9,8 @@ use serde_json::Value;
 use super::severity;
 use crate::encode::cef::CefRecord;
 
-fn text<'a>(v: &'a Value, path: &str) -> &'a str {
-    path.split('.')
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
+// The shared dotted-path reader, under the short name the mapping below reads best with.
+use crate::sources::json_path::text_or_empty as text;
 
 fn millis(v: &Value, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(text(v, key))

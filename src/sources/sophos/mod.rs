@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{SetupError, SophosSettings, SophosStream};
+use crate::sources::cursor::stream_partitions;
 use crate::sources::{Source, SourceError};
 use api::{Api, SiemItem, SiemPage, TenantPage, Whoami};
 use auth::TokenCache;
@@ -240,10 +241,10 @@ impl Source for SophosSource {
         Ok(tenants
             .iter()
             .flat_map(|(tenant, _)| {
-                self.settings
-                    .streams
-                    .iter()
-                    .map(move |s| Partition::new(stream_name(*s), tenant.clone()))
+                stream_partitions(
+                    self.settings.streams.iter().map(|s| stream_name(*s)),
+                    tenant,
+                )
             })
             .collect())
     }

@@ -16,9 +16,8 @@ use serde_json::Value;
 
 use crate::encode::cef::CefRecord;
 
-fn text<'a>(row: &'a Value, key: &str) -> &'a str {
-    row.get(key).and_then(Value::as_str).unwrap_or_default()
-}
+// The shared dotted-path reader, under the short name the mapping below reads best with.
+use crate::sources::json_path::text_or_empty as text;
 
 fn seconds_to_millis(text: &str) -> String {
     match text.trim().parse::<i64>() {

@@ -28,6 +28,7 @@ use crate::settings::{
     HttpSettings, Secret, SetupError, TenableAuth, TenableCredentials, TenableScSettings,
     TenableStream,
 };
+use crate::sources::cursor::{stream_partitions, StoredCursor};
 use crate::sources::http::{self, display_url, send, status_error, TlsOptions};
 use crate::sources::{Source, SourceError};
 
@@ -74,6 +75,8 @@ struct WindowCursor {
     #[serde(default)]
     skip: u64,
 }
+
+impl StoredCursor for WindowCursor {}
 
 /// What one analysis request returned.
 struct Fetched {
@@ -540,12 +543,10 @@ impl Source for TenableScSource {
                 *session = Some(self.login().await?);
             }
         }
-        Ok(self
-            .settings
-            .streams
-            .iter()
-            .map(|s| Partition::new(stream_name(*s), ""))
-            .collect())
+        Ok(stream_partitions(
+            self.settings.streams.iter().map(|s| stream_name(*s)),
+            "",
+        ))
     }
 
     async fn poll(&self, partition: &Partition, cursor: Option<&str>) -> Result<Page, SourceError> {
@@ -554,18 +555,13 @@ impl Source for TenableScSource {
             _ => TenableStream::Cumulative,
         };
         let now = Utc::now().timestamp();
-        let c: WindowCursor = match cursor {
-            Some(text) => serde_json::from_str(text).map_err(|e| SourceError::BadCursor {
-                detail: format!("{} {}: {e}", self.id, partition.stream),
-            })?,
-            None => WindowCursor {
-                since: now - self.lookback.num_seconds(),
-                until: None,
-                start: None,
-                newest: None,
-                skip: 0,
-            },
-        };
+        let c = WindowCursor::load(cursor, &self.id, &partition.stream, || WindowCursor {
+            since: now - self.lookback.num_seconds(),
+            until: None,
+            start: None,
+            newest: None,
+            skip: 0,
+        })?;
         let until = c.until.unwrap_or(now).max(c.since);
         let start = c.start.unwrap_or(c.since);
         let size = u64::from(self.settings.page_size);
@@ -617,7 +613,7 @@ impl Source for TenableScSource {
         Ok(Page {
             events,
             rejected,
-            cursor: Some(serde_json::to_string(&next).unwrap_or_default()),
+            cursor: Some(next.save()),
             more: !done,
             ..Page::default()
         })

@@ -1,0 +1,353 @@
+//! The polling loop against fake sources: spin guards, unreadable cursors, per-sink
+//! back-pressure and vendor horizons, on real time and a real store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+use crate::event::Page;
+use crate::settings::SchedulerSettings;
+use crate::store::{Access, Store};
+
+/// A source whose vendor always says "more" but whose cursor stops moving after the first page.
+struct StuckSource {
+    polls: AtomicU64,
+    closes: AtomicU64,
+}
+
+impl Source for StuckSource {
+    fn id(&self) -> &str {
+        "stuck"
+    }
+
+    async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+        Ok(vec![Partition::new("events", "")])
+    }
+
+    async fn poll(&self, _: &Partition, _: Option<&str>) -> Result<Page, SourceError> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Ok(Page {
+            cursor: Some("same".into()),
+            more: true,
+            ..Page::default()
+        })
+    }
+
+    async fn close(&self) {
+        self.closes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// No jitter, backoff in tens of milliseconds.
+fn fast_timing() -> SchedulerSettings {
+    SchedulerSettings {
+        jitter_secs: 0.0,
+        backoff_initial_secs: 0.05,
+        backoff_max_secs: 0.1,
+        shutdown_grace_secs: 1.0,
+    }
+}
+
+async fn context(dir: &tempfile::TempDir, mode: Mode) -> Arc<Context> {
+    let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+        .await
+        .unwrap();
+    Context::new(
+        store,
+        fast_timing(),
+        u64::MAX / 2,
+        mode,
+        Duration::from_secs(1),
+        BTreeMap::new(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+}
+
+#[tokio::test]
+async fn more_without_a_moving_cursor_backs_off_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(&dir, Mode::Daemon).await;
+    let source = Arc::new(StuckSource {
+        polls: AtomicU64::new(0),
+        closes: AtomicU64::new(0),
+    });
+    let run = tokio::spawn(run_source(
+        ctx.clone(),
+        source.clone(),
+        Duration::from_secs(60),
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ctx.stop.cancel();
+    run.await.unwrap();
+    let polls = source.polls.load(Ordering::SeqCst);
+    // Backing off 50, 100, 100, … ms: a handful of polls, where a hot loop makes thousands.
+    assert!((2..=10).contains(&polls), "{polls} polls in 400 ms");
+    let state = ctx.store.cursor_states().await.unwrap();
+    let error = state[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("cursor did not move"), "{error:?}");
+    assert_eq!(
+        source.closes.load(Ordering::SeqCst),
+        1,
+        "closed once on stop"
+    );
+}
+
+#[tokio::test]
+async fn a_backfill_whose_cursor_does_not_move_ends_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &dir,
+        Mode::Backfill {
+            max_poll_failures: 3,
+        },
+    )
+    .await;
+    let source = Arc::new(StuckSource {
+        polls: AtomicU64::new(0),
+        closes: AtomicU64::new(0),
+    });
+    let reports = run_source(ctx, source.clone(), Duration::from_secs(60)).await;
+    assert_eq!(reports.len(), 1);
+    assert!(!reports[0].caught_up);
+    let error = reports[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("cursor did not move"), "{error:?}");
+    assert_eq!(
+        source.polls.load(Ordering::SeqCst),
+        4,
+        "one page, then 3 stuck"
+    );
+}
+
+/// A source whose stored cursor can never be read.
+struct BadCursorSource {
+    polls: AtomicU64,
+}
+
+impl Source for BadCursorSource {
+    fn id(&self) -> &str {
+        "unreadable"
+    }
+
+    async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+        Ok(vec![Partition::new("events", "")])
+    }
+
+    async fn poll(&self, _: &Partition, _: Option<&str>) -> Result<Page, SourceError> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Err(SourceError::BadCursor {
+            detail: "unreadable events cursor: expected value at line 1 column 1".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_cursor_stops_its_partition_loudly_instead_of_retrying() {
+    // A daemon: polled once, the error recorded for `state`, the cursor left as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(&dir, Mode::Daemon).await;
+    let source = Arc::new(BadCursorSource {
+        polls: AtomicU64::new(0),
+    });
+    let run = tokio::spawn(run_source(
+        ctx.clone(),
+        source.clone(),
+        Duration::from_secs(60),
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        source.polls.load(Ordering::SeqCst),
+        1,
+        "no retries with backoff: the same cursor fails the same way"
+    );
+    assert!(!run.is_finished(), "the daemon keeps running");
+    let state = ctx.store.cursor_states().await.unwrap();
+    let error = state[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("backfill --reset") && error.contains("stops polling"),
+        "{error:?}"
+    );
+    assert_eq!(state[0].cursor, None, "nothing reset or moved");
+    ctx.stop.cancel();
+    let reports = run.await.unwrap();
+    assert!(reports[0].error.is_some());
+
+    // A backfill: the partition fails at once, not after `max_poll_failures` polls.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &dir,
+        Mode::Backfill {
+            max_poll_failures: 3,
+        },
+    )
+    .await;
+    let source = Arc::new(BadCursorSource {
+        polls: AtomicU64::new(0),
+    });
+    let reports = run_source(ctx, source.clone(), Duration::from_secs(60)).await;
+    assert_eq!(source.polls.load(Ordering::SeqCst), 1);
+    assert!(!reports[0].caught_up);
+    let error = reports[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("stored cursor unusable"), "{error:?}");
+}
+
+/// A source that finds one ~600-byte event per poll, forever.
+struct TrickleSource {
+    id: &'static str,
+    polls: AtomicU64,
+    horizon: Option<Duration>,
+}
+
+impl Source for TrickleSource {
+    fn id(&self) -> &str {
+        self.id
+    }
+
+    async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+        Ok(vec![Partition::new("events", "")])
+    }
+
+    async fn poll(&self, _: &Partition, _: Option<&str>) -> Result<Page, SourceError> {
+        let n = self.polls.fetch_add(1, Ordering::SeqCst);
+        let text = format!(r#"{{"id":"{n}","pad":"{}"}}"#, "x".repeat(580));
+        let raw = serde_json::value::RawValue::from_string(text).unwrap();
+        Ok(Page {
+            events: vec![crate::event::Event::new(
+                n.to_string(),
+                Utc::now(),
+                crate::event::Severity::new(3),
+                &raw,
+            )],
+            cursor: Some(n.to_string()),
+            more: false,
+            ..Page::default()
+        })
+    }
+
+    fn horizon(&self) -> Option<Duration> {
+        self.horizon
+    }
+}
+
+/// A receiver that takes everything at once.
+struct AcceptingSink;
+
+impl crate::sinks::Sink for AcceptingSink {
+    fn name(&self) -> &str {
+        "healthy"
+    }
+
+    async fn deliver(
+        &mut self,
+        _: &[crate::store::OutboxRecord],
+    ) -> Result<crate::sinks::Delivered, crate::sinks::SinkError> {
+        Ok(crate::sinks::Delivered::default())
+    }
+
+    async fn check(&mut self) -> Result<(), crate::sinks::SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_sink_pauses_only_the_sources_routed_to_it_and_warns_before_the_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+        .await
+        .unwrap();
+    // Two sinks share 4,000 bytes: 2,000 each, about three events.
+    let routes = BTreeMap::from([
+        ("routed_to_stuck".to_string(), vec!["stuck".to_string()]),
+        ("routed_to_healthy".to_string(), vec!["healthy".to_string()]),
+    ]);
+    let ctx = Context::new(
+        store,
+        fast_timing(),
+        4000,
+        Mode::Daemon,
+        Duration::from_secs(1),
+        routes,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    assert_eq!(ctx.sink_share, 2000);
+    let stuck = Arc::new(TrickleSource {
+        id: "routed_to_stuck",
+        polls: AtomicU64::new(0),
+        horizon: Some(Duration::from_millis(1600)),
+    });
+    let healthy = Arc::new(TrickleSource {
+        id: "routed_to_healthy",
+        polls: AtomicU64::new(0),
+        horizon: None,
+    });
+    let interval = Duration::from_millis(20);
+    let tasks = [
+        tokio::spawn(run_source(ctx.clone(), stuck.clone(), interval)),
+        tokio::spawn(run_source(ctx.clone(), healthy.clone(), interval)),
+    ];
+    // Only the healthy sink runs; nothing ever takes the stuck sink's records.
+    let sink = tokio::spawn(crate::scheduler::run_sink(
+        ctx.clone(),
+        AcceptingSink,
+        vec!["routed_to_healthy".to_string()],
+        100,
+        Duration::ZERO,
+    ));
+    // Wait (generously: machines under load) until the stuck source has paused.
+    let partition_error = |source: &'static str| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.store
+                .cursor_states()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|p| p.source == source)
+                .and_then(|p| p.last_error)
+                .unwrap_or_default()
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !partition_error("routed_to_stuck")
+        .await
+        .contains("paused: sink stuck is")
+    {
+        assert!(std::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stuck_polls = stuck.polls.load(Ordering::SeqCst);
+    assert!(
+        (3..=5).contains(&stuck_polls),
+        "polls until its sink is a share behind (about 4 events): {stuck_polls}"
+    );
+    // The healthy source keeps polling while the stuck one stays paused, past half of its
+    // horizon, which is said before anything is lost.
+    let healthy_polls = healthy.polls.load(Ordering::SeqCst);
+    loop {
+        let error = partition_error("routed_to_stuck").await;
+        if error.contains("horizon") && healthy.polls.load(Ordering::SeqCst) > healthy_polls + 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the healthy source polled {} times after the pause; the stuck one says {error:?}",
+            healthy.polls.load(Ordering::SeqCst) - healthy_polls
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.stop.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    sink.await.unwrap();
+    assert_eq!(
+        stuck.polls.load(Ordering::SeqCst),
+        stuck_polls,
+        "the stuck source stays paused"
+    );
+    let states = ctx.store.cursor_states().await.unwrap();
+    let running = states
+        .iter()
+        .find(|p| p.source == "routed_to_healthy")
+        .unwrap();
+    assert_eq!(running.last_error, None);
+}

@@ -1,0 +1,76 @@
+//! Records a source could not turn into events (kept by the page commit), as `state` lists them.
+//!
+//! Must not: write (the commit in `commit.rs` keeps them, once each).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{query_err, time_of, Store, StoreError};
+
+/// A record a source could not turn into an event, as kept in the store.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RejectedRecord {
+    /// Source id.
+    pub source: String,
+    /// Stream.
+    pub stream: String,
+    /// Tenant (`""` when none).
+    pub tenant: String,
+    /// The request it came from.
+    pub url: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The vendor's text of it.
+    pub record: String,
+    /// When it was first rejected.
+    pub at: DateTime<Utc>,
+}
+
+impl Store {
+    /// The rejected records of `source`, oldest first.
+    pub async fn rejected_records(&self, source: &str) -> Result<Vec<RejectedRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, stream, tenant, url, reason, record, at
+             FROM rejected_records WHERE source = ? ORDER BY id",
+        )
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading rejected records"))?;
+        rows.iter()
+            .map(rejected_record)
+            .collect::<Result<_, _>>()
+            .map_err(query_err("reading rejected records"))
+    }
+
+    /// The `limit` most recently rejected records of every source, newest first.
+    pub async fn recent_rejected(&self, limit: u32) -> Result<Vec<RejectedRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, stream, tenant, url, reason, record, at
+             FROM rejected_records ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading rejected records"))?;
+        rows.iter()
+            .map(rejected_record)
+            .collect::<Result<_, _>>()
+            .map_err(query_err("reading rejected records"))
+    }
+}
+
+/// A `rejected_records` row.
+fn rejected_record(r: &SqliteRow) -> Result<RejectedRecord, sqlx::Error> {
+    Ok(RejectedRecord {
+        source: r.try_get("source")?,
+        stream: r.try_get("stream")?,
+        tenant: r.try_get("tenant")?,
+        url: r.try_get("url")?,
+        reason: r.try_get("reason")?,
+        record: r.try_get("record")?,
+        at: time_of(r, "at")?,
+    })
+}

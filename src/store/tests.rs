@@ -1,0 +1,858 @@
+//! Store tests: one database per test in a temporary directory.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use serde_json::value::RawValue;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::SqlitePool;
+
+use super::growth::RECLAIM_ABOVE_BYTES;
+use super::open::{create_private_file, open_lock_file, MIGRATOR};
+use super::*;
+use crate::event::{Event, Page, Partition, Severity};
+
+fn event(id: &str, secs: i64) -> Event {
+    let raw = RawValue::from_string(format!(r#"{{"id":"{id}"}}"#)).unwrap();
+
+    Event::new(
+        id.into(),
+        Utc.timestamp_opt(secs, 0).unwrap(),
+        Severity::new(3),
+        &raw,
+    )
+}
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+
+    let store = Store::open(&dir.path().join("state.db"), Access::Writer)
+        .await
+        .unwrap();
+
+    (dir, store)
+}
+
+#[tokio::test]
+
+async fn a_second_writer_is_refused_but_readers_are_not() {
+    let (dir, _writer) = store().await;
+
+    let path = dir.path().join("state.db");
+
+    let err = Store::open(&path, Access::Writer)
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert!(err.contains("another secrelay"), "{err}");
+
+    let reader = Store::open(&path, Access::Reader).await.unwrap();
+
+    assert_eq!(reader.outbox_totals().await.unwrap().rows, 0);
+}
+
+#[tokio::test]
+
+async fn a_reader_waits_for_the_lock_holder_to_finish_migrating() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = dir.path().join("state.db");
+
+    create_private_file(&path).unwrap();
+
+    let lock = open_lock_file(&dir.path().join("state.db.lock")).unwrap();
+
+    lock.lock().unwrap();
+
+    let reader = tokio::spawn({
+        let path = path.clone();
+
+        async move { Store::open(&path, Access::Reader).await }
+    });
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(
+        !reader.is_finished(),
+        "the reader must not query a schema that is not there yet"
+    );
+
+    let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+
+    MIGRATOR.run(&pool).await.unwrap();
+
+    let store = reader.await.unwrap().unwrap();
+
+    assert_eq!(store.outbox_totals().await.unwrap().rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn a_writer_and_readers_opening_a_new_database_at_once_all_succeed() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+
+        let path = dir.path().join("state.db");
+
+        let mut opens = Vec::new();
+
+        for access in [
+            Access::Reader,
+            Access::Writer,
+            Access::Reader,
+            Access::Reader,
+        ] {
+            let path = path.clone();
+
+            opens.push(tokio::spawn(
+                async move { Store::open(&path, access).await },
+            ));
+        }
+
+        for open in opens {
+            let store = open.await.unwrap().unwrap();
+
+            assert_eq!(store.outbox_totals().await.unwrap().rows, 0);
+        }
+    }
+}
+
+#[tokio::test]
+
+async fn a_sink_keeps_its_channel_and_pending_acks_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = dir.path().join("state.db");
+
+    {
+        let store = Store::open(&path, Access::Writer).await.unwrap();
+
+        assert_eq!(store.sink_channel("hec", "chan-1").await.unwrap(), "chan-1");
+
+        assert_eq!(
+            store.sink_channel("hec", "chan-2").await.unwrap(),
+            "chan-1",
+            "created once"
+        );
+
+        store
+            .save_pending_acks(
+                "hec",
+                "chan-1",
+                &[4, 5],
+                99,
+                &[(97, "code 6".to_string())],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+
+        store.close().await;
+    }
+
+    let store = Store::open(&path, Access::Writer).await.unwrap();
+
+    let pending = store.pending_acks("hec").await.unwrap();
+
+    assert_eq!(
+        pending,
+        vec![("chan-1".to_string(), 4, 99), ("chan-1".to_string(), 5, 99)]
+    );
+
+    assert_eq!(
+        store.pending_rejects("hec").await.unwrap(),
+        vec![(97, "code 6".to_string())]
+    );
+
+    store.clear_pending_acks("hec").await.unwrap();
+
+    assert!(store.pending_acks("hec").await.unwrap().is_empty());
+
+    assert!(store.pending_rejects("hec").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+
+async fn an_older_file_is_switched_to_incremental_vacuum_by_a_writer_only() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = dir.path().join("state.db");
+
+    {
+        // A database made the way earlier versions made it: auto_vacuum NONE, tables in it.
+
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+
+        MIGRATOR.run(&pool).await.unwrap();
+
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+        assert_eq!(mode, 0);
+
+        pool.close().await;
+    }
+
+    let reader = Store::open(&path, Access::Reader).await.unwrap();
+
+    assert_eq!(reader.growth().await.unwrap().database.auto_vacuum, "none");
+
+    reader.close().await;
+
+    drop(reader);
+
+    let writer = Store::open(&path, Access::Writer).await.unwrap();
+
+    let page = Page {
+        events: (0..3000).map(|i| event(&format!("{i:0>500}"), i)).collect(),
+
+        ..Page::default()
+    };
+
+    writer
+        .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+        .await
+        .unwrap();
+
+    let growth = writer.growth().await.unwrap();
+
+    assert_eq!(growth.database.auto_vacuum, "incremental");
+
+    assert_eq!(growth.seen_ids, 3000);
+
+    // Pruned rows leave free pages; the reclaim gives them back down to the 4 MiB kept.
+
+    writer
+        .advance_sink("k", i64::MAX, 3000, &[], Utc::now())
+        .await
+        .unwrap();
+
+    writer.prune_outbox("s", &["k".into()]).await.unwrap();
+
+    writer
+        .prune_seen("s", Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+
+    let free = writer.growth().await.unwrap().database.free_bytes;
+
+    assert!(free > 1 << 20, "{free} bytes free after pruning");
+
+    assert!(writer.reclaim_free_pages().await.unwrap() > 0);
+
+    let free = writer.growth().await.unwrap().database.free_bytes;
+
+    assert!(
+        free <= RECLAIM_ABOVE_BYTES as u64,
+        "{free} bytes still free"
+    );
+
+    // At the threshold nothing is worth giving back; the pages stay for the next commits.
+
+    assert_eq!(writer.reclaim_free_pages().await.unwrap(), 0);
+}
+
+#[tokio::test]
+
+async fn a_new_file_uses_incremental_vacuum_and_gives_big_free_space_back() {
+    let (_dir, store) = store().await;
+
+    let big = "y".repeat(4000);
+
+    let page = Page {
+        events: (0..3000)
+            .map(|i| {
+                let raw = RawValue::from_string(format!(r#"{{"id":"{i}","p":"{big}"}}"#)).unwrap();
+
+                Event::new(i.to_string(), Utc::now(), Severity::new(1), &raw)
+            })
+            .collect(),
+
+        ..Page::default()
+    };
+
+    store
+        .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.growth().await.unwrap().database.auto_vacuum,
+        "incremental"
+    );
+
+    store
+        .advance_sink("k", i64::MAX, 3000, &[], Utc::now())
+        .await
+        .unwrap();
+
+    store.prune_outbox("s", &["k".into()]).await.unwrap();
+
+    let before = store.growth().await.unwrap().database.free_bytes;
+
+    assert!(before > 8 << 20, "{before} bytes free after pruning");
+
+    let given = store.reclaim_free_pages().await.unwrap();
+
+    let after = store.growth().await.unwrap().database.free_bytes;
+
+    assert!(
+        after <= RECLAIM_ABOVE_BYTES as u64,
+        "{after} bytes still free"
+    );
+
+    assert_eq!(given, before - after);
+}
+
+#[tokio::test]
+
+async fn a_requeued_dead_letter_is_read_counted_and_pruned_for_its_sink_only() {
+    let (_dir, store) = store().await;
+
+    let page = Page {
+        events: vec![event("a", 1), event("b", 2)],
+
+        ..Page::default()
+    };
+
+    store
+        .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+        .await
+        .unwrap();
+
+    let batch = store.read_batch(0, &["s".into()], 10).await.unwrap();
+
+    let sinks = ["one".to_string(), "two".to_string()];
+
+    store
+        .advance_sink("one", 2, 1, &[(batch[0].clone(), "bad".into())], Utc::now())
+        .await
+        .unwrap();
+
+    store
+        .advance_sink("two", 2, 2, &[], Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(store.prune_outbox("s", &sinks).await.unwrap(), 2);
+
+    assert_eq!(store.requeue_dead_letters("two").await.unwrap(), 0);
+
+    assert_eq!(store.requeue_dead_letters("one").await.unwrap(), 1);
+
+    assert!(store.dead_letters(Some("one")).await.unwrap().is_empty());
+
+    let s = ["s".to_string()];
+
+    let for_one = store.read_sink_batch("one", 2, &s, 10).await.unwrap();
+
+    assert_eq!(for_one.len(), 1);
+
+    assert_eq!((for_one[0].seq, for_one[0].event_id.as_str()), (3, "a"));
+
+    assert_eq!(for_one[0].severity, 3, "kept from the dead letter");
+
+    // Even when the sink no longer reads that source, it gets what was re-queued for it.
+
+    assert_eq!(
+        store
+            .read_sink_batch("one", 2, &[], 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    assert!(store
+        .read_sink_batch("two", 2, &s, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert!(store.read_batch(2, &s, 10).await.unwrap().is_empty());
+
+    assert_eq!(store.sink_backlog("one", 2, &s).await.unwrap(), 1);
+
+    assert_eq!(store.sink_backlog("two", 2, &s).await.unwrap(), 0);
+
+    assert_eq!(store.backlog(2, &s).await.unwrap(), 0);
+
+    assert_eq!(store.growth().await.unwrap().requeued, 1);
+
+    // Sink two passing it (it has nothing to read) prunes nothing; sink one passing it does.
+
+    store
+        .advance_sink("two", 3, 0, &[], Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(store.prune_outbox("s", &sinks[1..]).await.unwrap(), 0);
+
+    assert_eq!(store.prune_requeued("two").await.unwrap(), 0);
+
+    assert_eq!(store.prune_requeued("one").await.unwrap(), 0);
+
+    store
+        .advance_sink("one", 3, 1, &[], Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(store.prune_requeued("one").await.unwrap(), 1);
+
+    assert_eq!(
+        store.outbox_totals().await.unwrap(),
+        OutboxTotals::default()
+    );
+}
+
+#[tokio::test]
+
+async fn a_path_with_url_characters_is_a_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = dir.path().join("state?mode=ro#1.db");
+
+    let store = Store::open(&path, Access::Writer).await.unwrap();
+
+    let page = Page {
+        events: vec![event("a", 1)],
+
+        ..Page::default()
+    };
+
+    store
+        .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+        .await
+        .unwrap();
+
+    store.close().await;
+
+    assert!(
+        std::fs::metadata(&path).unwrap().len() > 0,
+        "written where it was told"
+    );
+
+    let reopened = Store::open(&path, Access::Reader).await.unwrap();
+
+    assert_eq!(reopened.outbox_totals().await.unwrap().rows, 1);
+}
+
+#[tokio::test]
+
+async fn database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let (dir, _store) = store().await;
+
+    let mode = std::fs::metadata(dir.path().join("state.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+
+async fn commit_drops_seen_ids_and_moves_cursor_together() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "t1");
+
+    let page = Page {
+        events: vec![event("a", 1), event("b", 2), event("a", 1)],
+
+        cursor: Some("c1".into()),
+
+        ..Page::default()
+    };
+
+    let s = store
+        .commit_page("src", &p, &page, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        s,
+        CommitSummary {
+            appended: 2,
+
+            duplicates: 1,
+
+            rejected: 0
+        }
+    );
+
+    let page2 = Page {
+        events: vec![event("b", 2), event("c", 3)],
+
+        cursor: Some("c2".into()),
+
+        ..Page::default()
+    };
+
+    let s = store
+        .commit_page("src", &p, &page2, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        s,
+        CommitSummary {
+            appended: 1,
+
+            duplicates: 1,
+
+            rejected: 0
+        }
+    );
+
+    assert_eq!(
+        store.cursor("src", &p).await.unwrap().as_deref(),
+        Some("c2")
+    );
+
+    let batch = store.read_batch(0, &["src".into()], 10).await.unwrap();
+
+    let ids: Vec<_> = batch.iter().map(|r| r.event_id.as_str()).collect();
+
+    assert_eq!(ids, ["a", "b", "c"]);
+
+    assert_eq!(store.outbox_totals().await.unwrap().rows, 3);
+}
+
+#[tokio::test]
+
+async fn rejected_records_are_kept_once_with_the_page_and_counted() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "t1");
+
+    let bad = crate::event::Rejected::new("http://v/x", "item 1 has no id", r#"{"a":1}"#);
+
+    let page = Page {
+        events: vec![event("a", 1)],
+
+        cursor: Some("c1".into()),
+
+        rejected: vec![bad.clone()],
+
+        ..Page::default()
+    };
+
+    let s = store
+        .commit_page("src", &p, &page, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(s.rejected, 1);
+
+    // The same record on a page fetched again (an overlap) is not kept or counted twice.
+
+    let again = Page {
+        cursor: Some("c2".into()),
+
+        rejected: vec![bad],
+
+        ..Page::default()
+    };
+
+    let s = store
+        .commit_page("src", &p, &again, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(s.rejected, 0);
+
+    let kept = store.rejected_records("src").await.unwrap();
+
+    assert_eq!(kept.len(), 1);
+
+    assert_eq!(
+        (
+            kept[0].stream.as_str(),
+            kept[0].tenant.as_str(),
+            kept[0].url.as_str()
+        ),
+        ("events", "t1", "http://v/x")
+    );
+
+    assert_eq!(kept[0].reason, "item 1 has no id");
+
+    assert_eq!(kept[0].record, r#"{"a":1}"#);
+
+    let states = store.cursor_states().await.unwrap();
+
+    assert_eq!(states[0].rejected_total, 1);
+
+    assert_eq!(states[0].cursor.as_deref(), Some("c2"));
+
+    assert_eq!(store.outbox_totals().await.unwrap().rows, 1);
+}
+
+#[tokio::test]
+
+async fn an_id_served_again_is_not_pruned_with_ids_of_its_age() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("views", "");
+
+    let day0 = Utc::now() - chrono::Duration::days(8);
+
+    let first = Page {
+        events: vec![event("kept", 1), event("gone", 2)],
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &first, day0).await.unwrap();
+
+    // A week later the vendor serves `kept` again (an unchanged view): a repeat, not new.
+
+    let repeat = Page {
+        events: vec![event("kept", 1)],
+
+        ..Page::default()
+    };
+
+    let s = store
+        .commit_page("s", &p, &repeat, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!((s.appended, s.duplicates), (0, 1));
+
+    let pruned = store
+        .prune_seen("s", Utc::now() - chrono::Duration::days(7))
+        .await
+        .unwrap();
+
+    assert_eq!(pruned, 1, "only the id not served since is forgotten");
+
+    let s = store
+        .commit_page("s", &p, &repeat, Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (s.appended, s.duplicates),
+        (0, 1),
+        "still known: not re-sent"
+    );
+}
+
+#[tokio::test]
+
+async fn page_without_cursor_keeps_the_stored_one() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "");
+
+    let with = Page {
+        cursor: Some("keep".into()),
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &with, Utc::now()).await.unwrap();
+
+    store
+        .commit_page("s", &p, &Page::default(), Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.cursor("s", &p).await.unwrap().as_deref(),
+        Some("keep")
+    );
+}
+
+#[tokio::test]
+
+async fn outbox_is_pruned_only_past_every_routed_sink() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "");
+
+    let page = Page {
+        events: (0..5).map(|i| event(&i.to_string(), i)).collect(),
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &page, Utc::now()).await.unwrap();
+
+    let sinks = vec!["one".to_string(), "two".to_string()];
+
+    store
+        .advance_sink("one", 4, 4, &[], Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.prune_outbox("s", &sinks).await.unwrap(),
+        0,
+        "sink two has delivered nothing"
+    );
+
+    store
+        .advance_sink("two", 2, 2, &[], Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(store.prune_outbox("s", &sinks).await.unwrap(), 2);
+
+    assert_eq!(store.outbox_totals().await.unwrap().rows, 3);
+
+    // Positions never move backwards.
+
+    store
+        .advance_sink("one", 1, 0, &[], Utc::now())
+        .await
+        .unwrap();
+
+    assert_eq!(store.sink_position("one").await.unwrap(), 4);
+}
+
+#[tokio::test]
+
+async fn sequence_numbers_are_not_reused_after_the_outbox_empties() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "");
+
+    let one = Page {
+        events: vec![event("x", 1)],
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &one, Utc::now()).await.unwrap();
+
+    store
+        .advance_sink("k", 1, 1, &[], Utc::now())
+        .await
+        .unwrap();
+
+    store.prune_outbox("s", &["k".into()]).await.unwrap();
+
+    let two = Page {
+        events: vec![event("y", 2)],
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &two, Utc::now()).await.unwrap();
+
+    let batch = store.read_batch(1, &["s".into()], 10).await.unwrap();
+
+    assert_eq!(batch.len(), 1);
+
+    assert_eq!(batch[0].seq, 2);
+}
+
+#[tokio::test]
+
+async fn reset_with_window_forgets_only_recent_seen_ids() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "");
+
+    let now = Utc::now();
+
+    let old = event("old", (now - chrono::Duration::days(3)).timestamp());
+
+    let new = event("new", (now - chrono::Duration::hours(1)).timestamp());
+
+    let page = Page {
+        events: vec![old.clone(), new.clone()],
+
+        cursor: Some("c".into()),
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &page, now).await.unwrap();
+
+    let r = store
+        .reset("s", Some(now - chrono::Duration::days(1)))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        r,
+        ResetSummary {
+            cursors: 1,
+
+            seen: 1
+        }
+    );
+
+    assert_eq!(store.cursor("s", &p).await.unwrap(), None);
+
+    let again = Page {
+        events: vec![old, new],
+
+        ..Page::default()
+    };
+
+    let s = store.commit_page("s", &p, &again, now).await.unwrap();
+
+    assert_eq!(
+        s,
+        CommitSummary {
+            appended: 1,
+
+            duplicates: 1,
+
+            rejected: 0
+        }
+    );
+}
+
+#[tokio::test]
+
+async fn dead_letters_are_recorded_with_the_advance() {
+    let (_dir, store) = store().await;
+
+    let p = Partition::new("events", "");
+
+    let page = Page {
+        events: vec![event("bad", 1), event("good", 2)],
+
+        ..Page::default()
+    };
+
+    store.commit_page("s", &p, &page, Utc::now()).await.unwrap();
+
+    let batch = store.read_batch(0, &["s".into()], 10).await.unwrap();
+
+    store
+        .advance_sink(
+            "k",
+            2,
+            1,
+            &[(batch[0].clone(), "invalid".into())],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+
+    let states = store.sink_states().await.unwrap();
+
+    assert_eq!(states[0].dead_letters, 1);
+
+    assert_eq!(states[0].delivered_seq, 2);
+
+    assert_eq!(states[0].delivered_total, 1);
+}
