@@ -611,46 +611,5 @@ impl Sink for SyslogSink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn udp_cut_never_splits_a_character() {
-        let mut m = "aé".as_bytes().to_vec();
-        assert!(cut(&mut m, 2));
-        assert_eq!(m, b"a");
-        let mut short = b"ok".to_vec();
-        assert!(!cut(&mut short, 10));
-    }
-
-    /// A record of a source nobody registered a mapping for is shown as what it is (secrelay's
-    /// generic line with the JSON in `msg`), not dressed in one vendor's field names.
-    #[test]
-    fn a_source_without_a_mapping_gets_the_generic_cef_line_not_a_vendors() {
-        let text = "[sinks.s]\ntype = \"syslog\"\naddress = \"127.0.0.1:1\"\nhostname = \"h\"\n";
-        let settings = crate::settings::Settings::from_toml(text).unwrap();
-        let crate::settings::SinkSettings::Syslog(syslog) = settings.sinks["s"].clone() else {
-            panic!("syslog settings")
-        };
-        let sink = SyslogSink::new("s", syslog, Mappings::new()).unwrap();
-        let record = OutboxRecord {
-            seq: 1,
-            source: "unregistered".into(),
-            stream: "things".into(),
-            tenant: String::new(),
-            event_id: "e-1".into(),
-            event_time: chrono::Utc::now(),
-            ingest_time: chrono::Utc::now(),
-            severity: 5,
-            record: r#"{"id":"e-1","name":"x"}"#.into(),
-        };
-        let mut out = Vec::new();
-        sink.message(&record, &mut out);
-        let line = String::from_utf8(out).unwrap();
-        assert!(
-            line.contains("CEF:0|secrelay|secrelay|1|things|things|5|"),
-            "{line}"
-        );
-        assert!(line.contains(r#"msg={"id":"e-1","name":"x"}"#), "{line}");
-    }
-}
+#[path = "syslog_tests.rs"]
+mod tests;
