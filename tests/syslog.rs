@@ -639,6 +639,20 @@ async fn backfill_ends_tls_in_order_so_a_slow_receiver_that_sends_tickets_reads_
     );
 }
 
+/// A plain TCP listener on loopback standing in for the receiver, and a syslog sink sending to it
+/// with `extra` sink settings (TOML lines).
+async fn tcp_receiver_and_sink(extra: &str) -> (tokio::net::TcpListener, SyslogSink) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = SyslogSink::new(
+        "s",
+        settings(&format!("address = \"127.0.0.1:{port}\"\n{extra}")),
+        vendors(),
+    )
+    .unwrap();
+    (listener, sink)
+}
+
 /// The octet-counted frames of `records`, as the sink writes them.
 fn framed(sink: &SyslogSink, records: &[OutboxRecord]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -672,16 +686,7 @@ async fn read_bytes(stream: &mut tokio::net::TcpStream, len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_connection_the_receiver_closed_is_noticed_before_the_next_batch() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut sink = SyslogSink::new(
-        "s",
-        settings(&format!(
-            "address = \"127.0.0.1:{port}\"\ntimeout_secs = 0.3"
-        )),
-        vendors(),
-    )
-    .unwrap();
+    let (listener, mut sink) = tcp_receiver_and_sink("timeout_secs = 0.3").await;
     let records = hostile_records();
     sink.deliver(&records[..2]).await.unwrap();
     let mut first = next_connection(&listener).await;
@@ -703,14 +708,7 @@ async fn a_connection_the_receiver_closed_is_noticed_before_the_next_batch() {
 
 #[tokio::test]
 async fn after_a_reset_the_last_batch_goes_again_on_the_new_connection() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut sink = SyslogSink::new(
-        "s",
-        settings(&format!("address = \"127.0.0.1:{port}\"")),
-        vendors(),
-    )
-    .unwrap();
+    let (listener, mut sink) = tcp_receiver_and_sink("").await;
     let records = hostile_records();
     sink.deliver(&records[..2]).await.unwrap();
     let first = next_connection(&listener).await;
@@ -729,16 +727,7 @@ async fn after_a_reset_the_last_batch_goes_again_on_the_new_connection() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_in_order_and_a_new_one_opened() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut sink = SyslogSink::new(
-        "s",
-        settings(&format!(
-            "address = \"127.0.0.1:{port}\"\nidle_reconnect_secs = 0.2"
-        )),
-        vendors(),
-    )
-    .unwrap();
+    let (listener, mut sink) = tcp_receiver_and_sink("idle_reconnect_secs = 0.2").await;
     let records = hostile_records();
     sink.deliver(&records[..2]).await.unwrap();
     let mut first = next_connection(&listener).await;
