@@ -267,3 +267,133 @@ async fn a_missing_org_id_and_a_bad_token_show_itops_message_and_lose_nothing() 
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn an_itop_that_fails_mid_batch_gets_every_change_once() {
+    use std::sync::atomic::Ordering;
+    let c42 = Code42Sim::start(Code42SimConfig::default()).await.unwrap();
+    let itop = ItopSim::start(ItopSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&c42, &itop, dir.path(), &password_login());
+    let sessions: Vec<String> = (0..5)
+        .map(|i| c42.add_session(Utc::now() - chrono::Duration::minutes(120 - i)))
+        .collect();
+    // While tickets are opened, a proxy answers one request with a 503 page and one connection is
+    // dropped without an answer; while they are logged to, two more connections are dropped.
+    let daemon = common::Daemon::start(&s);
+    until(&itop, "the first two tickets", |t| t.len() >= 2).await;
+    itop.faults().http_errors.store(1, Ordering::SeqCst);
+    itop.faults().drop_connections.store(1, Ordering::SeqCst);
+    until(&itop, "five tickets", |t| t.len() == 5).await;
+    for id in &sessions {
+        c42.update_session(id, "IN_PROGRESS").unwrap();
+    }
+    itop.faults().drop_connections.store(2, Ordering::SeqCst);
+    until(&itop, "a log entry on every ticket", |t| {
+        t.iter().all(|t| !t.public_log.is_empty())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    daemon.stop().await;
+
+    let tickets = itop.tickets();
+    assert_eq!(tickets.len(), 5, "{tickets:#?}");
+    assert_eq!(creates(&itop), 5);
+    for id in &sessions {
+        let t = with_title(&tickets, id);
+        assert_eq!(t.len(), 1, "{id}");
+        assert_eq!(t[0].public_log.len(), 1, "{id}: {:?}", t[0].public_log);
+    }
+    assert!(
+        itop.journal().iter().any(|x| x.code == 503),
+        "the 503 was met"
+    );
+}
+
+#[tokio::test]
+async fn the_incidents_commands_list_comment_and_resolve_what_the_sink_opened() {
+    use secrelay::app::incidents::{self, IncidentError};
+    let c42 = Code42Sim::start(Code42SimConfig::default()).await.unwrap();
+    let itop = ItopSim::start(ItopSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&c42, &itop, dir.path(), &password_login());
+    let first = c42.add_session(Utc::now() - chrono::Duration::hours(3));
+    let second = c42.add_session(Utc::now() - chrono::Duration::hours(2));
+    assert!(backfill(&s).await.complete());
+
+    let all = incidents::list(&s, false).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|i| i.itop_status.as_deref() == Some("new")));
+    let by_alert = incidents::show(&s, &first).await.unwrap();
+    let reference = by_alert.ticket.ticket_ref.clone();
+    assert!(reference.starts_with("I-"));
+    let by_ref = incidents::show(&s, &reference).await.unwrap();
+    assert_eq!(by_ref.ticket.alert_key, first);
+
+    incidents::comment(&s, &reference, "Called the user; laptop collected.")
+        .await
+        .unwrap();
+    let t = itop.ticket(&reference).unwrap();
+    assert_eq!(t.public_log.len(), 1);
+    assert_eq!(
+        t.public_log[0].message,
+        "Called the user; laptop collected."
+    );
+    assert_eq!(t.public_log[0].format, "text");
+
+    let resolved = incidents::resolve(&s, &first).await.unwrap();
+    assert_eq!(resolved.itop_status.as_deref(), Some("resolved"));
+    assert!(resolved.ticket.resolved);
+    assert_eq!(resolved.ticket.log_entries, 1);
+    // Resolving again does nothing in iTop.
+    incidents::resolve(&s, &reference).await.unwrap();
+    assert_eq!(
+        itop.ticket(&reference).unwrap().stimuli,
+        ["ev_assign", "ev_resolve"]
+    );
+    let open = incidents::list(&s, true).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].ticket.alert_key, second);
+
+    // The vendor closes the alert later: the sink does not resolve it a second time; it logs.
+    c42.update_session(&first, "CLOSED_FP").unwrap();
+    assert!(backfill(&s).await.complete());
+    let t = itop.ticket(&reference).unwrap();
+    assert_eq!(t.stimuli, ["ev_assign", "ev_resolve"]);
+    assert_eq!(t.public_log.len(), 2);
+    assert!(t.public_log[1].message.contains("reports state CLOSED_FP"));
+
+    assert!(matches!(
+        incidents::show(&s, "no-such-alert").await,
+        Err(IncidentError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_demo_can_turn_the_itop_sink_on() {
+    use secrelay::demo::{self, DemoOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let options = DemoOptions {
+        seconds: Some(8.0),
+        out: dir.path().to_path_buf(),
+        itop: true,
+    };
+    let summary = demo::run(&options, CancellationToken::new()).await.unwrap();
+    let itop = summary.sinks.iter().find(|s| s.sink == "itop").unwrap();
+    assert!(itop.error.is_none() && itop.dead_letters == 0, "{itop:?}");
+    let store = Store::open(&dir.path().join("state.db"), Access::Reader)
+        .await
+        .unwrap();
+    let tickets = store.tickets(None).await.unwrap();
+    store.close().await;
+    let sessions = tickets.iter().filter(|t| t.stream == "sessions").count();
+    assert_eq!(sessions, 5, "{tickets:#?}");
+    assert!(
+        tickets.iter().any(|t| t.stream == "alerts"),
+        "high alerts too"
+    );
+    assert!(
+        tickets.iter().any(|t| t.log_entries > 0),
+        "sessions moved while the demo ran: {tickets:#?}"
+    );
+}

@@ -7,13 +7,14 @@
 //! and not applied twice.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{millis, query_err, time_of, Store, StoreError};
 
 /// One ticket and the alert it follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ticket {
     /// Sink name.
     pub sink: String,
@@ -91,6 +92,32 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(query_err("saving a ticket"))?;
+        Ok(())
+    }
+
+    /// Records a change an analyst made through `secrelay incidents`: one more log entry, or the
+    /// ticket resolved. Only those columns change, so a daemon writing the same row meanwhile
+    /// loses nothing of its own.
+    pub async fn note_ticket_change(
+        &self,
+        t: &Ticket,
+        logged: bool,
+        resolved: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET log_entries = log_entries + ?, resolved = MAX(resolved, ?), \
+             updated_at = ? WHERE sink = ? AND source = ? AND alert_key = ?",
+        )
+        .bind(i64::from(logged))
+        .bind(resolved)
+        .bind(millis(now))
+        .bind(&t.sink)
+        .bind(&t.source)
+        .bind(&t.alert_key)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("recording a ticket change"))?;
         Ok(())
     }
 
