@@ -52,6 +52,18 @@ pub struct TlsOptions {
     pub verify: bool,
 }
 
+impl TlsOptions {
+    /// One-way TLS: the server's certificate checked against the system roots plus `ca_file`
+    /// (unless `verify` is off), no client certificate.
+    pub fn server(ca_file: Option<PathBuf>, verify: bool) -> Self {
+        TlsOptions {
+            ca_file,
+            client_cert: None,
+            verify,
+        }
+    }
+}
+
 /// An HTTP client with its own TLS trust (`ca_file` added to the system roots), client
 /// certificate and request timeout. Errors name the file and the config key under `key_prefix`
 /// so the operator can fix them.

@@ -87,11 +87,7 @@ impl HecSink {
     ) -> Result<Self, SetupError> {
         let at = format!("sinks.{name}");
         let token = settings.credentials(&at)?;
-        let tls = TlsOptions {
-            ca_file: settings.ca_file.clone(),
-            client_cert: None,
-            verify: settings.tls_verify,
-        };
+        let tls = TlsOptions::server(settings.ca_file.clone(), settings.tls_verify);
         let client = net::endpoint_client(
             http_settings,
             &tls,
