@@ -25,8 +25,6 @@
 pub mod rest;
 pub mod ticket;
 
-use std::time::Duration;
-
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 
@@ -435,22 +433,14 @@ pub fn client(
 ) -> Result<ItopClient, SetupError> {
     let at = format!("sinks.{name}");
     let credentials = settings.credentials(&at)?;
-    if !settings.tls_verify {
-        tracing::warn!(sink = %name, url = %settings.url,
-            "TLS certificate verification is OFF for this sink (tls_verify = false)");
-    }
-    let tls = TlsOptions {
-        ca_file: settings.ca_file.clone(),
-        client_cert: None,
-        verify: settings.tls_verify,
-    };
-    let http = net::http_client_with_tls(
+    let tls = TlsOptions::server(settings.ca_file.clone(), settings.tls_verify);
+    let http = net::endpoint_client(
         http_settings,
         &tls,
-        Duration::from_secs_f64(settings.timeout_secs),
+        settings.timeout_secs,
         &at,
-    )
-    .map_err(|e| SetupError::keyed(&at, e))?;
+        &settings.url,
+    )?;
     Ok(ItopClient::new(
         http,
         settings.endpoint(),
