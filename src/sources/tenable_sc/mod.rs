@@ -19,8 +19,6 @@ pub mod cef;
 mod finding;
 pub mod mapping;
 
-use std::time::Duration;
-
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -30,7 +28,7 @@ use crate::settings::{
     HttpSettings, SetupError, TenableAuth, TenableCredentials, TenableScSettings, TenableStream,
 };
 use crate::sources::cursor::{stream_partitions, StoredCursor};
-use crate::sources::http::{self, TlsOptions};
+use crate::sources::http::TlsOptions;
 use crate::sources::{Source, SourceError};
 use api::Session;
 
@@ -93,10 +91,6 @@ impl TenableScSource {
         lookback: Option<chrono::Duration>,
     ) -> Result<Self, SetupError> {
         let at = format!("sources.{id}");
-        if !settings.tls_verify {
-            tracing::warn!(source = %id, url = %settings.url,
-                "TLS certificate verification is OFF for this source (tls_verify = false)");
-        }
         let tls = TlsOptions {
             ca_file: settings.ca_file.clone(),
             client_cert: settings
@@ -105,13 +99,13 @@ impl TenableScSource {
                 .zip(settings.client_key_file.clone()),
             verify: settings.tls_verify,
         };
-        let http = http::client_with_tls(
+        let http = crate::net::endpoint_client(
             http_settings,
             &tls,
-            Duration::from_secs_f64(settings.timeout_secs),
+            settings.timeout_secs,
             &at,
-        )
-        .map_err(|e| SetupError::keyed(&at, e))?;
+            &settings.url,
+        )?;
         Self::with_client(id, settings, http, lookback)
     }
 
