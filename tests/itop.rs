@@ -316,7 +316,13 @@ async fn the_incidents_commands_list_comment_and_resolve_what_the_sink_opened() 
     let c42 = Code42Sim::start(Code42SimConfig::default()).await.unwrap();
     let itop = ItopSim::start(ItopSimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let s = config(&c42, &itop, dir.path(), &password_login());
+    // The same login as HTTP Basic (the other tests use form fields and a token).
+    let s = config(
+        &c42,
+        &itop,
+        dir.path(),
+        &format!("auth = \"basic\"\n{}", password_login()),
+    );
     let first = c42.add_session(Utc::now() - chrono::Duration::hours(3));
     let second = c42.add_session(Utc::now() - chrono::Duration::hours(2));
     assert!(backfill(&s).await.complete());
@@ -424,4 +430,59 @@ async fn a_create_whose_answer_is_lost_does_not_open_a_second_ticket() {
     store.close().await;
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| !r.ticket_ref.is_empty()));
+}
+
+#[tokio::test]
+async fn a_custom_class_a_title_template_and_a_field_match_shape_the_ticket() {
+    use secrelay::simulate::itop::ItopCustomClass;
+    let c42 = Code42Sim::start(Code42SimConfig::default()).await.unwrap();
+    let itop = ItopSim::start(ItopSimConfig {
+        custom_classes: vec![ItopCustomClass {
+            name: "SIEMIncident".into(),
+            ref_prefix: "S-".into(),
+        }],
+        ..ItopSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(
+        &c42,
+        &itop,
+        dir.path(),
+        &format!(
+            "{}\n\
+             [[sinks.tickets.rules]]\nstreams = [\"sessions\"]\nmatch = {{ \"type\" = \"STANDARD\" }}\n\
+             class = \"SIEMIncident\"\n\
+             title = \"[{{vendor}}] {{record.actorName}}: {{name}} (score rule {{rules}})\"\n\
+             fields = {{ urgency = \"1\" }}",
+            password_login()
+        ),
+    );
+    c42.add_session(Utc::now() - chrono::Duration::hours(2));
+    let begin = (Utc::now() - chrono::Duration::minutes(90)).timestamp_millis();
+    c42.add_raw_session(serde_json::json!({
+        "sessionId": "session-departing", "tenantId": Code42SimConfig::default().tenant_id,
+        "actorName": "leaver@example.com", "type": "DEPARTING",
+        "beginTime": begin, "endTime": begin + 600_000, "lastUpdated": begin + 600_000,
+        "exfiltrationSummary": "Cloud sync before leaving",
+        "scores": [{"score": 9, "severity": 3}],
+        "states": [{"state": "OPEN"}],
+        "triggeredAlerts": [],
+    }));
+    assert!(backfill(&s).await.complete());
+
+    let tickets = itop.tickets();
+    // The configured rule comes before the catch-all one of `config`, so STANDARD sessions are
+    // SIEM incidents with the template; the DEPARTING one falls to the catch-all rule.
+    assert_eq!(tickets.len(), 2, "{tickets:#?}");
+    let custom = tickets.iter().find(|t| t.class == "SIEMIncident").unwrap();
+    assert!(custom.reference.starts_with("S-"), "{custom:?}");
+    assert_eq!(
+        custom.fields["title"],
+        "[Code42 Incydr] engineer@example.com: 3 files to removable media (score rule USB exfiltration)"
+    );
+    assert_eq!(custom.fields["urgency"], "1");
+    let other = tickets.iter().find(|t| t.class == "Incident").unwrap();
+    assert!(other.fields["description"].contains("session-departing"));
 }
