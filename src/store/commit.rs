@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{millis, query_err, Store, StoreError, CHUNK};
+use super::{commit_tx, millis, query_err, Store, StoreError, CHUNK};
 use crate::event::{Page, Partition};
 
 /// What committing one page did.
@@ -34,11 +34,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<CommitSummary, StoreError> {
         let now_ms = millis(now);
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting a page commit"))?;
+        let mut tx = self.begin("starting a page commit").await?;
 
         // 1. Remember ids; RETURNING yields only the ids that were new.
         let mut fresh: HashSet<String> = HashSet::with_capacity(page.events.len());
@@ -166,7 +162,7 @@ impl Store {
         .await
         .map_err(query_err("moving a cursor"))?;
 
-        tx.commit().await.map_err(query_err("committing a page"))?;
+        commit_tx(tx, "committing a page").await?;
         Ok(CommitSummary {
             appended,
             duplicates,

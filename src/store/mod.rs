@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 /// The outbox row type lives beside [`crate::event::Event`]; re-exported for callers that know it here.
 pub use crate::event::OutboxRecord;
@@ -108,6 +108,11 @@ fn time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx:
     Ok(row.try_get::<Option<i64>, _>(column)?.map(from_millis))
 }
 
+/// Commits `tx`; `doing` names the work in an error.
+async fn commit_tx(tx: Transaction<'_, Sqlite>, doing: &'static str) -> Result<(), StoreError> {
+    tx.commit().await.map_err(query_err(doing))
+}
+
 /// Handle to the state database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -118,4 +123,11 @@ pub struct Store {
     reclaiming: Arc<std::sync::atomic::AtomicBool>,
     /// Held for the life of a writer's store (see [`Access::Writer`]).
     _lock: Option<Arc<std::fs::File>>,
+}
+
+impl Store {
+    /// Starts a transaction; `doing` names the work in an error.
+    async fn begin(&self, doing: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(query_err(doing))
+    }
 }
