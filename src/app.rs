@@ -4,8 +4,9 @@
 //! Owns: how a mode ends, and the wiring of what `vendors::build_source` and
 //! `sinks::any::build_sink` build. Must not: parse command lines or choose exit codes (see
 //! `main.rs`), print secrets, or name a vendor or transport (the registries do). `state` and its
-//! rendering live in `app/state.rs`.
+//! rendering live in `app/state.rs`, the analyst's `incidents` commands in `app/incidents.rs`.
 
+pub mod incidents;
 mod state;
 
 pub use state::{

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, AppError, RunSummary};
 use crate::settings::Settings;
 use crate::simulate::code42::{Code42Sim, Code42SimConfig};
+use crate::simulate::itop::{ItopSim, ItopSimConfig};
 use crate::simulate::jamf::{JamfSim, JamfSimConfig};
 use crate::simulate::sophos::{Identity, SophosSim, SophosSimConfig};
 use crate::simulate::tenable_sc::{TenableSim, TenableSimConfig};
@@ -25,6 +26,9 @@ pub struct DemoOptions {
     pub seconds: Option<f64>,
     /// Where the state database and the sinks' output go.
     pub out: PathBuf,
+    /// Also run the iTop simulator and an iTop sink: Code42 sessions (and high-severity alerts)
+    /// become tickets, and sessions change state while the demo runs.
+    pub itop: bool,
 }
 
 /// Failures of the demo.
@@ -48,6 +52,10 @@ pub struct Simulators {
     pub tenable: TenableSim,
     /// Jamf Pro: 500 computers with their inventory.
     pub jamf: JamfSim,
+    /// iTop, when the demo runs with `--itop`: the seeded organizations, persons and teams.
+    pub itop: Option<ItopSim>,
+    /// The Code42 sessions seeded, which change state while the demo runs.
+    pub sessions: Vec<String>,
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -55,8 +63,8 @@ fn setup(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
 }
 
 impl Simulators {
-    /// Starts and seeds every simulator.
-    pub async fn start() -> Result<Simulators, DemoError> {
+    /// Starts and seeds every simulator (iTop too with `itop`).
+    pub async fn start(itop: bool) -> Result<Simulators, DemoError> {
         let sophos = SophosSim::start(SophosSimConfig {
             client_id: "demo-client".into(),
             client_secret: "demo-secret".into(),
@@ -88,9 +96,9 @@ impl Simulators {
                 (i % 3) as usize,
             );
         }
-        for i in 0..5 {
-            code42.add_session(now - chrono::Duration::minutes(50 - 10 * i));
-        }
+        let sessions = (0..5)
+            .map(|i| code42.add_session(now - chrono::Duration::minutes(50 - 10 * i)))
+            .collect();
 
         let tenable = TenableSim::start(TenableSimConfig::default())
             .await
@@ -106,17 +114,28 @@ impl Simulators {
         })
         .await
         .map_err(setup("Jamf Pro"))?;
+        let itop = match itop {
+            true => Some(
+                ItopSim::start(ItopSimConfig::default())
+                    .await
+                    .map_err(setup("iTop"))?,
+            ),
+            false => None,
+        };
         Ok(Simulators {
             sophos,
             code42: Arc::new(code42),
             tenable,
             jamf,
+            itop,
+            sessions,
         })
     }
 
-    /// The demo's configuration: every simulator as a source, into one NDJSON file under `out`.
+    /// The demo's configuration: every simulator as a source, into one NDJSON file under `out`;
+    /// with iTop, Code42 sessions and high-severity alerts also to an iTop sink.
     pub fn settings(&self, out: &Path) -> Result<Settings, DemoError> {
-        let text = format!(
+        let mut text = format!(
             r#"
             [store]
             path = {store:?}
@@ -168,18 +187,66 @@ impl Simulators {
             tenable = self.tenable.url(),
             jamf = self.jamf.url(),
         );
+        if let Some(itop) = &self.itop {
+            text = text.replace(
+                "sinks = [\"ndjson\"]\n            [sources.tenable_demo]",
+                "sinks = [\"ndjson\", \"itop\"]\n            [sources.tenable_demo]",
+            );
+            text.push_str(&format!(
+                r#"
+            [sinks.itop]
+            type = "itop"
+            url = {url:?}
+            user = "secrelay"
+            password = "itop-pw"
+            fields = {{ org_id = "SELECT Organization WHERE name = \"SOC\"", caller_id = {{ name = "Monitoring", first_name = "SIEM" }}, impact = "2", urgency = "2" }}
+            [sinks.itop.assign]
+            stimulus = "ev_assign"
+            fields = {{ team_id = 1, agent_id = 4 }}
+            [sinks.itop.resolve]
+            stimulus = "ev_resolve"
+            fields = {{ service_id = 1 }}
+            [[sinks.itop.rules]]
+            sources = ["code42_demo"]
+            streams = ["sessions"]
+            [[sinks.itop.rules]]
+            sources = ["code42_demo"]
+            streams = ["alerts"]
+            min_severity = 8
+            "#,
+                url = itop.url(),
+            ));
+        }
         Settings::from_toml(&text).map_err(|e| DemoError::Setup(e.to_string()))
     }
 
     /// One line per simulator, for the demo's banner.
     pub fn describe(&self) -> String {
-        format!(
+        let mut text = format!(
             "  Sophos Central (partner, 3 tenants)  {}\n  Code42 Incydr                        {}\n  Tenable.sc                           {}\n  Jamf Pro (500 computers)             {}",
             self.sophos.url(),
             self.code42.url(),
             self.tenable.url(),
             self.jamf.url()
-        )
+        );
+        if let Some(itop) = &self.itop {
+            text.push_str(&format!(
+                "\n  iTop (tickets)                       {}",
+                itop.endpoint()
+            ));
+        }
+        text
+    }
+
+    /// What the iTop simulator holds, for the demo's last words: tickets, log entries, resolved.
+    pub fn itop_summary(&self) -> Option<String> {
+        let tickets = self.itop.as_ref()?.tickets();
+        let logged: usize = tickets.iter().map(|t| t.public_log.len()).sum();
+        let resolved = tickets.iter().filter(|t| t.status == "resolved").count();
+        Some(format!(
+            "iTop: {} tickets opened, {logged} log entries added, {resolved} resolved",
+            tickets.len()
+        ))
     }
 }
 
@@ -187,7 +254,7 @@ impl Simulators {
 pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSummary, DemoError> {
     std::fs::create_dir_all(&options.out)
         .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", options.out.display())))?;
-    let sims = Simulators::start().await?;
+    let sims = Simulators::start(options.itop).await?;
     let settings = sims.settings(&options.out)?;
     println!(
         "secrelay demo: simulators on loopback\n{}\n  state:  {}\n  output: {}\n  {}",
@@ -222,7 +289,29 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
             }
         }
     });
+    // With iTop, the seeded sessions move along as analysts would move them: the tickets they
+    // opened get log entries, then are resolved.
+    let analysts = tokio::spawn({
+        let code42 = sims.code42.clone();
+        let sessions = sims.sessions.clone();
+        let itop = sims.itop.is_some();
+        async move {
+            if !itop {
+                return;
+            }
+            for state in ["IN_PROGRESS", "CLOSED_TP"] {
+                for id in &sessions {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    code42.update_session(id, state);
+                }
+            }
+        }
+    });
     let summary = app::run(&settings, stop).await;
     feed.abort();
+    analysts.abort();
+    if let Some(itop) = sims.itop_summary() {
+        println!("{itop}");
+    }
     Ok(summary?)
 }

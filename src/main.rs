@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<DeadLetterAction>,
     },
+    /// The iTop tickets secrelay opened: list them with iTop's status, show, comment, resolve.
+    Incidents {
+        #[command(subcommand)]
+        action: IncidentAction,
+    },
     /// Start the built-in vendor simulators and run the real pipeline into ./demo-out/.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -67,6 +72,10 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+        /// Also run the iTop simulator and an iTop sink: Code42 sessions and high-severity alerts
+        /// become tickets, logged to and resolved as the sessions change.
+        #[arg(long)]
+        itop: bool,
     },
 }
 
@@ -75,6 +84,39 @@ enum DeadLetterAction {
     /// Send them again, each to the sink that rejected it only (by a running daemon, or the next
     /// run or backfill); rejected again, a record is a dead letter again.
     Retry,
+}
+
+#[derive(Subcommand)]
+enum IncidentAction {
+    /// Every ticket secrelay opened, newest first, joined with iTop's current status.
+    List {
+        /// Only those still open (in iTop when it answers, else as secrelay last left them).
+        #[arg(long)]
+        open: bool,
+        /// Machine-readable JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One ticket, by the vendor alert id or the iTop reference (e.g. I-000123).
+    Show {
+        /// Vendor alert id or ticket reference.
+        key: String,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add TEXT to the ticket's public log.
+    Comment {
+        /// Vendor alert id or ticket reference.
+        key: String,
+        /// The entry, plain text.
+        text: String,
+    },
+    /// Resolve the ticket with its sink's resolve stimulus (assigning it first if configured).
+    Resolve {
+        /// Vendor alert id or ticket reference.
+        key: String,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -125,8 +167,8 @@ fn print_summary(summary: &RunSummary) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Demo { seconds, out } = &cli.command {
-        return run_demo(*seconds, out).await;
+    if let Command::Demo { seconds, out, itop } = &cli.command {
+        return run_demo(*seconds, out, *itop).await;
     }
 
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -198,6 +240,7 @@ async fn main() -> ExitCode {
                     Ok(ExitCode::SUCCESS)
                 }
             },
+            Command::Incidents { action } => incidents(&settings, action).await,
             Command::Demo { .. } => Ok(ExitCode::SUCCESS),
         }
     }
@@ -211,9 +254,45 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `secrelay incidents …`.
+async fn incidents(settings: &Settings, action: IncidentAction) -> anyhow::Result<ExitCode> {
+    use secrelay::app::incidents::{self, incident_detail, incidents_table};
+    match action {
+        IncidentAction::List { open, json } => {
+            let list = incidents::list(settings, open).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", incidents_table(&list));
+            }
+        }
+        IncidentAction::Show { key, json } => {
+            let incident = incidents::show(settings, &key).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&incident)?);
+            } else {
+                print!("{}", incident_detail(&incident));
+            }
+        }
+        IncidentAction::Comment { key, text } => {
+            let incident = incidents::comment(settings, &key, &text).await?;
+            println!("{}: comment added", incident.ticket.ticket_ref);
+        }
+        IncidentAction::Resolve { key } => {
+            let incident = incidents::resolve(settings, &key).await?;
+            println!(
+                "{}: {}",
+                incident.ticket.ticket_ref,
+                incident.itop_status.as_deref().unwrap_or("resolved")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `secrelay demo`: the simulators and the real pipeline into `out`.
 #[cfg(feature = "simulators")]
-async fn run_demo(seconds: Option<f64>, out: &std::path::Path) -> ExitCode {
+async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> ExitCode {
     use secrelay::demo::{self, DemoOptions};
     let out = out.to_path_buf();
     init_logging("info");
@@ -227,6 +306,7 @@ async fn run_demo(seconds: Option<f64>, out: &std::path::Path) -> ExitCode {
     let options = DemoOptions {
         seconds,
         out: out.clone(),
+        itop,
     };
     match demo::run(&options, stop).await {
         Ok(summary) => {
@@ -243,7 +323,7 @@ async fn run_demo(seconds: Option<f64>, out: &std::path::Path) -> ExitCode {
 
 /// `secrelay demo` in a build without the simulators: says so and fails.
 #[cfg(not(feature = "simulators"))]
-async fn run_demo(_seconds: Option<f64>, _out: &std::path::Path) -> ExitCode {
+async fn run_demo(_seconds: Option<f64>, _out: &std::path::Path, _itop: bool) -> ExitCode {
     eprintln!(
         "error: this build of secrelay has no simulators (built without the cargo feature \
          `simulators`), so `secrelay demo` is not available; build with default features to use it"

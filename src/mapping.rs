@@ -1,5 +1,5 @@
 //! Record mappings: what a sink needs to know about a record that depends on its vendor (the CEF
-//! fields, the HEC sourcetype, later iTop's incident fields), behind one trait.
+//! fields, the HEC sourcetype, the incident a ticketing sink opens), behind one trait.
 //!
 //! Owns: the [`RecordMapping`] contract, the explicit [`GenericMapping`] for records no vendor
 //! mapping claims, and [`Mappings`] (source id → mapping) that sinks are handed. Must not: name a
@@ -23,6 +23,81 @@ pub trait RecordMapping: Send + Sync + 'static {
 
     /// The default Splunk `sourcetype` of records of `stream`, e.g. `<vendor>:file_event`.
     fn sourcetype(&self, stream: &str) -> String;
+
+    /// The incident a record of `stream` belongs to, for ticketing sinks (iTop): which vendor alert
+    /// it is part of, that alert's state, and the fields a SOC ticket shows. `event_id` is the
+    /// record's event id. Default: [`incident_from_cef`] of [`RecordMapping::cef`] — every record
+    /// its own alert, without a state; vendors whose alerts change state override it.
+    fn incident(
+        &self,
+        stream: &str,
+        record: &Value,
+        event_id: &str,
+        severity: u8,
+    ) -> IncidentFacts {
+        incident_from_cef(&self.cef(stream, record, severity), event_id)
+    }
+}
+
+/// What a ticketing sink needs to know of one record: the vendor alert it belongs to (several
+/// records of one alert — its state changes, new observations — follow one ticket), the alert's
+/// state, and what the ticket's title and description show. Empty text means "not known".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IncidentFacts {
+    /// The vendor's id of the alert (or session, or event) the ticket follows; unique within its
+    /// source.
+    pub alert_key: String,
+    /// Vendor and product, e.g. `Code42 Incydr`.
+    pub vendor: String,
+    /// The alert's name or summary.
+    pub name: String,
+    /// The vendor's word for the alert's state (`OPEN`, `IN_PROGRESS`, `CLOSED_TP`), when it has one.
+    pub state: String,
+    /// The vendor says the alert is over (resolved, closed, dismissed).
+    pub resolved: bool,
+    /// The user involved (actor, account).
+    pub user: String,
+    /// The host involved.
+    pub host: String,
+    /// Source address.
+    pub source_address: String,
+    /// Destination address.
+    pub destination_address: String,
+    /// Signatures, rule or threat names, in the vendor's order.
+    pub rules: Vec<String>,
+    /// A link to the record in the vendor's console, when the record carries one.
+    pub link: String,
+}
+
+/// The incident fields a CEF record already carries: vendor and product, name (else the class
+/// id), user (`suser`, else `duser`), host (`shost`, `dhost`, else `dvchost`), `src` and `dst`; the
+/// alert key is the event id and there is no state.
+pub fn incident_from_cef(cef: &CefRecord, event_id: &str) -> IncidentFacts {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| cef.get(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let vendor = if cef.product().starts_with(cef.vendor()) {
+        cef.product().to_string()
+    } else {
+        format!("{} {}", cef.vendor(), cef.product())
+    };
+    IncidentFacts {
+        alert_key: event_id.to_string(),
+        vendor,
+        name: if cef.name().is_empty() {
+            cef.class_id().to_string()
+        } else {
+            cef.name().to_string()
+        },
+        user: first(&["suser", "duser"]),
+        host: first(&["shost", "dhost", "dvchost"]),
+        source_address: first(&["src"]),
+        destination_address: first(&["dst"]),
+        ..IncidentFacts::default()
+    }
 }
 
 /// The mapping for records of a source no vendor mapping was registered for (a sink built by hand

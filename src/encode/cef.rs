@@ -149,6 +149,31 @@ impl CefRecord {
         }
     }
 
+    /// The header's vendor field, unescaped.
+    pub fn vendor(&self) -> &str {
+        &self.header[0]
+    }
+
+    /// The header's product field, unescaped.
+    pub fn product(&self) -> &str {
+        &self.header[1]
+    }
+
+    /// The header's class id (signature id) field, unescaped.
+    pub fn class_id(&self) -> &str {
+        &self.header[3]
+    }
+
+    /// The header's name field, unescaped.
+    pub fn name(&self) -> &str {
+        &self.header[4]
+    }
+
+    /// The header's severity, 0–10.
+    pub fn severity(&self) -> u8 {
+        self.severity
+    }
+
     /// Whether `key` is set.
     pub fn has(&self, key: &str) -> bool {
         self.extension.iter().any(|(k, _)| *k == key)

@@ -346,6 +346,17 @@ async fn record_accepted(
     }
     report.delivered += taken;
     report.dead_letters += rejected.len() as u64;
+    // What the receiver said shows in `state` as the sink's last error (a configuration that makes
+    // every record refused — iTop without `org_id` — must be seen there, not only in the log).
+    if let Some((_, reason)) = rejected.last() {
+        let said = format!(
+            "{} record(s) rejected by the receiver, kept as dead letters; the last: {reason}",
+            rejected.len()
+        );
+        if let Err(e) = ctx.store.record_sink_error(name, &said, Utc::now()).await {
+            tracing::warn!(sink = %name, "{e}");
+        }
+    }
     ctx.note_delivered(name, accepted.iter().map(|r| r.record.len() as i64).sum());
     let mut pruned = 0;
     for source in sources {

@@ -9,6 +9,7 @@
 
 mod code42;
 mod file;
+mod itop;
 mod jamf;
 mod secret;
 mod setup_error;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 pub use code42::{Code42Auth, Code42Filter, Code42Settings, Code42Stream, FileEventsApi};
 pub use file::FileSinkSettings;
+pub use itop::{ItopAuthMethod, ItopCredentials, ItopRule, ItopSettings, ItopStimulus};
 pub use jamf::{JamfApi, JamfAuth, JamfCredentials, JamfSettings, JamfStream};
 pub use secret::Secret;
 pub use setup_error::SetupError;
@@ -161,6 +163,8 @@ pub enum SinkSettings {
     Syslog(SyslogSinkSettings),
     /// `type = "splunk_hec"`: Splunk HTTP Event Collector.
     SplunkHec(SplunkHecSettings),
+    /// `type = "itop"`: vendor alerts as iTop tickets.
+    Itop(ItopSettings),
 }
 
 impl SinkSettings {
@@ -170,6 +174,7 @@ impl SinkSettings {
             SinkSettings::File(f) => f.batch_size,
             SinkSettings::Syslog(s) => s.batch_size,
             SinkSettings::SplunkHec(s) => s.batch_size,
+            SinkSettings::Itop(s) => s.batch_size,
         }
     }
 
@@ -177,7 +182,9 @@ impl SinkSettings {
     pub fn linger(&self) -> std::time::Duration {
         match self {
             SinkSettings::SplunkHec(s) => std::time::Duration::from_secs_f64(s.linger_secs),
-            SinkSettings::File(_) | SinkSettings::Syslog(_) => std::time::Duration::ZERO,
+            SinkSettings::File(_) | SinkSettings::Syslog(_) | SinkSettings::Itop(_) => {
+                std::time::Duration::ZERO
+            }
         }
     }
 }
@@ -315,6 +322,7 @@ impl Settings {
             match sink {
                 SinkSettings::File(f) => f.validate(&at)?,
                 SinkSettings::SplunkHec(h) => h.validate(&at, &source_ids)?,
+                SinkSettings::Itop(i) => i.validate(&at, &source_ids)?,
                 SinkSettings::Syslog(s) => s.validate(&at)?,
             }
         }
@@ -392,6 +400,9 @@ impl Settings {
                         Zero::Refused,
                     ));
                     checks.push((format!("{at}.timeout_secs"), h.timeout_secs, Zero::Refused));
+                }
+                SinkSettings::Itop(i) => {
+                    checks.push((format!("{at}.timeout_secs"), i.timeout_secs, Zero::Refused));
                 }
             }
         }

@@ -6,9 +6,10 @@
 //! Invariant: a sink that cannot be built is a [`SetupError`] naming its key, before anything runs.
 
 use crate::mapping::Mappings;
-use crate::settings::{FileSinkSettings, HttpSettings, SetupError, SinkSettings};
+use crate::settings::{FileSinkSettings, HttpSettings, ItopSettings, SetupError, SinkSettings};
 use crate::settings::{SplunkHecSettings, SyslogSinkSettings};
 use crate::sinks::file::FileSink;
+use crate::sinks::itop::ItopSink;
 use crate::sinks::splunk_hec::HecSink;
 use crate::sinks::syslog::SyslogSink;
 use crate::sinks::{Delivered, Sink, SinkError};
@@ -34,6 +35,8 @@ pub enum AnySink {
     Syslog(SyslogSink),
     /// Splunk HTTP Event Collector.
     SplunkHec(HecSink),
+    /// iTop tickets.
+    Itop(ItopSink),
 }
 
 /// Builds the sink `name` from its settings: one build function per transport.
@@ -46,6 +49,7 @@ pub fn build_sink(
         SinkSettings::File(f) => file(name, f),
         SinkSettings::Syslog(s) => syslog(name, s, setup),
         SinkSettings::SplunkHec(h) => splunk_hec(name, h, setup),
+        SinkSettings::Itop(i) => itop(name, i, setup),
     }
 }
 
@@ -82,6 +86,23 @@ fn splunk_hec(
     .map(AnySink::SplunkHec)
 }
 
+fn itop(name: &str, settings: &ItopSettings, setup: &SinkSetup<'_>) -> Result<AnySink, SetupError> {
+    let store = setup.store.ok_or_else(|| {
+        SetupError::new(
+            format!("sinks.{name}"),
+            "needs the state database (which alert follows which ticket lives there)",
+        )
+    })?;
+    ItopSink::new(
+        name,
+        settings,
+        setup.http,
+        setup.mappings.clone(),
+        store.clone(),
+    )
+    .map(AnySink::Itop)
+}
+
 impl AnySink {
     /// What `secrelay check` says of a sink of `settings` whose check passed.
     pub fn checked(settings: &SinkSettings) -> String {
@@ -89,6 +110,7 @@ impl AnySink {
             SinkSettings::File(_) => "writable".to_string(),
             SinkSettings::Syslog(s) => format!("connected to {}", s.address),
             SinkSettings::SplunkHec(h) => format!("{} is healthy", h.url),
+            SinkSettings::Itop(i) => format!("{} accepts the login", i.endpoint()),
         }
     }
 }
@@ -99,6 +121,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.name(),
             AnySink::Syslog(s) => s.name(),
             AnySink::SplunkHec(s) => s.name(),
+            AnySink::Itop(s) => s.name(),
         }
     }
 
@@ -107,6 +130,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.deliver(batch).await,
             AnySink::Syslog(s) => s.deliver(batch).await,
             AnySink::SplunkHec(s) => s.deliver(batch).await,
+            AnySink::Itop(s) => s.deliver(batch).await,
         }
     }
 
@@ -115,6 +139,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.check().await,
             AnySink::Syslog(s) => s.check().await,
             AnySink::SplunkHec(s) => s.check().await,
+            AnySink::Itop(s) => s.check().await,
         }
     }
 
@@ -123,6 +148,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.close().await,
             AnySink::Syslog(s) => s.close().await,
             AnySink::SplunkHec(s) => s.close().await,
+            AnySink::Itop(s) => s.close().await,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod any;
 pub mod file;
+pub mod itop;
 pub mod splunk_hec;
 pub mod syslog;
 

@@ -27,7 +27,9 @@
 //! ids, outbox append, rejected records, cursor), `cursors` (partition state, poll errors, reset),
 //! `outbox` (batches, backlogs, pruning), `positions` (sink offsets and their advance), `acks`
 //! (HEC channel and pending acks, and the [`HecLedger`] a HEC sink is handed), `dead_letters`,
-//! `rejected` (records sources could not read) and `growth` (sizes, giving free pages back).
+//! `rejected` (records sources could not read), `tickets` (the tickets a ticketing sink opened for
+//! vendor alerts, and the [`TicketLedger`] it is handed) and `growth` (sizes, giving free pages
+//! back).
 
 mod acks;
 mod commit;
@@ -40,6 +42,7 @@ mod positions;
 mod rejected;
 #[cfg(test)]
 mod tests;
+mod tickets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +62,7 @@ pub use open::Access;
 pub use outbox::OutboxTotals;
 pub use positions::SinkState;
 pub use rejected::RejectedRecord;
+pub use tickets::{Ticket, TicketLedger};
 
 /// Rows per multi-row statement; well under SQLite's bound-parameter limit.
 const CHUNK: usize = 400;

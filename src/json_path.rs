@@ -1,5 +1,6 @@
 //! Reading vendor records by dotted path (`event.inserted`, `destination.tabs.0.url`): the one
-//! helper every source and CEF mapping uses.
+//! helper every source and CEF mapping uses, and that sink rules (`match`, `{record.<path>}`) read
+//! records with.
 //!
 //! Must not: copy or change the record. Invariant: a missing key, a wrong type or an index past the
 //! end reads as absent, never as an error or a panic.
