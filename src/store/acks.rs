@@ -5,9 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
-use super::{commit_tx, millis, query_err, Store, StoreError, CHUNK};
+use super::{commit_tx, insert_rows, millis, query_err, Store, StoreError};
 
 impl Store {
     /// The channel `sink` uses, created with `new_channel` the first time.
@@ -41,33 +41,30 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin("starting to save acks").await?;
-        for chunk in ack_ids.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR REPLACE INTO pending_acks (sink, channel, ack_id, last_seq, sent_at) ",
-            );
-            q.push_values(chunk, |mut b, id| {
+        insert_rows(
+            &mut tx,
+            "INSERT OR REPLACE INTO pending_acks (sink, channel, ack_id, last_seq, sent_at) ",
+            ack_ids,
+            |mut b, id| {
                 b.push_bind(sink)
                     .push_bind(channel)
                     .push_bind(*id as i64)
                     .push_bind(last_seq)
                     .push_bind(millis(now));
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("saving pending acks"))?;
-        }
-        for (seq, reason) in rejected {
-            sqlx::query(
-                "INSERT OR REPLACE INTO pending_rejects (sink, seq, reason) VALUES (?, ?, ?)",
-            )
-            .bind(sink)
-            .bind(seq)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("saving pending rejects"))?;
-        }
+            },
+            "saving pending acks",
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "INSERT OR REPLACE INTO pending_rejects (sink, seq, reason) ",
+            rejected,
+            |mut b, (seq, reason)| {
+                b.push_bind(sink).push_bind(*seq).push_bind(reason);
+            },
+            "saving pending rejects",
+        )
+        .await?;
         commit_tx(tx, "committing pending acks").await
     }
 

@@ -48,8 +48,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::query_builder::Separated;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 /// The outbox row type lives beside [`crate::event::Event`]; re-exported for callers that know it here.
 pub use crate::event::OutboxRecord;
@@ -115,6 +116,27 @@ fn time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx:
 /// Commits `tx`; `doing` names the work in an error.
 async fn commit_tx(tx: Transaction<'_, Sqlite>, doing: &'static str) -> Result<(), StoreError> {
     tx.commit().await.map_err(query_err(doing))
+}
+
+/// Inserts one row per item of `items` with `insert` (the statement up to its values, e.g.
+/// `INSERT INTO t (a, b) `), [`CHUNK`] rows a statement; `values` binds one item's values in
+/// column order. `doing` names the work in an error.
+async fn insert_rows<'a, T>(
+    conn: &mut SqliteConnection,
+    insert: &str,
+    items: &'a [T],
+    mut values: impl FnMut(Separated<'_, 'a, Sqlite, &'static str>, &'a T),
+    doing: &'static str,
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(insert);
+        q.push_values(chunk, &mut values);
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(doing))?;
+    }
+    Ok(())
 }
 
 /// Handle to the state database. Cheap to clone.

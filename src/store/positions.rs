@@ -6,9 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
-use super::{commit_tx, millis, query_err, time_at, Store, StoreError, CHUNK};
+use super::{commit_tx, insert_rows, millis, query_err, time_at, Store, StoreError};
 use crate::event::OutboxRecord;
 
 /// Per-sink state, as `secrelay state` shows it.
@@ -57,11 +57,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now_ms = millis(now);
         let mut tx = self.begin("starting a sink advance").await?;
-        for chunk in rejected.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at, severity, ingest_time) ",
-            );
-            q.push_values(chunk, |mut b, (r, reason)| {
+        insert_rows(
+            &mut tx,
+            "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at, severity, ingest_time) ",
+            rejected,
+            |mut b, (r, reason)| {
                 b.push_bind(sink)
                     .push_bind(r.seq)
                     .push_bind(&r.source)
@@ -74,12 +74,10 @@ impl Store {
                     .push_bind(now_ms)
                     .push_bind(i64::from(r.severity))
                     .push_bind(millis(r.ingest_time));
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("recording dead letters"))?;
-        }
+            },
+            "recording dead letters",
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO sink_offsets (sink, delivered_seq, updated_at, delivered_total) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (sink) DO UPDATE SET
