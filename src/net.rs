@@ -4,7 +4,8 @@
 //!
 //! Must not: know a vendor, a sink or a wire format, retry or sleep, or map a response to what the
 //! scheduler does (sources and sinks each do that for their side). Invariant: certificate
-//! verification is off only when the caller's `verify` says so; callers warn when it is. Errors
+//! verification is off only when the caller's `verify` says so, and then a WARN says so at
+//! start-up ([`warn_unverified`], which [`endpoint_client`] calls itself). Errors
 //! name the config key and the file, never a credential.
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::settings::HttpSettings;
+use crate::settings::{HttpSettings, SetupError};
 
 /// Makes ring the process-wide rustls provider (once; later calls are no-ops).
 pub fn install_crypto_provider() {
@@ -49,6 +50,18 @@ pub struct TlsOptions {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Verify the server certificate (never turned off silently: callers warn).
     pub verify: bool,
+}
+
+impl TlsOptions {
+    /// One-way TLS: the server's certificate checked against the system roots plus `ca_file`
+    /// (unless `verify` is off), no client certificate.
+    pub fn server(ca_file: Option<PathBuf>, verify: bool) -> Self {
+        TlsOptions {
+            ca_file,
+            client_cert: None,
+            verify,
+        }
+    }
 }
 
 /// An HTTP client with its own TLS trust (`ca_file` added to the system roots), client
@@ -93,6 +106,30 @@ pub fn http_client_with_tls(
     builder
         .build()
         .map_err(|e| format!("{key_prefix}: cannot build the HTTP client: {e}"))
+}
+
+/// The HTTP client of one endpoint configured under `key` (e.g. `sinks.siem`) at `url`:
+/// [`http_client_with_tls`] with the endpoint's request timeout (`timeout_secs`, seconds), its
+/// errors a [`SetupError`] naming the key; warns when `tls.verify` is off.
+pub fn endpoint_client(
+    settings: &HttpSettings,
+    tls: &TlsOptions,
+    timeout_secs: f64,
+    key: &str,
+    url: &str,
+) -> Result<reqwest::Client, SetupError> {
+    if !tls.verify {
+        warn_unverified(key, url);
+    }
+    http_client_with_tls(settings, tls, Duration::from_secs_f64(timeout_secs), key)
+        .map_err(|e| SetupError::keyed(key, e))
+}
+
+/// Says, at start-up, that the endpoint configured under `key` at `address` is reached without
+/// verifying its certificate (`tls_verify = false`).
+pub fn warn_unverified(key: &str, address: &str) {
+    tracing::warn!(config = %key, %address,
+        "TLS certificate verification is OFF for {key} (tls_verify = false)");
 }
 
 /// A rustls client configuration for a raw TLS connection: with `verify` off any server

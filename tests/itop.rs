@@ -392,8 +392,36 @@ async fn the_demo_can_turn_the_itop_sink_on() {
         tickets.iter().any(|t| t.stream == "alerts"),
         "high alerts too"
     );
-    assert!(
-        tickets.iter().any(|t| t.log_entries > 0),
-        "sessions moved while the demo ran: {tickets:#?}"
-    );
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_does_not_open_a_second_ticket() {
+    use std::sync::atomic::Ordering;
+    let c42 = Code42Sim::start(Code42SimConfig::default()).await.unwrap();
+    let itop = ItopSim::start(ItopSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = config(&c42, &itop, dir.path(), &password_login());
+    let sessions: Vec<String> = (0..3)
+        .map(|i| c42.add_session(Utc::now() - chrono::Duration::minutes(120 - i)))
+        .collect();
+    // iTop opens the first two tickets, but their answers never reach secrelay (the second
+    // request after the check is the first create: the check's list_operations comes first).
+    itop.faults().lose_answers.store(2, Ordering::SeqCst);
+    assert!(backfill(&s).await.complete());
+    c42.update_session(&sessions[0], "IN_PROGRESS").unwrap();
+    assert!(backfill(&s).await.complete());
+
+    let tickets = itop.tickets();
+    assert_eq!(tickets.len(), 3, "one ticket per session: {tickets:#?}");
+    assert_eq!(creates(&itop), 3);
+    for id in &sessions {
+        assert_eq!(with_title(&tickets, id).len(), 1, "{id}");
+    }
+    // The found ticket is followed like any other: the change is logged to it.
+    assert_eq!(with_title(&tickets, &sessions[0])[0].public_log.len(), 1);
+    let store = Store::open(&s.store.path, Access::Reader).await.unwrap();
+    let rows = store.tickets(None).await.unwrap();
+    store.close().await;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| !r.ticket_ref.is_empty()));
 }

@@ -5,6 +5,7 @@
 //! Invariants: `time` is epoch seconds with milliseconds (not milliseconds); `event` is the vendor
 //! record whole; `fields` is flat (strings only), as HEC requires.
 
+use super::json::{write_record, write_str};
 use crate::event::OutboxRecord;
 
 /// Where an event goes in Splunk.
@@ -18,11 +19,6 @@ pub struct HecMeta<'a> {
     pub sourcetype: &'a str,
     /// `index`, or the token's default index when `None`.
     pub index: Option<&'a str>,
-}
-
-fn write_str(text: &str, out: &mut Vec<u8>) {
-    // serde_json's string escaping is exact JSON; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// Appends the envelope of `record` (no separator) to `out`:
@@ -42,11 +38,7 @@ pub fn write_event(record: &OutboxRecord, meta: &HecMeta<'_>, out: &mut Vec<u8>)
         write_str(index, out);
     }
     out.extend_from_slice(b",\"event\":");
-    if record.record.bytes().any(|b| b == b'\n' || b == b'\r') {
-        out.extend_from_slice(crate::event::compact_json(&record.record).as_bytes());
-    } else {
-        out.extend_from_slice(record.record.as_bytes());
-    }
+    write_record(&record.record, out);
     out.extend_from_slice(b",\"fields\":{\"secrelay_source\":");
     write_str(&record.source, out);
     out.extend_from_slice(b",\"stream\":");

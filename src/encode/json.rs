@@ -1,6 +1,7 @@
 //! The JSON event envelope, one compact object per line (NDJSON).
 //!
-//! Owns: the envelope's field names and order. Must not: pretty-print, or emit a raw CR or LF inside
+//! Owns: the envelope's field names and order, and the JSON strings and embedded record that the
+//! HEC envelope writes the same way. Must not: pretty-print, or emit a raw CR or LF inside
 //! a line. Invariant: each call appends exactly one line ending in `\n`; the vendor record is
 //! embedded whole, as the compact text the outbox holds.
 
@@ -12,43 +13,51 @@ use crate::event::OutboxRecord;
 /// `{"source":…,"stream":…,"tenant":…,"id":…,"time":…,"ingest_time":…,"severity":…,"record":{…}}`.
 /// Times are RFC 3339 UTC with milliseconds.
 pub fn write_line(record: &OutboxRecord, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"source\":");
-    write_str(&record.source, out);
-    out.extend_from_slice(b",\"stream\":");
-    write_str(&record.stream, out);
-    out.extend_from_slice(b",\"tenant\":");
-    write_str(&record.tenant, out);
-    out.extend_from_slice(b",\"id\":");
-    write_str(&record.event_id, out);
-    out.extend_from_slice(b",\"time\":");
-    write_str(
-        &record
-            .event_time
-            .to_rfc3339_opts(SecondsFormat::Millis, true),
-        out,
-    );
-    out.extend_from_slice(b",\"ingest_time\":");
-    write_str(
-        &record
-            .ingest_time
-            .to_rfc3339_opts(SecondsFormat::Millis, true),
-        out,
-    );
+    let time = record
+        .event_time
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let ingest_time = record
+        .ingest_time
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let strings = [
+        ("source", record.source.as_str()),
+        ("stream", &record.stream),
+        ("tenant", &record.tenant),
+        ("id", &record.event_id),
+        ("time", &time),
+        ("ingest_time", &ingest_time),
+    ];
+    out.push(b'{');
+    for (i, (key, value)) in strings.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(key, out);
+        out.push(b':');
+        write_str(value, out);
+    }
     out.extend_from_slice(b",\"severity\":");
     out.extend_from_slice(record.severity.to_string().as_bytes());
     out.extend_from_slice(b",\"record\":");
-    // The outbox holds compact JSON (see `Event::new`); guard the one-line invariant anyway.
-    if record.record.bytes().any(|b| b == b'\n' || b == b'\r') {
-        out.extend_from_slice(crate::event::compact_json(&record.record).as_bytes());
-    } else {
-        out.extend_from_slice(record.record.as_bytes());
-    }
+    write_record(&record.record, out);
     out.extend_from_slice(b"}\n");
 }
 
-fn write_str(text: &str, out: &mut Vec<u8>) {
+/// Appends `text` as a JSON string.
+pub(crate) fn write_str(text: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is exact JSON; writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// Appends the vendor record `text` (JSON) whole, on one line: as it is when it has no raw CR or
+/// LF, else compacted.
+pub(crate) fn write_record(text: &str, out: &mut Vec<u8>) {
+    // The outbox holds compact JSON (see `Event::new`); guard the one-line invariant anyway.
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+        out.extend_from_slice(crate::event::compact_json(text).as_bytes());
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
 }
 
 #[cfg(test)]

@@ -164,19 +164,19 @@ mod tests {
         }
     }
 
+    /// The message `write_message` makes of `header` and `payload`, as text.
+    fn rendered(format: HeaderFormat, header: &Header<'_>, payload: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_message(format, header, payload, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn rfc5424_bytes_are_exact() {
         let t = Utc.with_ymd_and_hms(2026, 11, 3, 7, 5, 9).unwrap()
             + chrono::Duration::milliseconds(12);
-        let mut out = Vec::new();
-        write_message(
-            HeaderFormat::Rfc5424,
-            &header(t),
-            b"CEF:0|V|P|1|C|N|5|",
-            &mut out,
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rendered(HeaderFormat::Rfc5424, &header(t), b"CEF:0|V|P|1|C|N|5|"),
             "<164>1 2026-11-03T07:05:09.012Z collector.example.com secrelay 4242 file_events - CEF:0|V|P|1|C|N|5|"
         );
     }
@@ -184,18 +184,14 @@ mod tests {
     #[test]
     fn rfc3164_pads_the_day_with_a_space_and_drops_the_domain() {
         let t = Utc.with_ymd_and_hms(2026, 11, 3, 7, 5, 9).unwrap();
-        let mut out = Vec::new();
-        write_message(HeaderFormat::Rfc3164, &header(t), b"CEF:0|x", &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rendered(HeaderFormat::Rfc3164, &header(t), b"CEF:0|x"),
             "<164>Nov  3 07:05:09 collector secrelay[4242]: CEF:0|x"
         );
         let t = Utc.with_ymd_and_hms(2026, 11, 23, 7, 5, 9).unwrap();
-        let mut out = Vec::new();
-        write_message(HeaderFormat::Rfc3164, &header(t), b"m", &mut out);
-        assert!(String::from_utf8(out)
-            .unwrap()
-            .starts_with("<164>Nov 23 07:05:09 "));
+        assert!(
+            rendered(HeaderFormat::Rfc3164, &header(t), b"m").starts_with("<164>Nov 23 07:05:09 ")
+        );
     }
 
     #[test]
@@ -207,10 +203,8 @@ mod tests {
             procid: None,
             ..header(t)
         };
-        let mut out = Vec::new();
-        write_message(HeaderFormat::Rfc5424, &h, b"x", &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rendered(HeaderFormat::Rfc5424, &h, b"x"),
             "<164>1 2026-01-01T00:00:00.000Z - secrelay - a_b_c - x"
         );
     }
@@ -218,14 +212,12 @@ mod tests {
     #[test]
     fn pri_is_facility_times_eight_plus_severity_without_leading_zeros() {
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let mut out = Vec::new();
         let h = Header {
             facility: 0,
             severity: 0,
             ..header(t)
         };
-        write_message(HeaderFormat::Rfc5424, &h, b"", &mut out);
-        assert!(out.starts_with(b"<0>1 "));
+        assert!(rendered(HeaderFormat::Rfc5424, &h, b"").starts_with("<0>1 "));
         assert_eq!(facility_number("local7"), Some(23));
         assert_eq!(facility_number("bogus"), None);
         assert_eq!(

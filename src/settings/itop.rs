@@ -265,3 +265,78 @@ fn fifty() -> usize {
 fn thirty() -> f64 {
     30.0
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::{Settings, SinkSettings};
+
+    /// A Sophos source routed to an iTop sink `t` whose keys are `keys`.
+    fn load(keys: &str) -> Result<Settings, String> {
+        Settings::from_toml(&format!(
+            "[sources.sophos_eu]\ntype = \"sophos\"\nclient_id = \"id\"\nclient_secret = \"x\"\n\
+             sinks = [\"t\"]\n[sinks.t]\ntype = \"itop\"\nurl = \"https://itop.example\"\n{keys}"
+        ))
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_working_sink_resolves_its_credential_and_keeps_field_values_typed() {
+        let s = load(
+            "user = \"u\"\npassword = \"ITOP-PLANTED\"\nfields = { org_id = 2, caller_id = { name = \"M\" } }\n\
+             [[sinks.t.rules]]\nsources = [\"sophos_eu\"]\nmin_severity = 8\n",
+        )
+        .unwrap();
+        let SinkSettings::Itop(t) = &s.sinks["t"] else {
+            panic!("not an itop sink")
+        };
+        assert_eq!(t.endpoint(), "https://itop.example/webservices/rest.php");
+        assert_eq!(t.fields["org_id"], serde_json::json!(2));
+        assert_eq!(t.fields["caller_id"], serde_json::json!({"name": "M"}));
+        assert_eq!(t.resolve.stimulus, "ev_resolve");
+        assert!(!format!("{s:?}").contains("ITOP-PLANTED"));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        for (keys, key, why) in [
+            (
+                "user = \"u\"\npassword = \"p\"\n",
+                "sinks.t.rules",
+                "no rule",
+            ),
+            (
+                "password = \"p\"\n[[sinks.t.rules]]\n",
+                "sinks.t.user",
+                "required",
+            ),
+            (
+                "auth = \"token\"\n[[sinks.t.rules]]\n",
+                "sinks.t.token",
+                "missing",
+            ),
+            (
+                "user = \"u\"\npassword = \"p\"\n[[sinks.t.rules]]\nsources = [\"nope\"]\n",
+                "sinks.t.rules[0].sources",
+                "no source named `nope`",
+            ),
+            (
+                "user = \"u\"\npassword = \"p\"\n[[sinks.t.rules]]\nmin_severity = 11\n",
+                "sinks.t.rules[0].min_severity",
+                "0 to 10",
+            ),
+            (
+                "user = \"u\"\npassword = \"p\"\ntimeout_secs = 0\n[[sinks.t.rules]]\n",
+                "sinks.t.timeout_secs",
+                "",
+            ),
+            (
+                "auth = \"ldap\"\n[[sinks.t.rules]]\n",
+                "sinks.t",
+                "unknown variant `ldap`",
+            ),
+        ] {
+            let err = load(keys).unwrap_err();
+            assert!(err.contains(key) && err.contains(why), "{keys}: {err}");
+        }
+    }
+}

@@ -230,6 +230,7 @@ fn the_full_example_with_every_source_and_sink_is_valid() {
         "incydr_secret",
         "tenable_secret",
         "jamf_secret",
+        "itop_token",
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, "s3cret\n").unwrap();
@@ -240,11 +241,12 @@ fn the_full_example_with_every_source_and_sink_is_valid() {
     }
     let s = Settings::from_toml(&text).unwrap();
     assert_eq!(s.sources.len(), 4);
-    assert_eq!(s.sinks.len(), 3);
+    assert_eq!(s.sinks.len(), 4);
     assert_eq!(
         s.routes()["splunk"],
         ["incydr", "jamf", "sophos", "tenable"]
     );
+    assert_eq!(s.routes()["tickets"], ["incydr", "sophos"]);
     assert!(!format!("{s:?}").contains("s3cret"));
 }
 

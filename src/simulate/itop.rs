@@ -73,6 +73,9 @@
 //! computed or lifecycle-managed attributes (`ref`, `status`, `priority`, dates, names) cannot be set
 //! ("Attempting to set the value on the read-only attribute Incident::status"); an external key of 0 counts
 //! as missing for a stimulus (PHP 8 would let `0 == ''` pass); `json_data` must be a JSON object.
+//! Besides refusing to answer ([`ItopFaults::drop_connections`]), it can carry a request out and
+//! then lose the answer ([`ItopFaults::lose_answers`]): what a proxy timing out does to a client,
+//! and the case in which a retried `core/create` opens a second ticket.
 //!
 //! Left out: multipart bodies and `json_data` uploaded as a file, JSONP `callback`, per-class user
 //! rights, state-dependent read-only flags, link sets, `core/delete`, `core/get_related`, OQL beyond the
@@ -271,6 +274,10 @@ pub struct ItopFaults {
     pub http_errors: AtomicU64,
     /// Close this many connections without any answer (a transport error at the client).
     pub drop_connections: AtomicU64,
+    /// Carry out this many requests, then close the connection before the answer: iTop saved
+    /// the change, the client never learns it (a proxy timing out, a connection reset on the
+    /// way back). The harsher case for a client that retries a `core/create`.
+    pub lose_answers: AtomicU64,
     /// Delay every request, milliseconds.
     pub delay_ms: AtomicU64,
 }
@@ -473,8 +480,15 @@ fn serve(listener: tokio::net::TcpListener, app: Router, shared: Arc<Shared>) ->
                     if drop_it {
                         shared.requests.fetch_add(1, Ordering::SeqCst);
                     }
+                    let lose_it = !drop_it && take_one(&shared.faults.lose_answers);
                     let answer = hyper::service::Service::call(&inner, request);
                     async move {
+                        if lose_it {
+                            let _ = answer.await;
+                            return Err(std::io::Error::other(
+                                "answer lost by fault switch (the change was made)",
+                            ));
+                        }
                         if drop_it {
                             // A service error makes hyper close the connection without a response.
                             return Err(std::io::Error::other(

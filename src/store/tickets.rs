@@ -26,7 +26,7 @@ pub struct Ticket {
     pub stream: String,
     /// Ticket class, e.g. `Incident`.
     pub ticket_class: String,
-    /// The receiver's id of the ticket.
+    /// The receiver's id of the ticket; empty while a create was sent whose answer never came.
     pub ticket_id: String,
     /// The ticket's reference, e.g. `I-000123`.
     pub ticket_ref: String,
@@ -91,6 +91,42 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the row of `alert_key` of `source` in `sink` (a create that iTop refused).
+    pub async fn delete_ticket(
+        &self,
+        sink: &str,
+        source: &str,
+        alert_key: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM tickets WHERE sink = ? AND source = ? AND alert_key = ?")
+            .bind(sink)
+            .bind(source)
+            .bind(alert_key)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("forgetting a ticket"))?;
+        Ok(())
+    }
+
+    /// Whether some alert of `sink` already follows the ticket `ticket_id` of `class`.
+    pub async fn ticket_followed(
+        &self,
+        sink: &str,
+        class: &str,
+        ticket_id: &str,
+    ) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM tickets WHERE sink = ? AND ticket_class = ? AND ticket_id = ?",
+        )
+        .bind(sink)
+        .bind(class)
+        .bind(ticket_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err("looking up a ticket"))?;
+        Ok(found.is_some())
+    }
+
     /// Records a change an analyst made through `secrelay incidents`: one more log entry, or the
     /// ticket resolved. Only those columns change, so a daemon writing the same row meanwhile
     /// loses nothing of its own.
@@ -118,21 +154,31 @@ impl Store {
     }
 
     /// Every ticket, newest first; with `key`, only those whose alert key or ticket reference is
-    /// `key`.
+    /// `key`. Creates whose outcome is not known yet ([`Ticket::is_pending`]) are left out.
     pub async fn tickets(&self, key: Option<&str>) -> Result<Vec<Ticket>, StoreError> {
         match key {
             Some(key) => sqlx::query(
-                "SELECT * FROM tickets WHERE alert_key = ? OR ticket_ref = ? \
+                "SELECT * FROM tickets WHERE (alert_key = ? OR ticket_ref = ?) AND ticket_id != '' \
                  ORDER BY created_at DESC, sink, source",
             )
             .bind(key)
             .bind(key),
-            None => sqlx::query("SELECT * FROM tickets ORDER BY created_at DESC, sink, source"),
+            None => sqlx::query(
+                "SELECT * FROM tickets WHERE ticket_id != '' ORDER BY created_at DESC, sink, source",
+            ),
         }
         .try_map(ticket)
         .fetch_all(&self.pool)
         .await
         .map_err(query_err("reading tickets"))
+    }
+}
+
+impl Ticket {
+    /// A create was sent for this alert and its answer never came: the ticket may or may not
+    /// exist in the receiver.
+    pub fn is_pending(&self) -> bool {
+        self.ticket_id.is_empty()
     }
 }
 
@@ -179,6 +225,20 @@ impl TicketLedger {
         alert_key: &str,
     ) -> Result<Option<Ticket>, StoreError> {
         self.store.ticket(&self.sink, source, alert_key).await
+    }
+
+    /// Forgets the row of `alert_key` of `source` (a create the receiver refused).
+    pub async fn forget(&self, source: &str, alert_key: &str) -> Result<(), StoreError> {
+        self.store
+            .delete_ticket(&self.sink, source, alert_key)
+            .await
+    }
+
+    /// Whether one of this sink's alerts already follows the ticket `ticket_id` of `class`.
+    pub async fn follows(&self, class: &str, ticket_id: &str) -> Result<bool, StoreError> {
+        self.store
+            .ticket_followed(&self.sink, class, ticket_id)
+            .await
     }
 
     /// Saves `ticket`, which must be this sink's.

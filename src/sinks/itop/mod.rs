@@ -13,7 +13,11 @@
 //! ticket row in the store records it. Invariants: which alert follows which ticket lives in the
 //! store ([`TicketLedger`]), with the outbox position of the last record applied, so a record
 //! delivered again after a crash or a retry is not applied twice, and a restart never opens a
-//! second ticket for an alert. A resolve first reads the ticket's status, so a retried resolve
+//! second ticket for an alert. iTop has no idempotency key, so a create is recorded as pending
+//! before it is sent: when its answer is lost (iTop may have saved the ticket), the retry looks
+//! for a ticket of that class with that exact title whose description names the alert and that
+//! no alert follows yet, and follows it instead of opening another. A resolve first reads the
+//! ticket's status, so a retried resolve
 //! (or one an analyst did by hand) is not applied again. A data error (code 100) makes the record
 //! a dead letter with iTop's message; a login or version refusal stops the sink as refused; a
 //! transport failure or 5xx is retried, the records before it counting as delivered.
@@ -21,13 +25,11 @@
 pub mod rest;
 pub mod ticket;
 
-use std::time::Duration;
-
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 
 use self::rest::{ItopClient, ItopError, ItopObject};
-use self::ticket::{log_entry, Rules, Subject};
+use self::ticket::{log_entry, mentions, Rules, Subject};
 use crate::mapping::Mappings;
 use crate::net::{self, TlsOptions};
 use crate::settings::{HttpSettings, ItopSettings, ItopStimulus, SetupError};
@@ -209,6 +211,12 @@ impl ItopSink {
             .await
             .map_err(|e| self.unavailable(e.to_string()))?;
         let mut ticket = match existing {
+            Some(t) if t.is_pending() => {
+                match self.open(&subject, Some(&t), &why, &solution).await? {
+                    Some(t) => t,
+                    None => return Ok(()),
+                }
+            }
             // Applied before (the batch is being sent again after a failure or a restart).
             Some(t) if row.seq <= t.last_seq => return Ok(()),
             Some(mut t) => {
@@ -225,16 +233,71 @@ impl ItopSink {
                 }
                 t
             }
+            None => match self.open(&subject, None, &why, &solution).await? {
+                Some(t) => t,
+                None => return Ok(()),
+            },
+        };
+        ticket.vendor_state = facts.state.clone();
+        ticket.last_seq = row.seq;
+        ticket.updated_at = Utc::now();
+        self.save(&ticket).await
+    }
+
+    /// Opens the ticket of the record's alert when a rule accepts the record (`None` when none
+    /// does), and resolves it at once when the vendor says the alert is already over. `pending`:
+    /// a create for this alert was sent before and its answer never came, so the ticket is looked
+    /// for first.
+    async fn open(
+        &self,
+        subject: &Subject<'_>,
+        pending: Option<&Ticket>,
+        why: &str,
+        solution: &str,
+    ) -> Result<Option<Ticket>, NotApplied> {
+        let (row, facts) = (subject.row, subject.facts);
+        let Some(rule) = self.rules.matching(row, subject.record) else {
+            if pending.is_some() {
+                self.forget(row, facts).await?;
+            }
+            return Ok(None);
+        };
+        let now = Utc::now();
+        let mut ticket = Ticket {
+            sink: self.name.clone(),
+            source: row.source.clone(),
+            alert_key: facts.alert_key.clone(),
+            stream: row.stream.clone(),
+            ticket_class: rule.class.clone(),
+            ticket_id: String::new(),
+            ticket_ref: String::new(),
+            title: rule.title(subject),
+            vendor_state: facts.state.clone(),
+            resolved: false,
+            log_entries: 0,
+            last_seq: row.seq,
+            created_at: now,
+            updated_at: now,
+        };
+        let found = match pending {
+            Some(p) => self.find_lost(p).await?,
+            None => None,
+        };
+        let object = match found {
+            Some(object) => {
+                tracing::warn!(sink = %self.name, alert = %facts.alert_key, ticket = %object.field("ref"),
+                    "the answer to this alert's create was lost; iTop had opened the ticket, which is followed now");
+                object
+            }
             None => {
-                let Some(rule) = self.rules.matching(row, &record) else {
-                    return Ok(());
-                };
-                let title = rule.title(&subject);
+                // Written before the create: if its answer is lost, the retry looks for the ticket
+                // before opening another.
+                self.save(&ticket).await?;
                 let mut fields = rule.fields.clone();
-                fields.insert("title".into(), Value::String(title.clone()));
+                fields.insert("title".into(), Value::String(ticket.title.clone()));
                 fields.insert(
                     "description".into(),
-                    Value::String(rule.description(&subject)),
+                    Value::String(rule.description(subject)),
                 );
                 let created = self
                     .client
@@ -245,50 +308,85 @@ impl ItopSink {
                         "output_fields": "ref,status",
                         "fields": fields,
                     }))
-                    .await
-                    .map_err(|e| self.not_applied(e, "creating", &rule.class))?;
-                let Some(object) = created.into_iter().next() else {
-                    return Err(NotApplied::Failed(SinkError::Fatal {
-                        sink: self.name.clone(),
-                        detail: format!(
-                            "{}: core/create answered code 0 without the object",
-                            self.client.endpoint()
-                        ),
-                    }));
-                };
-                let now = Utc::now();
-                let opened = Ticket {
-                    sink: self.name.clone(),
-                    source: row.source.clone(),
-                    alert_key: facts.alert_key.clone(),
-                    stream: row.stream.clone(),
-                    ticket_class: rule.class.clone(),
-                    ticket_ref: object.field("ref").to_string(),
-                    ticket_id: object.key,
-                    title,
-                    vendor_state: facts.state.clone(),
-                    resolved: false,
-                    log_entries: 0,
-                    last_seq: row.seq,
-                    created_at: now,
-                    updated_at: now,
-                };
-                // Saved before anything else: the ticket exists in iTop now.
-                self.save(&opened).await?;
-                let mut t = opened;
-                if facts.resolved {
-                    self.resolve_ticket(&t, &solution, &why)
-                        .await
-                        .map_err(|e| self.not_applied(e, "resolving", &t.ticket_ref))?;
-                    t.resolved = true;
+                    .await;
+                match created {
+                    Ok(objects) => objects.into_iter().next().ok_or_else(|| {
+                        NotApplied::Failed(SinkError::Fatal {
+                            sink: self.name.clone(),
+                            detail: format!(
+                                "{}: core/create answered code 0 without the object",
+                                self.client.endpoint()
+                            ),
+                        })
+                    })?,
+                    // Not known whether iTop made it: the row stays pending.
+                    Err(e @ ItopError::Unavailable { .. }) => {
+                        return Err(self.not_applied(e, "creating", &rule.class))
+                    }
+                    // iTop said no: nothing was made.
+                    Err(e) => {
+                        self.forget(row, facts).await?;
+                        return Err(self.not_applied(e, "creating", &rule.class));
+                    }
                 }
-                t
             }
         };
-        ticket.vendor_state = facts.state.clone();
-        ticket.last_seq = row.seq;
-        ticket.updated_at = Utc::now();
-        self.save(&ticket).await
+        ticket.ticket_ref = object.field("ref").to_string();
+        ticket.ticket_id = object.key;
+        // Saved before anything else: the ticket exists in iTop now.
+        self.save(&ticket).await?;
+        if facts.resolved {
+            self.resolve_ticket(&ticket, solution, why)
+                .await
+                .map_err(|e| self.not_applied(e, "resolving", &ticket.ticket_ref))?;
+            ticket.resolved = true;
+        }
+        Ok(Some(ticket))
+    }
+
+    /// The ticket a create whose answer was lost opened, if iTop has it: one of `pending`'s class
+    /// with its exact title, whose description names the alert, and that no alert of this sink
+    /// follows yet.
+    async fn find_lost(&self, pending: &Ticket) -> Result<Option<ItopObject>, NotApplied> {
+        let candidates = self
+            .client
+            .call(&json!({
+                "operation": "core/get",
+                "class": pending.ticket_class,
+                "key": {"title": pending.title},
+                "output_fields": "ref,status,description",
+            }))
+            .await
+            .map_err(|e| {
+                self.not_applied(e, "looking for the ticket of alert", &pending.alert_key)
+            })?;
+        let mut found = Vec::new();
+        for object in candidates {
+            if !mentions(object.field("description"), &pending.alert_key) {
+                continue;
+            }
+            let followed = self
+                .ledger
+                .follows(&pending.ticket_class, &object.key)
+                .await
+                .map_err(|e| self.unavailable(e.to_string()))?;
+            if !followed {
+                found.push(object);
+            }
+        }
+        // Several (answers lost more than once): follow the first, so no further one is opened.
+        Ok(found.into_iter().next())
+    }
+
+    async fn forget(
+        &self,
+        row: &OutboxRecord,
+        facts: &crate::mapping::IncidentFacts,
+    ) -> Result<(), NotApplied> {
+        self.ledger
+            .forget(&row.source, &facts.alert_key)
+            .await
+            .map_err(|e| self.unavailable(e.to_string()))
     }
 
     async fn save(&self, ticket: &Ticket) -> Result<(), NotApplied> {
@@ -335,22 +433,14 @@ pub fn client(
 ) -> Result<ItopClient, SetupError> {
     let at = format!("sinks.{name}");
     let credentials = settings.credentials(&at)?;
-    if !settings.tls_verify {
-        tracing::warn!(sink = %name, url = %settings.url,
-            "TLS certificate verification is OFF for this sink (tls_verify = false)");
-    }
-    let tls = TlsOptions {
-        ca_file: settings.ca_file.clone(),
-        client_cert: None,
-        verify: settings.tls_verify,
-    };
-    let http = net::http_client_with_tls(
+    let tls = TlsOptions::server(settings.ca_file.clone(), settings.tls_verify);
+    let http = net::endpoint_client(
         http_settings,
         &tls,
-        Duration::from_secs_f64(settings.timeout_secs),
+        settings.timeout_secs,
         &at,
-    )
-    .map_err(|e| SetupError::keyed(&at, e))?;
+        &settings.url,
+    )?;
     Ok(ItopClient::new(
         http,
         settings.endpoint(),

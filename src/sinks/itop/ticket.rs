@@ -314,6 +314,12 @@ pub fn log_entry(s: &Subject<'_>) -> String {
     text
 }
 
+/// Whether a ticket description (HTML, as iTop returns it) names the alert `alert_key`: the
+/// default description does, and a template that keeps `{alert}` does.
+pub fn mentions(description: &str, alert_key: &str) -> bool {
+    !alert_key.is_empty() && description.contains(&html_escape(alert_key))
+}
+
 fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

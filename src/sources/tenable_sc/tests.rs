@@ -1,6 +1,8 @@
 //! Tenable.sc source unit tests.
 
+use super::finding::{finding, window_time};
 use super::*;
+use serde_json::value::RawValue;
 
 #[test]
 fn identity_includes_last_seen_and_numbers_are_parsed_strictly() {

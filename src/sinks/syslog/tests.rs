@@ -1,5 +1,6 @@
 //! Syslog sink unit tests: UDP cuts, mappings and the connection checks.
 
+use super::udp::cut;
 use super::*;
 
 #[test]

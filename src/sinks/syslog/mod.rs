@@ -1,0 +1,270 @@
+//! Syslog sink: CEF (or the JSON envelope) in RFC 5424 or RFC 3164 messages, over UDP, TCP or TLS
+//! with octet-counting or LF framing (reference/sink-protocols.md §1–2).
+//!
+//! Owns: the connection (opened at start and in `check`, reopened after a failure or an idle
+//! period, closed gracefully: `connection`, `liveness`), TLS trust and client certificates (`tls`),
+//! and UDP truncation (`udp`); here, the message of a record and the TCP/TLS write. Must not:
+//! build header or CEF bytes itself (see `encode::syslog`, `encode::cef` and each source's mapping).
+//!
+//! Invariant: a TCP/TLS batch is reported delivered only after every byte was written and flushed
+//! on a connection found open (no FIN, reset or error, without blocking) just before the write and
+//! again just after it. After a failed write the connection is dropped and the whole batch is sent
+//! again on a new one. Plain syslog has no receipt: a receiver that stops with bytes still unread
+//! in its socket loses them. So the last batch written on a connection that is then found closed
+//! or reset (rather than closed by us in order) is sent again first on the next one: duplicates
+//! stay within one batch per receiver restart. UDP is at-most-once (a WARN at start-up says so).
+
+mod connection;
+mod liveness;
+mod tls;
+mod udp;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::encode::syslog::{self as frame, Framing, Header, HeaderFormat};
+use crate::mapping::Mappings;
+use crate::settings::{
+    SetupError, SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport,
+};
+use crate::sinks::{Delivered, Sink, SinkError};
+use crate::store::OutboxRecord;
+use connection::Connection;
+use liveness::{close_gracefully, liveness, Closing, Liveness};
+use tls::tls_connector;
+
+/// The syslog sink.
+pub struct SyslogSink {
+    name: String,
+    settings: SyslogSinkSettings,
+    facility: u8,
+    hostname: String,
+    /// Source id → its vendor's mapping (the CEF fields).
+    mappings: Mappings,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    connection: Option<Connection>,
+    /// When the current TCP/TLS connection was opened or last carried a batch.
+    last_write: Instant,
+    /// Frames of the last batch reported delivered on the current connection: sent again first on
+    /// the next one if this one is found closed or reset before we close it in order.
+    last_batch: Vec<u8>,
+    /// Frames to send ahead of the next batch (see `last_batch`); cleared once written.
+    resend: Vec<u8>,
+    /// UDP messages cut to `udp_max_bytes` since start.
+    truncated: u64,
+}
+
+/// This machine's host name, for the HOSTNAME field.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
+impl SyslogSink {
+    /// A sink for `settings`; `mappings` gives each source's CEF mapping. Fails (naming the
+    /// config key) when a TLS file cannot be used.
+    pub fn new(
+        name: &str,
+        settings: SyslogSinkSettings,
+        mappings: impl Into<Mappings>,
+    ) -> Result<Self, SetupError> {
+        let tls = match settings.transport {
+            SyslogTransport::Tls => Some(
+                tls_connector(name, &settings)
+                    .map_err(|e| SetupError::keyed(&format!("sinks.{name}"), e))?,
+            ),
+            _ => None,
+        };
+        if settings.transport == SyslogTransport::Udp {
+            tracing::warn!(sink = %name, address = %settings.address,
+                "UDP syslog is at-most-once: a datagram lost on the way or dropped by a busy \
+                 receiver is gone without a trace (use TCP or TLS where every record matters)");
+        }
+        Ok(SyslogSink {
+            name: name.to_string(),
+            facility: settings.facility.number(),
+            hostname: settings.hostname.clone().unwrap_or_else(local_hostname),
+            settings,
+            mappings: mappings.into(),
+            tls,
+            connection: None,
+            last_write: Instant::now(),
+            last_batch: Vec::new(),
+            resend: Vec::new(),
+            truncated: 0,
+        })
+    }
+
+    fn unavailable(&self, detail: String) -> SinkError {
+        SinkError::Unavailable {
+            sink: self.name.clone(),
+            detail: format!(
+                "{} {}: {detail}",
+                transport_name(self.settings.transport),
+                self.settings.address
+            ),
+            retry_after: None,
+        }
+    }
+
+    /// The message (header and payload, unframed) for one record.
+    pub fn message(&self, record: &OutboxRecord, out: &mut Vec<u8>) {
+        let payload = match self.settings.payload {
+            SyslogPayload::Json => {
+                let mut line = Vec::with_capacity(record.record.len() + 200);
+                crate::encode::json::write_line(record, &mut line);
+                line.pop();
+                line
+            }
+            SyslogPayload::Cef => {
+                let value: serde_json::Value =
+                    serde_json::from_str(&record.record).unwrap_or(serde_json::Value::Null);
+                self.mappings
+                    .of(&record.source)
+                    .cef(&record.stream, &value, record.severity)
+                    .to_line()
+                    .into_bytes()
+            }
+        };
+        // The event's time, not the send time: a batch sent again after a failure is the same
+        // bytes, and receivers that take the header time see when it happened.
+        let header = Header {
+            facility: self.facility,
+            severity: frame::severity_for(record.severity),
+            time: record.event_time,
+            hostname: &self.hostname,
+            app_name: &self.settings.app_name,
+            procid: Some(std::process::id()),
+            msgid: &record.stream,
+        };
+        let format = match self.settings.format {
+            SyslogFormat::Rfc5424 => HeaderFormat::Rfc5424,
+            SyslogFormat::Rfc3164 => HeaderFormat::Rfc3164,
+        };
+        frame::write_message(format, &header, &payload, out);
+    }
+}
+
+fn transport_name(t: SyslogTransport) -> &'static str {
+    match t {
+        SyslogTransport::Udp => "udp",
+        SyslogTransport::Tcp => "tcp",
+        SyslogTransport::Tls => "tls",
+    }
+}
+
+/// Writes `resend` (the last batch again, or nothing), then `frames`, and flushes.
+async fn write_flushed<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    resend: &[u8],
+    frames: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(resend).await?;
+    stream.write_all(frames).await?;
+    stream.flush().await
+}
+
+impl Sink for SyslogSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+        if self.settings.transport == SyslogTransport::Udp {
+            return self.deliver_udp(batch).await;
+        }
+        let framing = match self.settings.framing {
+            SyslogFraming::OctetCounting => Framing::OctetCounting,
+            SyslogFraming::Lf => Framing::Lf,
+        };
+        let mut message = Vec::with_capacity(1024);
+        let mut frames = Vec::new();
+        for record in batch {
+            message.clear();
+            self.message(record, &mut message);
+            frame::frame(framing, &message, &mut frames);
+        }
+        self.check_reused().await;
+        if self.connection.is_none() {
+            self.connect().await?;
+        }
+        let timeout = Duration::from_secs_f64(self.settings.timeout_secs);
+        let resend = &self.resend;
+        let connection = self.connection.as_mut();
+        let written = tokio::time::timeout(timeout, async {
+            match connection {
+                Some(Connection::Tcp(stream)) => write_flushed(stream, resend, &frames).await,
+                Some(Connection::Tls(stream)) => write_flushed(stream, resend, &frames).await,
+                Some(Connection::Udp(_)) | None => Err(std::io::Error::new(
+                    ErrorKind::NotConnected,
+                    "not connected",
+                )),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(ErrorKind::TimedOut, "write timed out")));
+        if let Err(e) = written {
+            // The receiver may hold part of the batch; all of it goes again on a new connection.
+            self.connection = None;
+            return Err(self.unavailable(format!("write failed: {e}")));
+        }
+        // A receiver that went away while we wrote took nothing in: its kernel may have acknowledged
+        // the bytes, but they were never read. Look once more before calling the batch delivered.
+        if let Some(connection) = self.connection.as_mut() {
+            let state = liveness(connection).await;
+            if state != Liveness::Open {
+                self.connection = None;
+                return Err(self.unavailable(format!(
+                    "connection {state} right after the batch; it goes again"
+                )));
+            }
+        }
+        self.resend.clear();
+        self.last_batch = frames;
+        self.last_write = Instant::now();
+        Ok(Delivered::default())
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        if let Some(connection) = self.connection.take() {
+            if let Closing::Failed(_) = close_gracefully(connection, self.close_within()).await {
+                self.resend = std::mem::take(&mut self.last_batch);
+            }
+        }
+        self.connect().await
+    }
+
+    async fn close(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        if matches!(connection, Connection::Udp(_)) {
+            return;
+        }
+        let within = self.close_within();
+        match close_gracefully(connection, within).await {
+            Closing::InOrder => tracing::debug!(sink = %self.name, "connection closed in order"),
+            Closing::NoAnswer => {
+                tracing::warn!(sink = %self.name, address = %self.settings.address,
+                "the receiver did not close its side within {} s; it may not have read the last batch",
+                within.as_secs_f64())
+            }
+            Closing::Failed(e) => {
+                tracing::warn!(sink = %self.name, address = %self.settings.address,
+                "closing the connection failed ({e}); the receiver may not have read the last batch")
+            }
+        }
+        self.last_batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;

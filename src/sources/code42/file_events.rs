@@ -1,0 +1,218 @@
+//! Code42 / Incydr file events: a window on `event.inserted` (server clock), read in ascending
+//! order with `pgToken` paging; the query and a record read into an event (see the module doc of
+//! `code42`).
+//!
+//! Must not: page with `pgNum` (it stops at 10 000), sleep or retry. Invariant:
+//! `INVALID_PAGE_TOKEN` and a change of filters restart the window from its stored `since`, never
+//! from the beginning of history.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::api::{Reply, FORENSIC_SEARCH};
+use super::{file_event_severity, iso, parse_time, Code42Source};
+use crate::event::{Event, Page, Rejected, Severity};
+use crate::settings::{Code42Auth, FileEventsApi};
+use crate::sources::cursor::StoredCursor;
+use crate::sources::json_path::text;
+use crate::sources::SourceError;
+
+/// The file-event window cursor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct WindowCursor {
+    /// Lower bound (inclusive) of `event.inserted` for the window being read.
+    since: DateTime<Utc>,
+    /// Upper bound (inclusive) fixed when the window started; `None` between windows.
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+    /// `pgToken` of the next page in the window.
+    #[serde(default)]
+    token: Option<String>,
+    /// The filters the window was started with.
+    #[serde(default)]
+    filters: Value,
+}
+
+impl StoredCursor for WindowCursor {}
+
+#[derive(Deserialize)]
+struct FileEventsPage {
+    #[serde(rename = "fileEvents", default)]
+    file_events: Vec<Box<RawValue>>,
+    #[serde(rename = "nextPgToken", default)]
+    next_pg_token: Option<String>,
+    #[serde(default)]
+    problems: Option<Value>,
+}
+
+impl Code42Source {
+    async fn file_events_url(&self) -> Result<(String, bool), SourceError> {
+        let v1 = self.settings.file_events_api == FileEventsApi::V1;
+        Ok(match (self.settings.auth, v1) {
+            (Code42Auth::ApiClient, _) => (
+                format!(
+                    "{}/v2/file-events",
+                    self.settings.api_url.trim_end_matches('/')
+                ),
+                false,
+            ),
+            (_, v1) => {
+                let host = self.api.service_url(FORENSIC_SEARCH).await?;
+                let version = if v1 { "v1" } else { "v2" };
+                (
+                    format!("{host}/forensic-search/queryservice/api/{version}/fileevent"),
+                    v1,
+                )
+            }
+        })
+    }
+
+    pub(super) async fn poll_file_events(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
+        let now = self.now();
+        let filters =
+            serde_json::to_value(&self.settings.file_event_filters).unwrap_or(Value::Null);
+        let mut c = WindowCursor::load(cursor, &self.id, "file_events", || WindowCursor {
+            since: now - self.lookback,
+            until: None,
+            token: None,
+            filters: filters.clone(),
+        })?;
+        if c.filters != filters {
+            tracing::warn!(source = %self.id, since = %iso(c.since),
+                "file-event filters changed: restarting the window at the stored time with the new filters");
+            c = WindowCursor {
+                since: c.since,
+                until: None,
+                token: None,
+                filters: filters.clone(),
+            };
+        }
+        let until = c.until.unwrap_or(now);
+        let (url, v1) = self.file_events_url().await?;
+        let body = file_event_query(
+            c.since,
+            until,
+            c.token.as_deref().unwrap_or(""),
+            &self.settings.file_event_filters,
+            v1,
+            self.settings.page_size,
+        );
+        let page: FileEventsPage = match self.api.post(&url, &body).await? {
+            Reply::Page(p) => p,
+            Reply::InvalidPageToken => {
+                tracing::warn!(source = %self.id, url = %url, since = %iso(c.since),
+                    "INVALID_PAGE_TOKEN: restarting the window at its stored start");
+                let restart = WindowCursor {
+                    until: None,
+                    token: None,
+                    ..c
+                };
+                return Ok(Page {
+                    cursor: Some(restart.save()),
+                    more: true,
+                    ..Page::default()
+                });
+            }
+        };
+        if let Some(problems) = page
+            .problems
+            .as_ref()
+            .filter(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            tracing::warn!(source = %self.id, url = %url, "the query reported problems: {problems}");
+        }
+        let mut events = Vec::with_capacity(page.file_events.len());
+        let mut rejected = Vec::new();
+        for raw in &page.file_events {
+            match file_event(raw) {
+                Ok(event) => events.push(event),
+                Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, raw.get())),
+            }
+        }
+        let next = match page.next_pg_token.filter(|t| !t.is_empty()) {
+            Some(token) if !events.is_empty() => (
+                WindowCursor {
+                    since: c.since,
+                    until: Some(until),
+                    token: Some(token),
+                    filters,
+                },
+                true,
+            ),
+            _ => (
+                WindowCursor {
+                    since: (until - Duration::minutes(i64::from(self.settings.overlap_minutes)))
+                        .max(c.since),
+                    until: None,
+                    token: None,
+                    filters,
+                },
+                false,
+            ),
+        };
+        Ok(Page {
+            events,
+            rejected,
+            cursor: Some(next.0.save()),
+            more: next.1,
+            ..Page::default()
+        })
+    }
+}
+
+/// The file-event query: the insertion-time window, the configured filters, token paging.
+pub(super) fn file_event_query(
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    token: &str,
+    filters: &[crate::settings::Code42Filter],
+    v1: bool,
+    page_size: u32,
+) -> Value {
+    let term = if v1 {
+        "insertionTimestamp"
+    } else {
+        "event.inserted"
+    };
+    let mut groups = vec![json!({"filterClause": "AND", "filters": [
+        {"term": term, "operator": "ON_OR_AFTER", "value": iso(since)},
+        {"term": term, "operator": "ON_OR_BEFORE", "value": iso(until)},
+    ]})];
+    for f in filters {
+        groups.push(json!({"filterClause": "AND", "filters": [
+            {"term": f.term, "operator": f.operator, "value": f.value}
+        ]}));
+    }
+    json!({
+        "groupClause": "AND",
+        "groups": groups,
+        "pgNum": 1,
+        "pgSize": page_size,
+        "pgToken": token,
+        "srtDir": "asc",
+        "srtKey": term,
+    })
+}
+
+/// A v2 (nested) or v1 (flat) file event as an [`Event`]: id, insertion time, risk severity.
+/// Err: why the record cannot become an event (it goes to the dead letters).
+pub(super) fn file_event(raw: &RawValue) -> Result<Event, String> {
+    let v: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
+    let id = text(&v, "event.id")
+        .or_else(|| text(&v, "eventId"))
+        .filter(|id| !id.is_empty())
+        .ok_or("a file event has no event.id (v1: eventId)")?;
+    // The insertion time is what the window is on and what `--reset --days` forgets by.
+    let inserted = parse_time(text(&v, "event.inserted"))
+        .or_else(|| parse_time(text(&v, "insertionTimestamp")))
+        .ok_or_else(|| format!("file event {id} has no parseable event.inserted"))?;
+    let severity = file_event_severity(&v);
+    Ok(Event::new(
+        id.to_string(),
+        inserted,
+        Severity::new(severity),
+        raw,
+    ))
+}
