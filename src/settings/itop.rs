@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{invalid, required, resolve_secret, secret, Secret, SettingsError, SetupError};
+use super::{
+    invalid, login_name, required, resolve_secret, secret, Secret, SettingsError, SetupError,
+};
 
 /// How the sink logs in to iTop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -222,13 +224,7 @@ impl ItopSettings {
 
     /// The credentials of the auth mode, resolved, of the sink at `at`.
     pub fn credentials(&self, at: &str) -> Result<ItopCredentials, SetupError> {
-        let user = || match &self.user {
-            Some(u) if !u.is_empty() => Ok(u.clone()),
-            _ => Err(SetupError::new(
-                format!("{at}.user"),
-                "required by the auth mode",
-            )),
-        };
+        let user = || login_name(at, "user", &self.user);
         Ok(match self.auth {
             ItopAuthMethod::Form => ItopCredentials::Form {
                 user: user()?,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    in_range, invalid, non_empty, required, resolve_secret, secret, Secret, SettingsError,
-    SetupError,
+    in_range, invalid, login_name, non_empty, required, resolve_secret, secret, Secret,
+    SettingsError, SetupError,
 };
 
 /// How to authenticate to Jamf Pro.
@@ -180,17 +180,8 @@ impl JamfSettings {
                 self.password.as_ref(),
             ),
         };
-        let user = match user {
-            Some(u) if !u.is_empty() => u.clone(),
-            _ => {
-                return Err(SetupError::new(
-                    format!("{at}.{user_key}"),
-                    "required by the auth mode",
-                ))
-            }
-        };
         Ok(JamfCredentials {
-            user,
+            user: login_name(at, user_key, user)?,
             secret: secret::resolved(at, secret_key, secret)?,
         })
     }

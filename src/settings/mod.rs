@@ -521,6 +521,35 @@ fn non_empty<T>(at: &str, name: &str, list: &[T]) -> Result<(), SettingsError> {
     }
 }
 
+/// The name `{at}.{key}` an auth mode signs in with (client id, access key, user name), which
+/// must be given and not empty.
+fn login_name(at: &str, key: &str, value: &Option<String>) -> Result<String, SetupError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v.clone()),
+        _ => Err(SetupError::new(
+            format!("{at}.{key}"),
+            "required by the auth mode",
+        )),
+    }
+}
+
+/// A client certificate for two-way TLS at `at` comes with its key: both
+/// `client_cert_file` and `client_key_file`, or neither.
+fn client_cert_paired(
+    at: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<(), SettingsError> {
+    if cert.is_some() == key.is_some() {
+        Ok(())
+    } else {
+        Err(invalid(
+            &format!("{at}.client_cert_file"),
+            "two-way TLS needs both client_cert_file and client_key_file",
+        ))
+    }
+}
+
 /// Resolves `{at}.{name}` (inline, `{name}_file` or environment) into `inline`, clearing `file`.
 fn resolve_secret(
     at: &str,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{invalid, SettingsError};
+use super::{client_cert_paired, invalid, SettingsError};
 
 /// Network transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -141,12 +141,7 @@ impl SyslogSinkSettings {
                 "TLS syslog uses octet counting (RFC 5425)",
             ));
         }
-        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            return Err(invalid(
-                &format!("{at}.client_cert_file"),
-                "a client certificate needs both client_cert_file and client_key_file",
-            ));
-        }
+        client_cert_paired(at, &self.client_cert_file, &self.client_key_file)?;
         if !(64..=65_507).contains(&self.udp_max_bytes) {
             return Err(invalid(
                 &format!("{at}.udp_max_bytes"),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    in_range, invalid, non_empty, required, resolve_secret, secret, Secret, SettingsError,
-    SetupError,
+    client_cert_paired, in_range, login_name, non_empty, required, resolve_secret, secret, Secret,
+    SettingsError, SetupError,
 };
 
 /// How to authenticate to Tenable.sc.
@@ -180,31 +180,19 @@ impl TenableScSettings {
             365,
         )?;
         in_range(at, "overlap_hours", self.overlap_hours, 0, 720)?;
-        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            return Err(invalid(
-                &format!("{at}.client_cert_file"),
-                "two-way TLS needs both client_cert_file and client_key_file",
-            ));
-        }
+        client_cert_paired(at, &self.client_cert_file, &self.client_key_file)?;
         non_empty(at, "streams", &self.streams)
     }
 
     /// The credentials of the auth mode, resolved, of the source at `at`.
     pub fn credentials(&self, at: &str) -> Result<TenableCredentials, SetupError> {
-        let name = |key: &str, value: &Option<String>| match value {
-            Some(v) if !v.is_empty() => Ok(v.clone()),
-            _ => Err(SetupError::new(
-                format!("{at}.{key}"),
-                "required by the auth mode",
-            )),
-        };
         Ok(match self.auth {
             TenableAuth::ApiKeys => TenableCredentials::ApiKeys {
-                access_key: name("access_key", &self.access_key)?,
+                access_key: login_name(at, "access_key", &self.access_key)?,
                 secret_key: secret::resolved(at, "secret_key", self.secret_key.as_ref())?,
             },
             TenableAuth::Session => TenableCredentials::Session {
-                username: name("username", &self.username)?,
+                username: login_name(at, "username", &self.username)?,
                 password: secret::resolved(at, "password", self.password.as_ref())?,
             },
         })

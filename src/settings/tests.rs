@@ -257,3 +257,29 @@ fn debug_output_hides_the_secret() {
     assert!(!shown.contains("PLANTED-SECRET"), "{shown}");
     assert!(shown.contains("[redacted]"));
 }
+
+/// Two-way TLS is checked the same way for a sink and a source: a client certificate without its
+/// key (or a key without its certificate) is refused, naming the source's or sink's key.
+#[test]
+fn a_client_certificate_without_its_key_is_refused_for_sinks_and_sources() {
+    let syslog =
+        "[sinks.siem]\ntype = \"syslog\"\naddress = \"127.0.0.1:6514\"\ntransport = \"tls\"\n";
+    let tenable = "[sources.vm]\ntype = \"tenable_sc\"\nurl = \"https://sc.example\"\n\
+                   access_key = \"a\"\nsecret_key = \"s\"\nsinks = [\"archive\"]\n";
+    for (table, key) in [(syslog, "sinks.siem"), (tenable, "sources.vm")] {
+        for lone in [
+            "client_cert_file = \"/c.pem\"",
+            "client_key_file = \"/k.pem\"",
+        ] {
+            let err = Settings::from_toml(&format!("{MINIMAL}\n{table}{lone}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{key}.client_cert_file")),
+                "{lone}: {err}"
+            );
+        }
+        let both = format!("{table}client_cert_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"\n");
+        Settings::from_toml(&format!("{MINIMAL}\n{both}")).unwrap();
+    }
+}

@@ -5,9 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
-use super::{millis, query_err, Store, StoreError, CHUNK};
+use super::{commit_tx, insert_rows, millis, query_err, Store, StoreError};
 
 impl Store {
     /// The channel `sink` uses, created with `new_channel` the first time.
@@ -40,81 +40,60 @@ impl Store {
         rejected: &[(i64, String)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting to save acks"))?;
-        for chunk in ack_ids.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR REPLACE INTO pending_acks (sink, channel, ack_id, last_seq, sent_at) ",
-            );
-            q.push_values(chunk, |mut b, id| {
+        let mut tx = self.begin("starting to save acks").await?;
+        insert_rows(
+            &mut tx,
+            "INSERT OR REPLACE INTO pending_acks (sink, channel, ack_id, last_seq, sent_at) ",
+            ack_ids,
+            |mut b, id| {
                 b.push_bind(sink)
                     .push_bind(channel)
                     .push_bind(*id as i64)
                     .push_bind(last_seq)
                     .push_bind(millis(now));
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("saving pending acks"))?;
-        }
-        for (seq, reason) in rejected {
-            sqlx::query(
-                "INSERT OR REPLACE INTO pending_rejects (sink, seq, reason) VALUES (?, ?, ?)",
-            )
-            .bind(sink)
-            .bind(seq)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("saving pending rejects"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(query_err("committing pending acks"))?;
-        Ok(())
+            },
+            "saving pending acks",
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "INSERT OR REPLACE INTO pending_rejects (sink, seq, reason) ",
+            rejected,
+            |mut b, (seq, reason)| {
+                b.push_bind(sink).push_bind(*seq).push_bind(reason);
+            },
+            "saving pending rejects",
+        )
+        .await?;
+        commit_tx(tx, "committing pending acks").await
     }
 
     /// The acks `sink` still waits for: (channel, ack id, last outbox position of their batch).
     pub async fn pending_acks(&self, sink: &str) -> Result<Vec<(String, u64, i64)>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "SELECT channel, ack_id, last_seq FROM pending_acks WHERE sink = ? ORDER BY ack_id",
         )
         .bind(sink)
+        .try_map(pending_ack)
         .fetch_all(&self.pool)
         .await
-        .map_err(query_err("reading pending acks"))?;
-        rows.iter()
-            .map(pending_ack)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading pending acks"))
+        .map_err(query_err("reading pending acks"))
     }
 
     /// The refused records saved with the pending acks of `sink`: (outbox position, reason).
     pub async fn pending_rejects(&self, sink: &str) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, reason FROM pending_rejects WHERE sink = ? ORDER BY seq")
-                .bind(sink)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_err("reading pending rejects"))?;
-        rows.iter()
-            .map(pending_reject)
-            .collect::<Result<_, _>>()
+        sqlx::query("SELECT seq, reason FROM pending_rejects WHERE sink = ? ORDER BY seq")
+            .bind(sink)
+            .try_map(pending_reject)
+            .fetch_all(&self.pool)
+            .await
             .map_err(query_err("reading pending rejects"))
     }
 
     /// Forgets the acks of `sink` and the refused records kept with them (answered, or given up
     /// and the batch sent again).
     pub async fn clear_pending_acks(&self, sink: &str) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting to clear acks"))?;
+        let mut tx = self.begin("starting to clear acks").await?;
         for table in ["pending_acks", "pending_rejects"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE sink = ?"))
                 .bind(sink)
@@ -122,15 +101,12 @@ impl Store {
                 .await
                 .map_err(query_err("clearing pending acks"))?;
         }
-        tx.commit()
-            .await
-            .map_err(query_err("committing cleared acks"))?;
-        Ok(())
+        commit_tx(tx, "committing cleared acks").await
     }
 }
 
 /// A `pending_acks` row: (channel, ack id, last outbox position of its batch).
-fn pending_ack(r: &SqliteRow) -> Result<(String, u64, i64), sqlx::Error> {
+fn pending_ack(r: SqliteRow) -> Result<(String, u64, i64), sqlx::Error> {
     Ok((
         r.try_get("channel")?,
         r.try_get::<i64, _>("ack_id")? as u64,
@@ -139,7 +115,7 @@ fn pending_ack(r: &SqliteRow) -> Result<(String, u64, i64), sqlx::Error> {
 }
 
 /// A `pending_rejects` row: (outbox position, reason).
-fn pending_reject(r: &SqliteRow) -> Result<(i64, String), sqlx::Error> {
+fn pending_reject(r: SqliteRow) -> Result<(i64, String), sqlx::Error> {
     Ok((r.try_get("seq")?, r.try_get("reason")?))
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{millis, query_err, Store, StoreError, CHUNK};
+use super::{commit_tx, insert_rows, millis, query_err, Store, StoreError, CHUNK};
 use crate::event::{Page, Partition};
 
 /// What committing one page did.
@@ -34,11 +34,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<CommitSummary, StoreError> {
         let now_ms = millis(now);
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting a page commit"))?;
+        let mut tx = self.begin("starting a page commit").await?;
 
         // 1. Remember ids; RETURNING yields only the ids that were new.
         let mut fresh: HashSet<String> = HashSet::with_capacity(page.events.len());
@@ -91,11 +87,11 @@ impl Store {
 
         // 3. Append the new events in vendor order (a page may repeat an id; keep the first).
         let new_events: Vec<_> = page.events.iter().filter(|e| fresh.remove(&e.id)).collect();
-        for chunk in new_events.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO outbox (source, stream, tenant, event_id, event_time, ingest_time, severity, record, bytes) ",
-            );
-            q.push_values(chunk, |mut b, e| {
+        insert_rows(
+            &mut tx,
+            "INSERT INTO outbox (source, stream, tenant, event_id, event_time, ingest_time, severity, record, bytes) ",
+            &new_events,
+            |mut b, e| {
                 let record = e.record.get();
                 b.push_bind(source)
                     .push_bind(&partition.stream)
@@ -106,12 +102,10 @@ impl Store {
                     .push_bind(i64::from(e.severity.value()))
                     .push_bind(record)
                     .push_bind(record.len() as i64);
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("appending to the outbox"))?;
-        }
+            },
+            "appending to the outbox",
+        )
+        .await?;
 
         // 4. Keep the records that could not become events, once each: a record fetched again
         //    (overlapping windows, boundary repeats) is not counted twice.
@@ -166,7 +160,7 @@ impl Store {
         .await
         .map_err(query_err("moving a cursor"))?;
 
-        tx.commit().await.map_err(query_err("committing a page"))?;
+        commit_tx(tx, "committing a page").await?;
         Ok(CommitSummary {
             appended,
             duplicates,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{millis, query_err, time_at, Store, StoreError};
+use super::{commit_tx, millis, query_err, time_at, Store, StoreError};
 use crate::event::Partition;
 
 /// Per-partition state, as `secrelay state` shows it.
@@ -106,11 +106,7 @@ impl Store {
         source: &str,
         since: Option<DateTime<Utc>>,
     ) -> Result<ResetSummary, StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting a reset"))?;
+        let mut tx = self.begin("starting a reset").await?;
         let cursors = sqlx::query("DELETE FROM cursors WHERE source = ?")
             .bind(source)
             .execute(&mut *tx)
@@ -127,39 +123,36 @@ impl Store {
                 .rows_affected(),
             None => 0,
         };
-        tx.commit().await.map_err(query_err("committing a reset"))?;
+        commit_tx(tx, "committing a reset").await?;
         Ok(ResetSummary { cursors, seen })
     }
 
     /// Every partition's state, ordered by source, stream, tenant.
     pub async fn cursor_states(&self) -> Result<Vec<CursorState>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "SELECT source, stream, tenant, cursor, updated_at, last_success_at, last_error, last_error_at,
                     newest_event_at, events_total, duplicates_total, clamps_total, rejected_total
              FROM cursors ORDER BY source, stream, tenant",
         )
+        .try_map(cursor_state)
         .fetch_all(&self.pool)
         .await
-        .map_err(query_err("reading cursors"))?;
-        rows.iter()
-            .map(cursor_state)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading cursors"))
+        .map_err(query_err("reading cursors"))
     }
 }
 
 /// A `cursors` row.
-fn cursor_state(r: &SqliteRow) -> Result<CursorState, sqlx::Error> {
+fn cursor_state(r: SqliteRow) -> Result<CursorState, sqlx::Error> {
     Ok(CursorState {
         source: r.try_get("source")?,
         stream: r.try_get("stream")?,
         tenant: r.try_get("tenant")?,
         cursor: r.try_get("cursor")?,
-        updated_at: time_at(r, "updated_at")?,
-        last_success_at: time_at(r, "last_success_at")?,
+        updated_at: time_at(&r, "updated_at")?,
+        last_success_at: time_at(&r, "last_success_at")?,
         last_error: r.try_get("last_error")?,
-        last_error_at: time_at(r, "last_error_at")?,
-        newest_event_at: time_at(r, "newest_event_at")?.filter(|t| t.timestamp_millis() > 0),
+        last_error_at: time_at(&r, "last_error_at")?,
+        newest_event_at: time_at(&r, "newest_event_at")?.filter(|t| t.timestamp_millis() > 0),
         events_total: r.try_get("events_total")?,
         duplicates_total: r.try_get("duplicates_total")?,
         clamps_total: r.try_get("clamps_total")?,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{query_err, time_of, Store, StoreError};
+use super::{commit_tx, query_err, time_of, Store, StoreError};
 
 /// A record a sink's receiver rejected, as kept in the dead-letter table.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -41,18 +41,15 @@ pub struct DeadLetter {
 impl Store {
     /// The dead letters of `sink` (every sink when `None`), oldest first.
     pub async fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "SELECT id, sink, seq, source, stream, tenant, event_id, event_time, reason, at, record
              FROM dead_letters WHERE ?1 IS NULL OR sink = ?1 ORDER BY id",
         )
         .bind(sink)
+        .try_map(dead_letter)
         .fetch_all(&self.pool)
         .await
-        .map_err(query_err("reading dead letters"))?;
-        rows.iter()
-            .map(dead_letter)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading dead letters"))
+        .map_err(query_err("reading dead letters"))
     }
 
     /// Moves every dead letter of `sink` back into the outbox, at its end, for that sink alone; in
@@ -60,11 +57,7 @@ impl Store {
     /// Returns how many were re-queued. Safe beside a running writer (the rows get new positions
     /// after everything already in the log).
     pub async fn requeue_dead_letters(&self, sink: &str) -> Result<u64, StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting a re-queue"))?;
+        let mut tx = self.begin("starting a re-queue").await?;
         // Severity and ingest time were not kept before the migration that re-queues: take them
         // from the outbox row if it is still there.
         let moved = sqlx::query(
@@ -86,15 +79,13 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(query_err("re-queueing dead letters"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing a re-queue"))?;
+        commit_tx(tx, "committing a re-queue").await?;
         Ok(moved)
     }
 }
 
 /// A `dead_letters` row.
-fn dead_letter(r: &SqliteRow) -> Result<DeadLetter, sqlx::Error> {
+fn dead_letter(r: SqliteRow) -> Result<DeadLetter, sqlx::Error> {
     Ok(DeadLetter {
         id: r.try_get("id")?,
         sink: r.try_get("sink")?,
@@ -103,9 +94,9 @@ fn dead_letter(r: &SqliteRow) -> Result<DeadLetter, sqlx::Error> {
         stream: r.try_get("stream")?,
         tenant: r.try_get("tenant")?,
         event_id: r.try_get("event_id")?,
-        event_time: time_of(r, "event_time")?,
+        event_time: time_of(&r, "event_time")?,
         reason: r.try_get("reason")?,
-        at: time_of(r, "at")?,
+        at: time_of(&r, "at")?,
         record: r.try_get("record")?,
     })
 }

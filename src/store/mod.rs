@@ -48,8 +48,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::query_builder::Separated;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 /// The outbox row type lives beside [`crate::event::Event`]; re-exported for callers that know it here.
 pub use crate::event::OutboxRecord;
@@ -112,6 +113,32 @@ fn time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx:
     Ok(row.try_get::<Option<i64>, _>(column)?.map(from_millis))
 }
 
+/// Commits `tx`; `doing` names the work in an error.
+async fn commit_tx(tx: Transaction<'_, Sqlite>, doing: &'static str) -> Result<(), StoreError> {
+    tx.commit().await.map_err(query_err(doing))
+}
+
+/// Inserts one row per item of `items` with `insert` (the statement up to its values, e.g.
+/// `INSERT INTO t (a, b) `), [`CHUNK`] rows a statement; `values` binds one item's values in
+/// column order. `doing` names the work in an error.
+async fn insert_rows<'a, T>(
+    conn: &mut SqliteConnection,
+    insert: &str,
+    items: &'a [T],
+    mut values: impl FnMut(Separated<'_, 'a, Sqlite, &'static str>, &'a T),
+    doing: &'static str,
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(insert);
+        q.push_values(chunk, &mut values);
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(doing))?;
+    }
+    Ok(())
+}
+
 /// Handle to the state database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -122,4 +149,11 @@ pub struct Store {
     reclaiming: Arc<std::sync::atomic::AtomicBool>,
     /// Held for the life of a writer's store (see [`Access::Writer`]).
     _lock: Option<Arc<std::fs::File>>,
+}
+
+impl Store {
+    /// Starts a transaction; `doing` names the work in an error.
+    async fn begin(&self, doing: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(query_err(doing))
+    }
 }

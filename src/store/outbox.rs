@@ -27,11 +27,11 @@ const OUTBOX_RECORD_COLUMNS: &str =
 impl Store {
     /// Rows and bytes waiting in the outbox.
     pub async fn outbox_totals(&self) -> Result<OutboxTotals, StoreError> {
-        let row = sqlx::query("SELECT rows, bytes FROM outbox_totals WHERE id = 1")
+        sqlx::query("SELECT rows, bytes FROM outbox_totals WHERE id = 1")
+            .try_map(outbox_totals)
             .fetch_one(&self.pool)
             .await
-            .map_err(query_err("reading outbox totals"))?;
-        outbox_totals(&row).map_err(query_err("reading outbox totals"))
+            .map_err(query_err("reading outbox totals"))
     }
 
     /// Up to `limit` records after `after_seq` that come from one of `sources`, in log order.
@@ -42,38 +42,13 @@ impl Store {
         sources: &[String],
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        if sources.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = QueryBuilder::<Sqlite>::new("");
-        push_shared_rows(&mut q, OUTBOX_RECORD_COLUMNS, after_seq, sources);
-        q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("reading an outbox batch"))?;
-        rows.iter()
-            .map(outbox_record)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading an outbox batch"))
+        self.records_after(None, after_seq, sources, limit).await
     }
 
     /// Records in the outbox after `after_seq` from one of `sources`, leaving out dead letters
     /// re-queued for one sink (a sink's backlog with them: [`Store::sink_backlog`]).
     pub async fn backlog(&self, after_seq: i64, sources: &[String]) -> Result<i64, StoreError> {
-        if sources.is_empty() {
-            return Ok(0);
-        }
-        let mut q = QueryBuilder::<Sqlite>::new("");
-        push_shared_rows(&mut q, "COUNT(*) AS waiting", after_seq, sources);
-        let row = q
-            .build()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_err("counting a sink backlog"))?;
-        row.try_get("waiting")
-            .map_err(query_err("counting a sink backlog"))
+        self.count_after(None, after_seq, sources).await
     }
 
     /// Rows and bytes waiting for `sink` after `after_seq` (the rows of `sources` plus the dead
@@ -88,14 +63,13 @@ impl Store {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT COUNT(*) AS rows, COALESCE(SUM(bytes), 0) AS bytes FROM (",
         );
-        push_sink_rows(&mut q, "seq, bytes", sink, after_seq, sources);
+        push_rows(&mut q, "seq, bytes", Some(sink), after_seq, sources);
         q.push(")");
-        let row = q
-            .build()
+        q.build()
+            .try_map(outbox_totals)
             .fetch_one(&self.pool)
             .await
-            .map_err(query_err("measuring a sink backlog"))?;
-        outbox_totals(&row).map_err(query_err("measuring a sink backlog"))
+            .map_err(query_err("measuring a sink backlog"))
     }
 
     /// Up to `limit` records for `sink` after `after_seq`, in log order: the rows of `sources` plus
@@ -107,20 +81,8 @@ impl Store {
         sources: &[String],
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        // Two ordered index scans merged (UNION ALL), never an OR: SQLite would collect every
-        // matching row after the position and sort them for each batch.
-        let mut q = QueryBuilder::<Sqlite>::new("");
-        push_sink_rows(&mut q, OUTBOX_RECORD_COLUMNS, sink, after_seq, sources);
-        q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
+        self.records_after(Some(sink), after_seq, sources, limit)
             .await
-            .map_err(query_err("reading an outbox batch"))?;
-        rows.iter()
-            .map(outbox_record)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading an outbox batch"))
     }
 
     /// Records waiting for `sink` after `after_seq`: the rows of `sources` plus the dead letters
@@ -131,15 +93,53 @@ impl Store {
         after_seq: i64,
         sources: &[String],
     ) -> Result<i64, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) AS waiting FROM (");
-        push_sink_rows(&mut q, "seq", sink, after_seq, sources);
+        self.count_after(Some(sink), after_seq, sources).await
+    }
+
+    /// Up to `limit` records after `after_seq`, in log order: those of `sources` meant for every
+    /// sink, and those re-queued for `requeued_for` when it names a sink.
+    async fn records_after(
+        &self,
+        requeued_for: Option<&str>,
+        after_seq: i64,
+        sources: &[String],
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        if requeued_for.is_none() && sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_rows(
+            &mut q,
+            OUTBOX_RECORD_COLUMNS,
+            requeued_for,
+            after_seq,
+            sources,
+        );
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
+        q.build()
+            .try_map(outbox_record)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("reading an outbox batch"))
+    }
+
+    /// How many records [`Store::records_after`] would read with no limit.
+    async fn count_after(
+        &self,
+        requeued_for: Option<&str>,
+        after_seq: i64,
+        sources: &[String],
+    ) -> Result<i64, StoreError> {
+        if requeued_for.is_none() && sources.is_empty() {
+            return Ok(0);
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM (");
+        push_rows(&mut q, "seq", requeued_for, after_seq, sources);
         q.push(")");
-        let row = q
-            .build()
+        q.build_query_scalar()
             .fetch_one(&self.pool)
             .await
-            .map_err(query_err("counting a sink backlog"))?;
-        row.try_get("waiting")
             .map_err(query_err("counting a sink backlog"))
     }
 
@@ -186,23 +186,31 @@ impl Store {
     }
 }
 
-/// Appends a SELECT of `columns` from the outbox rows `sink` reads after `after_seq`: those of its
-/// `sources` meant for every sink, then (UNION ALL) those re-queued for it alone.
-fn push_sink_rows<'a>(
+/// Appends a SELECT of `columns` from the outbox rows after `after_seq` that a reader takes: those
+/// of its `sources` meant for every sink, then (UNION ALL) those re-queued for `requeued_for` alone
+/// when it names a sink. `sources` may be empty only when `requeued_for` names a sink.
+///
+/// Two ordered index scans merged (UNION ALL), never an OR: SQLite would collect every matching
+/// row after the position and sort them for each batch.
+fn push_rows<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
     columns: &str,
-    sink: &'a str,
+    requeued_for: Option<&'a str>,
     after_seq: i64,
     sources: &'a [String],
 ) {
     if !sources.is_empty() {
         push_shared_rows(q, columns, after_seq, sources);
-        q.push(" UNION ALL ");
+        if requeued_for.is_some() {
+            q.push(" UNION ALL ");
+        }
     }
-    q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
-        .push_bind(after_seq)
-        .push(" AND target_sink = ")
-        .push_bind(sink);
+    if let Some(sink) = requeued_for {
+        q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
+            .push_bind(after_seq)
+            .push(" AND target_sink = ")
+            .push_bind(sink);
+    }
 }
 
 /// Appends a SELECT of `columns` from the outbox rows after `after_seq` of one of `sources` that
@@ -224,22 +232,22 @@ fn push_shared_rows<'a>(
 }
 
 /// An `outbox` row (the columns of [`OUTBOX_RECORD_COLUMNS`]).
-fn outbox_record(r: &SqliteRow) -> Result<OutboxRecord, sqlx::Error> {
+fn outbox_record(r: SqliteRow) -> Result<OutboxRecord, sqlx::Error> {
     Ok(OutboxRecord {
         seq: r.try_get("seq")?,
         source: r.try_get("source")?,
         stream: r.try_get("stream")?,
         tenant: r.try_get("tenant")?,
         event_id: r.try_get("event_id")?,
-        event_time: time_of(r, "event_time")?,
-        ingest_time: time_of(r, "ingest_time")?,
+        event_time: time_of(&r, "event_time")?,
+        ingest_time: time_of(&r, "ingest_time")?,
         severity: r.try_get::<i64, _>("severity")?.clamp(0, 10) as u8,
         record: r.try_get("record")?,
     })
 }
 
 /// Totals selected as `rows` and `bytes` (the `outbox_totals` row, or a backlog's sums).
-fn outbox_totals(r: &SqliteRow) -> Result<OutboxTotals, sqlx::Error> {
+fn outbox_totals(r: SqliteRow) -> Result<OutboxTotals, sqlx::Error> {
     Ok(OutboxTotals {
         rows: r.try_get("rows")?,
         bytes: r.try_get("bytes")?,

@@ -6,9 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
-use super::{millis, query_err, time_at, Store, StoreError, CHUNK};
+use super::{commit_tx, insert_rows, millis, query_err, time_at, Store, StoreError};
 use crate::event::OutboxRecord;
 
 /// Per-sink state, as `secrelay state` shows it.
@@ -56,16 +56,12 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let now_ms = millis(now);
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("starting a sink advance"))?;
-        for chunk in rejected.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at, severity, ingest_time) ",
-            );
-            q.push_values(chunk, |mut b, (r, reason)| {
+        let mut tx = self.begin("starting a sink advance").await?;
+        insert_rows(
+            &mut tx,
+            "INSERT INTO dead_letters (sink, seq, source, stream, tenant, event_id, event_time, record, reason, at, severity, ingest_time) ",
+            rejected,
+            |mut b, (r, reason)| {
                 b.push_bind(sink)
                     .push_bind(r.seq)
                     .push_bind(&r.source)
@@ -78,12 +74,10 @@ impl Store {
                     .push_bind(now_ms)
                     .push_bind(i64::from(r.severity))
                     .push_bind(millis(r.ingest_time));
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("recording dead letters"))?;
-        }
+            },
+            "recording dead letters",
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO sink_offsets (sink, delivered_seq, updated_at, delivered_total) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (sink) DO UPDATE SET
@@ -98,10 +92,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_err("moving a sink position"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing a sink advance"))?;
-        Ok(())
+        commit_tx(tx, "committing a sink advance").await
     }
 
     /// Records a failed delivery; the position is left as it is.
@@ -126,30 +117,24 @@ impl Store {
 
     /// Every sink's state, ordered by name.
     pub async fn sink_states(&self) -> Result<Vec<SinkState>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "SELECT s.sink, s.delivered_seq, s.updated_at, s.delivered_total, s.last_error, s.last_error_at,
                     (SELECT COUNT(*) FROM dead_letters d WHERE d.sink = s.sink) AS dead_letters
              FROM sink_offsets s ORDER BY s.sink",
         )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("reading sink positions"))?;
-        rows.iter()
-            .map(sink_state)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading sink positions"))
+        .try_map(sink_state).fetch_all(&self.pool).await.map_err(query_err("reading sink positions"))
     }
 }
 
 /// A `sink_offsets` row, with its sink's dead letters counted as `dead_letters`.
-fn sink_state(r: &SqliteRow) -> Result<SinkState, sqlx::Error> {
+fn sink_state(r: SqliteRow) -> Result<SinkState, sqlx::Error> {
     Ok(SinkState {
         sink: r.try_get("sink")?,
         delivered_seq: r.try_get("delivered_seq")?,
-        updated_at: time_at(r, "updated_at")?,
+        updated_at: time_at(&r, "updated_at")?,
         delivered_total: r.try_get("delivered_total")?,
         last_error: r.try_get("last_error")?,
-        last_error_at: time_at(r, "last_error_at")?,
+        last_error_at: time_at(&r, "last_error_at")?,
         dead_letters: r.try_get("dead_letters")?,
     })
 }

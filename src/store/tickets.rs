@@ -54,17 +54,13 @@ impl Store {
         source: &str,
         alert_key: &str,
     ) -> Result<Option<Ticket>, StoreError> {
-        let row =
-            sqlx::query("SELECT * FROM tickets WHERE sink = ? AND source = ? AND alert_key = ?")
-                .bind(sink)
-                .bind(source)
-                .bind(alert_key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(query_err("reading a ticket"))?;
-        row.as_ref()
-            .map(ticket)
-            .transpose()
+        sqlx::query("SELECT * FROM tickets WHERE sink = ? AND source = ? AND alert_key = ?")
+            .bind(sink)
+            .bind(source)
+            .bind(alert_key)
+            .try_map(ticket)
+            .fetch_optional(&self.pool)
+            .await
             .map_err(query_err("reading a ticket"))
     }
 
@@ -160,7 +156,7 @@ impl Store {
     /// Every ticket, newest first; with `key`, only those whose alert key or ticket reference is
     /// `key`. Creates whose outcome is not known yet ([`Ticket::is_pending`]) are left out.
     pub async fn tickets(&self, key: Option<&str>) -> Result<Vec<Ticket>, StoreError> {
-        let rows = match key {
+        match key {
             Some(key) => sqlx::query(
                 "SELECT * FROM tickets WHERE (alert_key = ? OR ticket_ref = ?) AND ticket_id != '' \
                  ORDER BY created_at DESC, sink, source",
@@ -171,13 +167,10 @@ impl Store {
                 "SELECT * FROM tickets WHERE ticket_id != '' ORDER BY created_at DESC, sink, source",
             ),
         }
+        .try_map(ticket)
         .fetch_all(&self.pool)
         .await
-        .map_err(query_err("reading tickets"))?;
-        rows.iter()
-            .map(ticket)
-            .collect::<Result<_, _>>()
-            .map_err(query_err("reading tickets"))
+        .map_err(query_err("reading tickets"))
     }
 }
 
@@ -190,7 +183,7 @@ impl Ticket {
 }
 
 /// A `tickets` row.
-fn ticket(r: &SqliteRow) -> Result<Ticket, sqlx::Error> {
+fn ticket(r: SqliteRow) -> Result<Ticket, sqlx::Error> {
     Ok(Ticket {
         sink: r.try_get("sink")?,
         source: r.try_get("source")?,
@@ -204,8 +197,8 @@ fn ticket(r: &SqliteRow) -> Result<Ticket, sqlx::Error> {
         resolved: r.try_get("resolved")?,
         log_entries: r.try_get("log_entries")?,
         last_seq: r.try_get("last_seq")?,
-        created_at: time_of(r, "created_at")?,
-        updated_at: time_of(r, "updated_at")?,
+        created_at: time_of(&r, "created_at")?,
+        updated_at: time_of(&r, "updated_at")?,
     })
 }
 
