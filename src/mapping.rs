@@ -26,8 +26,8 @@ pub trait RecordMapping: Send + Sync + 'static {
 
     /// The incident a record of `stream` belongs to, for ticketing sinks (iTop): which vendor alert
     /// it is part of, that alert's state, and the fields a SOC ticket shows. `event_id` is the
-    /// record's event id. Default: [`incident_from_cef`] of [`RecordMapping::cef`] — every record
-    /// its own alert, without a state; vendors whose alerts change state override it.
+    /// record's event id. It is [`incident_from_cef`] of [`RecordMapping::cef`] (every record its
+    /// own alert, without a state), refined by [`RecordMapping::refine_incident`].
     fn incident(
         &self,
         stream: &str,
@@ -35,8 +35,14 @@ pub trait RecordMapping: Send + Sync + 'static {
         event_id: &str,
         severity: u8,
     ) -> IncidentFacts {
-        incident_from_cef(&self.cef(stream, record, severity), event_id)
+        let mut facts = incident_from_cef(&self.cef(stream, record, severity), event_id);
+        self.refine_incident(stream, record, &mut facts);
+        facts
     }
+
+    /// What the vendor knows beyond its CEF fields: the alert a record of `stream` follows, the
+    /// alert's state, its rules. Vendors whose alerts change state override it. Default: nothing.
+    fn refine_incident(&self, _stream: &str, _record: &Value, _facts: &mut IncidentFacts) {}
 }
 
 /// What a ticketing sink needs to know of one record: the vendor alert it belongs to (several

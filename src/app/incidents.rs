@@ -113,38 +113,48 @@ pub async fn comment(
     key: &str,
     text: &str,
 ) -> Result<Incident, IncidentError> {
-    let store = open(settings).await?;
-    let result = async {
-        let ticket = one(&store, key).await?;
-        let sink = sink_of(settings, &store, &ticket)?;
-        sink.add_log(&ticket, text, &analyst("comment")).await?;
-        store
-            .note_ticket_change(&ticket, true, false, Utc::now())
-            .await
-            .map_err(AppError::from)?;
-        let ticket = one(&store, key).await?;
-        Ok(with_status(settings, &store, ticket).await)
-    }
-    .await;
-    store.close().await;
-    result
+    change(settings, key, Change::Comment(text)).await
 }
 
 /// Resolves the incident `key` with the sink's resolve stimulus (after its assign stimulus when
 /// the ticket is not assigned yet); nothing to do when iTop has it resolved or closed already.
 pub async fn resolve(settings: &Settings, key: &str) -> Result<Incident, IncidentError> {
+    change(settings, key, Change::Resolve).await
+}
+
+/// What an analyst does to a ticket.
+enum Change<'a> {
+    Comment(&'a str),
+    Resolve,
+}
+
+/// Makes `what` in iTop, then records it in the store; returns the ticket as it is then.
+async fn change(
+    settings: &Settings,
+    key: &str,
+    what: Change<'_>,
+) -> Result<Incident, IncidentError> {
     let store = open(settings).await?;
     let result = async {
         let ticket = one(&store, key).await?;
         let sink = sink_of(settings, &store, &ticket)?;
-        sink.resolve_ticket(
-            &ticket,
-            "Resolved by an analyst with `secrelay incidents resolve`.",
-            &analyst("resolve"),
-        )
-        .await?;
+        let (logged, resolved) = match what {
+            Change::Comment(text) => {
+                sink.add_log(&ticket, text, &analyst("comment")).await?;
+                (true, false)
+            }
+            Change::Resolve => {
+                sink.resolve_ticket(
+                    &ticket,
+                    "Resolved by an analyst with `secrelay incidents resolve`.",
+                    &analyst("resolve"),
+                )
+                .await?;
+                (false, true)
+            }
+        };
         store
-            .note_ticket_change(&ticket, false, true, Utc::now())
+            .note_ticket_change(&ticket, logged, resolved, Utc::now())
             .await
             .map_err(AppError::from)?;
         let ticket = one(&store, key).await?;

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::encode::cef::CefRecord;
-use crate::mapping::{generic_cef, incident_from_cef, singular, IncidentFacts, RecordMapping};
+use crate::mapping::{generic_cef, singular, IncidentFacts, RecordMapping};
 use crate::sources::json_path::text;
 
 /// How sinks show Code42 / Incydr records.
@@ -28,14 +28,7 @@ impl RecordMapping for Code42Mapping {
         format!("code42:{}", singular(stream))
     }
 
-    fn incident(
-        &self,
-        stream: &str,
-        record: &Value,
-        event_id: &str,
-        severity: u8,
-    ) -> IncidentFacts {
-        let mut facts = incident_from_cef(&self.cef(stream, record, severity), event_id);
+    fn refine_incident(&self, stream: &str, record: &Value, facts: &mut IncidentFacts) {
         match stream {
             "sessions" => {
                 if let Some(id) = text(record, "sessionId") {
@@ -70,7 +63,6 @@ impl RecordMapping for Code42Mapping {
             }
             _ => {}
         }
-        facts
     }
 }
 
