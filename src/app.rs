@@ -10,7 +10,8 @@ pub mod incidents;
 mod state;
 
 pub use state::{
-    dead_letters_table, state, SinkStateWithBacklog, StateReport, STATE_REJECTED_SHOWN,
+    dead_letters_table, partition_lag, state, Behind, PartitionState, SinkStateWithBacklog,
+    StateReport, SOURCES_LEGEND, STATE_REJECTED_SHOWN,
 };
 
 use std::collections::BTreeMap;

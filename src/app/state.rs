@@ -29,8 +29,8 @@ pub struct StateReport {
     pub sources_paused: bool,
     /// Each routed sink's share of the cap, in bytes.
     pub sink_share_bytes: u64,
-    /// Per partition.
-    pub partitions: Vec<CursorState>,
+    /// Per partition: its stored cursor state, and its lag when it is behind.
+    pub partitions: Vec<PartitionState>,
     /// Per sink, with its backlog.
     pub sinks: Vec<SinkStateWithBacklog>,
     /// The most recent records sources could not turn into events (newest first, at most
@@ -73,6 +73,99 @@ pub fn dead_letters_table(letters: &[DeadLetter]) -> String {
         }
     );
     out
+}
+
+/// One partition in `secrelay state`: what the store holds for it, and whether it is behind.
+///
+/// Its fields are the stored [`CursorState`]'s (flattened into the same JSON object) plus
+/// `lag_secs` and `behind`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionState {
+    /// What the store holds for the partition.
+    #[serde(flatten)]
+    pub stored: CursorState,
+    /// Why the partition is behind (`failing`, `overdue`, `paused`), `None` when it is not: its
+    /// last poll succeeded within its polling interval (plus slack) and nothing holds it.
+    pub behind: Option<Behind>,
+    /// Seconds since the partition last reached the vendor's present (its last successful poll),
+    /// set only when it is `behind`: the span of vendor time not yet pulled. A caught-up partition
+    /// whose newest event is old is quiet, not late, and has none.
+    pub lag_secs: Option<i64>,
+}
+
+impl std::ops::Deref for PartitionState {
+    type Target = CursorState;
+    fn deref(&self) -> &CursorState {
+        &self.stored
+    }
+}
+
+/// Why a partition is behind (work is waiting at the vendor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Behind {
+    /// Its last poll failed (an error newer than its last success).
+    Failing,
+    /// No successful poll for longer than [`OVERDUE_INTERVALS`] intervals plus [`OVERDUE_SLACK_SECS`]
+    /// (the daemon is not running, or stopped polling it).
+    Overdue,
+    /// A sink it routes to is a full share of the outbox behind: polling is paused.
+    Paused,
+}
+
+impl Behind {
+    /// The word `state` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behind::Failing => "failing",
+            Behind::Overdue => "overdue",
+            Behind::Paused => "paused",
+        }
+    }
+}
+
+/// What the SOURCES columns of `secrelay state` mean, printed under the table.
+pub const SOURCES_LEGEND: &str = "\
+  NEWEST EVENT  age of the newest event committed (a quiet source's is old; that is not lag)
+  CURSOR MOVED  time since the stored cursor last moved
+  LAST POLL OK  time since the last poll that committed (an empty page counts)
+  LAG           only when behind: time since the last successful poll, and why (failing: its
+                last poll failed; overdue: no success for 2 intervals + 60 s; paused: a sink it
+                routes to is full). `-`: caught up.";
+
+/// A partition whose last success is older than this many polling intervals (plus
+/// [`OVERDUE_SLACK_SECS`]) is overdue.
+pub const OVERDUE_INTERVALS: f64 = 2.0;
+/// Slack added to the overdue threshold, in seconds: backoff and a slow vendor page.
+pub const OVERDUE_SLACK_SECS: f64 = 60.0;
+
+/// Whether `p`, polled every `interval_secs`, is behind at `now` (`paused`: a sink it routes to is
+/// full), and if so its lag in seconds (since its last successful poll; since ever: `None` lag
+/// with `Some` reason when it never succeeded).
+pub fn partition_lag(
+    p: &CursorState,
+    interval_secs: f64,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> (Option<Behind>, Option<i64>) {
+    let since_ok = p.last_success_at.map(|t| (now - t).num_seconds().max(0));
+    let failing = match (p.last_error_at, p.last_success_at) {
+        (Some(failed), Some(ok)) => failed > ok,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let overdue =
+        since_ok.is_some_and(|s| s as f64 > interval_secs * OVERDUE_INTERVALS + OVERDUE_SLACK_SECS);
+    let behind = if paused {
+        Some(Behind::Paused)
+    } else if failing {
+        Some(Behind::Failing)
+    } else if overdue {
+        Some(Behind::Overdue)
+    } else {
+        None
+    };
+    (behind, behind.and(since_ok))
 }
 
 /// How many recent rejected records `secrelay state` lists.
@@ -148,8 +241,28 @@ pub async fn state(settings: &Settings) -> Result<StateReport, AppError> {
         });
     }
     store.close().await;
+    let now = Utc::now();
+    let partitions = partitions
+        .into_iter()
+        .map(|cursor| {
+            let configured = settings.sources.get(&cursor.source);
+            // A source no longer configured is never polled: its lag would only grow.
+            let interval = configured.map_or(f64::INFINITY, |s| s.interval_secs());
+            let paused = configured.is_some_and(|s| {
+                s.sinks()
+                    .iter()
+                    .any(|k| sinks.iter().any(|x| x.full && &x.state.sink == k))
+            });
+            let (behind, lag_secs) = partition_lag(&cursor, interval, paused, now);
+            PartitionState {
+                stored: cursor,
+                behind,
+                lag_secs,
+            }
+        })
+        .collect();
     Ok(StateReport {
-        at: Utc::now(),
+        at: now,
         sources_paused: sinks.iter().any(|s| s.full),
         sink_share_bytes: sink_share,
         outbox,
@@ -175,6 +288,16 @@ impl StateReport {
                     _ => format!("{}h ago", secs / 3600),
                 }
             }
+        };
+        let span = |secs: i64| match secs {
+            0..=119 => format!("{secs}s"),
+            120..=7199 => format!("{}m", secs / 60),
+            _ => format!("{}h", secs / 3600),
+        };
+        let lag = |p: &PartitionState| match (p.behind, p.lag_secs) {
+            (None, _) => "-".to_string(),
+            (Some(why), Some(secs)) => format!("{} ({})", span(secs), why.as_str()),
+            (Some(why), None) => format!("never ok ({})", why.as_str()),
         };
         let mut out = String::new();
         let _ = writeln!(
@@ -254,7 +377,7 @@ impl StateReport {
         let _ = writeln!(out, "\nSOURCES");
         let _ = writeln!(
             out,
-            "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} LAST ERROR",
+            "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} {:<18} LAST ERROR",
             "SOURCE",
             "STREAM",
             "TENANT",
@@ -262,8 +385,9 @@ impl StateReport {
             "DUPS",
             "CLAMPS",
             "REJECTED",
+            "NEWEST EVENT",
             "CURSOR MOVED",
-            "LAST OK",
+            "LAST POLL OK",
             "LAG"
         );
         for p in &self.partitions {
@@ -276,7 +400,7 @@ impl StateReport {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} {}",
+                "{:<16} {:<18} {:<38} {:>10} {:>8} {:>6} {:>8} {:<12} {:<12} {:<12} {:<18} {}",
                 p.source,
                 p.stream,
                 if p.tenant.is_empty() { "-" } else { &p.tenant },
@@ -284,11 +408,15 @@ impl StateReport {
                 p.duplicates_total,
                 p.clamps_total,
                 p.rejected_total,
+                ago(p.newest_event_at),
                 ago(p.updated_at),
                 ago(p.last_success_at),
-                ago(p.newest_event_at),
+                lag(p),
                 error
             );
+        }
+        if !self.partitions.is_empty() {
+            let _ = writeln!(out, "{SOURCES_LEGEND}");
         }
         if !self.rejected.is_empty() {
             let _ = writeln!(
@@ -335,5 +463,236 @@ impl StateReport {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DatabaseSize;
+
+    fn cursor(newest_min: i64, ok_min: i64, now: DateTime<Utc>) -> CursorState {
+        CursorState {
+            source: "sophos_eu".into(),
+            stream: "events".into(),
+            tenant: String::new(),
+            cursor: Some("c".into()),
+            updated_at: Some(now - chrono::Duration::minutes(ok_min)),
+            last_success_at: Some(now - chrono::Duration::minutes(ok_min)),
+            last_error: None,
+            last_error_at: None,
+            newest_event_at: Some(now - chrono::Duration::minutes(newest_min)),
+            events_total: 10,
+            duplicates_total: 0,
+            clamps_total: 0,
+            rejected_total: 0,
+        }
+    }
+
+    fn report(partitions: Vec<CursorState>, interval: f64, now: DateTime<Utc>) -> StateReport {
+        StateReport {
+            at: now,
+            outbox: OutboxTotals { rows: 0, bytes: 0 },
+            outbox_cap_bytes: 1,
+            sources_paused: false,
+            sink_share_bytes: 1,
+            partitions: partitions
+                .into_iter()
+                .map(|cursor| {
+                    let (behind, lag_secs) = partition_lag(&cursor, interval, false, now);
+                    PartitionState {
+                        stored: cursor,
+                        behind,
+                        lag_secs,
+                    }
+                })
+                .collect(),
+            sinks: Vec::new(),
+            rejected: Vec::new(),
+            growth: StoreGrowth {
+                seen_ids: 0,
+                seen_ids_by_source: BTreeMap::new(),
+                dead_letters: 0,
+                rejected_records: 0,
+                requeued: 0,
+                database: DatabaseSize {
+                    path: "state.db".into(),
+                    main_bytes: 0,
+                    wal_bytes: 0,
+                    total_bytes: 0,
+                    free_bytes: 0,
+                    auto_vacuum: "incremental".into(),
+                },
+            },
+        }
+    }
+
+    /// The row of the SOURCES table for `stream`, split into its columns after the tenant.
+    fn row<'a>(table: &'a str, stream: &str) -> Vec<&'a str> {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(stream))
+            .unwrap_or_else(|| panic!("no row for {stream}:\n{table}"));
+        line.split_whitespace().collect()
+    }
+
+    #[test]
+    fn a_caught_up_quiet_source_shows_its_newest_event_age_and_no_lag() {
+        let now = Utc::now();
+        // Polled 10 s ago (interval 60 s); its newest event is 29 minutes old: quiet, not late.
+        let mut quiet = cursor(29, 0, now);
+        quiet.last_success_at = Some(now - chrono::Duration::seconds(10));
+        let table = report(vec![quiet], 60.0, now).to_table();
+        let header = table
+            .lines()
+            .find(|l| l.starts_with("SOURCE "))
+            .expect("header");
+        assert!(header.contains("NEWEST EVENT"), "{header}");
+        assert!(header.contains("LAST POLL OK"), "{header}");
+        let cols = row(&table, "events");
+        // SOURCE STREAM TENANT EVENTS DUPS CLAMPS REJECTED NEWEST(2) MOVED(2) OK(2) LAG
+        assert_eq!(&cols[7..9], ["29m", "ago"], "{table}");
+        assert_eq!(cols[13], "-", "a caught-up source has no lag:\n{table}");
+        assert!(
+            table.contains("NEWEST EVENT  age of the newest event"),
+            "the columns are explained:\n{table}"
+        );
+    }
+
+    #[test]
+    fn a_source_not_polled_for_long_or_failing_shows_its_lag_and_why() {
+        let now = Utc::now();
+        let overdue = cursor(45, 40, now);
+        let mut failing = cursor(5, 5, now);
+        failing.stream = "alerts".into();
+        failing.last_error = Some("HTTP 503".into());
+        failing.last_error_at = Some(now - chrono::Duration::seconds(20));
+        let table = report(vec![overdue, failing], 60.0, now).to_table();
+        let cols = row(&table, "events");
+        assert_eq!(&cols[13..15], ["40m", "(overdue)"], "{table}");
+        let cols = row(&table, "alerts");
+        assert_eq!(&cols[13..15], ["5m", "(failing)"], "{table}");
+    }
+
+    #[test]
+    fn lag_is_decided_by_the_last_success_against_the_interval() {
+        let now = Utc::now();
+        let mut p = cursor(600, 0, now);
+        p.last_success_at = Some(now - chrono::Duration::seconds(170));
+        // 2 × 60 s + 60 s slack = 180 s: not yet overdue.
+        assert_eq!(partition_lag(&p, 60.0, false, now), (None, None));
+        p.last_success_at = Some(now - chrono::Duration::seconds(190));
+        assert_eq!(
+            partition_lag(&p, 60.0, false, now),
+            (Some(Behind::Overdue), Some(190))
+        );
+        assert_eq!(
+            partition_lag(&p, 60.0, true, now).0,
+            Some(Behind::Paused),
+            "a paused partition is behind whatever its clock says"
+        );
+    }
+
+    /// The `--json` shape is documented as stable (README, "`secrelay state --json`"): its
+    /// top-level keys and each partition's and sink's keys are pinned here.
+    #[tokio::test]
+    async fn the_json_shape_keeps_its_documented_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::from_toml(&format!(
+            r#"
+            [store]
+            path = {:?}
+            [sinks.archive]
+            type = "file"
+            path = {:?}
+            [sources.sophos_eu]
+            type = "sophos"
+            client_id = "id"
+            client_secret = "s"
+            sinks = ["archive"]
+            "#,
+            dir.path().join("state.db"),
+            dir.path().join("out.ndjson"),
+        ))
+        .unwrap();
+        let now = Utc::now();
+        let mut report = state(&settings).await.unwrap();
+        report.partitions = report_partitions(now);
+        let json = serde_json::to_value(&report).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&json),
+            [
+                "at",
+                "growth",
+                "outbox",
+                "outbox_cap_bytes",
+                "partitions",
+                "rejected",
+                "sink_share_bytes",
+                "sinks",
+                "sources_paused"
+            ]
+        );
+        assert_eq!(
+            keys(&json["partitions"][0]),
+            [
+                "behind",
+                "clamps_total",
+                "cursor",
+                "duplicates_total",
+                "events_total",
+                "lag_secs",
+                "last_error",
+                "last_error_at",
+                "last_success_at",
+                "newest_event_at",
+                "rejected_total",
+                "source",
+                "stream",
+                "tenant",
+                "updated_at"
+            ]
+        );
+        assert_eq!(
+            keys(&json["sinks"][0]),
+            [
+                "backlog",
+                "backlog_bytes",
+                "dead_letters",
+                "delivered_seq",
+                "delivered_total",
+                "full",
+                "last_error",
+                "last_error_at",
+                "refused",
+                "sink",
+                "updated_at"
+            ]
+        );
+        assert_eq!(keys(&json["outbox"]), ["bytes", "rows"]);
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### `secrelay state --json`")
+            .nth(1)
+            .expect("README documents the state JSON");
+        for key in keys(&json)
+            .iter()
+            .chain(&keys(&json["partitions"][0]))
+            .chain(&keys(&json["sinks"][0]))
+        {
+            assert!(
+                section.contains(&format!("`{key}`")),
+                "README's state JSON section does not list `{key}`"
+            );
+        }
+    }
+
+    fn report_partitions(now: DateTime<Utc>) -> Vec<PartitionState> {
+        report(vec![cursor(1, 1, now)], 60.0, now).partitions
     }
 }
