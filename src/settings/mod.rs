@@ -565,3 +565,7 @@ fn resolve_secret(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "documented_tests.rs"]
+mod documented_tests;
