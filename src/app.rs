@@ -7,6 +7,7 @@
 //! rendering live in `app/state.rs`, the analyst's `incidents` commands in `app/incidents.rs`.
 
 pub mod incidents;
+pub mod progress;
 mod state;
 
 pub use state::{
@@ -59,6 +60,17 @@ pub struct RunSummary {
     pub partitions: Vec<PartitionReport>,
     /// Per sink.
     pub sinks: Vec<SinkReport>,
+    /// Per source polled: how long its task ran.
+    pub sources: Vec<SourceRun>,
+}
+
+/// How long one source's task ran in a `run` or `backfill`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRun {
+    /// Source id.
+    pub source: String,
+    /// Seconds from its start to its last partition's end.
+    pub secs: f64,
 }
 
 impl RunSummary {
@@ -83,6 +95,8 @@ pub struct BackfillOptions {
     pub reset: bool,
     /// With `reset`: also forget seen ids of the last N days, and start N days back.
     pub days: Option<u32>,
+    /// How progress is shown while it runs (default: not at all).
+    pub progress: progress::ProgressStyle,
 }
 
 /// Runs the daemon until `stop` is cancelled; sinks then flush within the grace period.
@@ -127,6 +141,7 @@ pub async fn backfill(
         max_poll_failures: settings.backfill.max_poll_failures.max(1),
     };
     let drain = Duration::from_secs_f64(settings.backfill.drain_timeout_secs);
+    let shown = progress::Progress::start(settings, options, &store).await;
     let summary = pipeline(
         settings,
         &store,
@@ -137,6 +152,7 @@ pub async fn backfill(
         stop,
     )
     .await;
+    shown.finish().await;
     store.close().await;
     summary
 }
@@ -181,7 +197,19 @@ async fn pipeline(
     for (id, source) in &selected {
         let interval = Duration::from_secs_f64(source.interval_secs());
         let built = Arc::new(build_source(id, source, &setup)?);
-        source_tasks.spawn(run_source(ctx.clone(), built, interval));
+        let run = run_source(ctx.clone(), built, interval);
+        let id = id.to_string();
+        source_tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let reports = run.await;
+            (
+                SourceRun {
+                    source: id,
+                    secs: started.elapsed().as_secs_f64(),
+                },
+                reports,
+            )
+        });
     }
 
     let mappings = mappings(&settings.sources);
@@ -211,9 +239,13 @@ async fn pipeline(
     }
 
     let mut partitions = Vec::new();
+    let mut sources = Vec::new();
     while let Some(joined) = source_tasks.join_next().await {
         match joined {
-            Ok(reports) => partitions.extend(reports),
+            Ok((run, reports)) => {
+                sources.push(run);
+                partitions.extend(reports);
+            }
             Err(e) => tracing::error!("source task failed: {e}"),
         }
     }
@@ -228,7 +260,12 @@ async fn pipeline(
     partitions
         .sort_by(|a, b| (&a.source, &a.stream, &a.tenant).cmp(&(&b.source, &b.stream, &b.tenant)));
     sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
-    Ok(RunSummary { partitions, sinks })
+    sources.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok(RunSummary {
+        partitions,
+        sinks,
+        sources,
+    })
 }
 
 /// Forgets seen ids older than each source's retention, hourly, until stopped.

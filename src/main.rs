@@ -125,7 +125,11 @@ fn init_logging(level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| {
+            // A backfill's progress line is cleared first, so a log line never lands on it.
+            app::progress::clear_line();
+            std::io::stderr()
+        })
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -188,8 +192,20 @@ async fn main() -> ExitCode {
             }
             Command::Backfill { source, reset, days } => {
                 let stop = signals::install()?;
-                let options = BackfillOptions { source, reset, days };
+                let progress = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    app::progress::ProgressStyle::Line
+                } else {
+                    app::progress::ProgressStyle::Log
+                };
+                let options = BackfillOptions {
+                    source,
+                    reset,
+                    days,
+                    progress,
+                };
                 let summary = app::backfill(&settings, &options, stop).await?;
+                print!("{}", app::progress::summary_table(&summary));
+                println!();
                 print_summary(&summary);
                 Ok(if summary.complete() {
                     ExitCode::SUCCESS

@@ -292,3 +292,91 @@ async fn demo_for_ten_seconds_writes_events_to_demo_out() {
         "the demo prints what moved:\n{stdout}"
     );
 }
+
+/// `backfill` under a pseudo-terminal (python3's `pty`, as an operator's shell would run it):
+/// a live progress line redrawn with `\r`, then the summary table per source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_on_a_terminal_draws_progress_and_prints_a_summary_per_source() {
+    let sim = finished_sim(Identity::Tenant, 1, 3000).await;
+    // Slow pages keep it running across several redraws.
+    sim.faults().delay_ms.store(30, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &config_text(&sim, dir.path(), "page_size = 200", ""),
+    );
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg(
+            "import os, pty, sys\n\
+             status = pty.spawn(sys.argv[1:])\n\
+             sys.exit(os.waitstatus_to_exitcode(status))",
+        )
+        .arg(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("backfill")
+        .stdin(Stdio::null());
+    let out = run_to_end(command).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let redraws = text.matches("\r\x1b[2Kbackfill ").count();
+    assert!(
+        redraws >= 2,
+        "no live progress line ({redraws} draws):\n{text}"
+    );
+    assert!(text.contains("events/s"), "{text}");
+    // The window is walked through: the last line has the source near its end.
+    let last = text
+        .rsplit("\r\x1b[2Kbackfill ")
+        .next()
+        .and_then(|l| l.split("sophos_t ").nth(1))
+        .and_then(|l| l.split('%').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no per-source percentage:\n{text}"));
+    assert!(last >= 90, "{last}% through the window at the end:\n{text}");
+    let want = expected(&sim, &BOTH).len();
+    let header = text
+        .lines()
+        .find(|l| l.contains("PULLED") && l.contains("DELIVERED PER SINK"))
+        .unwrap_or_else(|| panic!("no summary table:\n{text}"));
+    assert!(header.trim_start().starts_with("SOURCE"), "{header}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("sophos_t ") && l.contains("caught up"))
+        .unwrap_or_else(|| panic!("no summary row for sophos_t:\n{text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let n = |i: usize| cols[i].parse::<usize>().unwrap();
+    assert_eq!(n(2), want, "new: {row}");
+    // The simulator's pages overlap at their time boundaries: those repeats are dropped.
+    assert_eq!(n(1), n(2) + n(3), "pulled = new + duplicates: {row}");
+    assert!(cols[4].ends_with('s'), "time taken: {row}");
+    assert!(
+        row.contains(&format!("out {want}")),
+        "delivered per sink: {row}"
+    );
+}
+
+/// Without a terminal (a pipe, the journal) progress is plain log lines: never a `\r`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_without_a_terminal_logs_progress_without_carriage_returns() {
+    let sim = finished_sim(Identity::Tenant, 1, 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(&sim, dir.path(), "", ""));
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config).arg("backfill");
+    let out = run_to_end(command).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains('\r') && !stdout.contains('\r'), "{stderr}");
+    let progress = stderr
+        .lines()
+        .find(|l| l.contains("INFO") && l.contains("backfill") && l.contains("events/s"))
+        .unwrap_or_else(|| panic!("no progress log line:\n{stderr}"));
+    assert!(progress.contains("sophos_t"), "{progress}");
+    assert!(stdout.contains("DELIVERED PER SINK"), "{stdout}");
+}

@@ -38,6 +38,8 @@ pub struct SinkReport {
     pub sink: String,
     /// Records the receiver accepted.
     pub delivered: u64,
+    /// Records the receiver accepted, per source id (their sum is `delivered`).
+    pub delivered_by_source: std::collections::BTreeMap<String, u64>,
     /// Records it rejected (now in dead letters).
     pub dead_letters: u64,
     /// Records routed to it still waiting in the outbox when it stopped.
@@ -58,6 +60,7 @@ pub async fn run_sink<K: Sink>(
     let mut report = SinkReport {
         sink: name.clone(),
         delivered: 0,
+        delivered_by_source: std::collections::BTreeMap::new(),
         dead_letters: 0,
         backlog: 0,
         error: None,
@@ -345,6 +348,17 @@ async fn record_accepted(
         }
     }
     report.delivered += taken;
+    for r in accepted {
+        *report
+            .delivered_by_source
+            .entry(r.source.clone())
+            .or_default() += 1;
+    }
+    for (r, _) in &rejected {
+        if let Some(n) = report.delivered_by_source.get_mut(&r.source) {
+            *n = n.saturating_sub(1);
+        }
+    }
     report.dead_letters += rejected.len() as u64;
     // What the receiver said shows in `state` as the sink's last error (a configuration that makes
     // every record refused — iTop without `org_id` — must be seen there, not only in the log).
