@@ -14,10 +14,18 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, AppError, RunSummary};
 use crate::settings::Settings;
 use crate::simulate::code42::{Code42Sim, Code42SimConfig};
+use crate::simulate::hec::{HecSim, HecSimConfig};
 use crate::simulate::itop::{ItopSim, ItopSimConfig};
 use crate::simulate::jamf::{JamfSim, JamfSimConfig};
 use crate::simulate::sophos::{Identity, SophosSim, SophosSimConfig};
+use crate::simulate::syslog::SyslogReceiver;
 use crate::simulate::tenable_sc::{TenableSim, TenableSimConfig};
+
+/// The file of the exact bytes the syslog sink sent (CEF over RFC 5424, one per line), in `out`.
+pub const SYSLOG_FILE: &str = "syslog-cef.log";
+/// The file of the HEC envelopes the Splunk HEC simulator accepted (one JSON object per line), in
+/// `out`, written when the demo ends.
+pub const HEC_FILE: &str = "hec-events.ndjson";
 
 /// Options of `secrelay demo`.
 #[derive(Debug, Clone)]
@@ -56,6 +64,10 @@ pub struct Simulators {
     pub itop: Option<ItopSim>,
     /// The Code42 sessions seeded, which change state while the demo runs.
     pub sessions: Vec<String>,
+    /// Splunk HEC: every source is routed to it; it keeps the envelopes it accepted.
+    pub hec: HecSim,
+    /// A syslog receiver writing what the syslog sink sends to [`SYSLOG_FILE`].
+    pub syslog: SyslogReceiver,
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -63,8 +75,9 @@ fn setup(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
 }
 
 impl Simulators {
-    /// Starts and seeds every simulator (iTop too with `itop`).
-    pub async fn start(itop: bool) -> Result<Simulators, DemoError> {
+    /// Starts and seeds every simulator (iTop too with `itop`), the HEC simulator and a syslog
+    /// receiver writing into `out`.
+    pub async fn start(itop: bool, out: &Path) -> Result<Simulators, DemoError> {
         let sophos = SophosSim::start(SophosSimConfig {
             client_id: "demo-client".into(),
             client_secret: "demo-secret".into(),
@@ -122,7 +135,15 @@ impl Simulators {
             ),
             false => None,
         };
+        let hec = HecSim::start(HecSimConfig::default())
+            .await
+            .map_err(setup("Splunk HEC"))?;
+        let syslog = SyslogReceiver::start(&out.join(SYSLOG_FILE))
+            .await
+            .map_err(setup("syslog receiver"))?;
         Ok(Simulators {
+            hec,
+            syslog,
             sophos,
             code42: Arc::new(code42),
             tenable,
@@ -147,6 +168,18 @@ impl Simulators {
             [sinks.ndjson]
             type = "file"
             path = {file:?}
+            [sinks.syslog]
+            type = "syslog"
+            address = {syslog:?}
+            transport = "tcp"
+            framing = "lf"
+            payload = "cef"
+            hostname = "secrelay-demo"
+            [sinks.splunk]
+            type = "splunk_hec"
+            url = {hec:?}
+            token = {hec_token:?}
+            host = "secrelay-demo"
             [sources.sophos_demo]
             type = "sophos"
             client_id = "demo-client"
@@ -155,7 +188,7 @@ impl Simulators {
             api_url = {sophos:?}
             interval_secs = 2.0
             initial_lookback_hours = 1
-            sinks = ["ndjson"]
+            sinks = ["ndjson", "syslog", "splunk"]
             [sources.code42_demo]
             type = "code42"
             client_id = "key-42"
@@ -163,24 +196,27 @@ impl Simulators {
             api_url = {code42:?}
             interval_secs = 2.0
             initial_lookback_hours = 2
-            sinks = ["ndjson"]
+            sinks = ["ndjson", "syslog", "splunk"]
             [sources.tenable_demo]
             type = "tenable_sc"
             url = {tenable:?}
             access_key = "ak-1"
             secret_key = "sim-tenable-secret"
             interval_secs = 5.0
-            sinks = ["ndjson"]
+            sinks = ["ndjson", "syslog", "splunk"]
             [sources.jamf_demo]
             type = "jamf"
             url = {jamf:?}
             client_id = "jamf-client"
             client_secret = "sim-jamf-secret"
             interval_secs = 30.0
-            sinks = ["ndjson"]
+            sinks = ["ndjson", "syslog", "splunk"]
             "#,
             store = out.join("state.db").display().to_string(),
             file = out.join("events.ndjson").display().to_string(),
+            syslog = self.syslog.address(),
+            hec = self.hec.url(),
+            hec_token = HecSimConfig::default().token,
             sophos_token = self.sophos.token_url(),
             sophos = self.sophos.url(),
             code42 = self.code42.url(),
@@ -189,8 +225,8 @@ impl Simulators {
         );
         if let Some(itop) = &self.itop {
             text = text.replace(
-                "sinks = [\"ndjson\"]\n            [sources.tenable_demo]",
-                "sinks = [\"ndjson\", \"itop\"]\n            [sources.tenable_demo]",
+                "sinks = [\"ndjson\", \"syslog\", \"splunk\"]\n            [sources.tenable_demo]",
+                "sinks = [\"ndjson\", \"syslog\", \"splunk\", \"itop\"]\n            [sources.tenable_demo]",
             );
             text.push_str(&format!(
                 r#"
@@ -229,6 +265,11 @@ impl Simulators {
             self.tenable.url(),
             self.jamf.url()
         );
+        text.push_str(&format!(
+            "\n  syslog receiver (CEF, TCP)           {}\n  Splunk HEC                           {}",
+            self.syslog.address(),
+            self.hec.url()
+        ));
         if let Some(itop) = &self.itop {
             text.push_str(&format!(
                 "\n  iTop (tickets)                       {}",
@@ -254,13 +295,15 @@ impl Simulators {
 pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSummary, DemoError> {
     std::fs::create_dir_all(&options.out)
         .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", options.out.display())))?;
-    let sims = Simulators::start(options.itop).await?;
+    let sims = Simulators::start(options.itop, &options.out).await?;
     let settings = sims.settings(&options.out)?;
     println!(
-        "secrelay demo: simulators on loopback\n{}\n  state:  {}\n  output: {}\n  {}",
+        "secrelay demo: simulators on loopback\n{}\n  state:  {}\n  output: {} (NDJSON), {} (syslog bytes), {} (HEC envelopes)\n  {}",
         sims.describe(),
         settings.store.path.display(),
         options.out.join("events.ndjson").display(),
+        sims.syslog.path().display(),
+        options.out.join(HEC_FILE).display(),
         match options.seconds {
             Some(s) => format!("running for {s} s"),
             None => "running until Ctrl-C".to_string(),
@@ -313,5 +356,23 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
     if let Some(itop) = sims.itop_summary() {
         println!("{itop}");
     }
+    // Every sink closed its connection; what it sent is in the file once the receiver read it all.
+    sims.syslog.settle(Duration::from_secs(5)).await;
+    let accepted = sims.hec.accepted();
+    let mut hec_lines = String::new();
+    for envelope in &accepted {
+        hec_lines.push_str(&envelope.to_string());
+        hec_lines.push('\n');
+    }
+    let hec_path = options.out.join(HEC_FILE);
+    std::fs::write(&hec_path, hec_lines)
+        .map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", hec_path.display())))?;
+    println!(
+        "syslog: {} bytes of CEF over syslog in {}\nSplunk HEC: {} envelopes accepted, in {}",
+        sims.syslog.bytes(),
+        sims.syslog.path().display(),
+        accepted.len(),
+        hec_path.display()
+    );
     Ok(summary?)
 }

@@ -327,7 +327,12 @@ async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> Ex
     match demo::run(&options, stop).await {
         Ok(summary) => {
             print_summary(&summary);
-            println!("events are in {}", out.join("events.ndjson").display());
+            println!(
+                "events are in {} (and {}, {})",
+                out.join("events.ndjson").display(),
+                out.join(secrelay::demo::SYSLOG_FILE).display(),
+                out.join(secrelay::demo::HEC_FILE).display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

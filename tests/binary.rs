@@ -291,6 +291,47 @@ async fn demo_for_ten_seconds_writes_events_to_demo_out() {
         stdout.contains("ndjson"),
         "the demo prints what moved:\n{stdout}"
     );
+
+    // The syslog sink's exact bytes: RFC 5424 lines carrying CEF, from every source.
+    let syslog = std::fs::read_to_string(dir.path().join("demo-out/syslog-cef.log")).unwrap();
+    let cef: Vec<&str> = syslog.lines().collect();
+    assert!(cef.len() > 100, "only {} syslog lines", cef.len());
+    for line in &cef {
+        assert!(
+            line.starts_with('<') && line.contains(">1 ") && line.contains(" CEF:0|"),
+            "not CEF over RFC 5424 syslog: {line}"
+        );
+    }
+    for vendor in [
+        "CEF:0|Sophos|",
+        "CEF:0|Code42|",
+        "CEF:0|Tenable|",
+        "CEF:0|Jamf|",
+    ] {
+        assert!(
+            cef.iter().any(|l| l.contains(vendor)),
+            "no {vendor} line in the syslog output"
+        );
+    }
+    // The HEC simulator's accepted envelopes, one per line.
+    let hec = std::fs::read_to_string(dir.path().join("demo-out/hec-events.ndjson")).unwrap();
+    let envelopes: Vec<serde_json::Value> = hec
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(envelopes.len() > 100, "only {} HEC events", envelopes.len());
+    let sourcetypes: std::collections::BTreeSet<&str> = envelopes
+        .iter()
+        .map(|e| {
+            assert!(e["event"].is_object() && e["time"].is_number(), "{e}");
+            e["sourcetype"].as_str().unwrap()
+        })
+        .collect();
+    assert!(sourcetypes.len() >= 4, "{sourcetypes:?}");
+    assert!(
+        stdout.contains("syslog-cef.log") && stdout.contains("envelopes accepted"),
+        "the demo says where the syslog and HEC output went:\n{stdout}"
+    );
 }
 
 /// `backfill` under a pseudo-terminal (python3's `pty`, as an operator's shell would run it):

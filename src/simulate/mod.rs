@@ -8,6 +8,7 @@ pub mod hec;
 pub mod itop;
 pub mod jamf;
 pub mod sophos;
+pub mod syslog;
 pub mod tenable_sc;
 
 use std::sync::Arc;
