@@ -399,3 +399,87 @@ async fn sighup_after_logrotate_rename_writes_a_new_file_and_reloads_the_log_lev
         "still running after SIGHUP, exits 0 on SIGTERM: {status:?}"
     );
 }
+
+/// `systemd/secrelay.service` with the binary path pointed at this build, so `verify` can resolve it.
+fn unit_under_test(dir: &Path) -> (String, PathBuf) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/secrelay.service"
+    ))
+    .unwrap();
+    let path = dir.join("secrelay.service");
+    std::fs::write(&path, text.replace("/usr/local/bin/secrelay", BIN)).unwrap();
+    (text, path)
+}
+
+/// The value of `key=` in the unit's text (the last one set, as systemd reads it).
+fn unit_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn systemd_analyze(args: &[&str], unit: &Path) -> std::process::Output {
+    Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze runs (scripts/test installs the `systemd` package when missing)")
+}
+
+#[test]
+fn the_unit_is_type_notify_verifies_and_has_exposure_at_most_2_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, unit) = unit_under_test(dir.path());
+
+    // What the daemon and the unit must agree on.
+    assert_eq!(unit_value(&text, "Type"), Some("notify"));
+    assert_eq!(unit_value(&text, "NotifyAccess"), Some("main"));
+    let watchdog: f64 = unit_value(&text, "WatchdogSec").unwrap().parse().unwrap();
+    assert!(watchdog >= 10.0, "WatchdogSec={watchdog}");
+    assert!(
+        unit_value(&text, "ExecStartPre").is_some_and(|v| v.ends_with(" check --offline")),
+        "ExecStartPre runs check --offline"
+    );
+    let defaults = secrelay::settings::Settings::load_with_env(None, Some(Default::default()))
+        .expect("the built-in defaults load");
+    let stop: f64 = unit_value(&text, "TimeoutStopSec")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stop > defaults.scheduler.shutdown_grace_secs,
+        "TimeoutStopSec={stop} must exceed the default grace period {}",
+        defaults.scheduler.shutdown_grace_secs
+    );
+
+    let verify = systemd_analyze(&["verify"], &unit);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success(), "systemd-analyze verify: {said}");
+    let about_us: Vec<&str> = said.lines().filter(|l| l.contains("secrelay")).collect();
+    assert!(about_us.is_empty(), "verify complains: {about_us:?}");
+
+    let security = systemd_analyze(&["security", "--offline=yes"], &unit);
+    let report = String::from_utf8_lossy(&security.stdout);
+    let errors = String::from_utf8_lossy(&security.stderr);
+    if !security.status.success() && errors.contains("offline") {
+        // systemd before 250 has no offline review; `verify` above is all we can ask of it.
+        eprintln!("systemd-analyze security --offline is not supported here: {errors}");
+        return;
+    }
+    assert!(security.status.success(), "security: {report}{errors}");
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for secrelay.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in: {report}"));
+    assert!(exposure <= 2.0, "exposure {exposure} > 2.0:\n{report}");
+}
