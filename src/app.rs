@@ -167,7 +167,7 @@ pub async fn backfill(
         stop,
     )
     .await;
-    shown.finish().await;
+    shown.finish(summary.as_ref().ok()).await;
     store.close().await;
     summary
 }

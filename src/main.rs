@@ -138,11 +138,8 @@ fn init_logging(level: &str) -> LogFilterHandle {
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(|| {
-                    // A backfill's progress line is cleared first, so a log line never lands on it.
-                    app::progress::clear_line();
-                    std::io::stderr()
-                })
+                // A backfill's progress block is erased first, so a log line never lands on it.
+                .with_writer(app::progress::log_writer)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false),
         )

@@ -3,13 +3,14 @@
 //!
 //! Owns: reading the store's running totals for progress and rendering them. Must not: write to
 //! the store or steer the pipeline (it only watches; a slow terminal never slows a backfill).
-//! Invariant: the `\r` line is drawn only when asked for ([`ProgressStyle::Line`]: stderr is a
-//! terminal), so logs and pipes never get carriage returns.
+//! Invariant: the redrawn block is drawn only when asked for ([`ProgressStyle::Line`]: stderr is
+//! a terminal), so logs and pipes never get carriage returns or escape sequences.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -26,7 +27,8 @@ pub enum ProgressStyle {
     /// Not at all (the library default).
     #[default]
     Off,
-    /// One line on stderr redrawn in place with `\r` every [`LINE_EVERY`] (stderr is a terminal).
+    /// A block on stderr redrawn in place (`\r` and ANSI erase) every [`LINE_EVERY`]: a totals
+    /// line, then one short line per source (stderr is a terminal).
     Line,
     /// An INFO log line every [`LOG_EVERY`] (stderr is a file, a pipe or the journal).
     Log,
@@ -37,27 +39,64 @@ pub const LINE_EVERY: Duration = Duration::from_millis(250);
 /// How often a progress log line is written when stderr is not a terminal.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Set while a progress line is on screen: a log line first clears it (see [`clear_line`]).
-static LINE_SHOWN: AtomicBool = AtomicBool::new(false);
+/// How many lines the progress block has on screen (0: none). Held while the block is drawn and
+/// while a log line is written (see [`log_writer`]), so the two never interleave.
+static LINES_SHOWN: Mutex<usize> = Mutex::new(0);
 
-/// Clears the progress line if one is drawn, so a log line written next starts at column 0 (the
-/// line is drawn again at the next tick). Called by the binary's log writer.
-pub fn clear_line() {
-    if LINE_SHOWN.swap(false, Ordering::SeqCst) {
-        let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+fn lines_shown() -> MutexGuard<'static, usize> {
+    LINES_SHOWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The escape sequence that moves to the start of a block of `lines` lines ending at the cursor
+/// and erases it to the end of the screen.
+fn erase(lines: usize) -> String {
+    match lines {
+        0 => String::new(),
+        1 => "\r\x1b[J".to_string(),
+        n => format!("\x1b[{}A\r\x1b[J", n - 1),
+    }
+}
+
+/// Standard error for one log line: erases the progress block first if one is drawn (it is drawn
+/// again at the next tick), and keeps the block from being drawn until the line is written.
+pub fn log_writer() -> LogWriter {
+    let mut shown = lines_shown();
+    if *shown > 0 {
+        let _ = std::io::stderr().write_all(erase(*shown).as_bytes());
+        *shown = 0;
+    }
+    LogWriter { _drawing: shown }
+}
+
+/// Standard error, for one log line (see [`log_writer`]).
+pub struct LogWriter {
+    _drawing: MutexGuard<'static, usize>,
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
 /// The progress display of one backfill; [`Progress::finish`] ends it.
 pub struct Progress {
     task: Option<(CancellationToken, JoinHandle<()>)>,
+    /// Sources whose every partition caught up, told at the end for the last draw.
+    caught_up: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// One source being watched.
 struct Watched {
     id: String,
-    /// Where its window starts (vendor time): `--days` back, its stored position, or its look-back.
-    window_start: DateTime<Utc>,
+    /// Where its window starts (vendor time): `--days` back, its stored position, or its initial
+    /// look-back; `None` for a source without a time window (progress is then events so far).
+    window_start: Option<DateTime<Utc>>,
     /// Its new events and duplicates when the backfill started.
     base_new: i64,
     base_dups: i64,
@@ -68,7 +107,10 @@ impl Progress {
     /// [`ProgressStyle::Off`]).
     pub async fn start(settings: &Settings, options: &BackfillOptions, store: &Store) -> Progress {
         if options.progress == ProgressStyle::Off {
-            return Progress { task: None };
+            return Progress {
+                task: None,
+                caught_up: Arc::default(),
+            };
         }
         let started_at = Utc::now();
         let states = store.cursor_states().await.unwrap_or_default();
@@ -79,12 +121,14 @@ impl Progress {
             }
             let mine: Vec<_> = states.iter().filter(|s| &s.source == id).collect();
             let stored = mine.iter().filter_map(|s| s.newest_event_at).min();
-            let lookback = chrono::Duration::hours(source.lookback_hours() as i64);
-            let window_start = match (options.days, stored) {
-                (Some(days), _) => started_at - chrono::Duration::days(i64::from(days)),
-                (None, Some(at)) if !options.reset => at,
-                _ => started_at - lookback,
-            };
+            let window_start =
+                source
+                    .initial_lookback_hours()
+                    .map(|hours| match (options.days, stored) {
+                        (Some(days), _) => started_at - chrono::Duration::days(i64::from(days)),
+                        (None, Some(at)) if !options.reset => at,
+                        _ => started_at - chrono::Duration::hours(hours as i64),
+                    });
             watched.push(Watched {
                 id: id.clone(),
                 window_start,
@@ -93,20 +137,37 @@ impl Progress {
             });
         }
         let stop = CancellationToken::new();
+        let caught_up: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let task = tokio::spawn(watch(
             store.clone(),
             watched,
             options.progress,
             started_at,
-            stop.clone(),
+            (stop.clone(), caught_up.clone()),
         ));
         Progress {
             task: Some((stop, task)),
+            caught_up,
         }
     }
 
-    /// Draws the last line (ended with a newline) or logs it, and stops watching.
-    pub async fn finish(self) {
+    /// Draws the last block (ended with a newline) or logs it, and stops watching. `summary`: what
+    /// the backfill did, so sources that caught up say so (a quiet source's newest event may be
+    /// far from the end of its window).
+    pub async fn finish(self, summary: Option<&RunSummary>) {
+        if let Some(summary) = summary {
+            let mut done: BTreeMap<&str, bool> = BTreeMap::new();
+            for p in &summary.partitions {
+                *done.entry(&p.source).or_insert(true) &= p.caught_up && p.error.is_none();
+            }
+            if let Ok(mut caught_up) = self.caught_up.lock() {
+                caught_up.extend(
+                    done.into_iter()
+                        .filter(|(_, d)| *d)
+                        .map(|(s, _)| s.to_string()),
+                );
+            }
+        }
         if let Some((stop, task)) = self.task {
             stop.cancel();
             let _ = task.await;
@@ -119,7 +180,7 @@ async fn watch(
     watched: Vec<Watched>,
     style: ProgressStyle,
     started_at: DateTime<Utc>,
-    stop: CancellationToken,
+    (stop, caught_up): (CancellationToken, Arc<Mutex<BTreeSet<String>>>),
 ) {
     let started = Instant::now();
     let every = match style {
@@ -144,16 +205,24 @@ async fn watch(
             }
             let (new, dups) = (new - w.base_new, dups - w.base_dups);
             pulled += new + dups;
-            let span = (started_at - w.window_start).num_seconds().max(1) as f64;
-            let through = newest.map_or(0.0, |t| {
-                ((t - w.window_start).num_seconds() as f64 / span).clamp(0.0, 1.0)
-            });
+            let done = finished && caught_up.lock().map(|c| c.contains(&w.id)).unwrap_or(false);
+            let through = match w.window_start {
+                _ if done => "caught up,".to_string(),
+                None => "-".to_string(),
+                Some(start) => {
+                    let span = (started_at - start).num_seconds().max(1) as f64;
+                    let done = newest.map_or(0.0, |t| {
+                        ((t - start).num_seconds() as f64 / span).clamp(0.0, 1.0)
+                    });
+                    format!("{:.0}%", done * 100.0)
+                }
+            };
             parts.push(format!(
-                "{} {:.0}% {} pulled ({} new)",
+                "{} {through} {} pulled ({} new, {} duplicates)",
                 w.id,
-                through * 100.0,
                 new + dups,
-                new
+                new,
+                dups
             ));
         }
         let dt = last_at.elapsed().as_secs_f64();
@@ -166,22 +235,29 @@ async fn watch(
             last_pulled = pulled;
             last_at = Instant::now();
         }
-        let line = format!(
-            "backfill {:.0}s: {} pulled, {:.0} events/s | {}",
+        let totals = format!(
+            "backfill {:.0}s: {} pulled, {:.0} events/s",
             started.elapsed().as_secs_f64(),
             pulled,
             rate,
-            parts.join(" | ")
         );
         match style {
             ProgressStyle::Line => {
+                // Short lines, one per source, so none wraps on an 80-column terminal (a wrapped
+                // line would not be erased by the next redraw).
+                let mut block = vec![totals];
+                block.extend(parts.iter().map(|p| {
+                    let line = format!("  {p}");
+                    line.chars().take(79).collect::<String>()
+                }));
+                let mut shown = lines_shown();
                 let mut err = std::io::stderr().lock();
                 let end = if finished { "\n" } else { "" };
-                let _ = write!(err, "\r\x1b[2K{line}{end}");
+                let _ = write!(err, "{}{}{end}", erase(*shown), block.join("\n"));
                 let _ = err.flush();
-                LINE_SHOWN.store(!finished, Ordering::SeqCst);
+                *shown = if finished { 0 } else { block.len() };
             }
-            ProgressStyle::Log => tracing::info!("{line}"),
+            ProgressStyle::Log => tracing::info!("{totals} | {}", parts.join(" | ")),
             ProgressStyle::Off => {}
         }
         if finished {

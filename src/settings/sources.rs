@@ -71,6 +71,17 @@ impl SourceSettings {
         }
     }
 
+    /// Where a first poll (or one after `--reset`) starts, in hours back from now; `None` for a
+    /// source without a time window (Jamf inventory is read whole). Backfill progress uses it.
+    pub fn initial_lookback_hours(&self) -> Option<u64> {
+        match self {
+            SourceSettings::Sophos(s) => Some(u64::from(s.initial_lookback_hours)),
+            SourceSettings::Code42(s) => Some(u64::from(s.initial_lookback_hours)),
+            SourceSettings::TenableSc(s) => Some(u64::from(s.initial_lookback_days) * 24),
+            SourceSettings::Jamf(_) => None,
+        }
+    }
+
     /// Durations of this source's own, in seconds, by key name: each must be above 0.
     pub fn durations(&self) -> Vec<(&'static str, f64)> {
         let mut found = vec![("interval_secs", self.interval_secs())];
