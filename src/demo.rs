@@ -4,6 +4,7 @@
 //! Owns: the demo's simulator setup, their seed data and the configuration it writes for itself.
 //! Must not: reach anything but loopback, or differ from `secrelay run` past the configuration.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -365,8 +366,15 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
         hec_lines.push('\n');
     }
     let hec_path = options.out.join(HEC_FILE);
-    std::fs::write(&hec_path, hec_lines)
-        .map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", hec_path.display())))?;
+    // Security events: readable by the owner only, as the file sink writes them.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&hec_path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, hec_lines.as_bytes()));
+    written.map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", hec_path.display())))?;
     println!(
         "syslog: {} bytes of CEF over syslog in {}\nSplunk HEC: {} envelopes accepted, in {}",
         sims.syslog.bytes(),

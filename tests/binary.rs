@@ -328,6 +328,14 @@ async fn demo_for_ten_seconds_writes_events_to_demo_out() {
         })
         .collect();
     assert!(sourcetypes.len() >= 4, "{sourcetypes:?}");
+    for file in ["syslog-cef.log", "hec-events.ndjson"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("demo-out").join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: security events, owner only");
+    }
     assert!(
         stdout.contains("syslog-cef.log") && stdout.contains("envelopes accepted"),
         "the demo says where the syslog and HEC output went:\n{stdout}"

@@ -125,7 +125,7 @@ impl Behind {
 }
 
 /// What the SOURCES columns of `secrelay state` mean, printed under the table.
-pub const SOURCES_LEGEND: &str = "\
+pub const SOURCES_LEGEND: &str = "columns:
   NEWEST EVENT  age of the newest event committed (a quiet source's is old; that is not lag)
   CURSOR MOVED  time since the stored cursor last moved
   LAST POLL OK  time since the last poll that committed (an empty page counts)

@@ -25,12 +25,20 @@ pub struct SyslogReceiver {
 }
 
 impl SyslogReceiver {
-    /// Listens on `127.0.0.1` on a free port and writes what arrives to `path` (created or
-    /// truncated).
+    /// Listens on `127.0.0.1` on a free port and writes what arrives to `path` (created with mode
+    /// 0600, or truncated).
     pub async fn start(path: &Path) -> std::io::Result<SyslogReceiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let file = Arc::new(Mutex::new(tokio::fs::File::create(path).await?));
+        // Security events: readable by the owner only, as the file sink writes them.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .await?;
+        let file = Arc::new(Mutex::new(file));
         let open = Arc::new(AtomicUsize::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
         let accept = tokio::spawn({
