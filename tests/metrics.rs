@@ -36,6 +36,19 @@ async fn get(port: u16, path: &str) -> (u16, String) {
     (answer.status, answer.body)
 }
 
+/// Sends `request` as it is and reads the whole answer.
+async fn raw(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The server may answer and close before reading all of an oversized request.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Scrapes until `done` holds for the text, or fails after `limit`.
 async fn scrape_until(port: u16, limit: Duration, done: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();
@@ -146,6 +159,19 @@ async fn metrics_after_a_run_count_every_event_once() {
     assert!(value(&text, "secrelay_sink_batches_total{sink=\"out\"}") >= 1.0);
     assert_eq!(get(port, "/health").await, (200, "ok\n".to_string()));
     assert_eq!(get(port, "/nothing").await.0, 404);
+    // The responder takes GET (and HEAD) only, and a bounded request head.
+    assert!(raw(port, b"POST /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 405 "));
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw(port, huge.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431 "));
+    let head = raw(port, b"HEAD /health HTTP/1.1\r\n\r\n").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
 
     // `secrelay health` asks the same endpoint: exit 0 now, 1 once the daemon is gone.
     let url = format!("http://127.0.0.1:{port}/health");

@@ -25,6 +25,9 @@ const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen queue.
 const MAX_CONNECTIONS: usize = 16;
+/// Most bytes of an oversized request read (and dropped) after answering it, and for how long.
+const DRAIN_AT_MOST: u64 = 1024 * 1024;
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 /// Largest answer `secrelay health` reads, in bytes.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -172,7 +175,18 @@ async fn answer(mut stream: TcpStream, scrape: &Scrape) -> std::io::Result<()> {
     }
     tokio::time::timeout(IO_TIMEOUT, async {
         stream.write_all(&response).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Closing with unread input would reset the connection, and the client could lose the
+        // answer: read what an oversized request still sends, a bounded amount for a short while.
+        if status == 431 {
+            let mut rest = (&mut stream).take(DRAIN_AT_MOST);
+            let _ = tokio::time::timeout(
+                DRAIN_WITHIN,
+                tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+            )
+            .await;
+        }
+        Ok(())
     })
     .await
     .unwrap_or(Ok(()))
