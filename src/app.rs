@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::notify;
 use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, SinkReport};
 use crate::settings::{Settings, SetupError, SourceSettings};
 use crate::sinks::any::{build_sink, AnySink, SinkSetup};
@@ -97,7 +98,21 @@ pub async fn run(settings: &Settings, stop: CancellationToken) -> Result<RunSumm
         settings.clone(),
         stop.clone(),
     ));
+    // systemd: STOPPING=1 when a graceful stop begins, WATCHDOG=1 until the very end (systemd
+    // still watches while we flush). READY=1 is sent by `pipeline` once everything is scheduled.
+    let stopping = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            notify::notify(notify::State::Stopping);
+        }
+    });
+    let finished = CancellationToken::new();
+    let watchdog = tokio::spawn(notify::watchdog(finished.clone()));
     let summary = pipeline(settings, &store, Mode::Daemon, grace, None, None, stop).await;
+    finished.cancel();
+    let _ = watchdog.await;
+    stopping.abort();
     pruner.abort();
     store.close().await;
     summary
@@ -220,6 +235,11 @@ async fn pipeline(
         sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger).instrument(span));
     }
 
+    if mode == Mode::Daemon {
+        // Store open, every source and sink scheduled: tell systemd (`Type=notify`) we are up.
+        notify::notify(notify::State::Ready);
+    }
+
     let mut partitions = Vec::new();
     while let Some(joined) = source_tasks.join_next().await {
         match joined {
@@ -305,6 +325,20 @@ pub struct CheckResult {
 
 /// Validated settings are given; this reaches the store, each API and each sink without moving data.
 pub async fn check(settings: &Settings) -> Vec<CheckResult> {
+    check_reaching(settings, true).await
+}
+
+/// `secrelay check --offline` (systemd's `ExecStartPre=`): what can be checked without the network.
+/// Settings given are already validated with their secrets resolved (`Settings::load` read every
+/// `*_file`, under `$CREDENTIALS_DIRECTORY` when set); this opens the store and builds every source
+/// and sink (TLS files, certificates, templates), but sends nothing: no API or receiver is asked,
+/// so a vendor outage cannot keep the daemon from starting (it retries with backoff instead).
+pub async fn check_offline(settings: &Settings) -> Vec<CheckResult> {
+    check_reaching(settings, false).await
+}
+
+/// [`check`] when `reach`, else [`check_offline`].
+async fn check_reaching(settings: &Settings, reach: bool) -> Vec<CheckResult> {
     let mut results = Vec::new();
     let check_store = match Store::open(&settings.store.path, Access::Reader).await {
         Ok(store) => {
@@ -343,15 +377,21 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
     };
     for (id, source) in &settings.sources {
         let outcome = match build_source(id, source, &setup) {
+            Ok(_) if !reach => Ok(None),
             Ok(built) => {
                 let found = built.partitions().await;
                 built.close().await;
-                found.map_err(|e| e.to_string())
+                found.map(Some).map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
         };
         results.push(match outcome {
-            Ok(p) => CheckResult {
+            Ok(None) => CheckResult {
+                what: format!("source {id}"),
+                ok: true,
+                detail: "configured (offline: API not asked)".into(),
+            },
+            Ok(Some(p)) => CheckResult {
                 what: format!("source {id}"),
                 ok: true,
                 detail: format!("{} partitions: {}", p.len(), join(&p)),
@@ -371,6 +411,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckResult> {
             store: check_store.as_ref(),
         };
         let outcome = match build_sink(name, sink, &setup) {
+            Ok(_) if !reach => Ok("configured (offline: receiver not asked)".to_string()),
             Ok(mut built) => built
                 .check()
                 .await

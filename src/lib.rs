@@ -20,7 +20,7 @@
 //! Modules: [`settings`] (configuration), [`store`] (all SQL), [`scheduler`] (timing, both loops),
 //! [`sources`] (one module per vendor), [`vendors`] (the registry naming them), [`mapping`] (what
 //! sinks know of a vendor's records), [`sinks`] (one module per transport), [`net`] (HTTP and TLS
-//! clients for both), [`json_path`] (reading records by dotted path), [`encode`] (pure formats), [`app`] (composition); with the default cargo
+//! clients for both), [`json_path`] (reading records by dotted path), [`encode`] (pure formats), [`notify`] (systemd notifications), [`app`] (composition); with the default cargo
 //! feature `simulators`, `simulate` (vendor simulators) and `demo`. A production build may leave
 //! them out: `cargo build --release --no-default-features`.
 
@@ -35,6 +35,7 @@ pub mod json_path;
 pub mod mapping;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod scheduler;
 pub mod settings;
 pub mod signals;

@@ -41,7 +41,11 @@ enum Command {
         days: Option<u32>,
     },
     /// Validate the configuration, resolve secrets, reach every API and sink (moves no data).
-    Check,
+    Check {
+        /// Configuration, secrets, store and sink setup only: no network (systemd's ExecStartPre).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Show cursors, lag, errors, outbox backlog and dead letters.
     State {
         /// Machine-readable JSON instead of the table.
@@ -125,26 +129,64 @@ enum IncidentAction {
     },
 }
 
-fn init_logging(level: &str, format: LogFormat) {
+/// Changes the log filter of a running process (SIGHUP re-reads `log.level`).
+type LogFilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(level: &str, format: LogFormat) -> LogFilterHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        LogFormat::Human => builder
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let human = (format == LogFormat::Human).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // The event's fields at the top level; the partition or sink a line is about comes from
-        // the span its task runs in (`span`: source, stream, tenant, or sink).
-        LogFormat::Json => builder
+            .with_target(false)
+    });
+    // The event's fields at the top level; the partition or sink a line is about comes from the
+    // span its task runs in (`span`: source, stream, tenant, or sink).
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
+            .with_writer(std::io::stderr)
+            .with_target(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(human)
+        .with(json)
+        .init();
+    handle
+}
+
+/// SIGHUP in `run`: re-reads the configuration and applies its `log.level` (unless `RUST_LOG` is
+/// set, which wins as at start-up). Nothing else is reloaded: sources, sinks, routes and the store
+/// keep the settings they started with (changing them safely needs a restart). A configuration
+/// that no longer loads is logged and ignored.
+fn reload_log_level(config: Option<&std::path::Path>, logs: &LogFilterHandle) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing::info!("SIGHUP: RUST_LOG is set, so the log level stays as it is");
+        return;
+    }
+    let level = match Settings::load(config) {
+        Ok(settings) => settings.log.level,
+        Err(e) => {
+            tracing::warn!("SIGHUP: configuration not reloaded, it does not load: {e}");
+            return;
+        }
+    };
+    match tracing_subscriber::EnvFilter::try_new(&level) {
+        Ok(filter) => match logs.reload(filter) {
+            Ok(()) => tracing::info!(level = %level, "SIGHUP: log level reloaded"),
+            Err(e) => tracing::warn!("SIGHUP: log level not reloaded: {e}"),
+        },
+        Err(e) => tracing::warn!("SIGHUP: log.level {level:?} is not a valid filter: {e}"),
     }
 }
 
@@ -252,11 +294,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&settings.log.level, settings.log.format);
+    let logs = init_logging(&settings.log.level, settings.log.format);
     let result: anyhow::Result<ExitCode> = async {
         match cli.command {
             Command::Run => {
-                let stop = signals::install()?;
+                let config = cli.config.clone();
+                let stop = signals::install_with_hangup(move || {
+                    reload_log_level(config.as_deref(), &logs)
+                })?;
                 app::run(&settings, stop).await?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -272,8 +317,12 @@ async fn main() -> ExitCode {
                     ExitCode::from(EXIT_INCOMPLETE)
                 })
             }
-            Command::Check => {
-                let results = app::check(&settings).await;
+            Command::Check { offline } => {
+                let results = if offline {
+                    app::check_offline(&settings).await
+                } else {
+                    app::check(&settings).await
+                };
                 for r in &results {
                     println!("{:<4} {:<24} {}", if r.ok { "ok" } else { "FAIL" }, r.what, r.detail);
                 }
@@ -369,7 +418,7 @@ async fn incidents(settings: &Settings, action: IncidentAction) -> anyhow::Resul
 async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> ExitCode {
     use secrelay::demo::{self, DemoOptions};
     let out = out.to_path_buf();
-    init_logging("info", LogFormat::Human);
+    let _logs = init_logging("info", LogFormat::Human);
     let stop = match signals::install() {
         Ok(s) => s,
         Err(e) => {

@@ -1,5 +1,7 @@
 //! Process signals: SIGTERM/SIGINT stop the pipeline gracefully (a second one exits at once);
-//! SIGHUP is acknowledged (file sinks reopen their path on every batch, so rotation needs nothing).
+//! SIGHUP runs the caller's reload (the binary re-reads the log level) and needs nothing else: file
+//! sinks open their path anew for every batch, so after logrotate renames a file the next batch
+//! goes to a new file at the configured path.
 //!
 //! Must not: do work itself beyond cancelling the stop token. Invariant: the first stop signal never
 //! kills the process — in-flight commits finish and sinks flush within the grace period.
@@ -14,6 +16,13 @@ pub const FORCED_EXIT: i32 = 130;
 
 /// Installs the handlers and returns the token the first SIGTERM/SIGINT cancels.
 pub fn install() -> std::io::Result<CancellationToken> {
+    install_with_hangup(|| {})
+}
+
+/// As [`install`], and SIGHUP calls `on_hangup` (on the signal task: keep it short).
+pub fn install_with_hangup(
+    on_hangup: impl Fn() + Send + 'static,
+) -> std::io::Result<CancellationToken> {
     let stop = CancellationToken::new();
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let token = stop.clone();
@@ -21,7 +30,8 @@ pub fn install() -> std::io::Result<CancellationToken> {
         while let Some(signal) = next(&mut signals).await {
             match signal {
                 SIGHUP => {
-                    tracing::info!("SIGHUP: files are reopened on every batch; nothing to do")
+                    tracing::info!("SIGHUP: file sinks reopen their path with the next batch");
+                    on_hangup();
                 }
                 _ if token.is_cancelled() => {
                     tracing::warn!(
