@@ -23,6 +23,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::notify;
 use crate::scheduler::{run_sink, run_source, Context, Mode, PartitionReport, SinkReport};
@@ -52,6 +53,9 @@ pub enum AppError {
     /// `--sink` names no configured sink.
     #[error("no sink named `{0}` in the configuration")]
     UnknownSink(String),
+    /// The metrics endpoint could not listen.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsServeError),
 }
 
 /// What a `run` or `backfill` did.
@@ -200,6 +204,11 @@ async fn pipeline(
         sinks_of_source,
         stop,
     );
+    let metrics_server = if mode == Mode::Daemon && settings.metrics.enabled {
+        Some(serve_metrics(settings, &ctx).await?)
+    } else {
+        None
+    };
     http::limit_response_bytes(settings.http.max_response_bytes);
     let client = http::client(&settings.http).map_err(|e| AppError::Http(e.to_string()))?;
 
@@ -212,7 +221,8 @@ async fn pipeline(
     for (id, source) in &selected {
         let interval = Duration::from_secs_f64(source.interval_secs());
         let built = Arc::new(build_source(id, source, &setup)?);
-        let run = run_source(ctx.clone(), built, interval);
+        let span = tracing::info_span!("source", source = %id);
+        let run = run_source(ctx.clone(), built, interval).instrument(span);
         let id = id.to_string();
         source_tasks.spawn(async move {
             let started = std::time::Instant::now();
@@ -250,7 +260,8 @@ async fn pipeline(
         let batch = sink_settings.batch_size();
         let linger = sink_settings.linger();
         let sink = build_sink(&name, sink_settings, &sink_setup)?;
-        sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger));
+        let span = tracing::info_span!("sink", sink = %name);
+        sink_tasks.spawn(run_sink(ctx.clone(), sink, sources, batch, linger).instrument(span));
     }
 
     if mode == Mode::Daemon {
@@ -277,6 +288,9 @@ async fn pipeline(
             Err(e) => tracing::error!("sink task failed: {e}"),
         }
     }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     partitions
         .sort_by(|a, b| (&a.source, &a.stream, &a.tenant).cmp(&(&b.source, &b.stream, &b.tenant)));
     sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
@@ -286,6 +300,27 @@ async fn pipeline(
         sinks,
         sources,
     })
+}
+
+/// Starts the `/metrics` and `/health` endpoint on `metrics.listen` over the pipeline's counters.
+async fn serve_metrics(
+    settings: &Settings,
+    ctx: &Arc<Context>,
+) -> Result<tokio::task::JoinHandle<()>, AppError> {
+    let scrape = crate::metrics::Scrape {
+        metrics: ctx.metrics.clone(),
+        store: ctx.store.clone(),
+        sources_of_sink: ctx.sources_of_sink.clone(),
+        unhealthy_after: Duration::from_secs_f64(settings.metrics.unhealthy_after_secs),
+    };
+    let (addr, task) =
+        crate::metrics::serve(&settings.metrics.listen, scrape, ctx.stop.clone()).await?;
+    if addr.ip().is_loopback() {
+        tracing::info!(%addr, "metrics and health endpoint listening");
+    } else {
+        tracing::warn!(%addr, "metrics and health endpoint listening on a non-loopback address: it has no authentication, so firewall it to the scrapers");
+    }
+    Ok(task)
 }
 
 /// Forgets seen ids older than each source's retention, hourly, until stopped.

@@ -33,6 +33,7 @@ pub mod encode;
 pub mod event;
 pub mod json_path;
 pub mod mapping;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod scheduler;

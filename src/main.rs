@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use secrelay::app::{self, BackfillOptions, RunSummary};
-use secrelay::settings::Settings;
+use secrelay::settings::{LogFormat, Settings};
 use secrelay::signals;
 
 /// Exit status: configuration invalid.
@@ -68,6 +68,12 @@ enum Command {
         #[command(subcommand)]
         action: IncidentAction,
     },
+    /// Ask a running daemon's health endpoint (exit 0 healthy, 1 not or unreachable); prints its answer.
+    Health {
+        /// The endpoint, e.g. http://127.0.0.1:9464/health (default: `metrics.listen` of the configuration).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Start the built-in vendor simulators and run the real pipeline into ./demo-out/.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -127,22 +133,36 @@ enum IncidentAction {
 type LogFilterHandle =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
-fn init_logging(level: &str) -> LogFilterHandle {
+fn init_logging(level: &str, format: LogFormat) -> LogFilterHandle {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let human = (format == LogFormat::Human).then(|| {
+        tracing_subscriber::fmt::layer()
+            // A backfill's progress block is erased first, so a log line never lands on it.
+            .with_writer(app::progress::log_writer)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+    });
+    // The event's fields at the top level; the partition or sink a line is about comes from the
+    // span its task runs in (`span`: source, stream, tenant, or sink).
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            // A backfill's progress block is erased first, so a log line never lands on it.
+            .with_writer(app::progress::log_writer)
+            .with_target(false)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                // A backfill's progress block is erased first, so a log line never lands on it.
-                .with_writer(app::progress::log_writer)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false),
-        )
+        .with(human)
+        .with(json)
         .init();
     handle
 }
@@ -170,6 +190,59 @@ fn reload_log_level(config: Option<&std::path::Path>, logs: &LogFilterHandle) {
         },
         Err(e) => tracing::warn!("SIGHUP: log.level {level:?} is not a valid filter: {e}"),
     }
+}
+
+/// `secrelay health`: asks the endpoint at `url`, or the configured `metrics.listen`.
+async fn health(config: Option<&std::path::Path>, url: Option<&str>) -> ExitCode {
+    let url = match url {
+        Some(url) => url.to_string(),
+        None => {
+            let settings = match Settings::load(config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if !settings.metrics.enabled {
+                eprintln!("error: metrics.enabled is false, so the daemon serves no health endpoint; enable [metrics] or pass --url");
+                return ExitCode::from(EXIT_INCOMPLETE);
+            }
+            health_url(&settings.metrics.listen)
+        }
+    };
+    match secrelay::metrics::probe_health(&url).await {
+        Ok(answer) => {
+            print!("{}", answer.body);
+            if answer.status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("unhealthy: {url} answered {}", answer.status);
+                ExitCode::from(EXIT_INCOMPLETE)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
+}
+
+/// The URL of the health endpoint on `listen`; an unspecified address (all interfaces) is asked
+/// on loopback.
+fn health_url(listen: &str) -> String {
+    let addr = match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let ip: std::net::IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        }
+        _ => listen.to_string(),
+    };
+    format!("http://{addr}/health")
 }
 
 fn print_summary(summary: &RunSummary) {
@@ -212,6 +285,10 @@ async fn main() -> ExitCode {
         return run_demo(*seconds, out, *itop).await;
     }
 
+    if let Command::Health { url } = &cli.command {
+        return health(cli.config.as_deref(), url.as_deref()).await;
+    }
+
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -219,7 +296,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let logs = init_logging(&settings.log.level);
+    let logs = init_logging(&settings.log.level, settings.log.format);
     let result: anyhow::Result<ExitCode> = async {
         match cli.command {
             Command::Run => {
@@ -301,7 +378,7 @@ async fn main() -> ExitCode {
                 }
             },
             Command::Incidents { action } => incidents(&settings, action).await,
-            Command::Demo { .. } => Ok(ExitCode::SUCCESS),
+            Command::Demo { .. } | Command::Health { .. } => Ok(ExitCode::SUCCESS),
         }
     }
     .await;
@@ -355,7 +432,7 @@ async fn incidents(settings: &Settings, action: IncidentAction) -> anyhow::Resul
 async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> ExitCode {
     use secrelay::demo::{self, DemoOptions};
     let out = out.to_path_buf();
-    let _logs = init_logging("info");
+    let _logs = init_logging("info", LogFormat::Human);
     let stop = match signals::install() {
         Ok(s) => s,
         Err(e) => {

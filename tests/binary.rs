@@ -426,10 +426,16 @@ async fn backfill_without_a_terminal_logs_progress_without_carriage_returns() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains('\r') && !stdout.contains('\r'), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains("backfill") && l.contains("events/s")),
+        "no progress log line:\n{stderr}"
+    );
     let progress = stderr
         .lines()
-        .find(|l| l.contains("INFO") && l.contains("backfill") && l.contains("events/s"))
-        .unwrap_or_else(|| panic!("no progress log line:\n{stderr}"));
-    assert!(progress.contains("sophos_t"), "{progress}");
+        .find(|l| l.contains("INFO") && l.contains("backfill progress: sophos_t"))
+        .unwrap_or_else(|| panic!("no progress log line for the source:\n{stderr}"));
+    assert!(progress.contains("source=sophos_t"), "{progress}");
     assert!(stdout.contains("DELIVERED PER SINK"), "{stdout}");
 }

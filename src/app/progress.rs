@@ -257,7 +257,13 @@ async fn watch(
                 let _ = err.flush();
                 *shown = if finished { 0 } else { block.len() };
             }
-            ProgressStyle::Log => tracing::info!("{totals} | {}", parts.join(" | ")),
+            ProgressStyle::Log => {
+                tracing::info!(pulled, events_per_sec = rate.round() as u64, "{totals}");
+                // One line per source, with its id as a field like every other line about it.
+                for (w, part) in watched.iter().zip(&parts) {
+                    tracing::info!(source = %w.id, "backfill progress: {part}");
+                }
+            }
             ProgressStyle::Off => {}
         }
         if finished {

@@ -65,6 +65,7 @@ pub async fn run_sink<K: Sink>(
         backlog: 0,
         error: None,
     };
+    let metrics = ctx.metrics.sink(&name);
     let mut backoff = ctx.backoff();
     // Connect (or open) at start, so a receiver that cannot be reached is reported at once rather
     // than at the first batch; delivery retries it anyway.
@@ -222,6 +223,7 @@ pub async fn run_sink<K: Sink>(
             Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
                 // A one-shot run reports the refusal and ends; the records wait for the daemon.
                 tracing::error!(sink = %name, "{e}; its records wait in the outbox");
+                metrics.record_failure();
                 let _ = ctx
                     .store
                     .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
@@ -236,6 +238,7 @@ pub async fn run_sink<K: Sink>(
                 let delay = Duration::from_secs_f64(ctx.timing.backoff_max_secs);
                 tracing::error!(sink = %name, retry_in_secs = delay.as_secs(),
                     "{e}; the receiver refuses this sink (check its credentials, URL or proxy); its records wait in the outbox and it is tried again");
+                metrics.record_failure();
                 let _ = ctx
                     .store
                     .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
@@ -250,6 +253,7 @@ pub async fn run_sink<K: Sink>(
                 };
                 let delay = backoff.next_delay(retry_after);
                 tracing::warn!(sink = %name, retry_in_ms = delay.as_millis() as u64, "delivery failed: {e}");
+                metrics.record_failure();
                 let _ = ctx
                     .store
                     .record_sink_error(&name, &e.to_string(), Utc::now())
@@ -360,6 +364,9 @@ async fn record_accepted(
         }
     }
     report.dead_letters += rejected.len() as u64;
+    ctx.metrics
+        .sink(name)
+        .record_accepted(taken, rejected.len() as u64);
     // What the receiver said shows in `state` as the sink's last error (a configuration that makes
     // every record refused — iTop without `org_id` — must be seen there, not only in the log).
     if let Some((_, reason)) = rejected.last() {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::settings::SchedulerSettings;
 use crate::store::{Store, StoreError};
 
@@ -65,6 +66,8 @@ pub struct Context {
     /// Each routed sink's share of `outbox_cap`, in bytes: `outbox_cap` divided by the number of
     /// sinks. A sink whose backlog reaches it pauses only the sources routed to it.
     pub sink_share: u64,
+    /// The counters `/metrics` shows and health is judged from.
+    pub metrics: Arc<Metrics>,
     /// The last measurement of every sink's backlog in bytes, and when it was taken.
     backlogs: Mutex<Option<(Instant, BTreeMap<String, i64>)>>,
 }
@@ -118,6 +121,7 @@ impl Context {
             sources_of_sink,
             sink_share,
             backlogs: Mutex::new(None),
+            metrics: Arc::new(Metrics::default()),
             store,
             timing,
             outbox_cap,

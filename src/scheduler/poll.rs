@@ -4,12 +4,14 @@
 //! Must not: encode or deliver. Invariant: the cursor a poll starts from is the one committed last;
 //! on error nothing is committed and the wait is at least the vendor's `Retry-After`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Serialize;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{with_jitter, Context, Mode, Room};
 use crate::event::Partition;
@@ -56,9 +58,17 @@ pub async fn run_source<S: Source>(
             found = source.partitions() => found,
         };
         match found {
-            Ok(p) => break p,
+            Ok(p) => {
+                if let Some(discovery) = ctx.metrics.discovery(&id, false) {
+                    discovery.record_recovered();
+                }
+                break p;
+            }
             Err(e) => {
                 tracing::error!(source = %id, "discovery failed: {e}");
+                if let Some(discovery) = ctx.metrics.discovery(&id, true) {
+                    discovery.record_error(e.kind());
+                }
                 let failures = backoff.failures() + 1;
                 if let Mode::Backfill { max_poll_failures } = ctx.mode {
                     if failures >= max_poll_failures {
@@ -85,12 +95,10 @@ pub async fn run_source<S: Source>(
     let mut known: std::collections::BTreeSet<Partition> = partitions.iter().cloned().collect();
     let mut tasks = JoinSet::new();
     for partition in partitions {
-        tasks.spawn(run_partition(
-            ctx.clone(),
-            source.clone(),
-            partition,
-            interval,
-        ));
+        let span = partition_span(&id, &partition);
+        tasks.spawn(
+            run_partition(ctx.clone(), source.clone(), partition, interval).instrument(span),
+        );
     }
     let mut reports = Vec::new();
     loop {
@@ -106,7 +114,8 @@ pub async fn run_source<S: Source>(
                     Ok(found) => for partition in found {
                         if known.insert(partition.clone()) {
                             tracing::info!(source = %id, partition = %partition, "new partition discovered");
-                            tasks.spawn(run_partition(ctx.clone(), source.clone(), partition, interval));
+                            let span = partition_span(&id, &partition);
+                            tasks.spawn(run_partition(ctx.clone(), source.clone(), partition, interval).instrument(span));
                         }
                     },
                     Err(e) => tracing::warn!(source = %id, "rediscovery failed (keeping known partitions): {e}"),
@@ -118,6 +127,11 @@ pub async fn run_source<S: Source>(
     // `backfill` alike.
     close(&*source).await;
     reports
+}
+
+/// The span a partition's task runs in: every line it logs names its source, stream and tenant.
+fn partition_span(source: &str, partition: &Partition) -> tracing::Span {
+    tracing::info_span!("partition", source = %source, stream = %partition.stream, tenant = %partition.tenant)
 }
 
 /// How long ending a vendor session may hold up a stop.
@@ -151,6 +165,9 @@ async fn run_partition<S: Source>(
         caught_up: false,
         error: None,
     };
+    let metrics = ctx
+        .metrics
+        .partition(&id, &partition.stream, &partition.tenant);
     let mut backoff = ctx.backoff();
     // Set while back-pressure holds this partition; how many horizon warnings were given.
     let mut paused_since: Option<Instant> = None;
@@ -161,6 +178,7 @@ async fn run_partition<S: Source>(
         // Back-pressure: never poll while a sink this source routes to is a share behind.
         match ctx.room_for(&id).await {
             Ok(Room::Free) => {
+                metrics.paused.store(false, Ordering::Relaxed);
                 if let Some(since) = paused_since.take() {
                     tracing::info!(source = %id, partition = %partition,
                         paused_secs = since.elapsed().as_secs(), "sinks caught up: resuming");
@@ -168,6 +186,7 @@ async fn run_partition<S: Source>(
                 }
             }
             Ok(full) => {
+                metrics.paused.store(true, Ordering::Relaxed);
                 let newly = paused_since.is_none();
                 let since = *paused_since.get_or_insert_with(Instant::now);
                 let why = match &full {
@@ -224,6 +243,7 @@ async fn run_partition<S: Source>(
             }
             Err(e) => {
                 tracing::error!(source = %id, partition = %partition, "{e}");
+                metrics.record_error("store");
                 if !ctx.pause(backoff.next_delay(None)).await {
                     break;
                 }
@@ -235,6 +255,7 @@ async fn run_partition<S: Source>(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(source = %id, partition = %partition, "{e}");
+                metrics.record_error("store");
                 if !ctx.pause(backoff.next_delay(None)).await {
                     break;
                 }
@@ -242,18 +263,22 @@ async fn run_partition<S: Source>(
             }
         };
         // A stop abandons the request in flight; nothing of it was committed.
+        let started = Instant::now();
         let polled = tokio::select! {
             _ = ctx.stop.cancelled() => break,
             polled = source.poll(&partition, cursor.as_deref()) => polled,
         };
+        metrics.observe_latency(started.elapsed());
         let page = match polled {
             Ok(page) => page,
             Err(e @ SourceError::BadCursor { .. }) => {
+                metrics.record_error(e.kind());
                 stop_on_bad_cursor(&ctx, &id, &partition, &e, &mut report).await;
                 break;
             }
             Err(e) => {
                 tracing::error!(source = %id, partition = %partition, "poll failed: {e}");
+                metrics.record_error(e.kind());
                 let message = e.to_string();
                 if let Err(store_err) = ctx
                     .store
@@ -278,6 +303,7 @@ async fn run_partition<S: Source>(
         };
         if let Some(why) = &page.cursor_clamped {
             tracing::warn!(source = %id, partition = %partition, "cursor clamped: {why}");
+            metrics.cursor_clamped.fetch_add(1, Ordering::Relaxed);
         }
         // "More is waiting" from a cursor that did not move would poll the same page forever, an
         // fsynced commit each time: treat it as a failed poll (backoff; it ends a backfill).
@@ -293,8 +319,19 @@ async fn run_partition<S: Source>(
             .await
         {
             Ok(summary) => {
-                if !stuck {
+                metrics
+                    .polled
+                    .fetch_add(page.events.len() as u64, Ordering::Relaxed);
+                metrics.new.fetch_add(summary.appended, Ordering::Relaxed);
+                metrics
+                    .duplicates
+                    .fetch_add(summary.duplicates, Ordering::Relaxed);
+                if stuck {
+                    metrics.record_error("stalled");
+                } else {
                     backoff.reset();
+                    let newest = page.events.iter().map(|e| e.time).max();
+                    metrics.record_success(newest, page.more);
                 }
                 report.appended += summary.appended;
                 report.duplicates += summary.duplicates;
@@ -320,6 +357,7 @@ async fn run_partition<S: Source>(
             }
             Err(e) => {
                 tracing::error!(source = %id, partition = %partition, "{e}");
+                metrics.record_error("store");
                 if !ctx.pause(backoff.next_delay(None)).await {
                     break;
                 }

@@ -219,13 +219,14 @@ fn documented(lines: &[&str], key: &str) -> bool {
 fn every_settings_key_is_documented_in_default_toml() {
     let text = DEFAULT_TOML;
     let mut missing = Vec::new();
-    let sections: [(&str, BTreeSet<String>); 6] = [
+    let sections: [(&str, BTreeSet<String>); 7] = [
         ("store", keys_of::<StoreSettings>()),
         ("outbox", keys_of::<OutboxSettings>()),
         ("scheduler", keys_of::<SchedulerSettings>()),
         ("backfill", keys_of::<BackfillSettings>()),
         ("log", keys_of::<LogSettings>()),
         ("http", keys_of::<HttpSettings>()),
+        ("metrics", keys_of::<MetricsSettings>()),
     ];
     // Every top-level section is one of those.
     let top = keys_of::<Settings>();

@@ -80,6 +80,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// HTTP client used by every source.
     pub http: HttpSettings,
+    /// The Prometheus metrics and health endpoint.
+    pub metrics: MetricsSettings,
     /// Sources keyed by id, e.g. `[sources.edr_eu]`. Default: none.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceSettings>,
@@ -138,6 +140,35 @@ pub struct BackfillSettings {
 pub struct LogSettings {
     /// Filter in `tracing` syntax, e.g. `info` or `secrelay=debug`. `RUST_LOG` overrides. Default `info`.
     pub level: String,
+    /// Line format on stderr: `human` (text) or `json` (one object a line). Default `human`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Text lines for a person (colours on a terminal).
+    #[default]
+    Human,
+    /// One JSON object a line, for a log shipper.
+    Json,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` (Prometheus text) and `GET /health` while `secrelay run` runs.
+    /// Default false.
+    pub enabled: bool,
+    /// Address and port to listen on, `IP:PORT`. A non-loopback address is allowed (a scraper on
+    /// another host) but warned about: the endpoint has no authentication. Default `127.0.0.1:9464`.
+    pub listen: String,
+    /// A source partition or sink failing this long, in seconds, with no success makes `/health`
+    /// answer 503. Default 900.
+    pub unhealthy_after_secs: f64,
 }
 
 /// `[http]`
@@ -285,6 +316,15 @@ impl Settings {
     /// Cross-key checks, and secrets resolved into their inline slot.
     fn validate(&mut self) -> Result<(), SettingsError> {
         self.validate_seconds()?;
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "`{}` is not IP:PORT (e.g. 127.0.0.1:9464)",
+                    self.metrics.listen
+                ),
+            ));
+        }
         let sink_names: Vec<String> = self.sinks.keys().cloned().collect();
         for (id, source) in &mut self.sources {
             let at = format!("sources.{id}");
@@ -368,6 +408,11 @@ impl Settings {
                 "http.connect_timeout_secs".into(),
                 self.http.connect_timeout_secs,
                 Zero::Refused,
+            ),
+            (
+                "metrics.unhealthy_after_secs".into(),
+                self.metrics.unhealthy_after_secs,
+                Zero::Allowed,
             ),
         ];
         for (id, source) in &self.sources {

@@ -283,3 +283,31 @@ fn a_client_certificate_without_its_key_is_refused_for_sinks_and_sources() {
         Settings::from_toml(&format!("{MINIMAL}\n{both}")).unwrap();
     }
 }
+
+#[test]
+fn metrics_are_off_on_loopback_by_default_and_log_format_parses() {
+    let s = Settings::from_toml(MINIMAL).unwrap();
+    assert!(!s.metrics.enabled);
+    assert_eq!(s.metrics.listen, "127.0.0.1:9464");
+    assert_eq!(s.metrics.unhealthy_after_secs, 900.0);
+    assert_eq!(s.log.format, LogFormat::Human);
+    let text = format!(
+        "{MINIMAL}\n[log]\nformat = \"json\"\n[metrics]\nenabled = true\nlisten = \"0.0.0.0:9100\"\n"
+    );
+    let s = Settings::from_toml(&text).unwrap();
+    assert_eq!(s.log.format, LogFormat::Json);
+    assert_eq!(s.metrics.listen, "0.0.0.0:9100");
+    for (extra, key) in [
+        ("[log]\nformat = \"xml\"", "log.format"),
+        ("[metrics]\nlisten = \"localhost\"", "metrics.listen"),
+        (
+            "[metrics]\nunhealthy_after_secs = -1",
+            "metrics.unhealthy_after_secs",
+        ),
+    ] {
+        match Settings::from_toml(&format!("{MINIMAL}\n{extra}\n")) {
+            Err(SettingsError::Invalid { key: got, .. }) => assert_eq!(got, key, "{extra}"),
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+}

@@ -86,6 +86,18 @@ impl SourceError {
             _ => None,
         }
     }
+
+    /// The kind of failure, as the metrics count it (`secrelay_source_poll_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::RateLimited { .. } => "rate_limited",
+            SourceError::Unavailable { .. } => "unavailable",
+            SourceError::Malformed { .. } => "malformed",
+            SourceError::Auth { .. } => "auth",
+            SourceError::BadCursor { .. } => "bad_cursor",
+            SourceError::Rejected { .. } => "rejected",
+        }
+    }
 }
 
 /// A vendor integration, shared by the tasks that poll its partitions.
