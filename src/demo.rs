@@ -292,19 +292,53 @@ impl Simulators {
     }
 }
 
+/// Where the demo writes the last scrape of its metrics endpoint.
+const METRICS_FILE: &str = "metrics.prom";
+
+/// Scrapes `url` every second into `path` (owner-only), as Prometheus would, until aborted.
+async fn scrape_metrics(client: reqwest::Client, url: String, path: PathBuf) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(response) = client.get(&url).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+}
+
 /// Runs the demo until `stop` or `options.seconds`, then returns what moved.
 pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSummary, DemoError> {
     std::fs::create_dir_all(&options.out)
         .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", options.out.display())))?;
     let sims = Simulators::start(options.itop, &options.out).await?;
-    let settings = sims.settings(&options.out)?;
+    let mut settings = sims.settings(&options.out)?;
+    // The metrics endpoint on a free loopback port, scraped into the output directory while the
+    // demo runs, so a newcomer sees what Prometheus would.
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| DemoError::Setup(format!("no free port for the metrics endpoint: {e}")))?;
+    settings.metrics.enabled = true;
+    settings.metrics.listen = metrics_addr.to_string();
     println!(
-        "secrelay demo: simulators on loopback\n{}\n  state:  {}\n  output: {} (NDJSON), {} (syslog bytes), {} (HEC envelopes)\n  {}",
+        "secrelay demo: simulators on loopback\n{}\n  state:  {}\n  output: {} (NDJSON), {} (syslog bytes), {} (HEC envelopes)\n  metrics: http://{metrics_addr}/metrics and /health (scraped to {})\n  {}",
         sims.describe(),
         settings.store.path.display(),
         options.out.join("events.ndjson").display(),
         sims.syslog.path().display(),
         options.out.join(HEC_FILE).display(),
+        options.out.join(METRICS_FILE).display(),
         match options.seconds {
             Some(s) => format!("running for {s} s"),
             None => "running until Ctrl-C".to_string(),
@@ -351,9 +385,17 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
             }
         }
     });
+    let client = crate::net::http_client(&settings.http)
+        .map_err(|e| DemoError::Setup(format!("cannot build an HTTP client: {e}")))?;
+    let scraper = tokio::spawn(scrape_metrics(
+        client,
+        format!("http://{metrics_addr}/metrics"),
+        options.out.join(METRICS_FILE),
+    ));
     let summary = app::run(&settings, stop).await;
     feed.abort();
     analysts.abort();
+    scraper.abort();
     if let Some(itop) = sims.itop_summary() {
         println!("{itop}");
     }

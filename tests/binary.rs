@@ -340,6 +340,30 @@ async fn demo_for_ten_seconds_writes_events_to_demo_out() {
         stdout.contains("syslog-cef.log") && stdout.contains("envelopes accepted"),
         "the demo says where the syslog and HEC output went:\n{stdout}"
     );
+    // The metrics endpoint, as scraped during the run: every sink delivered, every vendor polled.
+    let metrics = std::fs::read_to_string(dir.path().join("demo-out/metrics.prom")).unwrap();
+    assert!(stdout.contains("/metrics and /health"), "{stdout}");
+    assert!(metrics.contains("secrelay_healthy 1\n"), "{metrics}");
+    for sink in ["ndjson", "syslog", "splunk"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "secrelay_sink_events_delivered_total{{sink=\"{sink}\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("no delivered count for {sink}: {metrics}"));
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n > 100, "{line}");
+    }
+    for source in ["sophos_demo", "code42_demo", "tenable_demo", "jamf_demo"] {
+        assert!(
+            metrics.contains(&format!(
+                "secrelay_source_events_new_total{{source=\"{source}\""
+            )),
+            "{source} in {metrics}"
+        );
+    }
 }
 
 /// `backfill` under a pseudo-terminal (python3's `pty`, as an operator's shell would run it):
