@@ -38,6 +38,8 @@ pub struct DemoOptions {
     /// Also run the iTop simulator and an iTop sink: Code42 sessions (and high-severity alerts)
     /// become tickets, and sessions change state while the demo runs.
     pub itop: bool,
+    /// Where the metrics and health endpoint listens (`IP:PORT`); default a free loopback port.
+    pub metrics_listen: Option<String>,
 }
 
 /// Failures of the demo.
@@ -326,11 +328,15 @@ pub async fn run(options: &DemoOptions, stop: CancellationToken) -> Result<RunSu
     let mut settings = sims.settings(&options.out)?;
     // The metrics endpoint on a free loopback port, scraped into the output directory while the
     // demo runs, so a newcomer sees what Prometheus would.
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| DemoError::Setup(format!("no free port for the metrics endpoint: {e}")))?;
+    let metrics_addr = match &options.metrics_listen {
+        Some(listen) => listen.clone(),
+        None => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.to_string())
+            .map_err(|e| DemoError::Setup(format!("no free port for the metrics endpoint: {e}")))?,
+    };
     settings.metrics.enabled = true;
-    settings.metrics.listen = metrics_addr.to_string();
+    settings.metrics.listen = metrics_addr.clone();
     println!(
         "secrelay demo: simulators on loopback\n{}\n  state:  {}\n  output: {} (NDJSON), {} (syslog bytes), {} (HEC envelopes)\n  metrics: http://{metrics_addr}/metrics and /health (scraped to {})\n  {}",
         sims.describe(),

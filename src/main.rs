@@ -86,6 +86,9 @@ enum Command {
         /// become tickets, logged to and resolved as the sessions change.
         #[arg(long)]
         itop: bool,
+        /// Listen address (IP:PORT) of the metrics and health endpoint; default a free loopback port.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -281,8 +284,14 @@ fn print_summary(summary: &RunSummary) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Demo { seconds, out, itop } = &cli.command {
-        return run_demo(*seconds, out, *itop).await;
+    if let Command::Demo {
+        seconds,
+        out,
+        itop,
+        metrics_listen,
+    } = &cli.command
+    {
+        return run_demo(*seconds, out, *itop, metrics_listen.clone()).await;
     }
 
     if let Command::Health { url } = &cli.command {
@@ -429,7 +438,12 @@ async fn incidents(settings: &Settings, action: IncidentAction) -> anyhow::Resul
 
 /// `secrelay demo`: the simulators and the real pipeline into `out`.
 #[cfg(feature = "simulators")]
-async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> ExitCode {
+async fn run_demo(
+    seconds: Option<f64>,
+    out: &std::path::Path,
+    itop: bool,
+    metrics_listen: Option<String>,
+) -> ExitCode {
     use secrelay::demo::{self, DemoOptions};
     let out = out.to_path_buf();
     let _logs = init_logging("info", LogFormat::Human);
@@ -444,6 +458,7 @@ async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> Ex
         seconds,
         out: out.clone(),
         itop,
+        metrics_listen,
     };
     match demo::run(&options, stop).await {
         Ok(summary) => {
@@ -465,7 +480,12 @@ async fn run_demo(seconds: Option<f64>, out: &std::path::Path, itop: bool) -> Ex
 
 /// `secrelay demo` in a build without the simulators: says so and fails.
 #[cfg(not(feature = "simulators"))]
-async fn run_demo(_seconds: Option<f64>, _out: &std::path::Path, _itop: bool) -> ExitCode {
+async fn run_demo(
+    _seconds: Option<f64>,
+    _out: &std::path::Path,
+    _itop: bool,
+    _metrics_listen: Option<String>,
+) -> ExitCode {
     eprintln!(
         "error: this build of secrelay has no simulators (built without the cargo feature \
          `simulators`), so `secrelay demo` is not available; build with default features to use it"

@@ -385,6 +385,7 @@ async fn the_demo_can_turn_the_itop_sink_on() {
         seconds: Some(8.0),
         out: dir.path().to_path_buf(),
         itop: true,
+        metrics_listen: None,
     };
     let summary = demo::run(&options, CancellationToken::new()).await.unwrap();
     let itop = summary.sinks.iter().find(|s| s.sink == "itop").unwrap();
