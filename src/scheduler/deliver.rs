@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::{Context, Mode};
+use crate::metrics::SinkMetrics;
 use crate::sinks::{Delivered, Sink, SinkError};
 use crate::store::OutboxRecord;
 
@@ -223,12 +224,7 @@ pub async fn run_sink<K: Sink>(
             Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
                 // A one-shot run reports the refusal and ends; the records wait for the daemon.
                 tracing::error!(sink = %name, "{e}; its records wait in the outbox");
-                metrics.record_failure();
-                let _ = ctx
-                    .store
-                    .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
-                    .await;
-                report.error = Some(e.to_string());
+                note_refused(&ctx, &name, &metrics, &e, &mut report).await;
                 break;
             }
             Err(e @ SinkError::Fatal { .. }) => {
@@ -238,12 +234,7 @@ pub async fn run_sink<K: Sink>(
                 let delay = Duration::from_secs_f64(ctx.timing.backoff_max_secs);
                 tracing::error!(sink = %name, retry_in_secs = delay.as_secs(),
                     "{e}; the receiver refuses this sink (check its credentials, URL or proxy); its records wait in the outbox and it is tried again");
-                metrics.record_failure();
-                let _ = ctx
-                    .store
-                    .record_sink_error(&name, &format!("{REFUSED}: {e}"), Utc::now())
-                    .await;
-                report.error = Some(e.to_string());
+                note_refused(&ctx, &name, &metrics, &e, &mut report).await;
                 wait_to_retry(&ctx, delay, deadline).await;
             }
             Err(e @ SinkError::Unavailable { .. }) => {
@@ -272,6 +263,23 @@ pub async fn run_sink<K: Sink>(
         tracing::info!(sink = %name, delivered = report.delivered, backlog = report.backlog, "sink finished");
     }
     report
+}
+
+/// Records that the receiver refused the sink: in the metrics, in `state` (as REFUSED) and in the
+/// run's report.
+async fn note_refused(
+    ctx: &Context,
+    name: &str,
+    metrics: &SinkMetrics,
+    e: &SinkError,
+    report: &mut SinkReport,
+) {
+    metrics.record_failure();
+    let _ = ctx
+        .store
+        .record_sink_error(name, &format!("{REFUSED}: {e}"), Utc::now())
+        .await;
+    report.error = Some(e.to_string());
 }
 
 /// How long a stop lets the loop go on: the grace period, or less when draining must end sooner.

@@ -242,9 +242,7 @@ async fn run_partition<S: Source>(
                 continue;
             }
             Err(e) => {
-                tracing::error!(source = %id, partition = %partition, "{e}");
-                metrics.record_error("store");
-                if !ctx.pause(backoff.next_delay(None)).await {
+                if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
                     break;
                 }
                 continue;
@@ -254,9 +252,7 @@ async fn run_partition<S: Source>(
         let cursor = match ctx.store.cursor(&id, &partition).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(source = %id, partition = %partition, "{e}");
-                metrics.record_error("store");
-                if !ctx.pause(backoff.next_delay(None)).await {
+                if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
                     break;
                 }
                 continue;
@@ -356,9 +352,7 @@ async fn run_partition<S: Source>(
                     duplicates = summary.duplicates, more = page.more, "page committed");
             }
             Err(e) => {
-                tracing::error!(source = %id, partition = %partition, "{e}");
-                metrics.record_error("store");
-                if !ctx.pause(backoff.next_delay(None)).await {
+                if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
                     break;
                 }
                 continue;
@@ -452,3 +446,18 @@ async fn stop_on_bad_cursor(
 #[cfg(test)]
 #[path = "poll_tests.rs"]
 mod tests;
+
+/// A store failure of the partition's loop: logged, counted, then a backoff pause. `false` when
+/// the pause was cut short by the stop (the loop ends).
+async fn store_failed(
+    ctx: &Context,
+    id: &str,
+    partition: &crate::event::Partition,
+    metrics: &crate::metrics::PartitionMetrics,
+    backoff: &mut super::backoff::Backoff,
+    e: &crate::store::StoreError,
+) -> bool {
+    tracing::error!(source = %id, partition = %partition, "{e}");
+    metrics.record_error("store");
+    ctx.pause(backoff.next_delay(None)).await
+}
