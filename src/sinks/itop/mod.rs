@@ -194,34 +194,21 @@ impl ItopSink {
             "{}: {} alert {} (source {}, stream {}, event {})",
             self.comment, facts.vendor, facts.alert_key, row.source, row.stream, row.event_id
         );
-        let solution = format!(
-            "Resolved at the source: {} reports {} at {}.",
-            facts.vendor,
-            if facts.state.is_empty() {
-                "the alert over".to_string()
-            } else {
-                format!("state {}", facts.state)
-            },
-            row.event_time
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
         let existing = self
             .ledger
             .ticket(&row.source, &facts.alert_key)
             .await
             .map_err(|e| self.unavailable(e.to_string()))?;
         let mut ticket = match existing {
-            Some(t) if t.is_pending() => {
-                match self.open(&subject, Some(&t), &why, &solution).await? {
-                    Some(t) => t,
-                    None => return Ok(()),
-                }
-            }
+            Some(t) if t.is_pending() => match self.open(&subject, Some(&t), &why).await? {
+                Some(t) => t,
+                None => return Ok(()),
+            },
             // Applied before (the batch is being sent again after a failure or a restart).
             Some(t) if row.seq <= t.last_seq => return Ok(()),
             Some(mut t) => {
                 if facts.resolved && !t.resolved {
-                    self.resolve_ticket(&t, &solution, &why)
+                    self.resolve_ticket(&t, &solution(&subject), &why)
                         .await
                         .map_err(|e| self.not_applied(e, "resolving", &t.ticket_ref))?;
                     t.resolved = true;
@@ -233,7 +220,7 @@ impl ItopSink {
                 }
                 t
             }
-            None => match self.open(&subject, None, &why, &solution).await? {
+            None => match self.open(&subject, None, &why).await? {
                 Some(t) => t,
                 None => return Ok(()),
             },
@@ -253,7 +240,6 @@ impl ItopSink {
         subject: &Subject<'_>,
         pending: Option<&Ticket>,
         why: &str,
-        solution: &str,
     ) -> Result<Option<Ticket>, NotApplied> {
         let (row, facts) = (subject.row, subject.facts);
         let Some(rule) = self.rules.matching(row, subject.record) else {
@@ -336,7 +322,7 @@ impl ItopSink {
         // Saved before anything else: the ticket exists in iTop now.
         self.save(&ticket).await?;
         if facts.resolved {
-            self.resolve_ticket(&ticket, solution, why)
+            self.resolve_ticket(&ticket, &solution(subject), why)
                 .await
                 .map_err(|e| self.not_applied(e, "resolving", &ticket.ticket_ref))?;
             ticket.resolved = true;
@@ -423,6 +409,22 @@ impl ItopSink {
             e @ ItopError::Data { .. } => NotApplied::Rejected(format!("{doing} {what}: {e}")),
         }
     }
+}
+
+/// The `solution` a resolve writes when the resolve fields give none: what the vendor said, when.
+fn solution(s: &Subject<'_>) -> String {
+    let state = if s.facts.state.is_empty() {
+        "the alert over".to_string()
+    } else {
+        format!("state {}", s.facts.state)
+    };
+    format!(
+        "Resolved at the source: {} reports {state} at {}.",
+        s.facts.vendor,
+        s.row
+            .event_time
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }
 
 /// The HTTP client of the sink `name`: its own TLS trust and timeout.
