@@ -375,6 +375,7 @@ fn run_job(
     n: u64,
 ) {
     let mut servers = Servers::default();
+    let loading = Instant::now();
     rt.block_on(async {
         match source {
             Source::Code42 => servers.code42 = Some(code42_with(n).await),
@@ -382,6 +383,13 @@ fn run_job(
             Source::Tenable => servers.tenable = Some(tenable_with(n).await),
         }
     });
+    // The parent's own cost of holding the data (not in any column).
+    eprintln!(
+        "{} simulator: {n} records ready in {:.1} s, parent RSS {:.0} MiB",
+        source.name(),
+        loading.elapsed().as_secs_f64(),
+        proc_status_kib("VmRSS:") as f64 / 1024.0
+    );
     rcv_rt.block_on(async {
         match sink {
             SinkKind::File => {}
@@ -639,10 +647,10 @@ fn child(args: &[String]) {
             .block_on(daemon)
             .expect("daemon task")
             .expect("daemon");
-        assert!(
-            summary.partitions.iter().all(|p| p.error.is_none()),
-            "{summary:?}"
-        );
+        // Not fatal (the figures stand), but a source that failed was not idle: say so.
+        for p in summary.partitions.iter().filter(|p| p.error.is_some()) {
+            eprintln!("idle daemon: a partition failed: {p:?}");
+        }
         println!("IDLE {wall} {ticks} {hwm} {rss} {settle_ticks}");
         return;
     }
