@@ -1477,6 +1477,50 @@ mod tests {
         assert_eq!(k_of_id("no-k-here"), None);
     }
 
+    /// A run of the stored order (the fast path) finds, counts and pages the same events as
+    /// picking them one by one (the path every query took before).
+    #[test]
+    fn a_run_matches_as_picking_does() {
+        let seed = 42;
+        let mut events = FileEvents::default();
+        let times: Vec<i64> = (0..500).map(|i| 1_000 + (i * 7919 % 500) / 3).collect();
+        events.add(
+            seed,
+            times
+                .iter()
+                .enumerate()
+                .map(|(k, t)| entry(k as u64, *t))
+                .collect(),
+        );
+        let mut raw = entry(500, 1_050);
+        raw.raw = Some(Box::new(json!({"no": "id"})));
+        events.add(seed, vec![raw]);
+        let n = events.sorted.len();
+        for (from, to) in [(0, n), (10, 200), (37, 38), (n, n)] {
+            let window = &events.sorted[from..to];
+            let run = Matched::Run {
+                events: &events,
+                window,
+                from,
+            };
+            let picked = Matched::Picked(window.iter().collect());
+            assert_eq!(run.len(), picked.len());
+            for i in 0..=window.len() {
+                assert_eq!(run.get(i).map(|e| e.k), picked.get(i).map(|e| e.k));
+            }
+            let mut ids: Vec<String> = events.sorted.iter().map(|e| e.id(seed)).collect();
+            ids.extend([
+                file_event_id(seed, 9_999),
+                raw_file_event_id(3),
+                "x_1".into(),
+                String::new(),
+            ]);
+            for id in &ids {
+                assert_eq!(run.position(seed, id), picked.position(seed, id), "{id:?}");
+            }
+        }
+    }
+
     /// Bulk loading sorts as adding one by one does (ties at one millisecond ordered by id),
     /// and every id is found where it sits.
     #[test]
