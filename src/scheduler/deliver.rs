@@ -96,6 +96,8 @@ pub async fn run_sink<K: Sink>(
     let mut deadline: Option<Instant> = None;
     // The current short batch has already waited its linger.
     let mut lingered = false;
+    // The batch after a position, read while the batch before it was delivered.
+    let mut read_ahead: Option<(i64, Vec<OutboxRecord>)> = None;
     loop {
         let finishing = ctx.stop.is_cancelled() || ctx.sources_done.is_cancelled();
         if finishing {
@@ -111,11 +113,20 @@ pub async fn run_sink<K: Sink>(
             tracing::warn!(sink = %name, "stopping with records still waiting (they stay in the outbox)");
             break;
         }
-        let batch = match ctx
-            .store
-            .read_sink_batch(&name, position, &sources, batch_size)
-            .await
-        {
+        // The batch read while the previous one was being delivered, if that one went whole (the
+        // position is then where the read started); else read now.
+        let ahead = read_ahead
+            .take()
+            .filter(|(after, b)| *after == position && !b.is_empty());
+        let read = match ahead {
+            Some((_, b)) => Ok(b),
+            None => {
+                ctx.store
+                    .read_sink_batch(&name, position, &sources, batch_size)
+                    .await
+            }
+        };
+        let batch = match read {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(sink = %name, "{e}");
@@ -160,8 +171,20 @@ pub async fn run_sink<K: Sink>(
                 }
             }
         };
+        // Read the next batch from the store while this one is delivered: the store's thread and
+        // the receiver work at once. Used only if this batch goes whole.
+        let last_seq = batch.last().map_or(position, |r| r.seq);
+        let next = async {
+            ctx.store
+                .read_sink_batch(&name, last_seq, &sources, batch_size)
+                .await
+                .ok()
+        };
         let delivered = tokio::select! {
-            r = sink.deliver(&batch) => r,
+            (r, next) = async { tokio::join!(sink.deliver(&batch), next) } => {
+                read_ahead = next.map(|b| (last_seq, b));
+                r
+            }
             _ = give_up => {
                 tracing::warn!(sink = %name, "grace period over with a batch in flight; it will be sent again");
                 break;
