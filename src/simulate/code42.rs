@@ -36,6 +36,7 @@
 //! windows, visibility and `lastUpdated` do not depend on how fast the test runs.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,6 +44,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,7 +54,7 @@ use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{iso_millis as iso, mix};
+use super::{iso_millis as iso, json_bytes, mix};
 
 /// Results `pgNum` paging can reach at most.
 pub const PG_NUM_CAP: usize = 10_000;
@@ -124,23 +126,144 @@ pub struct Code42Request {
     pub status: u16,
 }
 
+/// A stored file event: where it sorts and the numbers its record is rendered from when served
+/// (a generated record is a pure function of the seed and `k`), 40 bytes, so millions fit.
 #[derive(Debug, Clone)]
 struct FileEventEntry {
+    /// Sequence number: the n-th file event added (raw ones too).
     k: u64,
-    id: String,
     inserted_ms: i64,
     timestamp_ms: i64,
     visible_from_ms: i64,
     /// Served as it is instead of a rendered event (a record the source must reject).
-    raw: Option<Value>,
+    raw: Option<Box<Value>>,
+}
+
+impl FileEventEntry {
+    /// Its `event.id`: generated from `k`, or for a raw record a key that sorts first among the
+    /// events of its millisecond.
+    fn id(&self, seed: u64) -> String {
+        match self.raw {
+            Some(_) => raw_file_event_id(self.k),
+            None => file_event_id(seed, self.k),
+        }
+    }
+}
+
+/// The id of generated file event `k`.
+fn file_event_id(seed: u64, k: u64) -> String {
+    let r = mix(seed ^ mix(k));
+    // Real ids can contain double quotes; one in a few hundred here does.
+    let quote = if k % 397 == 7 { "\"q\"" } else { "" };
+    format!(
+        "0_{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}_{}_{}{quote}",
+        r >> 32,
+        (r >> 16) & 0xffff,
+        r & 0xfff,
+        (r >> 20) & 0xfff,
+        mix(r) & 0xffff_ffff_ffff,
+        935_873_453_596_901_068u64 + (r % 50),
+        k
+    )
+}
+
+/// The sort key of raw file event `k` (the record itself may have no id).
+fn raw_file_event_id(k: u64) -> String {
+    format!("\u{0}raw-{k}")
+}
+
+/// The `k` an id of either kind carries (it still has to be checked against that event's id).
+fn k_of_id(id: &str) -> Option<u64> {
+    if let Some(k) = id.strip_prefix("\u{0}raw-") {
+        return k.parse().ok();
+    }
+    let id = id.strip_suffix("\"q\"").unwrap_or(id);
+    id.rsplit_once('_')?.1.parse().ok()
+}
+
+/// Whether `e` sorts before an event inserted at `inserted_ms` with id `id`: by (inserted, id),
+/// the id computed only for a tie.
+fn sorts_before(seed: u64, e: &FileEventEntry, inserted_ms: i64, id: &str) -> bool {
+    match e.inserted_ms.cmp(&inserted_ms) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => e.id(seed).as_str() < id,
+    }
+}
+
+/// Sorts by (inserted, id): by time (stable, linear on sorted input), then each run of ties by id.
+fn sort_file_events(seed: u64, events: &mut [FileEventEntry]) {
+    events.sort_by_key(|e| e.inserted_ms);
+    let mut from = 0;
+    while from < events.len() {
+        let ms = events[from].inserted_ms;
+        let to = from + events[from..].partition_point(|e| e.inserted_ms == ms);
+        if to - from > 1 {
+            events[from..to].sort_by_cached_key(|e| e.id(seed));
+        }
+        from = to;
+    }
+}
+
+/// Every file event added.
+#[derive(Default)]
+struct FileEvents {
+    /// Sorted by (inserted, id).
+    sorted: Vec<FileEventEntry>,
+    /// `inserted_ms` of event `k`, indexed by `k`: finds a `pgToken`'s event by binary search.
+    inserted_of: Vec<i64>,
+    /// The latest `visible_from_ms` of all: from then on every event is searchable.
+    all_visible_from_ms: i64,
+}
+
+impl FileEvents {
+    /// Adds events whose `k`s follow on from `inserted_of`.
+    fn add(&mut self, seed: u64, mut new: Vec<FileEventEntry>) {
+        for e in &new {
+            debug_assert_eq!(e.k, self.inserted_of.len() as u64);
+            self.inserted_of.push(e.inserted_ms);
+            self.all_visible_from_ms = self.all_visible_from_ms.max(e.visible_from_ms);
+        }
+        if let [one] = &new[..] {
+            let id = one.id(seed);
+            let at = self
+                .sorted
+                .partition_point(|e| sorts_before(seed, e, one.inserted_ms, &id));
+            self.sorted.extend(new);
+            self.sorted[at..].rotate_right(1);
+            return;
+        }
+        sort_file_events(seed, &mut new);
+        let in_order = match (self.sorted.last(), new.first()) {
+            (Some(last), Some(first)) => {
+                !sorts_before(seed, first, last.inserted_ms, &last.id(seed))
+            }
+            _ => true,
+        };
+        self.sorted.extend(new);
+        if !in_order {
+            sort_file_events(seed, &mut self.sorted);
+        }
+    }
+
+    /// Where the event with id `id` sits in `sorted`, if there is one.
+    fn index_of(&self, seed: u64, id: &str) -> Option<usize> {
+        let k = k_of_id(id)?;
+        let inserted_ms = *self.inserted_of.get(usize::try_from(k).ok()?)?;
+        let at = self
+            .sorted
+            .partition_point(|e| sorts_before(seed, e, inserted_ms, id));
+        self.sorted
+            .get(at)
+            .filter(|e| e.k == k && e.id(seed) == id)
+            .map(|_| at)
+    }
 }
 
 struct Shared {
     config: Code42SimConfig,
     base_url: String,
-    /// Sorted by (inserted, id).
-    file_events: RwLock<Vec<FileEventEntry>>,
-    next_k: AtomicU64,
+    file_events: RwLock<FileEvents>,
     alerts: RwLock<Vec<Value>>,
     sessions: RwLock<Vec<Value>>,
     faults: Code42Faults,
@@ -194,8 +317,7 @@ impl Code42Sim {
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
             config,
-            file_events: RwLock::new(Vec::new()),
-            next_k: AtomicU64::new(0),
+            file_events: RwLock::new(FileEvents::default()),
             alerts: RwLock::new(Vec::new()),
             sessions: RwLock::new(Vec::new()),
             faults: Code42Faults::default(),
@@ -297,12 +419,48 @@ impl Code42Sim {
         spacing: Duration,
         detected_before: Duration,
     ) -> Vec<String> {
-        (0..count)
+        self.load_file_events(count, first_inserted, spacing, detected_before)
+            .map(|k| file_event_id(self.shared.config.seed, k))
+            .collect()
+    }
+
+    /// Adds `count` file events as [`Code42Sim::add_file_events`] does, in one step and without
+    /// making their ids (a benchmark's millions: each costs 48 bytes here, its record is rendered
+    /// when served). Returns their sequence numbers; [`Code42Sim::file_event_id`] gives their ids.
+    pub fn load_file_events(
+        &self,
+        count: usize,
+        first_inserted: DateTime<Utc>,
+        spacing: Duration,
+        detected_before: Duration,
+    ) -> std::ops::Range<u64> {
+        let seed = self.shared.config.seed;
+        let mut events = self
+            .shared
+            .file_events
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let first = events.inserted_of.len() as u64;
+        let new = (0..count)
             .map(|i| {
                 let inserted = first_inserted + spacing * i as i32;
-                self.add_file_event(inserted, inserted - detected_before, inserted)
+                FileEventEntry {
+                    k: first + i as u64,
+                    inserted_ms: inserted.timestamp_millis(),
+                    timestamp_ms: (inserted - detected_before).timestamp_millis(),
+                    visible_from_ms: inserted.timestamp_millis(),
+                    raw: None,
+                }
             })
-            .collect()
+            .collect();
+        events.add(seed, new);
+        first..first + count as u64
+    }
+
+    /// The id of the file event with sequence number `k` (see [`Code42Sim::load_file_events`]),
+    /// unless it was added raw.
+    pub fn file_event_id(&self, k: u64) -> String {
+        file_event_id(self.shared.config.seed, k)
     }
 
     /// Adds one file event, searchable from `visible_from`. Returns its id.
@@ -312,53 +470,42 @@ impl Code42Sim {
         detected: DateTime<Utc>,
         visible_from: DateTime<Utc>,
     ) -> String {
-        let k = self.shared.next_k.fetch_add(1, Ordering::SeqCst);
-        let r = mix(self.shared.config.seed ^ mix(k));
-        // Real ids can contain double quotes; one in a few hundred here does.
-        let quote = if k % 397 == 7 { "\"q\"" } else { "" };
-        let id = format!(
-            "0_{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}_{}_{}{quote}",
-            r >> 32,
-            (r >> 16) & 0xffff,
-            r & 0xfff,
-            (r >> 20) & 0xfff,
-            mix(r) & 0xffff_ffff_ffff,
-            935_873_453_596_901_068u64 + (r % 50),
-            k
-        );
+        let seed = self.shared.config.seed;
+        let mut events = self
+            .shared
+            .file_events
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let k = events.inserted_of.len() as u64;
         let entry = FileEventEntry {
             k,
-            id: id.clone(),
             inserted_ms: inserted.timestamp_millis(),
             timestamp_ms: detected.timestamp_millis(),
             visible_from_ms: visible_from.timestamp_millis(),
             raw: None,
         };
-        self.insert_file_event(entry);
-        id
+        events.add(seed, vec![entry]);
+        file_event_id(seed, k)
     }
 
     /// Adds a file event served exactly as `record` (say, one without `event.id`), filed under
     /// insertion time `inserted` and searchable at once.
     pub fn add_raw_file_event(&self, inserted: DateTime<Utc>, record: Value) {
-        let k = self.shared.next_k.fetch_add(1, Ordering::SeqCst);
-        self.insert_file_event(FileEventEntry {
+        let seed = self.shared.config.seed;
+        let mut events = self
+            .shared
+            .file_events
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let k = events.inserted_of.len() as u64;
+        let entry = FileEventEntry {
             k,
-            // Sorts first among the events of its millisecond.
-            id: format!("\u{0}raw-{k}"),
             inserted_ms: inserted.timestamp_millis(),
             timestamp_ms: inserted.timestamp_millis(),
             visible_from_ms: inserted.timestamp_millis(),
-            raw: Some(record),
-        });
-    }
-
-    fn insert_file_event(&self, entry: FileEventEntry) {
-        if let Ok(mut events) = self.shared.file_events.write() {
-            let at =
-                events.partition_point(|e| (e.inserted_ms, &e.id) < (entry.inserted_ms, &entry.id));
-            events.insert(at, entry);
-        }
+            raw: Some(Box::new(record)),
+        };
+        events.add(seed, vec![entry]);
     }
 
     /// Adds `count` alerts that all share the `createdAt` `created` (to the microsecond), named
@@ -525,20 +672,23 @@ impl Code42Sim {
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-fn render_v2(s: &Shared, e: &FileEventEntry) -> Value {
-    let r = mix(s.config.seed ^ mix(e.k));
-    const ACTIONS: [&str; 5] = [
-        "file-created",
-        "file-modified",
-        "removable-media-created",
-        "application-read",
-        "file-deleted",
-    ];
-    const SEVERITIES: [&str; 5] = ["NO_RISK", "LOW", "MODERATE", "HIGH", "CRITICAL"];
+const ACTIONS: [&str; 5] = [
+    "file-created",
+    "file-modified",
+    "removable-media-created",
+    "application-read",
+    "file-deleted",
+];
+const SEVERITIES: [&str; 5] = ["NO_RISK", "LOW", "MODERATE", "HIGH", "CRITICAL"];
+
+/// A v2 file event as a `Value` (for field filters and as the reference [`write_v2`] is tested
+/// against).
+fn render_v2(seed: u64, e: &FileEventEntry) -> Value {
+    let r = mix(seed ^ mix(e.k));
     json!({
         "@timestamp": iso(e.timestamp_ms),
         "event": {
-            "id": e.id,
+            "id": e.id(seed),
             "inserted": iso_micros(e.inserted_ms, r),
             "ingested": iso(e.inserted_ms - 1500),
             "action": ACTIONS[(r % 5) as usize],
@@ -576,11 +726,71 @@ fn render_v2(s: &Shared, e: &FileEventEntry) -> Value {
     })
 }
 
-fn render_v1(s: &Shared, e: &FileEventEntry) -> Value {
-    let r = mix(s.config.seed ^ mix(e.k));
+/// Writes the v2 file event `e` as JSON, byte for byte what serialising [`render_v2`] gives
+/// (keys in `BTreeMap` order), without building it.
+fn write_v2(out: &mut Vec<u8>, seed: u64, e: &FileEventEntry) {
+    use json_bytes::{string, time, uint};
+    let r = mix(seed ^ mix(e.k));
+    let user = r % 20;
+    out.extend_from_slice(b"{\"@timestamp\":");
+    time(out, e.timestamp_ms, 0, 3);
+    out.extend_from_slice(
+        b",\"destination\":{\"category\":\"Removable Media\",\"name\":\"SanDisk Cruzer\"},\"event\":{\"action\":",
+    );
+    string(out, ACTIONS[(r % 5) as usize]);
+    out.extend_from_slice(b",\"id\":");
+    string(out, &e.id(seed));
+    out.extend_from_slice(b",\"ingested\":");
+    time(out, e.inserted_ms - 1500, 0, 3);
+    out.extend_from_slice(b",\"inserted\":");
+    time(out, e.inserted_ms, r % 1000, 6);
+    out.extend_from_slice(
+        b",\"observer\":\"Endpoint\",\"relatedEvents\":[],\"shareType\":[]},\"file\":{\"category\":\"Document\",\"cloudDriveId\":null,\"created\":",
+    );
+    time(out, e.timestamp_ms - 60_000, 0, 3);
+    out.extend_from_slice(b",\"directory\":\"C:/Users/user");
+    uint(out, user);
+    out.extend_from_slice(b"/Documents/\",\"hash\":{\"md5\":\"");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{:016x}{:016x}", r, mix(r));
+    out.extend_from_slice(b"\",\"sha256\":null},\"modified\":");
+    time(out, e.timestamp_ms - 30_000, 0, 3);
+    out.extend_from_slice(b",\"name\":\"report-");
+    uint(out, e.k);
+    out.extend_from_slice(b".docx\",\"sizeInBytes\":");
+    uint(out, 1000 + r % 1_000_000);
+    out.extend_from_slice(
+        br#","url":null},"process":{"executable":"C:\\Windows\\explorer.exe","owner":"CORP\\user"},"risk":{"indicators":[],"score":"#,
+    );
+    uint(out, r % 20);
+    out.extend_from_slice(b",\"severity\":");
+    string(out, SEVERITIES[(r % 5) as usize]);
+    out.extend_from_slice(
+        b",\"trusted\":false},\"source\":{\"category\":\"Device\",\"domain\":\"corp.example.com\",\"ip\":\"50.237.",
+    );
+    uint(out, (r >> 8) % 256);
+    out.push(b'.');
+    uint(out, (r >> 16) % 254 + 1);
+    out.extend_from_slice(b"\",\"name\":\"DESKTOP-");
+    let _ = write!(out, "{:04}", r % 50);
+    out.extend_from_slice(b"\",\"operatingSystem\":\"Windows 10\",\"privateIp\":[\"192.168.");
+    uint(out, (r >> 24) % 256);
+    out.push(b'.');
+    uint(out, (r >> 32) % 254 + 1);
+    out.extend_from_slice(b"\"]},\"user\":{\"deviceUid\":\"");
+    uint(out, 935_873_453_596_901_068u64 + r % 50);
+    out.extend_from_slice(b"\",\"email\":\"user");
+    uint(out, user);
+    out.extend_from_slice(b"@example.com\",\"id\":\"");
+    uint(out, 912_098_363_086_307_000u64 + r % 20);
+    out.extend_from_slice(b"\"}}");
+}
+
+fn render_v1(seed: u64, e: &FileEventEntry) -> Value {
+    let r = mix(seed ^ mix(e.k));
     const TYPES: [&str; 5] = ["CREATED", "MODIFIED", "DELETED", "READ_BY_APP", "EMAILED"];
     json!({
-        "eventId": e.id,
+        "eventId": e.id(seed),
         "eventType": TYPES[(r % 5) as usize],
         "eventTimestamp": iso(e.timestamp_ms),
         "insertionTimestamp": iso(e.inserted_ms),
@@ -849,26 +1059,44 @@ fn file_events_response(s: &Shared, headers: &HeaderMap, body: &Value, v1: bool)
         return invalid_token.into_response();
     }
     let now = s.now_ms();
+    let seed = s.config.seed;
     let events = s.file_events.read().unwrap_or_else(|e| e.into_inner());
-    let mut matched: Vec<&FileEventEntry> = events
-        .iter()
-        .filter(|e| e.visible_from_ms <= now)
-        .filter(|e| {
-            q.after.is_none_or(|a| e.inserted_ms >= a)
-                && q.before.is_none_or(|b| e.inserted_ms <= b)
-        })
-        .collect();
-    if !q.equals.is_empty() {
-        matched.retain(|e| {
-            let rendered = if v1 { render_v1(s, e) } else { render_v2(s, e) };
-            q.equals.iter().all(|(term, value, wanted)| {
-                (dotted(&rendered, term).and_then(Value::as_str) == Some(value.as_str())) == *wanted
-            })
-        });
-    }
-    if !q.by_time {
-        matched.sort_by(|a, b| a.id.cmp(&b.id));
-    }
+    // Sorted by insertion time, so the time window is one run of the stored order.
+    let from = q
+        .after
+        .map_or(0, |a| events.sorted.partition_point(|e| e.inserted_ms < a));
+    let to = q.before.map_or(events.sorted.len(), |b| {
+        events.sorted.partition_point(|e| e.inserted_ms <= b)
+    });
+    let window = events.sorted.get(from..to.max(from)).unwrap_or_default();
+    let matched = if q.by_time && q.equals.is_empty() && now >= events.all_visible_from_ms {
+        // Every event visible and none filtered out: the run itself, found in O(log n).
+        Matched::Run {
+            events: &events,
+            window,
+            from,
+        }
+    } else {
+        let mut picked: Vec<&FileEventEntry> =
+            window.iter().filter(|e| e.visible_from_ms <= now).collect();
+        if !q.equals.is_empty() {
+            picked.retain(|e| {
+                let rendered = if v1 {
+                    render_v1(seed, e)
+                } else {
+                    render_v2(seed, e)
+                };
+                q.equals.iter().all(|(term, value, wanted)| {
+                    (dotted(&rendered, term).and_then(Value::as_str) == Some(value.as_str()))
+                        == *wanted
+                })
+            });
+        }
+        if !q.by_time {
+            picked.sort_by_cached_key(|e| e.id(seed));
+        }
+        Matched::Picked(picked)
+    };
     let total = matched.len();
     let (start, token_mode, end_cap) = match q.token.as_deref() {
         None => (
@@ -877,29 +1105,104 @@ fn file_events_response(s: &Shared, headers: &HeaderMap, body: &Value, v1: bool)
             total.min(PG_NUM_CAP),
         ),
         Some("") => (0, true, total),
-        Some(token) => match matched.iter().position(|e| e.id == token) {
+        Some(token) => match matched.position(seed, token) {
             Some(i) => (i + 1, true, total),
             None => return invalid_token.into_response(),
         },
     };
     let end = (start + q.page_size).min(end_cap);
-    let page: Vec<Value> = matched
-        .get(start..end.max(start))
-        .unwrap_or_default()
-        .iter()
-        .map(|e| match &e.raw {
-            Some(raw) => raw.clone(),
-            None if v1 => render_v1(s, e),
-            None => render_v2(s, e),
-        })
-        .collect();
     let next = if token_mode && end < total {
-        matched.get(end.saturating_sub(1)).map(|e| e.id.clone())
+        matched.get(end.saturating_sub(1)).map(|e| e.id(seed))
     } else {
         None
     };
-    Json(json!({"fileEvents": page, "nextPgToken": next, "problems": [], "totalCount": total}))
-        .into_response()
+    let page = (start..end.max(start)).map_while(|i| matched.get(i));
+    let body = page_body(seed, page, v1, next.as_deref(), total);
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The events a file-event query matched, in the order served.
+enum Matched<'a> {
+    /// A run of the stored order (sorted by time, all visible, no field filter): nothing copied.
+    Run {
+        events: &'a FileEvents,
+        window: &'a [FileEventEntry],
+        /// Index of `window[0]` in `events.sorted`.
+        from: usize,
+    },
+    /// Picked one by one.
+    Picked(Vec<&'a FileEventEntry>),
+}
+
+impl<'a> Matched<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Matched::Run { window, .. } => window.len(),
+            Matched::Picked(picked) => picked.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&'a FileEventEntry> {
+        match self {
+            Matched::Run { window, .. } => window.get(i),
+            Matched::Picked(picked) => picked.get(i).copied(),
+        }
+    }
+
+    /// Where the event whose id is `id` is among them.
+    fn position(&self, seed: u64, id: &str) -> Option<usize> {
+        match self {
+            Matched::Run {
+                events,
+                window,
+                from,
+            } => events
+                .index_of(seed, id)
+                .and_then(|at| at.checked_sub(*from))
+                .filter(|i| *i < window.len()),
+            Matched::Picked(picked) => {
+                let k = k_of_id(id)?;
+                picked.iter().position(|e| e.k == k && e.id(seed) == id)
+            }
+        }
+    }
+}
+
+/// The body of a file-event page: `{"fileEvents": [...], "nextPgToken": ..., "problems": [],
+/// "totalCount": ...}`, records written straight into the buffer, the same bytes as serialising
+/// that object built of `Value`s.
+fn page_body<'a>(
+    seed: u64,
+    page: impl Iterator<Item = &'a FileEventEntry>,
+    v1: bool,
+    next: Option<&str>,
+    total: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(b"{\"fileEvents\":[");
+    for (i, e) in page.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = match &e.raw {
+            Some(raw) => serde_json::to_writer(&mut out, raw),
+            None if v1 => serde_json::to_writer(&mut out, &render_v1(seed, e)),
+            None => {
+                write_v2(&mut out, seed, e);
+                Ok(())
+            }
+        };
+    }
+    out.extend_from_slice(b"],\"nextPgToken\":");
+    match next {
+        Some(token) => json_bytes::string(&mut out, token),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"problems\":[],\"totalCount\":");
+    json_bytes::uint(&mut out, total as u64);
+    out.push(b'}');
+    out
 }
 
 async fn query_alerts(
@@ -1100,4 +1403,175 @@ fn sort_alerts(alerts: &mut [Value]) {
             tie_break(a["id"].as_str().unwrap_or_default()),
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(k: u64, inserted_ms: i64) -> FileEventEntry {
+        FileEventEntry {
+            k,
+            inserted_ms,
+            timestamp_ms: inserted_ms - 30_000 - k as i64,
+            visible_from_ms: inserted_ms,
+            raw: None,
+        }
+    }
+
+    #[test]
+    fn written_v2_events_are_the_bytes_of_their_value() {
+        for seed in [42, 7, u64::MAX] {
+            for k in (0..1200).chain([7 + 397 * 1000, u64::from(u32::MAX)]) {
+                let e = entry(k, 1_764_547_200_123 + k as i64 * 997);
+                let mut out = Vec::new();
+                write_v2(&mut out, seed, &e);
+                let expected = serde_json::to_vec(&render_v2(seed, &e)).unwrap();
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(expected).unwrap(),
+                    "seed {seed} k {k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_body_is_the_bytes_of_its_value() {
+        let seed = 42;
+        let mut raw = entry(3, 1_000);
+        raw.raw = Some(Box::new(json!({"no": "id", "n": [1, null]})));
+        let entries = [entry(0, 5_000), raw, entry(7, 9_000)];
+        for v1 in [false, true] {
+            for next in [None, Some("0_a\"q\"")] {
+                let body = page_body(seed, entries.iter(), v1, next, 12);
+                let page: Vec<Value> = entries
+                    .iter()
+                    .map(|e| match &e.raw {
+                        Some(raw) => (**raw).clone(),
+                        None if v1 => render_v1(seed, e),
+                        None => render_v2(seed, e),
+                    })
+                    .collect();
+                let expected = serde_json::to_vec(&json!({"fileEvents": page, "nextPgToken": next, "problems": [], "totalCount": 12})).unwrap();
+                assert_eq!(body, expected);
+            }
+        }
+        let empty = page_body(seed, [].iter(), false, None, 0);
+        assert_eq!(
+            empty,
+            serde_json::to_vec(
+                &json!({"fileEvents": [], "nextPgToken": null, "problems": [], "totalCount": 0})
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn ids_give_back_their_k() {
+        for k in [0, 7, 404, 123_456_789] {
+            assert_eq!(k_of_id(&file_event_id(42, k)), Some(k));
+            assert_eq!(k_of_id(&raw_file_event_id(k)), Some(k));
+        }
+        assert!(file_event_id(42, 404).ends_with("_404\"q\""));
+        assert_eq!(k_of_id("no-k-here"), None);
+    }
+
+    /// A run of the stored order (the fast path) finds, counts and pages the same events as
+    /// picking them one by one (the path every query took before).
+    #[test]
+    fn a_run_matches_as_picking_does() {
+        let seed = 42;
+        let mut events = FileEvents::default();
+        let times: Vec<i64> = (0..500).map(|i| 1_000 + (i * 7919 % 500) / 3).collect();
+        events.add(
+            seed,
+            times
+                .iter()
+                .enumerate()
+                .map(|(k, t)| entry(k as u64, *t))
+                .collect(),
+        );
+        let mut raw = entry(500, 1_050);
+        raw.raw = Some(Box::new(json!({"no": "id"})));
+        events.add(seed, vec![raw]);
+        let n = events.sorted.len();
+        for (from, to) in [(0, n), (10, 200), (37, 38), (n, n)] {
+            let window = &events.sorted[from..to];
+            let run = Matched::Run {
+                events: &events,
+                window,
+                from,
+            };
+            let picked = Matched::Picked(window.iter().collect());
+            assert_eq!(run.len(), picked.len());
+            for i in 0..=window.len() {
+                assert_eq!(run.get(i).map(|e| e.k), picked.get(i).map(|e| e.k));
+            }
+            let mut ids: Vec<String> = events.sorted.iter().map(|e| e.id(seed)).collect();
+            ids.extend([
+                file_event_id(seed, 9_999),
+                raw_file_event_id(3),
+                "x_1".into(),
+                String::new(),
+            ]);
+            for id in &ids {
+                assert_eq!(run.position(seed, id), picked.position(seed, id), "{id:?}");
+            }
+        }
+    }
+
+    /// Bulk loading sorts as adding one by one does (ties at one millisecond ordered by id),
+    /// and every id is found where it sits.
+    #[test]
+    fn bulk_and_single_adds_sort_alike() {
+        let seed = 42;
+        let mut one_by_one = FileEvents::default();
+        let mut bulk = FileEvents::default();
+        // Out of order, with runs of ties (several events per millisecond).
+        let times: Vec<i64> = (0..600).map(|i| 1_000 + (i * 7919 % 600) / 4).collect();
+        for (k, t) in times.iter().enumerate() {
+            one_by_one.add(seed, vec![entry(k as u64, *t)]);
+        }
+        bulk.add(
+            seed,
+            times[..300]
+                .iter()
+                .enumerate()
+                .map(|(k, t)| entry(k as u64, *t))
+                .collect(),
+        );
+        bulk.add(
+            seed,
+            times[300..]
+                .iter()
+                .enumerate()
+                .map(|(k, t)| entry(300 + k as u64, *t))
+                .collect(),
+        );
+        let ks = |f: &FileEvents| f.sorted.iter().map(|e| e.k).collect::<Vec<_>>();
+        assert_eq!(ks(&one_by_one), ks(&bulk));
+        let keys: Vec<(i64, String)> = bulk
+            .sorted
+            .iter()
+            .map(|e| (e.inserted_ms, e.id(seed)))
+            .collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "sorted by (inserted, id)"
+        );
+        for (at, e) in bulk.sorted.iter().enumerate() {
+            assert_eq!(bulk.index_of(seed, &e.id(seed)), Some(at));
+        }
+        assert_eq!(
+            bulk.index_of(seed, &raw_file_event_id(5)),
+            None,
+            "event 5 is not raw"
+        );
+        assert_eq!(
+            bulk.index_of(seed, &file_event_id(seed, 600)),
+            None,
+            "no event 600"
+        );
+    }
 }

@@ -7,6 +7,7 @@ pub mod code42;
 pub mod hec;
 pub mod itop;
 pub mod jamf;
+mod json_bytes;
 pub mod sophos;
 pub mod syslog;
 pub mod tenable_sc;

@@ -22,6 +22,7 @@
 //! - 401 once a token expired (`expire_tokens`), 429 with `Retry-After`, 503, truncated bodies
 //!   ([`Faults`]).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -372,8 +373,22 @@ const TYPES: [(&str, &str, &str, &str); 5] = [
     ),
 ];
 
-fn record(s: &Shared, tenant: usize, stream: &str, k: u64) -> serde_json::Value {
-    let c = &s.config;
+/// The `type` of record `k` of tenant `tenant`.
+fn record_type(c: &SophosSimConfig, tenant: usize, k: u64) -> &'static str {
+    let r = mix(c.seed ^ mix(k) ^ mix(tenant as u64 + 1));
+    TYPES[(r % TYPES.len() as u64) as usize].0
+}
+
+/// Record `k` of `stream` of tenant `tenant` (whose id is `tenant_id`) as a `Value`: what
+/// [`write_record`] is tested against.
+#[cfg(test)]
+fn record(
+    c: &SophosSimConfig,
+    tenant_id: &str,
+    tenant: usize,
+    stream: &str,
+    k: u64,
+) -> serde_json::Value {
     let r = mix(c.seed ^ mix(k) ^ mix(tenant as u64 + 1));
     let (kind, severity, group, name) = TYPES[(r % TYPES.len() as u64) as usize];
     let created = Utc
@@ -390,7 +405,6 @@ fn record(s: &Shared, tenant: usize, stream: &str, k: u64) -> serde_json::Value 
         (r >> 40) % 254 + 1
     );
     let id = event_id(c.seed, tenant, k);
-    let tenant_id = &s.tenant_ids[tenant];
     let endpoint_id = uuid(c.seed, 0xe9d, (r >> 16) % 200);
     if stream == "alerts" {
         json!({
@@ -433,6 +447,104 @@ fn record(s: &Shared, tenant: usize, stream: &str, k: u64) -> serde_json::Value 
             "origin": null,
         })
     }
+}
+
+/// Writes record `k` of `stream` of tenant `tenant` (whose id is `tenant_id`) as JSON: the bytes
+/// of its `Value` (keys in `BTreeMap` order), written without building one.
+fn write_record(
+    out: &mut Vec<u8>,
+    c: &SophosSimConfig,
+    tenant_id: &str,
+    tenant: usize,
+    stream: &str,
+    k: u64,
+) {
+    use super::json_bytes::{int, string, time, uint};
+    let r = mix(c.seed ^ mix(k) ^ mix(tenant as u64 + 1));
+    let (kind, severity, group, name) = TYPES[(r % TYPES.len() as u64) as usize];
+    let created_ms = Utc
+        .timestamp_millis_opt(event_millis(c, k))
+        .single()
+        .unwrap_or_default()
+        .timestamp_millis();
+    let when_ms = created_ms - ((r >> 8) as i64 % 90) * 1000;
+    let ip = |out: &mut Vec<u8>| {
+        out.extend_from_slice(b"{\"ip\":\"10.");
+        uint(out, (r >> 24) % 256);
+        out.push(b'.');
+        uint(out, (r >> 32) % 256);
+        out.push(b'.');
+        uint(out, (r >> 40) % 254 + 1);
+        out.extend_from_slice(b"\"}");
+    };
+    let host = |out: &mut Vec<u8>| {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "\"host-{:03}\"", (r >> 16) % 200);
+    };
+    let id = event_id(c.seed, tenant, k);
+    let endpoint_id = uuid(c.seed, 0xe9d, (r >> 16) % 200);
+    out.extend_from_slice(b"{\"created_at\":");
+    time(out, created_ms, 0, 3);
+    out.extend_from_slice(b",\"customer_id\":");
+    string(out, tenant_id);
+    if stream == "alerts" {
+        out.extend_from_slice(b",\"data\":{\"created_at\":");
+        int(out, created_ms);
+        out.extend_from_slice(b",\"endpoint_id\":");
+        string(out, &endpoint_id);
+        out.extend_from_slice(
+            b",\"endpoint_platform\":\"windows\",\"endpoint_type\":\"computer\",\"source_info\":",
+        );
+        ip(out);
+        out.extend_from_slice(b"},\"description\":");
+        string(out, name);
+        out.extend_from_slice(b",\"event_service_event_id\":");
+        string(out, &id);
+        out.extend_from_slice(b",\"id\":");
+        string(out, &id);
+        out.extend_from_slice(b",\"location\":");
+        host(out);
+        out.extend_from_slice(b",\"severity\":");
+        string(out, severity);
+        out.extend_from_slice(br#","source":"CORP\\user"#);
+        uint(out, (r >> 48) % 50);
+        out.extend_from_slice(b"\",\"threat\":");
+        if group == "MALWARE" {
+            out.extend_from_slice(b"\"EICAR-AV-Test\"");
+        } else {
+            out.extend_from_slice(b"null");
+        }
+        out.extend_from_slice(b",\"threat_cleanable\":false,\"type\":");
+    } else {
+        out.extend_from_slice(b",\"endpoint_id\":");
+        string(out, &endpoint_id);
+        out.extend_from_slice(b",\"endpoint_type\":\"computer\",\"group\":");
+        string(out, group);
+        out.extend_from_slice(b",\"id\":");
+        string(out, &id);
+        out.extend_from_slice(b",\"location\":");
+        host(out);
+        out.extend_from_slice(b",\"name\":");
+        string(out, name);
+        out.extend_from_slice(b",\"origin\":null,\"severity\":");
+        string(out, severity);
+        out.extend_from_slice(br#","source":"CORP\\user"#);
+        uint(out, (r >> 48) % 50);
+        out.extend_from_slice(b"\",\"source_info\":");
+        ip(out);
+        out.extend_from_slice(b",\"type\":");
+        string(out, kind);
+        out.extend_from_slice(b",\"user_id\":");
+        string(out, &uuid(c.seed, 0x05e, (r >> 48) % 50));
+        out.extend_from_slice(b",\"when\":");
+        time(out, when_ms, 0, 3);
+        out.push(b'}');
+        return;
+    }
+    string(out, kind);
+    out.extend_from_slice(b",\"when\":");
+    time(out, when_ms, 0, 3);
+    out.push(b'}');
 }
 
 fn encode_cursor(ms: i64) -> String {
@@ -675,28 +787,23 @@ async fn siem_response(
         .map(|t| t.split(',').collect())
         .unwrap_or_default();
     let limit = q.limit.unwrap_or(200).clamp(1, s.config.max_limit);
-    let body = if s.config.scripted {
+    let mut body = if s.config.scripted {
         match scripted_page(s, tenant, stream, from_ms, now_ms, limit, &excluded) {
-            Some(body) => body,
+            Some(body) => body.to_string().into_bytes(),
             None => return error(StatusCode::INTERNAL_SERVER_ERROR, "simulator state"),
         }
     } else {
         generated_page(s, tenant, stream, from_ms, now_ms, limit, &excluded)
     };
-    let text = body.to_string();
     if Faults::take(&s.faults.truncate) {
-        let cut = text.len() / 2;
-        return (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            text[..cut].to_string(),
-        )
-            .into_response();
+        body.truncate(body.len() / 2);
     }
-    (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
-/// A page of generated records `>= from_ms` and visible at `now_ms`.
+/// A page of generated records `>= from_ms` and visible at `now_ms`: `{"has_more": ...,
+/// "items": [...], "next_cursor": ...}`, written straight into bytes (the same bytes as that
+/// object built of `Value`s).
 fn generated_page(
     s: &Shared,
     tenant: usize,
@@ -705,28 +812,43 @@ fn generated_page(
     now_ms: i64,
     limit: usize,
     excluded: &[&str],
-) -> serde_json::Value {
+) -> Vec<u8> {
     let stride = stride(&s.config, stream);
     let visible = visible_count(&s.config, stride, now_ms);
     let first = first_at_or_after(&s.config, stride, from_ms);
     let last = visible.min(first + limit as u64);
-    let mut items = Vec::with_capacity(limit);
+    let mut out = Vec::with_capacity(1024 * (last.saturating_sub(first) as usize) + 128);
+    out.extend_from_slice(b"{\"has_more\":");
+    out.extend_from_slice(if last < visible { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"items\":[");
+    let mut written = 0;
     for j in first..last {
-        let item = record(s, tenant, stream, j * stride);
-        if !excluded.contains(&item["type"].as_str().unwrap_or_default()) {
-            items.push(item);
+        let k = j * stride;
+        if excluded.contains(&record_type(&s.config, tenant, k)) {
+            continue;
         }
+        if written > 0 {
+            out.push(b',');
+        }
+        write_record(
+            &mut out,
+            &s.config,
+            &s.tenant_ids[tenant],
+            tenant,
+            stream,
+            k,
+        );
+        written += 1;
     }
     let next_ms = if last > first {
         event_millis(&s.config, (last - 1) * stride)
     } else {
         from_ms
     };
-    json!({
-        "has_more": last < visible,
-        "next_cursor": encode_cursor(next_ms),
-        "items": items,
-    })
+    out.extend_from_slice(b"],\"next_cursor\":");
+    super::json_bytes::string(&mut out, &encode_cursor(next_ms));
+    out.push(b'}');
+    out
 }
 
 /// A page of pushed records `>= from_ms` and visible at `now_ms` (scripted mode); `None` if the
@@ -804,6 +926,28 @@ mod tests {
         let ids: std::collections::HashSet<_> = (0..10_000).map(|k| event_id(1, 0, k)).collect();
         assert_eq!(ids.len(), 10_000);
         assert_ne!(event_id(1, 0, 5), event_id(1, 1, 5));
+    }
+
+    /// The generated records are written as the bytes their `Value` serialises to.
+    #[test]
+    fn written_records_are_the_bytes_of_their_value() {
+        let config = SophosSimConfig::default();
+        for tenant in [0, 3] {
+            let tenant_id = uuid(config.seed, 0x7e4a47, tenant as u64);
+            for stream in ["events", "alerts"] {
+                for k in 0..600 {
+                    let mut out = Vec::new();
+                    write_record(&mut out, &config, &tenant_id, tenant, stream, k);
+                    let value = record(&config, &tenant_id, tenant, stream, k);
+                    assert_eq!(
+                        String::from_utf8(out).unwrap(),
+                        value.to_string(),
+                        "{stream} {k}"
+                    );
+                    assert_eq!(value["type"], record_type(&config, tenant, k));
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //!   are 401 `error_code` 74.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -501,6 +502,96 @@ fn render(seed: u64, f: &Finding) -> Value {
     row
 }
 
+/// Writes finding `f`'s row as JSON: the bytes of [`render`]'s `Value` (keys in `BTreeMap`
+/// order), written without building one; a corrupted row goes through `render`.
+fn write_row(out: &mut Vec<u8>, seed: u64, f: &Finding) {
+    use super::json_bytes::{string, uint};
+    if f.corrupt.is_some() {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &render(seed, f));
+        return;
+    }
+    let r = mix(seed ^ mix(f.n));
+    let severity = (r % 5) as usize;
+    let names = ["Info", "Low", "Medium", "High", "Critical"];
+    let score = (r % 100) as f64 / 10.0;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{{\"acceptRisk\":\"0\",\"baseScore\":\"{score:.1}\",\"cve\":\"CVE-2024-{}\",\"cvssV3BaseScore\":\"{:.1}\",\"dnsName\":",
+        1000 + f.n % 9000,
+        ((r >> 8) % 100) as f64 / 10.0,
+    );
+    string(out, &f.dns);
+    let _ = write!(
+        out,
+        ",\"exploitAvailable\":\"{}\",\"family\":{{\"id\":\"1\",\"name\":\"General\",\"type\":\"active\"}},\"firstSeen\":\"{}\",\"hasBeenMitigated\":\"{}\",\"ip\":",
+        if r.is_multiple_of(3) { "Yes" } else { "No" },
+        f.first_seen,
+        if f.mitigated.is_some() { "1" } else { "0" },
+    );
+    string(out, &f.ip);
+    out.extend_from_slice(b",\"lastMitigated\":\"");
+    if let Some(m) = f.mitigated {
+        let _ = write!(out, "{m}");
+    }
+    let _ = write!(
+        out,
+        "\",\"lastSeen\":\"{}\",\"macAddress\":\"00:50:56:{:02x}:{:02x}:{:02x}\",\"netbiosName\":\"\",\"operatingSystem\":\"Linux Kernel 5.15\",\"pluginID\":\"{plugin}\",\"pluginInfo\":\"{plugin} ({port}/6) Simulated check\",\"pluginName\":\"Simulated check {plugin}\",\"port\":\"{port}\",\"protocol\":",
+        f.last_seen,
+        (r >> 40) & 0xff,
+        (r >> 48) & 0xff,
+        (r >> 56) & 0xff,
+        plugin = f.plugin,
+        port = f.port,
+    );
+    string(out, f.protocol);
+    out.extend_from_slice(
+        b",\"recastRisk\":\"0\",\"repository\":{\"dataFormat\":\"IPv4\",\"description\":\"\",\"id\":\"",
+    );
+    uint(out, f.repository);
+    out.extend_from_slice(b"\",\"name\":\"Repository ");
+    uint(out, f.repository);
+    let _ = write!(
+        out,
+        "\"}},\"severity\":{{\"description\":\"{name} Severity\",\"id\":\"{severity}\",\"name\":\"{name}\"}},\"solution\":\"Upgrade to the latest version.\",\"synopsis\":\"The remote host is affected by a simulated vulnerability.\",\"uniqueness\":\"repositoryID,ip,dnsName\",\"uuid\":",
+        name = names[severity],
+    );
+    string(out, &agent_uuid(seed, f));
+    let _ = write!(out, ",\"vprScore\":\"{score:.1}\"}}");
+}
+
+/// The body of an analysis page: the envelope around `{endOffset, matchingDataElementCount,
+/// results, returnedRecords, startOffset, totalRecords}`, the bytes of that object built of
+/// `Value`s, rows written by [`write_row`].
+fn analysis_body(
+    seed: u64,
+    rows: &[&Finding],
+    total: usize,
+    start: usize,
+    end: usize,
+    timestamp: i64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1200 * rows.len() + 256);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{{\"error_code\":0,\"error_msg\":\"\",\"response\":{{\"endOffset\":\"{end}\",\"matchingDataElementCount\":\"{total}\",\"results\":["
+    );
+    for (i, f) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_row(&mut out, seed, f);
+    }
+    let _ = write!(
+        out,
+        "],\"returnedRecords\":{},\"startOffset\":\"{start}\",\"totalRecords\":\"{total}\"}},\"timestamp\":{timestamp},\"type\":\"regular\",\"warnings\":[]}}",
+        rows.len()
+    );
+    out
+}
+
 fn envelope(status: StatusCode, response: Value, error_code: i64, error_msg: &str) -> Response {
     (
         status,
@@ -775,25 +866,74 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64)
         }
     };
     // Ties in the sort field come back in a different order on every request.
-    matched.sort_by_cached_key(|f| (key(f), mix(mix(s.config.seed ^ number) ^ f.n)));
+    let order = |f: &&Finding| (key(f), mix(mix(s.config.seed ^ number) ^ f.n));
     let total = matched.len();
-    let rows: Vec<Value> = matched
-        .iter()
-        .skip(start)
-        .take(end.saturating_sub(start))
-        .map(|f| render(s.config.seed, f))
-        .collect();
-    envelope(
+    // Only the rows up to `end` need their order (the key is a total order: `mix` is a
+    // bijection, so no two findings tie): select them, then sort just those.
+    if end < total {
+        matched.select_nth_unstable_by_key(end, order);
+        matched.truncate(end);
+    }
+    matched.sort_unstable_by_key(order);
+    let rows = matched.get(start..).unwrap_or_default();
+    let body = analysis_body(
+        s.config.seed,
+        rows,
+        total,
+        start,
+        end,
+        chrono::Utc::now().timestamp(),
+    );
+    (
         StatusCode::OK,
-        json!({
-            "totalRecords": total.to_string(),
-            "returnedRecords": rows.len(),
-            "startOffset": start.to_string(),
-            "endOffset": end.to_string(),
-            "matchingDataElementCount": total.to_string(),
-            "results": rows,
-        }),
-        0,
-        "",
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
     )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows and the page around them are written as the bytes their `Value`s serialise to.
+    #[test]
+    fn written_pages_are_the_bytes_of_their_value() {
+        for seed in [7, 42] {
+            let mut findings: Vec<Finding> = (0..400)
+                .map(|n| new_finding(seed, n, 1_764_547_200 + n as i64 * 13))
+                .collect();
+            findings[3].mitigated = Some(1_764_600_000);
+            findings[4].corrupt = Some(("port".into(), "n/a".into()));
+            findings[5].corrupt = Some(("notAField".into(), "x".into()));
+            for f in &findings {
+                let mut out = Vec::new();
+                write_row(&mut out, seed, f);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    render(seed, f).to_string(),
+                    "finding {}",
+                    f.n
+                );
+            }
+            let rows: Vec<&Finding> = findings.iter().take(6).collect();
+            let body = analysis_body(seed, &rows, 400, 0, 50, 1_764_000_000);
+            let expected = json!({
+                "type": "regular",
+                "response": {
+                    "totalRecords": "400",
+                    "returnedRecords": 6,
+                    "startOffset": "0",
+                    "endOffset": "50",
+                    "matchingDataElementCount": "400",
+                    "results": rows.iter().map(|f| render(seed, f)).collect::<Vec<_>>(),
+                },
+                "error_code": 0,
+                "error_msg": "",
+                "warnings": [],
+                "timestamp": 1_764_000_000,
+            });
+            assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
+        }
+    }
 }
