@@ -58,10 +58,14 @@ impl std::fmt::Display for Partition {
 /// One vendor record on its way to the sinks.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// Vendor-stable identity, unique within (source, stream); the seen-set key.
+    /// Vendor-stable identity, unique within (source, stream); with `key_time`, the seen-set key.
     pub id: String,
     /// When the vendor says it happened (or was recorded, where that is what the vendor cursors on).
     pub time: DateTime<Utc>,
+    /// The time that, with `id`, keys the seen-set: it must be the same every time the vendor
+    /// serves the record (the store keys ids by time, so a page lands in one place of the set).
+    /// `time` unless the source says otherwise ([`Event::with_key_time`]).
+    pub key_time: DateTime<Utc>,
     /// Normalised severity.
     pub severity: Severity,
     /// The vendor's record, compact JSON, whole.
@@ -81,9 +85,17 @@ impl Event {
         Event {
             id,
             time,
+            key_time: time,
             severity,
             record,
         }
+    }
+
+    /// Keys the seen-set with `key_time` instead of `time`: for a record whose `time` can change
+    /// while its id stays the same (Tenable's `lastMitigated` on a finding keyed by `lastSeen`).
+    pub fn with_key_time(mut self, key_time: DateTime<Utc>) -> Self {
+        self.key_time = key_time;
+        self
     }
 }
 

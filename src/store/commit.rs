@@ -1,15 +1,15 @@
 //! Committing a polled page: the seen-set, the outbox append, rejected records and the cursor, in
-//! one transaction; and pruning the seen-set by age.
+//! one transaction.
 //!
 //! Must not: commit part of a page. Invariant: a crash leaves the old cursor, or the new one with
 //! its events on disk; an id the vendor keeps serving is never forgotten by age.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{commit_tx, insert_rows, millis, query_err, Store, StoreError, CHUNK};
+use super::chunk::ChunkEntry;
+use super::outbox::{self, Destination};
+use super::seen::{self, SeenKey};
+use super::{commit_tx, millis, query_err, Store, StoreError};
 use crate::event::{Page, Partition};
 
 /// What committing one page did.
@@ -34,78 +34,48 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<CommitSummary, StoreError> {
         let now_ms = millis(now);
+        let scope = self.seen_scope(source, &partition.stream).await?;
+        let keys: Vec<SeenKey> = page
+            .events
+            .iter()
+            .map(|e| seen::key(millis(e.key_time), &e.id))
+            .collect();
         let mut tx = self.begin("starting a page commit").await?;
 
-        // 1. Remember ids; RETURNING yields only the ids that were new.
-        let mut fresh: HashSet<String> = HashSet::with_capacity(page.events.len());
-        for chunk in page.events.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO seen (source, stream, event_id, event_time, seen_at) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(source)
-                    .push_bind(&partition.stream)
-                    .push_bind(&e.id)
-                    .push_bind(millis(e.time))
-                    .push_bind(now_ms);
-            });
-            q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
-            let rows = q
-                .build()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(query_err("recording seen ids"))?;
-            fresh.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
-        }
+        // 1. Remember ids; only the keys that were new come back.
+        let mut fresh = seen::insert_new(&mut tx, scope, &keys, now_ms).await?;
 
         // 2. Ids the vendor served again stay remembered as long as it keeps serving them, so that
         //    pruning by age never forgets an id that a later page would bring back.
-        let repeated: Vec<&str> = page
+        let repeated: Vec<SeenKey> = keys
+            .iter()
+            .filter(|k| !fresh.contains(*k))
+            .copied()
+            .collect();
+        seen::refresh(&mut tx, scope, &repeated, now_ms).await?;
+
+        // 3. Append the new events in vendor order (a page may repeat an id; keep the first),
+        //    compressed in chunks: each record is written once.
+        let new_events: Vec<ChunkEntry<&str>> = page
             .events
             .iter()
-            .map(|e| e.id.as_str())
-            .filter(|id| !fresh.contains(*id))
+            .zip(&keys)
+            .filter(|(_, k)| fresh.remove(*k))
+            .map(|(e, _)| ChunkEntry {
+                id: e.id.as_str(),
+                time_ms: millis(e.time),
+                severity: e.severity.value(),
+                record: e.record.get(),
+            })
             .collect();
-        for chunk in repeated.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new("UPDATE seen SET seen_at = ");
-            q.push_bind(now_ms)
-                .push(" WHERE source = ")
-                .push_bind(source)
-                .push(" AND stream = ")
-                .push_bind(&partition.stream)
-                .push(" AND event_id IN (");
-            let mut ids = q.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
-            }
-            q.push(")");
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("refreshing seen ids"))?;
-        }
-
-        // 3. Append the new events in vendor order (a page may repeat an id; keep the first).
-        let new_events: Vec<_> = page.events.iter().filter(|e| fresh.remove(&e.id)).collect();
-        insert_rows(
-            &mut tx,
-            "INSERT INTO outbox (source, stream, tenant, event_id, event_time, ingest_time, severity, record, bytes) ",
-            &new_events,
-            |mut b, e| {
-                let record = e.record.get();
-                b.push_bind(source)
-                    .push_bind(&partition.stream)
-                    .push_bind(&partition.tenant)
-                    .push_bind(&e.id)
-                    .push_bind(millis(e.time))
-                    .push_bind(now_ms)
-                    .push_bind(i64::from(e.severity.value()))
-                    .push_bind(record)
-                    .push_bind(record.len() as i64);
-            },
-            "appending to the outbox",
-        )
-        .await?;
+        let destination = Destination {
+            source,
+            stream: &partition.stream,
+            tenant: &partition.tenant,
+            ingest_ms: now_ms,
+            target_sink: None,
+        };
+        outbox::append(&mut tx, &destination, &new_events).await?;
 
         // 4. Keep the records that could not become events, once each: a record fetched again
         //    (overlapping windows, boundary repeats) is not counted twice.
@@ -131,7 +101,7 @@ impl Store {
         // 5. Move the cursor and the partition's counters.
         let appended = new_events.len() as u64;
         let duplicates = page.events.len() as u64 - appended;
-        let newest = new_events.iter().map(|e| millis(e.time)).max();
+        let newest = new_events.iter().map(|e| e.time_ms).max();
         sqlx::query(
             "INSERT INTO cursors (source, stream, tenant, cursor, updated_at, last_success_at, newest_event_at,
                                   events_total, duplicates_total, clamps_total, rejected_total)
@@ -161,21 +131,11 @@ impl Store {
         .map_err(query_err("moving a cursor"))?;
 
         commit_tx(tx, "committing a page").await?;
+        self.checkpoint_if_large();
         Ok(CommitSummary {
             appended,
             duplicates,
             rejected,
         })
-    }
-
-    /// Forgets seen ids of `source` recorded before `before`. Returns ids removed.
-    pub async fn prune_seen(&self, source: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM seen WHERE source = ? AND seen_at < ?")
-            .bind(source)
-            .bind(millis(before))
-            .execute(&self.pool)
-            .await
-            .map_err(query_err("pruning the seen-set"))?;
-        Ok(done.rows_affected())
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{commit_tx, millis, query_err, time_at, Store, StoreError};
+use super::{commit_tx, millis, query_err, seen, time_at, Store, StoreError};
 use crate::event::Partition;
 
 /// Per-partition state, as `secrelay state` shows it.
@@ -114,13 +114,7 @@ impl Store {
             .map_err(query_err("forgetting cursors"))?
             .rows_affected();
         let seen = match since {
-            Some(t) => sqlx::query("DELETE FROM seen WHERE source = ? AND event_time >= ?")
-                .bind(source)
-                .bind(millis(t))
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("forgetting seen ids"))?
-                .rows_affected(),
+            Some(t) => seen::forget_since(&mut tx, source, millis(t)).await?,
             None => 0,
         };
         commit_tx(tx, "committing a reset").await?;

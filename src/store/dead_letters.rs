@@ -9,6 +9,8 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
+use super::chunk::ChunkEntry;
+use super::outbox::{self, Destination};
 use super::{commit_tx, query_err, time_of, Store, StoreError};
 
 /// A record a sink's receiver rejected, as kept in the dead-letter table.
@@ -38,6 +40,10 @@ pub struct DeadLetter {
     pub record: String,
 }
 
+/// A dead letter as re-queued: source, stream, tenant, event id, event time, ingest time,
+/// severity, record.
+type LetterToRequeue = (String, String, String, String, i64, i64, i64, String);
+
 impl Store {
     /// The dead letters of `sink` (every sink when `None`), oldest first.
     pub async fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
@@ -58,22 +64,36 @@ impl Store {
     /// after everything already in the log).
     pub async fn requeue_dead_letters(&self, sink: &str) -> Result<u64, StoreError> {
         let mut tx = self.begin("starting a re-queue").await?;
-        // Severity and ingest time were not kept before the migration that re-queues: take them
-        // from the outbox row if it is still there.
-        let moved = sqlx::query(
-            "INSERT INTO outbox (source, stream, tenant, event_id, event_time, ingest_time, severity,
-                                 record, bytes, target_sink)
-             SELECT d.source, d.stream, d.tenant, d.event_id, d.event_time,
-                    COALESCE(d.ingest_time, o.ingest_time, d.at), COALESCE(d.severity, o.severity, 0),
-                    d.record, length(CAST(d.record AS BLOB)), d.sink
-             FROM dead_letters d LEFT JOIN outbox o ON o.seq = d.seq
-             WHERE d.sink = ?1 ORDER BY d.id",
+        // Severity and ingest time were not kept before the migration that re-queues; the first
+        // writer of the chunked layout copied them from the outbox rows still there (legacy.rs).
+        let letters: Vec<LetterToRequeue> = sqlx::query_as(
+            "SELECT source, stream, tenant, event_id, event_time, COALESCE(ingest_time, at),
+                    COALESCE(severity, 0), record
+             FROM dead_letters WHERE sink = ?1 ORDER BY id",
         )
         .bind(sink)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(query_err("re-queueing dead letters"))?
-        .rows_affected();
+        .map_err(query_err("re-queueing dead letters"))?;
+        // One chunk each: every letter has its own partition and ingest time.
+        for (source, stream, tenant, event_id, event_time, ingest_ms, severity, record) in &letters
+        {
+            let to = Destination {
+                source,
+                stream,
+                tenant,
+                ingest_ms: *ingest_ms,
+                target_sink: Some(sink),
+            };
+            let entry = ChunkEntry {
+                id: event_id.as_str(),
+                time_ms: *event_time,
+                severity: (*severity).clamp(0, 10) as u8,
+                record: record.as_str(),
+            };
+            outbox::append(&mut tx, &to, &[entry]).await?;
+        }
+        let moved = letters.len() as u64;
         sqlx::query("DELETE FROM dead_letters WHERE sink = ?")
             .bind(sink)
             .execute(&mut *tx)

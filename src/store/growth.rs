@@ -55,14 +55,16 @@ pub struct StoreGrowth {
 impl Store {
     /// Row counts of what grows, and the file's size on disk (main file plus WAL).
     pub async fn growth(&self) -> Result<StoreGrowth, StoreError> {
-        let by_source: Vec<(String, i64)> =
-            sqlx::query_as("SELECT source, COUNT(*) FROM seen GROUP BY source ORDER BY source")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_err("counting seen ids"))?;
+        let by_source: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT s.source, COUNT(*) FROM seen_ids i JOIN seen_scopes s ON s.scope = i.scope
+                 GROUP BY s.source ORDER BY s.source",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("counting seen ids"))?;
         let (dead_letters, rejected_records, requeued): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM dead_letters), (SELECT COUNT(*) FROM rejected_records),
-                    (SELECT COUNT(*) FROM outbox WHERE target_sink IS NOT NULL)",
+                    (SELECT COALESCE(SUM(records), 0) FROM outbox_chunks WHERE target_sink IS NOT NULL)",
         )
         .fetch_one(&self.pool)
         .await

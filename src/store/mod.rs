@@ -22,24 +22,35 @@
 //! [`Store::advance_sink`] (rejected again, it is a dead letter again). Other sinks never see it,
 //! since they already had it or rejected it themselves.
 //!
+//! Layout (issue 13): each record is written once, small. The outbox holds chunks (`chunk.rs`):
+//! the consecutive records of one page commit, compressed together, record i at position
+//! `first_seq + i`, so sinks still keep one position per record. The seen-set key is three
+//! integers (`seen.rs`). Checkpoints of the WAL run beside commits, not inside them (`open.rs`).
+//!
 //! Parts, one per concern (each `impl Store` block holds the SQL of its tables, and each table has
-//! one row mapper reading columns by name): `open` (file, lock, migrations), `commit` (a page: seen
-//! ids, outbox append, rejected records, cursor), `cursors` (partition state, poll errors, reset),
-//! `outbox` (batches, backlogs, pruning), `positions` (sink offsets and their advance), `acks`
-//! (HEC channel and pending acks, and the [`HecLedger`] a HEC sink is handed), `dead_letters`,
-//! `rejected` (records sources could not read), `tickets` (the tickets a ticketing sink opened for
-//! vendor alerts, and the [`TicketLedger`] it is handed) and `growth` (sizes, giving free pages
-//! back).
+//! one row mapper reading columns by name): `open` (file, lock, migrations, checkpoints), `legacy`
+//! (moving rows of the layout before issue 13), `commit` (a page: seen ids, outbox append,
+//! rejected records, cursor), `seen` (the seen-set), `chunk` (a chunk's bytes), `cursors`
+//! (partition state, poll errors, reset), `outbox` (appends, batches, backlogs, pruning),
+//! `positions` (sink offsets and their advance), `acks` (HEC channel and pending acks, and the
+//! [`HecLedger`] a HEC sink is handed), `dead_letters`, `rejected` (records sources could not
+//! read), `tickets` (the tickets a ticketing sink opened for vendor alerts, and the
+//! [`TicketLedger`] it is handed) and `growth` (sizes, giving free pages back).
 
 mod acks;
+mod chunk;
 mod commit;
 mod cursors;
 mod dead_letters;
 mod growth;
+#[cfg(test)]
+mod layout_tests;
+mod legacy;
 mod open;
 mod outbox;
 mod positions;
 mod rejected;
+mod seen;
 #[cfg(test)]
 mod tests;
 mod tickets;
@@ -147,8 +158,12 @@ pub struct Store {
     path: PathBuf,
     /// Set while one task gives free pages back, so sinks finishing at once do not all do it.
     reclaiming: Arc<std::sync::atomic::AtomicBool>,
+    /// Seen-set scope numbers by (source, stream), as created on disk (see `seen.rs`).
+    scopes: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), i64>>>,
+    /// Held while one task checkpoints the WAL, off the commit path (see `open.rs`).
+    checkpointing: Arc<tokio::sync::Mutex<()>>,
     /// Held for the life of a writer's store (see [`Access::Writer`]).
-    _lock: Option<Arc<std::fs::File>>,
+    writer_lock: Option<Arc<std::fs::File>>,
 }
 
 impl Store {

@@ -27,6 +27,13 @@ const SCHEMA_PATIENCE: Duration = Duration::from_secs(10);
 /// The WAL file is truncated to this after a checkpoint, so a burst does not leave it large.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
+/// A writer starts a checkpoint beside its commits once the WAL holds this much.
+const CHECKPOINT_ABOVE_BYTES: i64 = 8 << 20;
+
+/// SQLite's own checkpoint, inside a commit, only past this many pages (4 KiB each): a fallback
+/// for when the checkpoints beside commits cannot keep up.
+const AUTOCHECKPOINT_PAGES: i64 = 4 * (CHECKPOINT_ABOVE_BYTES / 4096);
+
 /// How a process uses the state database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -63,6 +70,7 @@ impl Store {
             // first table; an older file needs one VACUUM (see `use_incremental_vacuum`).
             .auto_vacuum(SqliteAutoVacuum::Incremental)
             .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
+            .pragma("wal_autocheckpoint", AUTOCHECKPOINT_PAGES.to_string())
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
             // A commit waiting on another writer's fsync is normal here, not worth a warning per page.
@@ -102,17 +110,64 @@ impl Store {
             // Dropping the file releases the lock.
             Access::Reader => None,
         };
-        Ok(Store {
+        let store = Store {
             pool,
             path: path.to_path_buf(),
             reclaiming: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            _lock: lock,
-        })
+            scopes: Arc::default(),
+            checkpointing: Arc::default(),
+            writer_lock: lock,
+        };
+        if access == Access::Writer {
+            store
+                .move_legacy_rows()
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        Ok(store)
     }
 
-    /// Closes the pool, checkpointing the WAL.
+    /// Closes the pool. A writer first waits for a checkpoint beside commits to finish and folds
+    /// the whole WAL into the database (truncating it), so a stopped writer leaves one file. A
+    /// reader (`state`) never checkpoints: it would wait for the writer beside it.
     pub async fn close(&self) {
+        if self.writer_lock.is_some() {
+            let _running = self.checkpointing.lock().await;
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+            {
+                tracing::debug!("state database: checkpoint at close failed: {e}");
+            }
+        }
         self.pool.close().await;
+    }
+
+    /// Starts a checkpoint of the WAL on another connection once it holds more than
+    /// [`CHECKPOINT_ABOVE_BYTES`], unless one is running. Called after a commit: the commit itself
+    /// never waits for a checkpoint (copying pages into the database and its fsync), which then
+    /// runs on the other core while the next page is fetched and committed.
+    pub(super) fn checkpoint_if_large(&self) {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let large = std::fs::metadata(&wal).is_ok_and(|m| m.len() as i64 > CHECKPOINT_ABOVE_BYTES);
+        if !large {
+            return;
+        }
+        // One at a time: a commit finding one running leaves it be.
+        let Ok(running) = self.checkpointing.clone().try_lock_owned() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            // PASSIVE: never blocks the writer; frames a reader still needs wait for the next one.
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!("state database: checkpoint failed (the next commit retries): {e}");
+            }
+            drop(running);
+        });
     }
 }
 

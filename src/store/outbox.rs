@@ -1,28 +1,130 @@
-//! The outbox log as sinks read it: batches after a position, backlogs, totals, and pruning what
-//! every routed sink has passed (and dead letters re-queued for one sink, once it passed them).
+//! The outbox log as sinks read it: appending records in compressed chunks, batches after a
+//! position, backlogs, totals, and pruning what every routed sink has passed (and dead letters
+//! re-queued for one sink, once it passed them).
 //!
-//! Must not: move a sink's position (see `positions.rs`). Invariant: positions are never reused, and
-//! a row is deleted only once every sink routed to it has passed it.
+//! Must not: move a sink's position (see `positions.rs`). Invariant: positions are never reused
+//! (`outbox_head` hands them out), a chunk holds consecutive positions of one partition, and a
+//! chunk is deleted only once every sink routed to it has passed all of its records.
 
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{query_err, time_of, Store, StoreError};
+use super::chunk::{self, ChunkEntry};
+use super::{commit_tx, from_millis, query_err, Store, StoreError};
 use crate::event::OutboxRecord;
 
-/// Outbox size, kept by triggers.
+/// Outbox size.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct OutboxTotals {
     /// Rows waiting for at least one sink.
     pub rows: i64,
-    /// Bytes of those rows' records.
+    /// Bytes of those rows' records (uncompressed JSON text).
     pub bytes: i64,
 }
 
-/// The columns [`outbox_record`] reads.
-const OUTBOX_RECORD_COLUMNS: &str =
-    "seq, source, stream, tenant, event_id, event_time, ingest_time, severity, record";
+/// Chunks read per query while filling a batch.
+const CHUNKS_PER_READ: i64 = 4;
+
+/// Where appended records go: one partition, committed at one time.
+pub(super) struct Destination<'a> {
+    /// Configured source id.
+    pub source: &'a str,
+    /// Stream within the source.
+    pub stream: &'a str,
+    /// Vendor tenant, `""` when none.
+    pub tenant: &'a str,
+    /// Commit time, ms.
+    pub ingest_ms: i64,
+    /// A re-queued dead letter: the one sink that reads it.
+    pub target_sink: Option<&'a str>,
+}
+
+/// Appends `entries` in order at the end of the log, in chunks of at most [`chunk::MAX_RECORDS`]
+/// records or [`chunk::MAX_BYTES`] of text, and counts them in `outbox_totals`. Part of the
+/// caller's transaction. Returns the records appended.
+pub(super) async fn append(
+    conn: &mut SqliteConnection,
+    to: &Destination<'_>,
+    entries: &[ChunkEntry<&str>],
+) -> Result<u64, StoreError> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let first_seq: i64 = sqlx::query_scalar(
+        "UPDATE outbox_head SET next_seq = next_seq + ?1 WHERE id = 1 RETURNING next_seq - ?1",
+    )
+    .bind(entries.len() as i64)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(query_err("allocating outbox positions"))?;
+    place(conn, to, first_seq, entries).await
+}
+
+/// Writes `entries` at positions `first_seq`, `first_seq + 1`, … (already handed out), in chunks,
+/// and counts them in `outbox_totals`. Part of the caller's transaction. Returns the records
+/// written.
+pub(super) async fn place(
+    conn: &mut SqliteConnection,
+    to: &Destination<'_>,
+    first_seq: i64,
+    entries: &[ChunkEntry<&str>],
+) -> Result<u64, StoreError> {
+    let n = entries.len() as i64;
+    let mut next = first_seq;
+    let mut total_bytes = 0i64;
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut bytes = 0usize;
+        while take < rest.len() && take < chunk::MAX_RECORDS && bytes < chunk::MAX_BYTES {
+            bytes += rest[take].record.len();
+            take += 1;
+        }
+        let (these, after) = rest.split_at(take);
+        rest = after;
+        let body = chunk::encode(these.iter().cloned());
+        sqlx::query(
+            "INSERT INTO outbox_chunks (first_seq, last_seq, source, stream, tenant, ingest_time,
+                                        target_sink, records, bytes, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(next)
+        .bind(next + take as i64 - 1)
+        .bind(to.source)
+        .bind(to.stream)
+        .bind(to.tenant)
+        .bind(to.ingest_ms)
+        .bind(to.target_sink)
+        .bind(take as i64)
+        .bind(bytes as i64)
+        .bind(body)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err("appending to the outbox"))?;
+        next += take as i64;
+        total_bytes += bytes as i64;
+        // Compressing a chunk takes a few milliseconds: let other tasks of this worker run.
+        tokio::task::yield_now().await;
+    }
+    add_to_totals(conn, n, total_bytes).await?;
+    Ok(n as u64)
+}
+
+/// Adds to (or, negative, takes from) the outbox totals.
+async fn add_to_totals(
+    conn: &mut SqliteConnection,
+    rows: i64,
+    bytes: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox_totals SET rows = rows + ?1, bytes = bytes + ?2 WHERE id = 1")
+        .bind(rows)
+        .bind(bytes)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err("counting outbox totals"))?;
+    Ok(())
+}
 
 impl Store {
     /// Rows and bytes waiting in the outbox.
@@ -53,18 +155,21 @@ impl Store {
 
     /// Rows and bytes waiting for `sink` after `after_seq` (the rows of `sources` plus the dead
     /// letters re-queued for it): its backlog, measured against its share of the outbox cap.
-    /// Reads every waiting row, so callers cache it rather than ask on every poll.
+    /// Reads every waiting chunk's header, so callers cache it rather than ask on every poll. The
+    /// bytes of a chunk the sink is part-way through are counted in proportion.
     pub async fn backlog_totals(
         &self,
         sink: &str,
         after_seq: i64,
         sources: &[String],
     ) -> Result<OutboxTotals, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT COUNT(*) AS rows, COALESCE(SUM(bytes), 0) AS bytes FROM (",
-        );
-        push_rows(&mut q, "seq, bytes", Some(sink), after_seq, sources);
-        q.push(")");
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT COALESCE(SUM(last_seq - MAX(first_seq - 1, ");
+        q.push_bind(after_seq)
+            .push(")), 0) AS rows, COALESCE(SUM(bytes * (last_seq - MAX(first_seq - 1, ")
+            .push_bind(after_seq)
+            .push(")) / records), 0) AS bytes FROM outbox_chunks WHERE ");
+        push_waiting(&mut q, Some(sink), after_seq, sources);
         q.build()
             .try_map(outbox_totals)
             .fetch_one(&self.pool)
@@ -105,23 +210,42 @@ impl Store {
         sources: &[String],
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut out = Vec::new();
         if requeued_for.is_none() && sources.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        let mut q = QueryBuilder::<Sqlite>::new("");
-        push_rows(
-            &mut q,
-            OUTBOX_RECORD_COLUMNS,
-            requeued_for,
-            after_seq,
-            sources,
-        );
-        q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
-        q.build()
-            .try_map(outbox_record)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("reading an outbox batch"))
+        let mut after = after_seq;
+        while out.len() < limit {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT first_seq, last_seq, source, stream, tenant, ingest_time, body
+                 FROM outbox_chunks WHERE ",
+            );
+            push_waiting(&mut q, requeued_for, after, sources);
+            q.push(" ORDER BY last_seq LIMIT ")
+                .push_bind(CHUNKS_PER_READ);
+            let chunks = q
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("reading an outbox batch"))?;
+            let read = chunks.len() as i64;
+            for c in chunks {
+                let taken = decode_chunk(&c, after, limit - out.len(), &mut out)
+                    .map_err(query_err("reading an outbox batch"))?;
+                if out.len() >= limit {
+                    break;
+                }
+                // Not full: the chunk was read to its end.
+                after = c
+                    .try_get::<i64, _>("last_seq")
+                    .map_err(query_err("reading an outbox batch"))?
+                    .max(taken);
+            }
+            if read < CHUNKS_PER_READ {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// How many records [`Store::records_after`] would read with no limit.
@@ -134,25 +258,27 @@ impl Store {
         if requeued_for.is_none() && sources.is_empty() {
             return Ok(0);
         }
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM (");
-        push_rows(&mut q, "seq", requeued_for, after_seq, sources);
-        q.push(")");
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT COALESCE(SUM(last_seq - MAX(first_seq - 1, ");
+        q.push_bind(after_seq)
+            .push(")), 0) FROM outbox_chunks WHERE ");
+        push_waiting(&mut q, requeued_for, after_seq, sources);
         q.build_query_scalar()
             .fetch_one(&self.pool)
             .await
             .map_err(query_err("counting a sink backlog"))
     }
 
-    /// Deletes the outbox rows of `source` that every sink in `sinks` has passed. Returns rows deleted.
-    /// Dead letters re-queued for one sink are left to [`Store::prune_requeued`].
+    /// Deletes the chunks of `source` that every sink in `sinks` has passed whole. Returns records
+    /// deleted. Dead letters re-queued for one sink are left to [`Store::prune_requeued`].
     pub async fn prune_outbox(&self, source: &str, sinks: &[String]) -> Result<u64, StoreError> {
         if sinks.is_empty() {
             return Ok(0);
         }
         // A sink with no row yet has delivered nothing: MIN over a missing row must count as 0.
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE source = ");
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox_chunks WHERE source = ");
         q.push_bind(source)
-            .push(" AND target_sink IS NULL AND seq <= (SELECT MIN(p) FROM (");
+            .push(" AND target_sink IS NULL AND last_seq <= (SELECT MIN(p) FROM (");
         let mut first = true;
         for sink in sinks {
             if !first {
@@ -163,87 +289,108 @@ impl Store {
                 .push_bind(sink)
                 .push("), 0) AS p");
         }
-        q.push("))");
-        let done = q
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(query_err("pruning the outbox"))?;
-        Ok(done.rows_affected())
+        q.push(")) RETURNING records, bytes");
+        self.delete_chunks(q, "pruning the outbox").await
     }
 
-    /// Deletes the dead letters re-queued for `sink` that it has passed. Returns rows deleted.
+    /// Deletes the dead letters re-queued for `sink` that it has passed. Returns records deleted.
     pub async fn prune_requeued(&self, sink: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM outbox WHERE target_sink = ?1
-               AND seq <= COALESCE((SELECT delivered_seq FROM sink_offsets WHERE sink = ?1), 0)",
-        )
-        .bind(sink)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("pruning re-queued dead letters"))?;
-        Ok(done.rows_affected())
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox_chunks WHERE target_sink = ");
+        q.push_bind(sink)
+            .push(" AND last_seq <= COALESCE((SELECT delivered_seq FROM sink_offsets WHERE sink = ")
+            .push_bind(sink)
+            .push("), 0) RETURNING records, bytes");
+        self.delete_chunks(q, "pruning re-queued dead letters")
+            .await
+    }
+
+    /// Runs a DELETE of chunks returning `records, bytes`, and takes them from the totals, in one
+    /// transaction.
+    async fn delete_chunks(
+        &self,
+        mut q: QueryBuilder<'_, Sqlite>,
+        doing: &'static str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin(doing).await?;
+        let deleted: Vec<(i64, i64)> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_err(doing))?;
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        let records: i64 = deleted.iter().map(|(r, _)| r).sum();
+        let bytes: i64 = deleted.iter().map(|(_, b)| b).sum();
+        add_to_totals(&mut tx, -records, -bytes).await?;
+        commit_tx(tx, doing).await?;
+        self.checkpoint_if_large();
+        Ok(records as u64)
     }
 }
 
-/// Appends a SELECT of `columns` from the outbox rows after `after_seq` that a reader takes: those
-/// of its `sources` meant for every sink, then (UNION ALL) those re-queued for `requeued_for` alone
-/// when it names a sink. `sources` may be empty only when `requeued_for` names a sink.
+/// Appends the condition for the chunks a reader takes after `after_seq`: those of its `sources`
+/// meant for every sink, and those re-queued for `requeued_for` alone when it names a sink.
+/// `sources` may be empty only when `requeued_for` names a sink.
 ///
-/// Two ordered index scans merged (UNION ALL), never an OR: SQLite would collect every matching
-/// row after the position and sort them for each batch.
-fn push_rows<'a>(
+/// The range on `last_seq` drives the scan (its index, in log order); the rest filters chunk
+/// headers, never record bodies.
+fn push_waiting<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
-    columns: &str,
     requeued_for: Option<&'a str>,
     after_seq: i64,
     sources: &'a [String],
 ) {
+    q.push("last_seq > ").push_bind(after_seq).push(" AND (");
     if !sources.is_empty() {
-        push_shared_rows(q, columns, after_seq, sources);
+        q.push("(target_sink IS NULL AND source IN (");
+        let mut list = q.separated(", ");
+        for s in sources {
+            list.push_bind(s);
+        }
+        q.push("))");
         if requeued_for.is_some() {
-            q.push(" UNION ALL ");
+            q.push(" OR ");
         }
     }
     if let Some(sink) = requeued_for {
-        q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
-            .push_bind(after_seq)
-            .push(" AND target_sink = ")
-            .push_bind(sink);
+        q.push("target_sink = ").push_bind(sink);
     }
+    q.push(")");
 }
 
-/// Appends a SELECT of `columns` from the outbox rows after `after_seq` of one of `sources` that
-/// are meant for every sink (not re-queued for one). `sources` must not be empty.
-fn push_shared_rows<'a>(
-    q: &mut QueryBuilder<'a, Sqlite>,
-    columns: &str,
-    after_seq: i64,
-    sources: &'a [String],
-) {
-    q.push(format!("SELECT {columns} FROM outbox WHERE seq > "))
-        .push_bind(after_seq)
-        .push(" AND source IN (");
-    let mut list = q.separated(", ");
-    for s in sources {
-        list.push_bind(s);
+/// Appends the records of chunk row `c` after position `after` to `out`, at most `room` of them.
+/// Returns the position of the last record taken (or `after` if none).
+fn decode_chunk(
+    c: &SqliteRow,
+    after: i64,
+    room: usize,
+    out: &mut Vec<OutboxRecord>,
+) -> Result<i64, sqlx::Error> {
+    let first: i64 = c.try_get("first_seq")?;
+    let source: String = c.try_get("source")?;
+    let stream: String = c.try_get("stream")?;
+    let tenant: String = c.try_get("tenant")?;
+    let ingest_time = from_millis(c.try_get("ingest_time")?);
+    let body: &[u8] = c.try_get("body")?;
+    let skip = usize::try_from(after + 1 - first).unwrap_or(0);
+    let entries = chunk::decode(body, skip, room).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let mut last = after;
+    for (i, e) in entries.into_iter().enumerate() {
+        last = first + (skip + i) as i64;
+        out.push(OutboxRecord {
+            seq: last,
+            source: source.clone(),
+            stream: stream.clone(),
+            tenant: tenant.clone(),
+            event_id: e.id,
+            event_time: from_millis(e.time_ms),
+            ingest_time,
+            severity: e.severity.min(10),
+            record: e.record,
+        });
     }
-    q.push(") AND target_sink IS NULL");
-}
-
-/// An `outbox` row (the columns of [`OUTBOX_RECORD_COLUMNS`]).
-fn outbox_record(r: SqliteRow) -> Result<OutboxRecord, sqlx::Error> {
-    Ok(OutboxRecord {
-        seq: r.try_get("seq")?,
-        source: r.try_get("source")?,
-        stream: r.try_get("stream")?,
-        tenant: r.try_get("tenant")?,
-        event_id: r.try_get("event_id")?,
-        event_time: time_of(&r, "event_time")?,
-        ingest_time: time_of(&r, "ingest_time")?,
-        severity: r.try_get::<i64, _>("severity")?.clamp(0, 10) as u8,
-        record: r.try_get("record")?,
-    })
+    Ok(last)
 }
 
 /// Totals selected as `rows` and `bytes` (the `outbox_totals` row, or a backlog's sums).

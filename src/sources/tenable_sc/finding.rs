@@ -123,5 +123,7 @@ pub(super) fn finding(
         .transpose()?
         .map_or(0, |s| [0, 3, 5, 8, 10][s.clamp(0, 4) as usize]);
     let time = chrono::DateTime::from_timestamp(window_time, 0).unwrap_or_else(Utc::now);
-    Ok(Event::new(id, time, Severity::new(severity), raw))
+    // The id carries lastSeen; lastMitigated can change while the id stays (a re-report).
+    let key_time = chrono::DateTime::from_timestamp(last_seen, 0).unwrap_or(time);
+    Ok(Event::new(id, time, Severity::new(severity), raw).with_key_time(key_time))
 }

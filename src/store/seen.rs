@@ -1,0 +1,206 @@
+//! The seen-set: which vendor ids of a (source, stream) were committed, so that a record served
+//! again is dropped; refreshing ids the vendor keeps serving, pruning by age and forgetting for a
+//! reset.
+//!
+//! Must not: decide what an id or a time is (sources do). Invariant: an id is its scope, its event
+//! time (ms) and a 64-bit FNV-1a hash of its text, so a key is three integers and a page of events
+//! (which vendors serve in time order) lands in a few neighbouring B-tree pages. Two different ids
+//! are confused only if they share scope, millisecond and hash (odds near 2⁻⁶⁴ per pair). A source
+//! must give an id the same key time ([`crate::event::Event::key_time`]) every time it serves it:
+//! sources take it from the record itself, and where a record changes (a session, an inventory
+//! report) its id carries the time it changed at. The event time stored with a key is its key
+//! time.
+
+use std::collections::HashSet;
+
+use sqlx::{Row, SqliteConnection};
+
+use super::{millis, query_err, Store, StoreError};
+use chrono::{DateTime, Utc};
+
+/// Keys per statement: three variables each, far below SQLite's limit of 32,766.
+const KEYS_PER_STATEMENT: usize = 500;
+
+/// A seen-set key within a scope: (event time in ms, id hash).
+pub(super) type SeenKey = (i64, i64);
+
+/// FNV-1a, 64 bits, of an id's UTF-8 bytes: stable across versions and platforms (it is stored),
+/// cheap, and well spread for the short texts vendor ids are.
+pub(super) fn id_hash(id: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h as i64
+}
+
+/// The key of an id served with event time `time_ms`.
+pub(super) fn key(time_ms: i64, id: &str) -> SeenKey {
+    (time_ms, id_hash(id))
+}
+
+impl Store {
+    /// The scope number of (`source`, `stream`), created on first use. Created in its own
+    /// statement, outside any page transaction, so a cached number always exists on disk.
+    pub(super) async fn seen_scope(&self, source: &str, stream: &str) -> Result<i64, StoreError> {
+        let cache_key = (source.to_string(), stream.to_string());
+        if let Some(scope) = self
+            .scopes
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&cache_key).copied())
+        {
+            return Ok(scope);
+        }
+        sqlx::query(
+            "INSERT INTO seen_scopes (source, stream) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .bind(source)
+        .bind(stream)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("creating a seen-set scope"))?;
+        let scope: i64 =
+            sqlx::query_scalar("SELECT scope FROM seen_scopes WHERE source = ?1 AND stream = ?2")
+                .bind(source)
+                .bind(stream)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_err("reading a seen-set scope"))?;
+        if let Ok(mut scopes) = self.scopes.lock() {
+            scopes.insert(cache_key, scope);
+        }
+        Ok(scope)
+    }
+
+    /// Forgets seen ids of `source` last served before `before`. Returns ids removed.
+    pub async fn prune_seen(&self, source: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM seen_ids WHERE seen_at < ?2
+               AND scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)",
+        )
+        .bind(source)
+        .bind(millis(before))
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("pruning the seen-set"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Records `keys` (scope `scope`, served at `now_ms`); returns those that were not there yet. A key
+/// given twice is new once.
+pub(super) async fn insert_new(
+    conn: &mut SqliteConnection,
+    scope: i64,
+    keys: &[SeenKey],
+    now_ms: i64,
+) -> Result<HashSet<SeenKey>, StoreError> {
+    let mut fresh = HashSet::with_capacity(keys.len());
+    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+        // The scope is written into the text (a number of ours, the same for every page of a
+        // partition); the rest are `?`, never `?N`: binding a numbered parameter looks its name up
+        // in a list, which made a statement of 500 rows cost quadratic time.
+        let sql = format!(
+            "INSERT INTO seen_ids (scope, event_time, id_hash, seen_at) VALUES {}
+             ON CONFLICT DO NOTHING RETURNING event_time, id_hash",
+            rows_sql(chunk.len(), |_| format!("({scope}, ?, ?, ?)"))
+        );
+        let mut q = sqlx::query(&sql);
+        for (time, hash) in chunk {
+            q = q.bind(time).bind(hash).bind(now_ms);
+        }
+        let rows = q
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err("recording seen ids"))?;
+        for r in rows {
+            let key = (
+                r.try_get::<i64, _>(0)
+                    .map_err(query_err("recording seen ids"))?,
+                r.try_get::<i64, _>(1)
+                    .map_err(query_err("recording seen ids"))?,
+            );
+            fresh.insert(key);
+        }
+    }
+    Ok(fresh)
+}
+
+/// Marks `keys` as served again at `now_ms`, so pruning by age never forgets an id the vendor keeps
+/// serving.
+pub(super) async fn refresh(
+    conn: &mut SqliteConnection,
+    scope: i64,
+    keys: &[SeenKey],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE seen_ids SET seen_at = ? WHERE scope = {scope}
+               AND (event_time, id_hash) IN (VALUES {})",
+            rows_sql(chunk.len(), |_| "(?, ?)".to_string())
+        );
+        let mut q = sqlx::query(&sql).bind(now_ms);
+        for (time, hash) in chunk {
+            q = q.bind(time).bind(hash);
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(query_err("refreshing seen ids"))?;
+    }
+    Ok(())
+}
+
+/// Forgets the seen ids of `source` with an event time at or after `since_ms`.
+pub(super) async fn forget_since(
+    conn: &mut SqliteConnection,
+    source: &str,
+    since_ms: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM seen_ids WHERE event_time >= ?2
+           AND scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)",
+    )
+    .bind(source)
+    .bind(since_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(query_err("forgetting seen ids"))?
+    .rows_affected())
+}
+
+/// `n` value rows joined by commas, row `i` given by `row(i)`. The text depends on `n` alone, so
+/// SQLite's prepared statements are reused across pages.
+fn rows_sql(n: usize, row: impl Fn(usize) -> String) -> String {
+    (0..n).map(row).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_fnv1a_64() {
+        // Published FNV-1a 64 test vectors: the stored keys depend on these never changing.
+        assert_eq!(id_hash("") as u64, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(id_hash("a") as u64, 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(id_hash("foobar") as u64, 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn a_key_is_time_then_hash() {
+        assert_eq!(key(42, "a"), (42, id_hash("a")));
+        assert_ne!(key(42, "a"), key(43, "a"));
+        assert_ne!(key(42, "a"), key(42, "b"));
+    }
+
+    #[test]
+    fn value_rows_are_joined() {
+        assert_eq!(rows_sql(2, |i| format!("({i})")), "(0), (1)".to_string());
+        assert_eq!(rows_sql(0, |i| i.to_string()), "");
+    }
+}
