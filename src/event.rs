@@ -74,10 +74,14 @@ pub struct Event {
 
 impl Event {
     /// Builds an event, compacting `record` so that it holds no raw whitespace outside strings.
+    ///
+    /// Vendors mostly send compact JSON: then the record is copied once, as it is, and not parsed
+    /// again. Only a record with whitespace outside its strings is rewritten (and checked).
     pub fn new(id: String, time: DateTime<Utc>, severity: Severity, record: &RawValue) -> Self {
-        let text = compact_json(record.get());
-        // Compacting valid JSON yields valid JSON; fall back to the original text if that ever fails.
-        let record = RawValue::from_string(text).unwrap_or_else(|_| record.to_owned());
+        let record = match whitespace_outside_strings(record.get()) {
+            None => record.to_owned(),
+            Some(first) => compacted(record.get(), first).unwrap_or_else(|| record.to_owned()),
+        };
         Event {
             id,
             time,
@@ -95,30 +99,78 @@ impl Event {
     }
 }
 
+/// `text` compacted from `first`, its first whitespace byte outside strings, as a raw value.
+/// `None` if the result is not JSON, which cannot happen for valid JSON input.
+fn compacted(text: &str, first: usize) -> Option<Box<RawValue>> {
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..first]);
+    compact_into(&text[first..], &mut out);
+    RawValue::from_string(out).ok()
+}
+
+/// Where the first byte of JSON whitespace (space, tab, CR, LF) outside a string is in `text`,
+/// if there is one: a scan of the bytes that jumps from quote to quote inside strings.
+///
+/// Byte-level is exact: every byte of a multi-byte UTF-8 character is >= 0x80, so it can never be
+/// taken for a quote, a backslash or whitespace.
+pub fn whitespace_outside_strings(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => i = string_end(bytes, i + 1),
+            b' ' | b'\n' | b'\r' | b'\t' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the quote that closes the string whose content starts at `start` (or the
+/// end of `bytes` if it is not closed).
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start;
+    while let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+        let at = i + at;
+        if bytes[at] == b'"' {
+            return at + 1;
+        }
+        // A backslash escapes the next byte (a quote, a backslash or a letter): skip both.
+        i = at + 2;
+        if i >= bytes.len() {
+            return bytes.len();
+        }
+    }
+    bytes.len()
+}
+
+/// Appends `text` to `out` without the JSON whitespace outside its strings.
+fn compact_into(text: &str, out: &mut String) {
+    let bytes = text.as_bytes();
+    // Runs of bytes to keep are copied whole; `kept` is where the current run starts. Runs start
+    // and end at ASCII bytes (a quote, whitespace, or the ends), so each is valid UTF-8.
+    let mut kept = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => i = string_end(bytes, i + 1),
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.push_str(&text[kept..i]);
+                i += 1;
+                kept = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&text[kept..]);
+}
+
 /// Removes insignificant whitespace from JSON text, leaving strings, numbers and key order exactly
 /// as they were. Raw line breaks can only occur outside strings in valid JSON, so the result is safe
 /// to put on one line.
 pub fn compact_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            out.push(c);
-        }
-    }
+    compact_into(text, &mut out);
     out
 }
 
@@ -216,6 +268,40 @@ mod tests {
     fn severity_is_clamped_to_ten() {
         assert_eq!(Severity::new(42).value(), 10);
         assert_eq!(Severity::new(7).value(), 7);
+    }
+
+    fn event_of(text: &str) -> Event {
+        let raw = RawValue::from_string(text.to_string()).unwrap();
+        Event::new("id".into(), Utc::now(), Severity::new(1), &raw)
+    }
+
+    #[test]
+    fn an_already_compact_record_is_kept_byte_for_byte() {
+        let text = r#"{"a":"x y\t\"z\\","b":[1,-2.5e3,true,null],"c":{"é":"ü \u00e9"},"d":"\\"}"#;
+        assert_eq!(whitespace_outside_strings(text), None);
+        assert_eq!(event_of(text).record.get(), text);
+        assert_eq!(compact_json(text), text);
+    }
+
+    #[test]
+    fn whitespace_inside_strings_is_kept_and_outside_removed() {
+        // Spaces, an escaped quote and an escaped backslash right before the closing quote: the
+        // scan must know where each string ends.
+        let text = "{ \"path\" : \"C:\\\\Program Files\\\\\" ,\t\"q\": \"say \\\"hi \\\" \" }";
+        assert_eq!(whitespace_outside_strings(text), Some(1));
+        assert_eq!(
+            event_of(text).record.get(),
+            r#"{"path":"C:\\Program Files\\","q":"say \"hi \" "}"#
+        );
+    }
+
+    #[test]
+    fn crlf_outside_strings_is_removed_and_multibyte_text_survives() {
+        let text = "{\r\n  \"name\": \"Zoë  Ångström\",\r\n  \"n\": [1,\r\n 2]\r\n}\r\n";
+        let event = event_of(text.trim_end());
+        assert_eq!(event.record.get(), r#"{"name":"Zoë  Ångström","n":[1,2]}"#);
+        assert!(!event.record.get().contains(['\r', '\n']));
+        assert_eq!(whitespace_outside_strings(r#"{"a":"\r\n"}"#), None);
     }
 
     #[test]

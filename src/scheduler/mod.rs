@@ -70,7 +70,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The last measurement of every sink's backlog in bytes, and when it was taken.
     backlogs: Mutex<Option<(Instant, BTreeMap<String, i64>)>>,
+    /// Tests: awaited before each page commit; an error fails that commit (nothing is written).
+    #[cfg(test)]
+    pub(crate) before_commit: Mutex<Option<BeforeCommit>>,
 }
+
+/// Tests: what [`Context::before_commit`] runs before a page commit.
+#[cfg(test)]
+pub(crate) type BeforeCommit =
+    Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, Result<(), StoreError>> + Send>;
 
 /// Whether a source may poll now (back-pressure).
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +129,8 @@ impl Context {
             sources_of_sink,
             sink_share,
             backlogs: Mutex::new(None),
+            #[cfg(test)]
+            before_commit: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
             store,
             timing,
@@ -146,29 +156,43 @@ impl Context {
     /// cap behind. A sink that is stuck thus pauses only the sources routed to it; sources routed
     /// only to healthy sinks go on.
     pub async fn room_for(&self, source: &str) -> Result<Room, StoreError> {
-        let totals = self.store.outbox_totals().await?;
+        self.room_for_with(source, 0).await
+    }
+
+    /// [`Context::room_for`] as if `pending` more bytes of `source` were in the outbox already: a
+    /// page being committed while the next one is fetched counts against the room.
+    pub async fn room_for_with(&self, source: &str, pending: u64) -> Result<Room, StoreError> {
+        let pending = i64::try_from(pending).unwrap_or(i64::MAX);
+        let bytes = self
+            .store
+            .outbox_totals()
+            .await?
+            .bytes
+            .saturating_add(pending);
         let sinks = self
             .sinks_of_source
             .get(source)
             .map(Vec::as_slice)
             .unwrap_or_default();
         if sinks.is_empty() {
-            return Ok(if totals.bytes as u64 >= self.outbox_cap {
-                Room::OutboxFull {
-                    bytes: totals.bytes,
-                }
+            return Ok(if bytes as u64 >= self.outbox_cap {
+                Room::OutboxFull { bytes }
             } else {
                 Room::Free
             });
         }
         // No sink can be a share behind while the whole outbox holds less than a share: the
         // common case costs one read of the running totals.
-        if (totals.bytes as u64) < self.sink_share {
+        if (bytes as u64) < self.sink_share {
             return Ok(Room::Free);
         }
         let backlogs = self.sink_backlogs().await?;
         for sink in sinks {
-            let bytes = backlogs.get(sink).copied().unwrap_or(0);
+            let bytes = backlogs
+                .get(sink)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(pending);
             if bytes as u64 >= self.sink_share {
                 return Ok(Room::SinkBehind {
                     sink: sink.clone(),

@@ -174,22 +174,39 @@ async fn run_partition<S: Source>(
     let mut horizon_warned = 0u8;
     // Set while the source says `more` without moving its cursor (see below); logged once.
     let mut stalled = false;
+    // The next page, fetched while the last one committed (see `Prefetch`); dropping it aborts it.
+    let mut prefetched: Option<Prefetch> = None;
     while !ctx.stop.is_cancelled() {
-        // Back-pressure: never poll while a sink this source routes to is a share behind.
-        match ctx.room_for(&id).await {
-            Ok(Room::Free) => {
-                metrics.paused.store(false, Ordering::Relaxed);
-                if let Some(since) = paused_since.take() {
-                    tracing::info!(source = %id, partition = %partition,
+        let (cursor, polled) = if let Some(mut next) = prefetched.take() {
+            // It started from the cursor committed last, after a room check that counted the page
+            // then committing: its page is this iteration's poll. A stop abandons it.
+            let joined = tokio::select! {
+                _ = ctx.stop.cancelled() => break,
+                joined = &mut next.task => joined,
+            };
+            let (polled, took) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => break,
+            };
+            metrics.observe_latency(took);
+            (next.cursor.take(), polled)
+        } else {
+            // Back-pressure: never poll while a sink this source routes to is a share behind.
+            match ctx.room_for(&id).await {
+                Ok(Room::Free) => {
+                    metrics.paused.store(false, Ordering::Relaxed);
+                    if let Some(since) = paused_since.take() {
+                        tracing::info!(source = %id, partition = %partition,
                         paused_secs = since.elapsed().as_secs(), "sinks caught up: resuming");
-                    horizon_warned = 0;
+                        horizon_warned = 0;
+                    }
                 }
-            }
-            Ok(full) => {
-                metrics.paused.store(true, Ordering::Relaxed);
-                let newly = paused_since.is_none();
-                let since = *paused_since.get_or_insert_with(Instant::now);
-                let why = match &full {
+                Ok(full) => {
+                    metrics.paused.store(true, Ordering::Relaxed);
+                    let newly = paused_since.is_none();
+                    let since = *paused_since.get_or_insert_with(Instant::now);
+                    let why = match &full {
                     Room::SinkBehind { sink, bytes, share } => format!(
                         "paused: sink {sink} is {bytes} bytes behind, its share of outbox.max_bytes is {share}"
                     ),
@@ -198,73 +215,75 @@ async fn run_partition<S: Source>(
                     }
                     Room::Free => String::new(),
                 };
-                if newly {
-                    tracing::warn!(source = %id, partition = %partition, "{why}; polling resumes when it catches up");
-                    let _ = ctx
-                        .store
-                        .record_poll_error(&id, &partition, &why, Utc::now())
-                        .await;
-                }
-                // A vendor that keeps only so much history turns a long pause into loss: say so
-                // at half and at three quarters of its horizon, while there is time to act.
-                if let Some(horizon) = source.horizon() {
-                    let paused = since.elapsed();
-                    let level = if paused >= horizon.mul_f64(0.75) {
-                        2
-                    } else if paused >= horizon / 2 {
-                        1
-                    } else {
-                        0
-                    };
-                    if level > horizon_warned {
-                        horizon_warned = level;
-                        let left = horizon.saturating_sub(paused);
-                        let message = format!(
+                    if newly {
+                        tracing::warn!(source = %id, partition = %partition, "{why}; polling resumes when it catches up");
+                        let _ = ctx
+                            .store
+                            .record_poll_error(&id, &partition, &why, Utc::now())
+                            .await;
+                    }
+                    // A vendor that keeps only so much history turns a long pause into loss: say so
+                    // at half and at three quarters of its horizon, while there is time to act.
+                    if let Some(horizon) = source.horizon() {
+                        let paused = since.elapsed();
+                        let level = if paused >= horizon.mul_f64(0.75) {
+                            2
+                        } else if paused >= horizon / 2 {
+                            1
+                        } else {
+                            0
+                        };
+                        if level > horizon_warned {
+                            horizon_warned = level;
+                            let left = horizon.saturating_sub(paused);
+                            let message = format!(
                             "{why}; paused for {}s of the vendor's {}s horizon: what is not fetched in the next {}s is lost",
                             paused.as_secs(),
                             horizon.as_secs(),
                             left.as_secs()
                         );
-                        if level == 2 {
-                            tracing::error!(source = %id, partition = %partition, "{message}");
-                        } else {
-                            tracing::warn!(source = %id, partition = %partition, "{message}");
+                            if level == 2 {
+                                tracing::error!(source = %id, partition = %partition, "{message}");
+                            } else {
+                                tracing::warn!(source = %id, partition = %partition, "{message}");
+                            }
+                            let _ = ctx
+                                .store
+                                .record_poll_error(&id, &partition, &message, Utc::now())
+                                .await;
                         }
-                        let _ = ctx
-                            .store
-                            .record_poll_error(&id, &partition, &message, Utc::now())
-                            .await;
                     }
+                    if !ctx.pause(PAUSED_RECHECK).await {
+                        break;
+                    }
+                    continue;
                 }
-                if !ctx.pause(PAUSED_RECHECK).await {
-                    break;
+                Err(e) => {
+                    if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
             }
-            Err(e) => {
-                if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
-                    break;
-                }
-                continue;
-            }
-        }
 
-        let cursor = match ctx.store.cursor(&id, &partition).await {
-            Ok(c) => c,
-            Err(e) => {
-                if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
-                    break;
+            let cursor = match ctx.store.cursor(&id, &partition).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
+            // A stop abandons the request in flight; nothing of it was committed.
+            let started = Instant::now();
+            let polled = tokio::select! {
+                _ = ctx.stop.cancelled() => break,
+                polled = source.poll(&partition, cursor.as_deref()) => polled,
+            };
+            metrics.observe_latency(started.elapsed());
+            (cursor, polled)
         };
-        // A stop abandons the request in flight; nothing of it was committed.
-        let started = Instant::now();
-        let polled = tokio::select! {
-            _ = ctx.stop.cancelled() => break,
-            polled = source.poll(&partition, cursor.as_deref()) => polled,
-        };
-        metrics.observe_latency(started.elapsed());
         let page = match polled {
             Ok(page) => page,
             Err(e @ SourceError::BadCursor { .. }) => {
@@ -308,12 +327,13 @@ async fn run_partition<S: Source>(
                 .cursor
                 .as_deref()
                 .is_none_or(|next| Some(next) == cursor.as_deref());
+        // Overlap: while this page commits, fetch the next one from the cursor it will store, if
+        // the vendor says more is waiting and the outbox has room for both pages.
+        if page.more && !stuck {
+            prefetched = Prefetch::start(&ctx, &source, &partition, &page).await;
+        }
         // The commit is not raced against the stop signal: it finishes or never started.
-        match ctx
-            .store
-            .commit_page(&id, &partition, &page, Utc::now())
-            .await
-        {
+        match commit(&ctx, &id, &partition, &page).await {
             Ok(summary) => {
                 metrics
                     .polled
@@ -352,6 +372,8 @@ async fn run_partition<S: Source>(
                     duplicates = summary.duplicates, more = page.more, "page committed");
             }
             Err(e) => {
+                // The next page was asked for from a cursor that did not move: throw it away.
+                prefetched = None;
                 if !store_failed(&ctx, &id, &partition, &metrics, &mut backoff, &e).await {
                     break;
                 }
@@ -400,6 +422,82 @@ async fn run_partition<S: Source>(
         }
     }
     report
+}
+
+/// The poll of a partition's next page, started while the page before it commits.
+///
+/// At most one per partition, so memory stays bounded by two pages (one committing, one
+/// fetched). Dropping it aborts the request: after a stop, or when the commit it depended on
+/// failed (its cursor never became the stored one, so nothing it fetched may be committed).
+struct Prefetch {
+    /// The cursor it was polled from: the cursor of the page being committed.
+    cursor: Option<String>,
+    /// The poll, and how long it took.
+    task: tokio::task::JoinHandle<(Result<crate::event::Page, SourceError>, Duration)>,
+}
+
+impl Prefetch {
+    /// Starts polling the page after `page` from its cursor, if back-pressure allows a poll
+    /// with `page`'s records counted as if already in the outbox. `None`: not started (no room, or
+    /// the room could not be measured); the loop then polls the usual way, after the commit.
+    async fn start<S: Source>(
+        ctx: &Context,
+        source: &Arc<S>,
+        partition: &Partition,
+        page: &crate::event::Page,
+    ) -> Option<Prefetch> {
+        let pending: u64 = page
+            .events
+            .iter()
+            .map(|e| e.record.get().len() as u64)
+            .sum();
+        if !matches!(
+            ctx.room_for_with(source.id(), pending).await,
+            Ok(Room::Free)
+        ) {
+            return None;
+        }
+        let cursor = page.cursor.clone();
+        let from = cursor.clone();
+        let source = source.clone();
+        let partition = partition.clone();
+        let task = tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let polled = source.poll(&partition, from.as_deref()).await;
+                (polled, started.elapsed())
+            }
+            .in_current_span(),
+        );
+        Some(Prefetch { cursor, task })
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Commits a polled page: the one place the loop writes a page.
+async fn commit(
+    ctx: &Context,
+    id: &str,
+    partition: &Partition,
+    page: &crate::event::Page,
+) -> Result<crate::store::CommitSummary, crate::store::StoreError> {
+    #[cfg(test)]
+    {
+        let hook = ctx
+            .before_commit
+            .lock()
+            .ok()
+            .and_then(|mut hook| hook.as_mut().map(|run| run()));
+        if let Some(hook) = hook {
+            hook.await?;
+        }
+    }
+    ctx.store.commit_page(id, partition, page, Utc::now()).await
 }
 
 /// How often a partition stopped on an unreadable cursor says so again while the daemon runs.

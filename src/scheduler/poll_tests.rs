@@ -351,3 +351,184 @@ async fn a_stuck_sink_pauses_only_the_sources_routed_to_it_and_warns_before_the_
         .unwrap();
     assert_eq!(running.last_error, None);
 }
+
+/// A source of three pages (`None` → a, `"1"` → b, `"2"` → c; "more" after a and b) that
+/// records the cursor of every poll and publishes how many polls it has answered.
+struct PagedSource {
+    polls: std::sync::Mutex<Vec<Option<String>>>,
+    answered: tokio::sync::watch::Sender<usize>,
+}
+
+impl PagedSource {
+    fn new() -> Arc<Self> {
+        Arc::new(PagedSource {
+            polls: std::sync::Mutex::new(Vec::new()),
+            answered: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    fn polls(&self) -> Vec<Option<String>> {
+        self.polls.lock().unwrap().clone()
+    }
+}
+
+impl Source for PagedSource {
+    fn id(&self) -> &str {
+        "paged"
+    }
+
+    async fn partitions(&self) -> Result<Vec<Partition>, SourceError> {
+        Ok(vec![Partition::new("events", "")])
+    }
+
+    async fn poll(&self, _: &Partition, cursor: Option<&str>) -> Result<Page, SourceError> {
+        self.polls.lock().unwrap().push(cursor.map(str::to_string));
+        let (id, next, more) = match cursor {
+            None => ("a", "1", true),
+            Some("1") => ("b", "2", true),
+            Some("2") => ("c", "3", false),
+            Some(other) => panic!("polled from {other}"),
+        };
+        let raw = serde_json::value::RawValue::from_string(format!(r#"{{"id":"{id}"}}"#)).unwrap();
+        let page = Page {
+            events: vec![crate::event::Event::new(
+                id.to_string(),
+                Utc::now(),
+                crate::event::Severity::new(1),
+                &raw,
+            )],
+            cursor: Some(next.to_string()),
+            more,
+            ..Page::default()
+        };
+        self.answered.send_modify(|n| *n += 1);
+        Ok(page)
+    }
+}
+
+/// Runs `hook` before each page commit, with the commit's number (0 first).
+fn before_each_commit(
+    ctx: &Context,
+    hook: impl Fn(usize) -> futures_util::future::BoxFuture<'static, Result<(), crate::store::StoreError>>
+        + Send
+        + 'static,
+) {
+    let mut commits = 0;
+    *ctx.before_commit.lock().unwrap() = Some(Box::new(move || {
+        commits += 1;
+        hook(commits - 1)
+    }));
+}
+
+/// The ids in the outbox, in log order.
+async fn outbox_ids(ctx: &Context) -> Vec<String> {
+    let records = ctx
+        .store
+        .read_batch(0, &["paged".to_string()], 100)
+        .await
+        .unwrap();
+    records.into_iter().map(|r| r.event_id).collect()
+}
+
+#[tokio::test]
+async fn the_next_page_is_fetched_while_the_page_before_it_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &dir,
+        Mode::Backfill {
+            max_poll_failures: 3,
+        },
+    )
+    .await;
+    let source = PagedSource::new();
+    // Page a's commit waits (at most 3 s) for the poll of page b to have been answered: only a
+    // loop that overlaps the two lets that happen before it.
+    let answered = source.answered.subscribe();
+    let overlapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = overlapped.clone();
+    before_each_commit(&ctx, move |n| {
+        let mut answered = answered.clone();
+        let seen = seen.clone();
+        Box::pin(async move {
+            if n == 0 {
+                let waited = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    answered.wait_for(|polls| *polls >= 2),
+                )
+                .await;
+                seen.store(matches!(waited, Ok(Ok(_))), Ordering::SeqCst);
+            }
+            Ok(())
+        })
+    });
+    let reports = run_source(ctx.clone(), source.clone(), Duration::from_secs(60)).await;
+    assert!(
+        overlapped.load(Ordering::SeqCst),
+        "page b was not fetched while page a committed"
+    );
+    assert!(reports[0].caught_up, "{:?}", reports[0]);
+    assert_eq!(reports[0].appended, 3);
+    assert_eq!(
+        source.polls(),
+        [None, Some("1".into()), Some("2".into())],
+        "each page polled once, from the cursor of the page before it"
+    );
+    assert_eq!(outbox_ids(&ctx).await, ["a", "b", "c"]);
+    let partition = Partition::new("events", "");
+    assert_eq!(
+        ctx.store
+            .cursor("paged", &partition)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("3")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_commit_throws_away_the_page_fetched_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &dir,
+        Mode::Backfill {
+            max_poll_failures: 3,
+        },
+    )
+    .await;
+    let source = PagedSource::new();
+    // The first commit (page a) fails, once page b, fetched from a's cursor, is in hand.
+    let answered = source.answered.subscribe();
+    before_each_commit(&ctx, move |n| {
+        let mut answered = answered.clone();
+        Box::pin(async move {
+            if n > 0 {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                answered.wait_for(|polls| *polls >= 2),
+            )
+            .await;
+            Err(crate::store::StoreError::Query {
+                doing: "committing a page (failed by the test)",
+                source: sqlx::Error::PoolClosed,
+            })
+        })
+    });
+    let reports = run_source(ctx.clone(), source.clone(), Duration::from_secs(60)).await;
+    assert!(reports[0].caught_up, "{:?}", reports[0]);
+    // Page b was fetched against a cursor that never moved: it is fetched again, after page a
+    // is polled again from the stored cursor and committed; nothing is lost or skipped.
+    assert_eq!(
+        source.polls(),
+        [
+            None,
+            Some("1".into()),
+            None,
+            Some("1".into()),
+            Some("2".into())
+        ]
+    );
+    assert_eq!(outbox_ids(&ctx).await, ["a", "b", "c"]);
+    assert_eq!(reports[0].appended, 3);
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use super::SourceError;
 pub use crate::net::{
@@ -101,32 +102,71 @@ async fn read_json_as<T: DeserializeOwned>(
     response: Response,
     quote: Quote,
 ) -> Result<T, SourceError> {
+    let body = read_success(response, quote).await?;
+    match quote {
+        Quote::Excerpt => body.parse(),
+        Quote::OauthErrorOnly => {
+            serde_json::from_str(&body.text).map_err(|_| SourceError::Malformed {
+                detail: format!(
+                "the token response is not the JSON expected ({} bytes, not quoted: it may hold a \
+                 credential)",
+                body.text.len()
+            ),
+                url: body.url,
+            })
+        }
+    }
+}
+
+/// A successful response's body, read whole, with the URL errors name. [`JsonBody::parse`]
+/// reads it into types that borrow from it, so records kept as raw JSON are not copied.
+#[derive(Debug)]
+pub struct JsonBody {
+    url: String,
+    text: String,
+}
+
+impl JsonBody {
+    /// The request URL as errors show it (without its query string).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The body as JSON `T`, which may borrow from it (`&RawValue`, `&str`); a body that does not
+    /// parse is `Malformed`, quoting a short excerpt.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, SourceError> {
+        serde_json::from_str(&self.text).map_err(|e| SourceError::Malformed {
+            detail: format!(
+                "{e} (body {} bytes, starts {:?})",
+                self.text.len(),
+                excerpt(&self.text)
+            ),
+            url: self.url.clone(),
+        })
+    }
+}
+
+/// Reads a successful response's body for [`JsonBody::parse`]; any other status becomes the
+/// matching error, as with [`read_json`].
+pub async fn read_json_body(response: Response) -> Result<JsonBody, SourceError> {
+    read_success(response, Quote::Excerpt).await
+}
+
+/// The body of a successful response; any other status becomes the matching error, quoting the
+/// body as `quote` allows.
+async fn read_success(response: Response, quote: Quote) -> Result<JsonBody, SourceError> {
     let url = display_url(response.url());
     let status = response.status();
     let headers = response.headers().clone();
-    let body = read_text(response).await?;
+    let text = read_text(response).await?;
     if !status.is_success() {
         let shown = match quote {
-            Quote::Excerpt => body.clone(),
-            Quote::OauthErrorOnly => oauth_error(&body),
+            Quote::Excerpt => text,
+            Quote::OauthErrorOnly => oauth_error(&text),
         };
         return Err(status_error(status, &headers, &shown, url));
     }
-    serde_json::from_str(&body).map_err(|e| SourceError::Malformed {
-        detail: match quote {
-            Quote::Excerpt => format!(
-                "{e} (body {} bytes, starts {:?})",
-                body.len(),
-                excerpt(&body)
-            ),
-            Quote::OauthErrorOnly => format!(
-                "the token response is not the JSON expected ({} bytes, not quoted: it may hold a \
-                 credential)",
-                body.len()
-            ),
-        },
-        url,
-    })
+    Ok(JsonBody { url, text })
 }
 
 /// The OAuth `error` and `error_description` of a failed token request, if the body has them.

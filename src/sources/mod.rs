@@ -11,6 +11,7 @@ pub mod http;
 pub mod jamf;
 /// The dotted-path reader, at the crate root since sinks' rules use it too; here under its old path.
 pub use crate::json_path;
+pub mod record_fields;
 pub mod sophos;
 pub mod tenable_sc;
 

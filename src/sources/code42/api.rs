@@ -12,7 +12,9 @@ use tokio::sync::Mutex;
 
 use super::auth::Tokens;
 use crate::settings::Code42Auth;
-use crate::sources::http::{display_url, read_json, read_text, send, status_error};
+use crate::sources::http::{
+    display_url, read_json, read_json_body, read_text, send, status_error, JsonBody,
+};
 use crate::sources::SourceError;
 
 /// What a paged query answered.
@@ -165,6 +167,19 @@ impl Api {
         url: &str,
         body: &Value,
     ) -> Result<Reply<T>, SourceError> {
+        Ok(match self.post_for_body(url, body).await? {
+            Reply::Page(page) => Reply::Page(page.parse()?),
+            Reply::InvalidPageToken => Reply::InvalidPageToken,
+        })
+    }
+
+    /// As [`Api::post`], but the page is the body itself, for the caller to parse into types that
+    /// borrow from it (records kept as raw text, never copied or parsed twice).
+    pub async fn post_for_body(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<Reply<JsonBody>, SourceError> {
         let response = self
             .authed(
                 |token| self.http.post(url).bearer_auth(token).json(body),
@@ -185,6 +200,6 @@ impl Api {
                 shown,
             ));
         }
-        read_json(response).await.map(Reply::Page)
+        read_json_body(response).await.map(Reply::Page)
     }
 }

@@ -12,11 +12,12 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::api::{Reply, FORENSIC_SEARCH};
-use super::{file_event_severity, iso, parse_time, Code42Source};
+use super::{file_event_severity, iso, parse_time, risk_severity, Code42Source};
 use crate::event::{Event, Page, Rejected, Severity};
 use crate::settings::{Code42Auth, FileEventsApi};
 use crate::sources::cursor::StoredCursor;
 use crate::sources::json_path::text;
+use crate::sources::record_fields::{FieldText, Object};
 use crate::sources::SourceError;
 
 /// The file-event window cursor.
@@ -37,10 +38,11 @@ struct WindowCursor {
 
 impl StoredCursor for WindowCursor {}
 
+/// A page as read from the body: each record's raw text, borrowed (not copied, not parsed).
 #[derive(Deserialize)]
-struct FileEventsPage {
-    #[serde(rename = "fileEvents", default)]
-    file_events: Vec<Box<RawValue>>,
+struct FileEventsPage<'a> {
+    #[serde(rename = "fileEvents", default, borrow)]
+    file_events: Vec<&'a RawValue>,
     #[serde(rename = "nextPgToken", default)]
     next_pg_token: Option<String>,
     #[serde(default)]
@@ -99,8 +101,9 @@ impl Code42Source {
             v1,
             self.settings.page_size,
         );
-        let page: FileEventsPage = match self.api.post(&url, &body).await? {
-            Reply::Page(p) => p,
+        let reply = self.api.post_for_body(&url, &body).await?;
+        let page: FileEventsPage = match &reply {
+            Reply::Page(body) => body.parse()?,
             Reply::InvalidPageToken => {
                 tracing::warn!(source = %self.id, url = %url, since = %iso(c.since),
                     "INVALID_PAGE_TOKEN: restarting the window at its stored start");
@@ -125,7 +128,7 @@ impl Code42Source {
         }
         let mut events = Vec::with_capacity(page.file_events.len());
         let mut rejected = Vec::new();
-        for raw in &page.file_events {
+        for raw in page.file_events {
             match file_event(raw) {
                 Ok(event) => events.push(event),
                 Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, raw.get())),
@@ -196,9 +199,79 @@ pub(super) fn file_event_query(
     })
 }
 
+/// The fields of a file event secrelay reads, v2 (nested) and v1 (flat), borrowed from the body.
+#[derive(Deserialize)]
+struct FileEventFields<'a> {
+    #[serde(borrow, default)]
+    event: Option<Object<V2Event<'a>>>,
+    #[serde(borrow, default)]
+    risk: Option<Object<V2Risk<'a>>>,
+    #[serde(rename = "eventId", borrow, default)]
+    event_id: Option<FieldText<'a>>,
+    #[serde(rename = "insertionTimestamp", borrow, default)]
+    insertion_timestamp: Option<FieldText<'a>>,
+    #[serde(rename = "riskSeverity", borrow, default)]
+    risk_severity: Option<FieldText<'a>>,
+}
+
+/// `event` of a v2 file event.
+#[derive(Deserialize)]
+struct V2Event<'a> {
+    #[serde(borrow, default)]
+    id: Option<FieldText<'a>>,
+    #[serde(borrow, default)]
+    inserted: Option<FieldText<'a>>,
+}
+
+/// `risk` of a v2 file event.
+#[derive(Deserialize)]
+struct V2Risk<'a> {
+    #[serde(borrow, default)]
+    severity: Option<FieldText<'a>>,
+}
+
 /// A v2 (nested) or v1 (flat) file event as an [`Event`]: id, insertion time, risk severity.
 /// Err: why the record cannot become an event (it goes to the dead letters).
+///
+/// The fields are read without building the record's tree. A record of unusual shape (a field
+/// of another type than documented, a key twice) is read the general way instead, through a
+/// [`Value`], which gives the same answers as before for every record.
 pub(super) fn file_event(raw: &RawValue) -> Result<Event, String> {
+    let Ok(Object(fields)) = serde_json::from_str::<Object<FileEventFields>>(raw.get()) else {
+        return file_event_from_value(raw);
+    };
+    let (v2_id, v2_inserted) = match &fields.event {
+        Some(Object(event)) => (event.id.as_ref(), event.inserted.as_ref()),
+        None => (None, None),
+    };
+    let id = v2_id
+        .or(fields.event_id.as_ref())
+        .map(FieldText::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or("a file event has no event.id (v1: eventId)")?;
+    let inserted = parse_time(v2_inserted.map(FieldText::as_str))
+        .or_else(|| parse_time(fields.insertion_timestamp.as_ref().map(FieldText::as_str)))
+        .ok_or_else(|| format!("file event {id} has no parseable event.inserted"))?;
+    let v2_severity = fields
+        .risk
+        .as_ref()
+        .and_then(|Object(risk)| risk.severity.as_ref());
+    let severity = risk_severity(
+        v2_severity
+            .or(fields.risk_severity.as_ref())
+            .map(FieldText::as_str),
+    )
+    .unwrap_or(5);
+    Ok(Event::new(
+        id.to_string(),
+        inserted,
+        Severity::new(severity),
+        raw,
+    ))
+}
+
+/// [`file_event`] for a record of unusual shape, read through a [`Value`].
+fn file_event_from_value(raw: &RawValue) -> Result<Event, String> {
     let v: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
     let id = text(&v, "event.id")
         .or_else(|| text(&v, "eventId"))

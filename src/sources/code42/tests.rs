@@ -87,3 +87,49 @@ fn session_severity_takes_the_highest_score() {
     assert_eq!(session_severity(&s), 8);
     assert_eq!(session_severity(&json!({})), 0);
 }
+
+#[test]
+fn a_file_event_reads_the_same_without_building_its_tree_as_through_a_value() {
+    // What `file_event` read through a `Value` (the way before): id, time, severity or the reason.
+    fn through_value(v: &serde_json::Value) -> Result<(String, String, u8), String> {
+        use crate::sources::json_path::text;
+        let id = text(v, "event.id")
+            .or_else(|| text(v, "eventId"))
+            .filter(|id| !id.is_empty())
+            .ok_or("a file event has no event.id (v1: eventId)")?;
+        let at = parse_time(text(v, "event.inserted"))
+            .or_else(|| parse_time(text(v, "insertionTimestamp")))
+            .ok_or_else(|| format!("file event {id} has no parseable event.inserted"))?;
+        Ok((id.to_string(), iso(at), file_event_severity(v)))
+    }
+    let t = "2026-01-01T00:00:00.000Z";
+    let records = [
+        json!({"event": {"id": "v2", "inserted": t}, "risk": {"severity": "HIGH"}, "x": [1, {"id": 2}]}),
+        json!({"eventId": "v1", "insertionTimestamp": t, "riskSeverity": "LOW"}),
+        json!({"event": {"id": "q\"uoted\\ é", "inserted": t}}),
+        json!({"event": {"id": "", "inserted": t}, "eventId": "v1-not-taken"}),
+        json!({"event": {"id": null, "inserted": t}, "eventId": "v1-taken", "insertionTimestamp": t}),
+        json!({"event": {"id": "bad-time", "inserted": "yesterday"}}),
+        json!({"event": {"id": "v2-time-wins", "inserted": "no"}, "insertionTimestamp": t}),
+        json!({"event": {"id": "unknown-sev", "inserted": t}, "risk": {"severity": "ODD"}, "riskSeverity": "HIGH"}),
+        json!({"event": null, "risk": null, "eventId": "nulls", "insertionTimestamp": t}),
+        // Shapes the fast reading refuses: the general one decides.
+        json!({"event": {"id": 42, "inserted": t}, "eventId": "number-id"}),
+        json!({"event": ["id", t], "eventId": "array-event", "insertionTimestamp": t}),
+        json!({"event": "text", "eventId": "text-event", "insertionTimestamp": t}),
+        json!({"event": {"id": "sev-number", "inserted": t}, "risk": {"severity": 8}}),
+        json!(["x", t]),
+        json!({}),
+    ];
+    let mut texts: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    // A key given twice: the last one wins, as in a `Value`.
+    texts.push(format!(
+        r#"{{"eventId":"first","eventId":"second","insertionTimestamp":"{t}"}}"#
+    ));
+    for text in texts {
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let raw = RawValue::from_string(text.clone()).unwrap();
+        let read = file_event(&raw).map(|e| (e.id, iso(e.time), e.severity.value()));
+        assert_eq!(read, through_value(&value), "{text}");
+    }
+}

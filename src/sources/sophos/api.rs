@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::auth::TokenCache;
-use crate::sources::http::{read_json, send};
+use crate::sources::http::{read_json_body, send, JsonBody};
+use crate::sources::record_fields::FieldText;
 use crate::sources::SourceError;
 
 /// `GET /whoami/v1`.
@@ -62,29 +63,35 @@ pub struct Pages {
     pub total: Option<u32>,
 }
 
-/// One page of `GET /siem/v1/{events|alerts}`.
+/// One page of `GET /siem/v1/{events|alerts}`, borrowed from the body.
 #[derive(Debug, Deserialize)]
-pub struct SiemPage {
+pub struct SiemPage<'a> {
     /// More is waiting: ask again with `next_cursor`.
     #[serde(default)]
     pub has_more: bool,
     /// Where the next request starts.
     pub next_cursor: Option<String>,
-    /// Records, kept as the vendor sent them.
-    pub items: Vec<Box<RawValue>>,
+    /// Records, kept as the vendor sent them (their text in the body, not copied).
+    #[serde(borrow)]
+    pub items: Vec<&'a RawValue>,
 }
 
-/// The fields of a SIEM record secrelay reads; the record itself is kept whole.
+/// The fields of a SIEM record secrelay reads, borrowed from the body; the record itself is
+/// kept whole.
 #[derive(Debug, Deserialize)]
-pub struct SiemItem {
+pub struct SiemItem<'a> {
     /// Stable id (for alerts equal to `event_service_event_id`).
-    pub id: Option<String>,
+    #[serde(borrow)]
+    pub id: Option<FieldText<'a>>,
     /// Server time, ISO 8601.
-    pub created_at: Option<String>,
+    #[serde(borrow)]
+    pub created_at: Option<FieldText<'a>>,
     /// Endpoint time, ISO 8601.
-    pub when: Option<String>,
+    #[serde(borrow)]
+    pub when: Option<FieldText<'a>>,
     /// `none`, `low`, `medium`, `high`, `very_high`.
-    pub severity: Option<String>,
+    #[serde(borrow)]
+    pub severity: Option<FieldText<'a>>,
 }
 
 /// Authenticated calls to one Sophos Central account.
@@ -106,6 +113,17 @@ impl Api {
         headers: &[(&str, &str)],
         query: &[(&str, String)],
     ) -> Result<T, SourceError> {
+        self.get_body(url, headers, query).await?.parse()
+    }
+
+    /// As [`Api::get`], but the body itself, for the caller to parse into types that borrow from
+    /// it (records kept as raw text, never copied or parsed twice).
+    pub async fn get_body(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        query: &[(&str, String)],
+    ) -> Result<JsonBody, SourceError> {
         let mut renewed = false;
         loop {
             let token = self.tokens.bearer().await?;
@@ -120,7 +138,7 @@ impl Api {
                 renewed = true;
                 continue;
             }
-            return read_json(response).await;
+            return read_json_body(response).await;
         }
     }
 }

@@ -20,6 +20,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{SetupError, SophosSettings, SophosStream};
 use crate::sources::cursor::stream_partitions;
+use crate::sources::record_fields::FieldText;
 use crate::sources::{Source, SourceError};
 use api::{Api, SiemItem, SiemPage, TenantPage, Whoami};
 use auth::TokenCache;
@@ -186,10 +187,10 @@ fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
 
 /// The page's items as events; an item that is not an object or has no id is rejected (kept as a
 /// dead letter) so that it cannot block its tenant's stream until the data passes the horizon.
-fn to_events(page: &SiemPage, url: &str, now: DateTime<Utc>) -> (Vec<Event>, Vec<Rejected>) {
+fn to_events(page: &SiemPage<'_>, url: &str, now: DateTime<Utc>) -> (Vec<Event>, Vec<Rejected>) {
     let mut events = Vec::with_capacity(page.items.len());
     let mut rejected = Vec::new();
-    for (i, raw) in page.items.iter().enumerate() {
+    for (i, &raw) in page.items.iter().enumerate() {
         let item: SiemItem = match serde_json::from_str(raw.get()) {
             Ok(item) => item,
             Err(e) => {
@@ -197,17 +198,17 @@ fn to_events(page: &SiemPage, url: &str, now: DateTime<Utc>) -> (Vec<Event>, Vec
                 continue;
             }
         };
-        let Some(id) = item.id.filter(|id| !id.is_empty()) else {
+        let Some(id) = item.id.filter(|id| !id.as_str().is_empty()) else {
             rejected.push(Rejected::new(url, format!("item {i} has no id"), raw.get()));
             continue;
         };
-        let time = parse_time(item.created_at.as_deref())
-            .or_else(|| parse_time(item.when.as_deref()))
+        let time = parse_time(item.created_at.as_ref().map(FieldText::as_str))
+            .or_else(|| parse_time(item.when.as_ref().map(FieldText::as_str)))
             .unwrap_or(now);
         events.push(Event::new(
-            id,
+            id.into_string(),
             time,
-            severity(item.severity.as_deref()),
+            severity(item.severity.as_ref().map(FieldText::as_str)),
             raw,
         ));
     }
@@ -291,10 +292,11 @@ impl Source for SophosSource {
                 query.push(("from_date", from.timestamp().to_string()));
             }
         }
-        let page: SiemPage = self
+        let body = self
             .api
-            .get(&url, &[("X-Tenant-ID", partition.tenant.as_str())], &query)
+            .get_body(&url, &[("X-Tenant-ID", partition.tenant.as_str())], &query)
             .await?;
+        let page: SiemPage = body.parse()?;
         let (events, rejected) = to_events(&page, &url, now);
         Ok(Page {
             events,
