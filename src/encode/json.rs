@@ -53,7 +53,7 @@ pub(crate) fn write_str(text: &str, out: &mut Vec<u8>) {
 /// LF, else compacted.
 pub(crate) fn write_record(text: &str, out: &mut Vec<u8>) {
     // The outbox holds compact JSON (see `Event::new`); guard the one-line invariant anyway.
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
         out.extend_from_slice(crate::event::compact_json(text).as_bytes());
     } else {
         out.extend_from_slice(text.as_bytes());
