@@ -60,9 +60,12 @@ pub(super) fn encode<'a>(entries: impl IntoIterator<Item = ChunkEntry<&'a str>>)
     body
 }
 
-/// Decodes a chunk body, skipping its first `skip` records and keeping at most `take` after them.
+/// Decodes a chunk body of `records` records, skipping its first `skip` and keeping at most `take`
+/// after them. A body holding fewer records than that is an error: its missing records must never
+/// be passed over as if delivered.
 pub(super) fn decode(
     body: &[u8],
+    records: usize,
     skip: usize,
     take: usize,
 ) -> Result<Vec<ChunkEntry<String>>, ChunkError> {
@@ -103,6 +106,12 @@ pub(super) fn decode(
             });
         }
         index += 1;
+    }
+    let wanted = take.min(records.saturating_sub(skip));
+    if out.len() < wanted {
+        return Err(ChunkError::Unreadable(format!(
+            "holds {index} records where {records} were recorded"
+        )));
     }
     Ok(out)
 }
@@ -181,7 +190,7 @@ mod tests {
             entry("", "{}"),
         ];
         let body = encode(entries.clone());
-        let back = decode(&body, 0, usize::MAX).unwrap();
+        let back = decode(&body, 3, 0, usize::MAX).unwrap();
         assert_eq!(back, entries.iter().map(owned).collect::<Vec<_>>());
     }
 
@@ -193,10 +202,10 @@ mod tests {
             .collect();
         let body = encode(entries.clone());
         let ids = |v: Vec<ChunkEntry<String>>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
-        assert_eq!(ids(decode(&body, 2, 2).unwrap()), ["r2", "r3"]);
-        assert_eq!(ids(decode(&body, 4, 10).unwrap()), ["r4"]);
-        assert!(decode(&body, 5, 10).unwrap().is_empty());
-        assert!(decode(&body, 0, 0).unwrap().is_empty());
+        assert_eq!(ids(decode(&body, 5, 2, 2).unwrap()), ["r2", "r3"]);
+        assert_eq!(ids(decode(&body, 5, 4, 10).unwrap()), ["r4"]);
+        assert!(decode(&body, 5, 5, 10).unwrap().is_empty());
+        assert!(decode(&body, 5, 0, 0).unwrap().is_empty());
     }
 
     #[test]
@@ -214,7 +223,7 @@ mod tests {
 
     #[test]
     fn an_empty_chunk_decodes_to_nothing() {
-        assert!(decode(&encode(Vec::new()), 0, usize::MAX)
+        assert!(decode(&encode(Vec::new()), 0, 0, usize::MAX)
             .unwrap()
             .is_empty());
     }
@@ -222,21 +231,34 @@ mod tests {
     #[test]
     fn damage_is_an_error_not_a_panic() {
         let body = encode(vec![entry("a", r#"{"id":"a"}"#), entry("b", "{}")]);
-        assert!(decode(&[], 0, 10).is_err(), "empty");
-        assert!(decode(&[2, 0, 0, 0, 0], 0, 10).is_err(), "unknown format");
-        assert!(decode(&body[..3], 0, 10).is_err(), "no length");
+        assert!(decode(&[], 2, 0, 10).is_err(), "empty");
+        assert!(
+            decode(&[2, 0, 0, 0, 0], 2, 0, 10).is_err(),
+            "unknown format"
+        );
+        assert!(decode(&body[..3], 2, 0, 10).is_err(), "no length");
         let mut huge = body.clone();
         huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(&huge, 0, 10).is_err(), "absurd length");
+        assert!(decode(&huge, 2, 0, 10).is_err(), "absurd length");
         let mut short = body.clone();
         short[1..5].copy_from_slice(&3u32.to_le_bytes());
-        assert!(decode(&short, 0, 10).is_err(), "length disagrees");
-        assert!(decode(&body[..body.len() - 2], 0, 10).is_err(), "cut block");
+        assert!(decode(&short, 2, 0, 10).is_err(), "length disagrees");
+        assert!(
+            decode(&body[..body.len() - 2], 2, 0, 10).is_err(),
+            "cut block"
+        );
+        // A body that decodes but holds fewer records than its row says.
+        assert!(decode(&body, 3, 0, 10).is_err(), "a record short");
+        assert_eq!(
+            decode(&body, 3, 0, 1).unwrap().len(),
+            1,
+            "enough for what was asked"
+        );
         // Every single-byte change either decodes to something or is an error: never a panic.
         for i in 0..body.len() {
             let mut flipped = body.clone();
             flipped[i] ^= 0x5a;
-            let _ = decode(&flipped, 0, 10);
+            let _ = decode(&flipped, 2, 0, 10);
         }
     }
 
@@ -253,6 +275,6 @@ mod tests {
         let mut body = vec![FORMAT];
         body.extend_from_slice(&(raw.len() as u32).to_le_bytes());
         body.extend_from_slice(&lz4_flex::block::compress(&raw));
-        assert!(decode(&body, 0, 10).is_err());
+        assert!(decode(&body, 1, 0, 10).is_err());
     }
 }

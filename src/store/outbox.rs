@@ -217,7 +217,7 @@ impl Store {
         let mut after = after_seq;
         while out.len() < limit {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT first_seq, last_seq, source, stream, tenant, ingest_time, body
+                "SELECT first_seq, last_seq, source, stream, tenant, ingest_time, records, body
                  FROM outbox_chunks WHERE ",
             );
             push_waiting(&mut q, requeued_for, after, sources);
@@ -373,8 +373,10 @@ fn decode_chunk(
     let tenant: String = c.try_get("tenant")?;
     let ingest_time = from_millis(c.try_get("ingest_time")?);
     let body: &[u8] = c.try_get("body")?;
+    let records = usize::try_from(c.try_get::<i64, _>("records")?).unwrap_or(0);
     let skip = usize::try_from(after + 1 - first).unwrap_or(0);
-    let entries = chunk::decode(body, skip, room).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let entries =
+        chunk::decode(body, records, skip, room).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut last = after;
     for (i, e) in entries.into_iter().enumerate() {
         last = first + (skip + i) as i64;
