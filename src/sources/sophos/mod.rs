@@ -202,15 +202,20 @@ fn to_events(page: &SiemPage<'_>, url: &str, now: DateTime<Utc>) -> (Vec<Event>,
             rejected.push(Rejected::new(url, format!("item {i} has no id"), raw.get()));
             continue;
         };
-        let time = parse_time(item.created_at.as_ref().map(FieldText::as_str))
-            .or_else(|| parse_time(item.when.as_ref().map(FieldText::as_str)))
-            .unwrap_or(now);
-        events.push(Event::new(
+        let served_time = parse_time(item.created_at.as_ref().map(FieldText::as_str))
+            .or_else(|| parse_time(item.when.as_ref().map(FieldText::as_str)));
+        let event = Event::new(
             id.into_string(),
-            time,
+            served_time.unwrap_or(now),
             severity(item.severity.as_ref().map(FieldText::as_str)),
             raw,
-        ));
+        );
+        // An item without a time of its own gets "now" each time it is served: the seen-set must
+        // not key it by that, or a repeat would look new.
+        events.push(match served_time {
+            Some(_) => event,
+            None => event.with_key_time(DateTime::<Utc>::UNIX_EPOCH),
+        });
     }
     (events, rejected)
 }
