@@ -29,6 +29,15 @@ const IDLE_RECHECK: Duration = Duration::from_millis(500);
 /// `secrelay state` shows such a sink as refused, not merely failing.
 pub const REFUSED: &str = "REFUSED by the receiver";
 
+/// A sink taking full batches prunes the outbox at most this often: a prune that deletes is a
+/// transaction of its own, with its own fsync, and at 2,000 records a batch it was one per batch.
+/// A short batch (caught up) and the end of the loop prune at once.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a delivered batch waits for the read of the next one before it is recorded anyway
+/// (the read is then dropped and done again after).
+const READ_AHEAD_PATIENCE: Duration = Duration::from_millis(100);
+
 /// Longest a sink may spend closing its connection at the end (the receiver reading what is left).
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
@@ -98,6 +107,7 @@ pub async fn run_sink<K: Sink>(
     let mut lingered = false;
     // The batch after a position, read while the batch before it was delivered.
     let mut read_ahead: Option<(i64, Vec<OutboxRecord>)> = None;
+    let mut pruned_at = Instant::now();
     loop {
         let finishing = ctx.stop.is_cancelled() || ctx.sources_done.is_cancelled();
         if finishing {
@@ -173,16 +183,29 @@ pub async fn run_sink<K: Sink>(
         };
         // Read the next batch from the store while this one is delivered: the store's thread and
         // the receiver work at once. Used only if this batch goes whole.
+        // A task of its own, so a slow read never holds up recording a delivered batch: it is
+        // waited for at most `READ_AHEAD_PATIENCE` once the batch is delivered.
         let last_seq = batch.last().map_or(position, |r| r.seq);
-        let next = async {
-            ctx.store
-                .read_sink_batch(&name, last_seq, &sources, batch_size)
-                .await
-                .ok()
-        };
+        let next = tokio::spawn({
+            let (store, name, sources) = (ctx.store.clone(), name.clone(), sources.clone());
+            async move {
+                store
+                    .read_sink_batch(&name, last_seq, &sources, batch_size)
+                    .await
+                    .ok()
+            }
+        });
+        let mut next = AbortOnDrop(next);
         let delivered = tokio::select! {
-            (r, next) = async { tokio::join!(sink.deliver(&batch), next) } => {
-                read_ahead = next.map(|b| (last_seq, b));
+            r = sink.deliver(&batch) => {
+                if r.is_ok() {
+                    // Bounded: recording the delivered batch must not wait on a busy store.
+                    read_ahead = tokio::time::timeout(READ_AHEAD_PATIENCE, &mut next.0)
+                        .await
+                        .ok()
+                        .and_then(|joined| joined.ok().flatten())
+                        .map(|b| (last_seq, b));
+                }
                 r
             }
             _ = give_up => {
@@ -209,7 +232,6 @@ pub async fn run_sink<K: Sink>(
                     match record_accepted(
                         &ctx,
                         &name,
-                        &sources,
                         &batch[..accepted],
                         rejected,
                         &mut backoff,
@@ -232,7 +254,6 @@ pub async fn run_sink<K: Sink>(
                 match record_accepted(
                     &ctx,
                     &name,
-                    &sources,
                     &batch,
                     outcome.rejected,
                     &mut backoff,
@@ -242,6 +263,10 @@ pub async fn run_sink<K: Sink>(
                 {
                     Ok(advanced) => position = advanced.unwrap_or(position),
                     Err(Abandoned) => break,
+                }
+                if batch.len() < batch_size || pruned_at.elapsed() >= PRUNE_EVERY {
+                    prune_passed(&ctx, &name, &sources).await;
+                    pruned_at = Instant::now();
                 }
             }
             Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
@@ -276,6 +301,7 @@ pub async fn run_sink<K: Sink>(
             }
         }
     }
+    prune_passed(&ctx, &name, &sources).await;
     close(&mut sink, &name).await;
     report.backlog = ctx
         .store
@@ -331,18 +357,27 @@ async fn close<K: Sink>(sink: &mut K, name: &str) {
     }
 }
 
+/// A task aborted when its handle is dropped (a read-ahead nobody will use).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The store could not record a delivered batch before the grace period ran out: the loop ends and
 /// the batch goes again at the next start (the one in-flight batch the duplicate bound allows).
 struct Abandoned;
 
 /// Records that the receiver took `accepted` (the batch or a leading part of it, in log order): moves
-/// the position to its last record in one transaction with its dead letters, then prunes the outbox.
+/// the position to its last record in one transaction with its dead letters (the loop prunes the
+/// outbox after, see [`PRUNE_EVERY`]).
 /// Returns the new position (`None` when `accepted` is empty). The advance is retried until the
 /// store takes it (the receiver has these records); after a stop, only within the grace period.
 async fn record_accepted(
     ctx: &Context,
     name: &str,
-    sources: &[String],
     accepted: &[OutboxRecord],
     rejected: Vec<(usize, String)>,
     backoff: &mut Backoff,
@@ -410,6 +445,13 @@ async fn record_accepted(
         }
     }
     ctx.note_delivered(name, accepted.iter().map(|r| r.record.len() as i64).sum());
+    Ok(Some(last))
+}
+
+/// Deletes the outbox chunks every sink routed to them has passed, and the dead letters re-queued
+/// for this sink that it passed; then gives free pages back. A failure is logged: the next prune
+/// takes what this one left.
+async fn prune_passed(ctx: &Context, name: &str, sources: &[String]) {
     let mut pruned = 0;
     for source in sources {
         let sinks = ctx
@@ -432,5 +474,4 @@ async fn record_accepted(
             tracing::warn!(sink = %name, "{e}");
         }
     }
-    Ok(Some(last))
 }
