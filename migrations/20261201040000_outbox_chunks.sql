@@ -1,9 +1,8 @@
 -- Issue 13: each record is written once, compressed, and the seen-set keys are small integers.
 -- Forward-only: never edit once landed.
 --
--- Rows of the older tables (`outbox`, `seen`) are moved into these by the first writer that opens
--- the file (`src/store/legacy.rs`): SQL alone cannot compress or hash. After that the older tables
--- stay empty.
+-- Rows of the older `outbox` are moved into chunks by the first writer that opens the file
+-- (`src/store/legacy.rs`): SQL alone cannot compress. After that it stays empty.
 
 -- The outbox log in chunks: a run of consecutive records of one partition, committed together,
 -- stored as one compressed blob. Record i of a chunk has position first_seq + i, so positions stay
@@ -40,14 +39,16 @@ CREATE TABLE seen_scopes (
     UNIQUE (source, stream)
 );
 
--- The seen-set: an id is its scope, its event time and a 64-bit hash of its text. Keyed by time
+-- The seen-set: an id is its scope, its key time and a 64-bit hash of its text. Keyed by time
 -- first, so a page of events (which the vendor serves in time order) lands in a few B-tree pages
--- instead of touching the whole set.
+-- instead of touching the whole set. Rows of the older `seen` table stay where they are and are
+-- still consulted until they age out (`src/store/seen.rs`): their key time is not known.
 CREATE TABLE seen_ids (
     scope      INTEGER NOT NULL,
-    event_time INTEGER NOT NULL,            -- ms
+    key_time   INTEGER NOT NULL,            -- ms: the time that keys the id (Event::key_time)
     id_hash    INTEGER NOT NULL,            -- FNV-1a 64 of the vendor's id (seen.rs)
+    event_time INTEGER NOT NULL,            -- ms: the event's time; a reset forgets by it
     seen_at    INTEGER NOT NULL,            -- last time the vendor served it (ms)
-    PRIMARY KEY (scope, event_time, id_hash)
+    PRIMARY KEY (scope, key_time, id_hash)
 ) WITHOUT ROWID;
 CREATE INDEX seen_ids_by_seen_at ON seen_ids (seen_at);

@@ -40,10 +40,31 @@ impl Store {
             .iter()
             .map(|e| seen::key(millis(e.key_time), &e.id))
             .collect();
+        let rows: Vec<(SeenKey, i64)> = keys
+            .iter()
+            .zip(&page.events)
+            .map(|(k, e)| (*k, millis(e.time)))
+            .collect();
         let mut tx = self.begin("starting a page commit").await?;
 
-        // 1. Remember ids; only the keys that were new come back.
-        let mut fresh = seen::insert_new(&mut tx, scope, &keys, now_ms).await?;
+        // 1. Remember ids; only the keys that were new come back. While ids recorded before the
+        //    integer seen-set remain, one of those is not new either.
+        let mut fresh = seen::insert_new(&mut tx, scope, &rows, now_ms).await?;
+        if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && !fresh.is_empty() {
+            let candidates: Vec<&str> = page
+                .events
+                .iter()
+                .zip(&keys)
+                .filter(|(_, k)| fresh.contains(*k))
+                .map(|(e, _)| e.id.as_str())
+                .collect();
+            let old = seen::in_legacy(&mut tx, source, &partition.stream, &candidates).await?;
+            for (e, k) in page.events.iter().zip(&keys) {
+                if old.contains(&e.id) {
+                    fresh.remove(k);
+                }
+            }
+        }
 
         // 2. Ids the vendor served again stay remembered as long as it keeps serving them, so that
         //    pruning by age never forgets an id that a later page would bring back.

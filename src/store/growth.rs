@@ -56,8 +56,11 @@ impl Store {
     /// Row counts of what grows, and the file's size on disk (main file plus WAL).
     pub async fn growth(&self) -> Result<StoreGrowth, StoreError> {
         let by_source: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT s.source, COUNT(*) FROM seen_ids i JOIN seen_scopes s ON s.scope = i.scope
-                 GROUP BY s.source ORDER BY s.source",
+            "SELECT source, SUM(n) FROM (
+                SELECT s.source, COUNT(*) AS n FROM seen_ids i
+                  JOIN seen_scopes s ON s.scope = i.scope GROUP BY s.source
+                UNION ALL SELECT source, COUNT(*) FROM seen GROUP BY source)
+             GROUP BY source ORDER BY source",
         )
         .fetch_all(&self.pool)
         .await

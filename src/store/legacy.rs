@@ -1,5 +1,5 @@
-//! Moving the rows of the layout before issue 13 (`outbox` with one row per record, `seen` keyed by
-//! text) into the chunked outbox and the integer seen-set, once, when a writer opens the file.
+//! Moving the outbox rows of the layout before issue 13 (one row per record) into chunks, once,
+//! when a writer opens the file. (Seen ids of that layout stay in their table: see `seen.rs`.)
 //!
 //! Must not: run in a reader (`state` must not write), or drop a row: SQL alone cannot compress
 //! or hash, so the rows are moved here, in Rust. Invariant: each step moves a batch and deletes
@@ -10,25 +10,22 @@ use sqlx::Row;
 
 use super::chunk::ChunkEntry;
 use super::outbox::{self, Destination};
-use super::seen;
 use super::{commit_tx, query_err, Store, StoreError};
 
 /// Rows moved per transaction.
 const BATCH: i64 = 2000;
 
 impl Store {
-    /// Moves every row of the older layout. Returns (outbox records, seen ids) moved.
-    pub(super) async fn move_legacy_rows(&self) -> Result<(u64, u64), StoreError> {
+    /// Moves every outbox row of the older layout into chunks. Returns records moved.
+    pub(super) async fn move_legacy_rows(&self) -> Result<u64, StoreError> {
         let records = self.move_legacy_outbox().await?;
-        let ids = self.move_legacy_seen().await?;
-        if records + ids > 0 {
+        if records > 0 {
             tracing::info!(
                 records,
-                seen_ids = ids,
-                "state database: moved rows to the chunked layout"
+                "state database: moved outbox rows to the chunked layout"
             );
         }
-        Ok((records, ids))
+        Ok(records)
     }
 
     /// Each outbox row becomes a chunk of one record at its old position.
@@ -93,61 +90,5 @@ impl Store {
             commit_tx(tx, doing).await?;
             moved += rows.len() as u64;
         }
-    }
-
-    /// Each text id becomes a key of its (source, stream) scope, keeping its last-served time.
-    async fn move_legacy_seen(&self) -> Result<u64, StoreError> {
-        let doing = "moving seen ids to the integer seen-set";
-        let scopes: Vec<(String, String)> =
-            sqlx::query_as("SELECT DISTINCT source, stream FROM seen")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_err(doing))?;
-        let mut moved = 0u64;
-        for (source, stream) in scopes {
-            let scope = self.seen_scope(&source, &stream).await?;
-            loop {
-                let mut tx = self.begin(doing).await?;
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT event_id, event_time, seen_at FROM seen
-                     WHERE source = ?1 AND stream = ?2 ORDER BY event_id LIMIT ?3",
-                )
-                .bind(&source)
-                .bind(&stream)
-                .bind(BATCH)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(query_err(doing))?;
-                let Some((last_id, _, _)) = rows.last() else {
-                    break;
-                };
-                for (id, time, seen_at) in &rows {
-                    let (time, hash) = seen::key(*time, id);
-                    sqlx::query(
-                        "INSERT INTO seen_ids (scope, event_time, id_hash, seen_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT DO UPDATE SET seen_at = MAX(seen_at, excluded.seen_at)",
-                    )
-                    .bind(scope)
-                    .bind(time)
-                    .bind(hash)
-                    .bind(seen_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query_err(doing))?;
-                }
-                sqlx::query(
-                    "DELETE FROM seen WHERE source = ?1 AND stream = ?2 AND event_id <= ?3",
-                )
-                .bind(&source)
-                .bind(&stream)
-                .bind(last_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err(doing))?;
-                commit_tx(tx, doing).await?;
-                moved += rows.len() as u64;
-            }
-        }
-        Ok(moved)
     }
 }

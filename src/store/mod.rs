@@ -160,6 +160,8 @@ pub struct Store {
     reclaiming: Arc<std::sync::atomic::AtomicBool>,
     /// Seen-set scope numbers by (source, stream), as created on disk (see `seen.rs`).
     scopes: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), i64>>>,
+    /// Set while the older, text-keyed `seen` table holds rows (see `seen.rs`).
+    legacy_seen: Arc<std::sync::atomic::AtomicBool>,
     /// Held while one task checkpoints the WAL, off the commit path (see `open.rs`).
     checkpointing: Arc<tokio::sync::Mutex<()>>,
     /// Held for the life of a writer's store (see [`Access::Writer`]).

@@ -115,12 +115,17 @@ impl Store {
             path: path.to_path_buf(),
             reclaiming: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             scopes: Arc::default(),
+            legacy_seen: Arc::default(),
             checkpointing: Arc::default(),
             writer_lock: lock,
         };
         if access == Access::Writer {
             store
                 .move_legacy_rows()
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+            store
+                .note_legacy_seen()
                 .await
                 .map_err(|e| open_err(e.to_string()))?;
         }

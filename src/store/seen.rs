@@ -2,14 +2,18 @@
 //! again is dropped; refreshing ids the vendor keeps serving, pruning by age and forgetting for a
 //! reset.
 //!
-//! Must not: decide what an id or a time is (sources do). Invariant: an id is its scope, its event
+//! Must not: decide what an id or a time is (sources do). Invariant: an id is its scope, its key
 //! time (ms) and a 64-bit FNV-1a hash of its text, so a key is three integers and a page of events
 //! (which vendors serve in time order) lands in a few neighbouring B-tree pages. Two different ids
 //! are confused only if they share scope, millisecond and hash (odds near 2⁻⁶⁴ per pair). A source
 //! must give an id the same key time ([`crate::event::Event::key_time`]) every time it serves it:
 //! sources take it from the record itself, and where a record changes (a session, an inventory
-//! report) its id carries the time it changed at. The event time stored with a key is its key
-//! time.
+//! report) its id carries the time it changed at. The event's own time is kept beside the key:
+//! a reset forgets by it.
+//!
+//! Ids recorded before this layout stay in the text-keyed `seen` table (their key time is not
+//! known, so they cannot be moved): a commit also asks it while it holds rows, and pruning and
+//! resets apply to it too, so it empties as its ids age out.
 
 use std::collections::HashSet;
 
@@ -76,27 +80,46 @@ impl Store {
         Ok(scope)
     }
 
-    /// Forgets seen ids of `source` last served before `before`. Returns ids removed.
+    /// Forgets seen ids of `source` last served before `before`, in both tables. Returns ids
+    /// removed.
     pub async fn prune_seen(&self, source: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let mut removed = 0;
+        for sql in [
             "DELETE FROM seen_ids WHERE seen_at < ?2
                AND scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)",
-        )
-        .bind(source)
-        .bind(millis(before))
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("pruning the seen-set"))?;
-        Ok(done.rows_affected())
+            "DELETE FROM seen WHERE source = ?1 AND seen_at < ?2",
+        ] {
+            removed += sqlx::query(sql)
+                .bind(source)
+                .bind(millis(before))
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("pruning the seen-set"))?
+                .rows_affected();
+        }
+        self.note_legacy_seen().await?;
+        Ok(removed)
+    }
+
+    /// Notes whether the older, text-keyed `seen` table still holds rows, so commits ask it only
+    /// while it does.
+    pub(super) async fn note_legacy_seen(&self) -> Result<(), StoreError> {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM seen)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err("looking for older seen ids"))?;
+        self.legacy_seen
+            .store(any, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 }
 
-/// Records `keys` (scope `scope`, served at `now_ms`); returns those that were not there yet. A key
-/// given twice is new once.
+/// Records `keys` (scope `scope`, served at `now_ms`), each with its event's time; returns those
+/// that were not there yet. A key given twice is new once.
 pub(super) async fn insert_new(
     conn: &mut SqliteConnection,
     scope: i64,
-    keys: &[SeenKey],
+    keys: &[(SeenKey, i64)],
     now_ms: i64,
 ) -> Result<HashSet<SeenKey>, StoreError> {
     let mut fresh = HashSet::with_capacity(keys.len());
@@ -105,13 +128,13 @@ pub(super) async fn insert_new(
         // partition); the rest are `?`, never `?N`: binding a numbered parameter looks its name up
         // in a list, which made a statement of 500 rows cost quadratic time.
         let sql = format!(
-            "INSERT INTO seen_ids (scope, event_time, id_hash, seen_at) VALUES {}
-             ON CONFLICT DO NOTHING RETURNING event_time, id_hash",
-            rows_sql(chunk.len(), |_| format!("({scope}, ?, ?, ?)"))
+            "INSERT INTO seen_ids (scope, key_time, id_hash, event_time, seen_at) VALUES {}
+             ON CONFLICT DO NOTHING RETURNING key_time, id_hash",
+            rows_sql(chunk.len(), |_| format!("({scope}, ?, ?, ?, ?)"))
         );
         let mut q = sqlx::query(&sql);
-        for (time, hash) in chunk {
-            q = q.bind(time).bind(hash).bind(now_ms);
+        for ((key_time, hash), event_time) in chunk {
+            q = q.bind(key_time).bind(hash).bind(event_time).bind(now_ms);
         }
         let rows = q
             .fetch_all(&mut *conn)
@@ -130,6 +153,35 @@ pub(super) async fn insert_new(
     Ok(fresh)
 }
 
+/// Of `ids` (of `source`, `stream`), those the older, text-keyed `seen` table holds. Asked only
+/// while it holds rows: they cannot be moved, since their key time is not known.
+pub(super) async fn in_legacy(
+    conn: &mut SqliteConnection,
+    source: &str,
+    stream: &str,
+    ids: &[&str],
+) -> Result<HashSet<String>, StoreError> {
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(KEYS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT event_id FROM seen WHERE source = ? AND stream = ? AND event_id IN ({})",
+            rows_sql(chunk.len(), |_| "?".to_string())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql)
+            .bind(source)
+            .bind(stream);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        found.extend(
+            q.fetch_all(&mut *conn)
+                .await
+                .map_err(query_err("reading older seen ids"))?,
+        );
+    }
+    Ok(found)
+}
+
 /// Marks `keys` as served again at `now_ms`, so pruning by age never forgets an id the vendor keeps
 /// serving.
 pub(super) async fn refresh(
@@ -141,7 +193,7 @@ pub(super) async fn refresh(
     for chunk in keys.chunks(KEYS_PER_STATEMENT) {
         let sql = format!(
             "UPDATE seen_ids SET seen_at = ? WHERE scope = {scope}
-               AND (event_time, id_hash) IN (VALUES {})",
+               AND (key_time, id_hash) IN (VALUES {})",
             rows_sql(chunk.len(), |_| "(?, ?)".to_string())
         );
         let mut q = sqlx::query(&sql).bind(now_ms);
@@ -155,22 +207,27 @@ pub(super) async fn refresh(
     Ok(())
 }
 
-/// Forgets the seen ids of `source` with an event time at or after `since_ms`.
+/// Forgets the seen ids of `source` with an event time at or after `since_ms`, in both tables.
 pub(super) async fn forget_since(
     conn: &mut SqliteConnection,
     source: &str,
     since_ms: i64,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
+    let mut forgotten = 0;
+    for sql in [
         "DELETE FROM seen_ids WHERE event_time >= ?2
            AND scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)",
-    )
-    .bind(source)
-    .bind(since_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(query_err("forgetting seen ids"))?
-    .rows_affected())
+        "DELETE FROM seen WHERE source = ?1 AND event_time >= ?2",
+    ] {
+        forgotten += sqlx::query(sql)
+            .bind(source)
+            .bind(since_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("forgetting seen ids"))?
+            .rows_affected();
+    }
+    Ok(forgotten)
 }
 
 /// `n` value rows joined by commas, row `i` given by `row(i)`. The text depends on `n` alone, so
