@@ -629,6 +629,13 @@ fn child(args: &[String]) {
     let dir = Path::new(dir);
     let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).expect("bench config");
     let settings = Settings::from_toml(&text).expect("bench config");
+    // `BENCH_LOG=secrelay=debug`: the child's log on stderr (page commits, batches, their times).
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if kind == "idle" {
         let stop = CancellationToken::new();

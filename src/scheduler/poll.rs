@@ -177,6 +177,7 @@ async fn run_partition<S: Source>(
     // The next page, fetched while the last one committed (see `Prefetch`); dropping it aborts it.
     let mut prefetched: Option<Prefetch> = None;
     while !ctx.stop.is_cancelled() {
+        let waiting = Instant::now();
         let (cursor, polled) = if let Some(mut next) = prefetched.take() {
             // It started from the cursor committed last, after a room check that counted the page
             // then committing: its page is this iteration's poll. A stop abandons it.
@@ -332,6 +333,10 @@ async fn run_partition<S: Source>(
         if page.more && !stuck {
             prefetched = Prefetch::start(&ctx, &source, &partition, &page).await;
         }
+        // How long this page kept the loop waiting (its fetch, beyond the last commit), and how
+        // long its commit took: the debug log's view of which stage holds a backfill up.
+        let waited = waiting.elapsed();
+        let committing = Instant::now();
         // The commit is not raced against the stop signal: it finishes or never started.
         match commit(&ctx, &id, &partition, &page).await {
             Ok(summary) => {
@@ -369,7 +374,9 @@ async fn run_partition<S: Source>(
                         "records that cannot become events were kept as dead letters (see `secrelay state`)");
                 }
                 tracing::debug!(source = %id, partition = %partition, appended = summary.appended,
-                    duplicates = summary.duplicates, more = page.more, "page committed");
+                    duplicates = summary.duplicates, more = page.more,
+                    waited_ms = waited.as_millis() as u64,
+                    commit_ms = committing.elapsed().as_millis() as u64, "page committed");
             }
             Err(e) => {
                 // The next page was asked for from a cursor that did not move: throw it away.

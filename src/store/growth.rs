@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{query_err, Store, StoreError};
+use super::{commit_tx, query_err, Store, StoreError};
 
 /// Free pages below this many bytes stay in the file: the next commits reuse them, and giving them
 /// back after every batch of a busy outbox would only churn.
@@ -132,10 +132,13 @@ impl Store {
         let step = (RECLAIM_STEP_BYTES / page_size).max(1);
         let mut given_back = 0u64;
         while free * page_size > RECLAIM_ABOVE_BYTES {
+            // A write like any other: it takes its turn (see `Store::begin`).
+            let mut tx = self.begin("giving free pages back").await?;
             sqlx::query(&format!("PRAGMA incremental_vacuum({step})"))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(query_err("giving free pages back"))?;
+            commit_tx(tx, "giving free pages back").await?;
             let (_, now_free, _) = self.pages().await?;
             if now_free >= free {
                 break; // No progress (another connection holds them): try after the next prune.

@@ -124,9 +124,30 @@ fn time_at(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx:
     Ok(row.try_get::<Option<i64>, _>(column)?.map(from_millis))
 }
 
-/// Commits `tx`; `doing` names the work in an error.
-async fn commit_tx(tx: Transaction<'_, Sqlite>, doing: &'static str) -> Result<(), StoreError> {
-    tx.commit().await.map_err(query_err(doing))
+/// Commits `tx`, then gives the next writer its turn; `doing` names the work in an error.
+async fn commit_tx(tx: WriteTx, doing: &'static str) -> Result<(), StoreError> {
+    tx.tx.commit().await.map_err(query_err(doing))
+}
+
+/// A write transaction holding this process's turn to write (see [`Store::begin`]). Dropped
+/// without [`commit_tx`], it rolls back and gives the turn up.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    /// Released after the transaction ended (fields drop in order).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 /// Inserts one row per item of `items` with `insert` (the statement up to its values, e.g.
@@ -164,13 +185,24 @@ pub struct Store {
     legacy_seen: Arc<std::sync::atomic::AtomicBool>,
     /// Held while one task checkpoints the WAL, off the commit path (see `open.rs`).
     checkpointing: Arc<tokio::sync::Mutex<()>>,
+    /// This process's turn to write: held for a whole write transaction (see [`Store::begin`]).
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// Held for the life of a writer's store (see [`Access::Writer`]).
     writer_lock: Option<Arc<std::fs::File>>,
 }
 
 impl Store {
-    /// Starts a transaction; `doing` names the work in an error.
-    async fn begin(&self, doing: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin().await.map_err(query_err(doing))
+    /// Starts a write transaction once this process's earlier ones ended; `doing` names the work
+    /// in an error.
+    ///
+    /// Why a turn: SQLite lets one connection write at a time and makes the others poll for the
+    /// lock, sleeping longer each time. A source committing page after page then kept a sink's
+    /// small advance waiting for seconds (measured: 1.1–1.7 s a batch, the sink stalled until the
+    /// source was done). Turns are handed out in arrival order, so writers alternate; SQLite's
+    /// own wait (`busy_timeout`) remains for other processes.
+    async fn begin(&self, doing: &'static str) -> Result<WriteTx, StoreError> {
+        let turn = self.writing.clone().lock_owned().await;
+        let tx = self.pool.begin().await.map_err(query_err(doing))?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 }

@@ -48,17 +48,29 @@ pub(super) async fn append(
     to: &Destination<'_>,
     entries: &[ChunkEntry<&str>],
 ) -> Result<u64, StoreError> {
-    if entries.is_empty() {
+    let chunks = encode_chunks(entries).await;
+    append_encoded(conn, to, &chunks).await
+}
+
+/// Appends chunks made by [`encode_chunks`] at the end of the log and counts their records in
+/// `outbox_totals`. Part of the caller's transaction. Returns the records appended.
+pub(super) async fn append_encoded(
+    conn: &mut SqliteConnection,
+    to: &Destination<'_>,
+    chunks: &[EncodedChunk],
+) -> Result<u64, StoreError> {
+    let n: usize = chunks.iter().map(|c| c.records).sum();
+    if n == 0 {
         return Ok(0);
     }
     let first_seq: i64 = sqlx::query_scalar(
         "UPDATE outbox_head SET next_seq = next_seq + ?1 WHERE id = 1 RETURNING next_seq - ?1",
     )
-    .bind(entries.len() as i64)
+    .bind(n as i64)
     .fetch_one(&mut *conn)
     .await
     .map_err(query_err("allocating outbox positions"))?;
-    place(conn, to, first_seq, entries).await
+    place_encoded(conn, to, first_seq, chunks).await
 }
 
 /// Writes `entries` at positions `first_seq`, `first_seq + 1`, … (already handed out), in chunks,
@@ -70,9 +82,25 @@ pub(super) async fn place(
     first_seq: i64,
     entries: &[ChunkEntry<&str>],
 ) -> Result<u64, StoreError> {
-    let n = entries.len() as i64;
-    let mut next = first_seq;
-    let mut total_bytes = 0i64;
+    let chunks = encode_chunks(entries).await;
+    place_encoded(conn, to, first_seq, &chunks).await
+}
+
+/// A chunk's body, compressed and ready to be written (see [`encode_chunks`]).
+pub(super) struct EncodedChunk {
+    /// Records in it.
+    records: usize,
+    /// Their text's bytes, uncompressed.
+    bytes: usize,
+    /// The body ([`chunk::encode`]).
+    body: Vec<u8>,
+}
+
+/// Cuts `entries` into chunks of at most [`chunk::MAX_RECORDS`] records or [`chunk::MAX_BYTES`]
+/// of text and compresses each. Touches no database, so a page's chunks can be made before its
+/// transaction starts.
+pub(super) async fn encode_chunks(entries: &[ChunkEntry<&str>]) -> Vec<EncodedChunk> {
+    let mut chunks = Vec::new();
     let mut rest = entries;
     while !rest.is_empty() {
         let mut take = 0;
@@ -83,30 +111,50 @@ pub(super) async fn place(
         }
         let (these, after) = rest.split_at(take);
         rest = after;
-        let body = chunk::encode(these.iter().cloned());
+        chunks.push(EncodedChunk {
+            records: take,
+            bytes,
+            body: chunk::encode(these.iter().cloned()),
+        });
+        // Compressing a chunk takes a few milliseconds: let other tasks of this worker run.
+        tokio::task::yield_now().await;
+    }
+    chunks
+}
+
+/// Writes `chunks` at positions from `first_seq` on (already handed out) and counts their records
+/// in `outbox_totals`. Part of the caller's transaction. Returns the records written.
+async fn place_encoded(
+    conn: &mut SqliteConnection,
+    to: &Destination<'_>,
+    first_seq: i64,
+    chunks: &[EncodedChunk],
+) -> Result<u64, StoreError> {
+    let mut next = first_seq;
+    let mut total_bytes = 0i64;
+    for c in chunks {
         sqlx::query(
             "INSERT INTO outbox_chunks (first_seq, last_seq, source, stream, tenant, ingest_time,
                                         target_sink, records, bytes, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .bind(next)
-        .bind(next + take as i64 - 1)
+        .bind(next + c.records as i64 - 1)
         .bind(to.source)
         .bind(to.stream)
         .bind(to.tenant)
         .bind(to.ingest_ms)
         .bind(to.target_sink)
-        .bind(take as i64)
-        .bind(bytes as i64)
-        .bind(body)
+        .bind(c.records as i64)
+        .bind(c.bytes as i64)
+        .bind(c.body.as_slice())
         .execute(&mut *conn)
         .await
         .map_err(query_err("appending to the outbox"))?;
-        next += take as i64;
-        total_bytes += bytes as i64;
-        // Compressing a chunk takes a few milliseconds: let other tasks of this worker run.
-        tokio::task::yield_now().await;
+        next += c.records as i64;
+        total_bytes += c.bytes as i64;
     }
+    let n = next - first_seq;
     add_to_totals(conn, n, total_bytes).await?;
     Ok(n as u64)
 }

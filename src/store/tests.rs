@@ -901,3 +901,51 @@ async fn dead_letters_are_recorded_with_the_advance() {
 
     assert_eq!(states[0].delivered_total, 1);
 }
+
+/// A sink recording a delivered batch while a source commits page after page gets the next turn:
+/// it waits for the commit under way, never for the source's whole run. (SQLite's own lock wait
+/// polls with growing sleeps, and a source committing back to back kept an advance waiting for
+/// seconds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_advance_waits_for_one_page_commit_at_most() {
+    let (_dir, store) = store().await;
+    let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let source = tokio::spawn({
+        let (store, committed) = (store.clone(), committed.clone());
+        async move {
+            for p in 0..40u64 {
+                let page = Page {
+                    events: (0..2000)
+                        .map(|i| event(&format!("{p}-{i}"), (p * 2000 + i) as i64))
+                        .collect(),
+                    cursor: Some(p.to_string()),
+                    more: true,
+                    ..Page::default()
+                };
+                store
+                    .commit_page("s", &Partition::new("e", ""), &page, Utc::now())
+                    .await
+                    .unwrap();
+                committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // Let the source get going, then ask for turns while it commits.
+    while committed.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for i in 1..=5 {
+        let before = committed.load(std::sync::atomic::Ordering::SeqCst);
+        store
+            .advance_sink("k", i, 1, &[], Utc::now())
+            .await
+            .unwrap();
+        let after = committed.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            after <= before + 1,
+            "advance {i} waited for {} page commits",
+            after - before
+        );
+    }
+    source.await.unwrap();
+}
