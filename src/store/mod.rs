@@ -200,9 +200,18 @@ impl Store {
     /// small advance waiting for seconds (measured: 1.1–1.7 s a batch, the sink stalled until the
     /// source was done). Turns are handed out in arrival order, so writers alternate; SQLite's
     /// own wait (`busy_timeout`) remains for other processes.
+    ///
+    /// `BEGIN IMMEDIATE`: the transaction holds SQLite's write lock from its start. A deferred one
+    /// that reads first (a page commit looks its ids up before writing) fails with
+    /// `SQLITE_BUSY_SNAPSHOT` if any other connection wrote in between (a sink noting an error),
+    /// and a failed page commit means fetching the page again from a vendor that may have moved on.
     async fn begin(&self, doing: &'static str) -> Result<WriteTx, StoreError> {
         let turn = self.writing.clone().lock_owned().await;
-        let tx = self.pool.begin().await.map_err(query_err(doing))?;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_err(doing))?;
         Ok(WriteTx { tx, _turn: turn })
     }
 }

@@ -949,3 +949,29 @@ async fn a_sink_advance_waits_for_one_page_commit_at_most() {
     }
     source.await.unwrap();
 }
+
+/// A write transaction that reads before it writes (a page commit looks its ids up first) still
+/// commits when another connection wants to write meanwhile: it holds the write lock from its
+/// start, so the other waits instead of invalidating what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_transaction_that_reads_first_is_not_undone_by_another_writer() {
+    let (_dir, store) = store().await;
+    let mut tx = store.begin("testing").await.unwrap();
+    let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seen_ids")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(known, 0);
+    // Not a turn-taking write: one statement on a connection of its own (as a sink notes an error).
+    let other = tokio::spawn({
+        let store = store.clone();
+        async move { store.record_sink_error("k", "down", Utc::now()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("INSERT INTO seen_scopes (source, stream) VALUES ('s', 'e')")
+        .execute(&mut *tx)
+        .await
+        .expect("the write after the read");
+    commit_tx(tx, "testing").await.unwrap();
+    other.await.unwrap().unwrap();
+}
