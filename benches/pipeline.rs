@@ -636,6 +636,10 @@ fn child(args: &[String]) {
             .with_writer(std::io::stderr)
             .init();
     }
+    // As the binary does, before the runtime's threads exist.
+    if std::env::var_os("BENCH_UNTUNED").is_none() {
+        secrelay::allocator::tune_for_long_runs();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if kind == "idle" {
         let stop = CancellationToken::new();

@@ -17,7 +17,7 @@
 //!   repeats and `backfill --reset` (without `--days`) deliver nothing twice.
 //! - **Back-pressure, never drop.** Over `outbox.max_bytes` sources pause until sinks catch up.
 //!
-//! Modules: [`settings`] (configuration), [`store`] (all SQL), [`scheduler`] (timing, both loops),
+//! Modules: [`settings`] (configuration), [`allocator`] (glibc malloc tuning), [`store`] (all SQL), [`scheduler`] (timing, both loops),
 //! [`sources`] (one module per vendor), [`vendors`] (the registry naming them), [`mapping`] (what
 //! sinks know of a vendor's records), [`sinks`] (one module per transport), [`net`] (HTTP and TLS
 //! clients for both), [`json_path`] (reading records by dotted path), [`encode`] (pure formats), [`notify`] (systemd notifications), [`app`] (composition); with the default cargo
@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod app;
 #[cfg(feature = "simulators")]
 pub mod demo;
