@@ -97,6 +97,19 @@ async fn commit(store: &Store, source: &str, events: Vec<Event>) {
 
 /// A backfill-mode context whose sources are done: each sink drains what it has and stops.
 fn draining(store: &Store, routes: &[(&str, &[&str])]) -> Arc<Context> {
+    let ctx = context(
+        store,
+        routes,
+        Mode::Backfill {
+            max_poll_failures: 1,
+        },
+    );
+    ctx.sources_done.cancel();
+    ctx
+}
+
+/// A context in `mode` routing each source to its sinks.
+fn context(store: &Store, routes: &[(&str, &[&str])], mode: Mode) -> Arc<Context> {
     let sinks_of_source: BTreeMap<String, Vec<String>> = routes
         .iter()
         .map(|(source, sinks)| {
@@ -106,7 +119,7 @@ fn draining(store: &Store, routes: &[(&str, &[&str])]) -> Arc<Context> {
             )
         })
         .collect();
-    let ctx = Context::new(
+    Context::new(
         store.clone(),
         SchedulerSettings {
             jitter_secs: 0.0,
@@ -115,15 +128,11 @@ fn draining(store: &Store, routes: &[(&str, &[&str])]) -> Arc<Context> {
             shutdown_grace_secs: 5.0,
         },
         u64::MAX,
-        Mode::Backfill {
-            max_poll_failures: 1,
-        },
+        mode,
         Duration::from_secs(20),
         sinks_of_source,
         tokio_util::sync::CancellationToken::new(),
-    );
-    ctx.sources_done.cancel();
-    ctx
+    )
 }
 
 /// Main file plus WAL, in bytes.
@@ -163,6 +172,50 @@ async fn a_drained_backlog_gives_its_space_back_to_the_file_system() {
         drained < full / 3,
         "the file did not shrink after the backlog drained: {full} -> {drained} bytes"
     );
+}
+
+/// The daemon's sink gives the space back too, once nothing new has come for a while: not after
+/// every batch that emptied the outbox (a source committing meanwhile reuses the pages, and
+/// moving them stalled its commits), but without waiting for a stop either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_sink_gives_the_space_back_once_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let store = Store::open(&db, Access::Writer).await.unwrap();
+    for page in 0..20 {
+        let events = (0..500)
+            .map(|i| event(&format!("{page}-{i}"), 2000))
+            .collect();
+        commit(&store, "s", events).await;
+    }
+    let full = store.growth().await.unwrap().database.total_bytes;
+    let (sink, got, _) = MemorySink::new("k");
+    let ctx = context(&store, &[("s", &["k"])], Mode::Daemon);
+    let task = tokio::spawn(run_sink(
+        ctx.clone(),
+        sink,
+        vec!["s".into()],
+        500,
+        Duration::ZERO,
+    ));
+    // Delivered, then quiet: the free pages go back while the daemon still runs.
+    let (mut free, mut waiting) = (u64::MAX, i64::MAX);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        free = store.growth().await.unwrap().database.free_bytes;
+        waiting = store.outbox_totals().await.unwrap().rows;
+        if got.lock().unwrap().len() == 10_000 && waiting == 0 && free <= 4 << 20 {
+            break;
+        }
+    }
+    assert_eq!(got.lock().unwrap().len(), 10_000);
+    assert_eq!(waiting, 0, "delivered records left in the outbox");
+    assert!(
+        free <= 4 << 20,
+        "{free} bytes of free pages kept after the sink went quiet ({full} bytes full)"
+    );
+    ctx.stop.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,9 @@ pub async fn run_sink<K: Sink>(
     let mut pruned_at = Instant::now();
     // Records were pruned since free pages were last given back.
     let mut pruned_since_reclaim = false;
+    // A batch was delivered since the last prune (a full last batch leaves the sink idle with its
+    // chunks still in the outbox: they are pruned once it is quiet).
+    let mut delivered_since_prune = false;
     loop {
         let finishing = ctx.stop.is_cancelled() || ctx.sources_done.is_cancelled();
         if finishing {
@@ -163,6 +166,10 @@ pub async fn run_sink<K: Sink>(
             // sources are committing, the next pages reuse them, and moving pages to shrink the
             // file then only stalled those commits (measured: 0.5–0.9 s each time a fast
             // backfill's sink caught up).
+            if quiet && delivered_since_prune {
+                pruned_since_reclaim |= prune_passed(&ctx, &name, &sources).await > 0;
+                delivered_since_prune = false;
+            }
             if quiet && pruned_since_reclaim {
                 reclaim(&ctx, &name).await;
                 pruned_since_reclaim = false;
@@ -283,9 +290,11 @@ pub async fn run_sink<K: Sink>(
                 tracing::debug!(sink = %name, records = batch.len(), read_ahead = read_ahead_used,
                     read_ms, deliver_ms, record_ms = recording.elapsed().as_millis() as u64,
                     "batch delivered");
+                delivered_since_prune = true;
                 if batch.len() < batch_size || pruned_at.elapsed() >= PRUNE_EVERY {
                     pruned_since_reclaim |= prune_passed(&ctx, &name, &sources).await > 0;
                     pruned_at = Instant::now();
+                    delivered_since_prune = false;
                 }
             }
             Err(e @ SinkError::Fatal { .. }) if ctx.mode != Mode::Daemon => {
