@@ -37,6 +37,10 @@ use connection::Connection;
 use liveness::{close_gracefully, liveness, Closing, Liveness};
 use tls::tls_connector;
 
+/// Batches of at least this many records are encoded by two threads (see `SyslogSink::frames`);
+/// below it a thread's start costs more than it saves.
+const ENCODE_IN_TWO_FROM: usize = 200;
+
 /// The syslog sink.
 pub struct SyslogSink {
     name: String,
@@ -115,6 +119,35 @@ impl SyslogSink {
         }
     }
 
+    /// The framed messages of `batch`, in order. A large batch is encoded by two threads, each
+    /// half of it: mapping records to CEF is most of this sink's work (every record parsed), and
+    /// one core did it all while the other waited (measured: 21k events/s at one core).
+    fn frames(&self, framing: Framing, batch: &[OutboxRecord]) -> Vec<u8> {
+        let encode = |records: &[OutboxRecord]| {
+            let mut message = Vec::with_capacity(1024);
+            let mut frames = Vec::with_capacity(records.len() * 512);
+            for record in records {
+                message.clear();
+                self.message(record, &mut message);
+                frame::frame(framing, &message, &mut frames);
+            }
+            frames
+        };
+        if batch.len() < ENCODE_IN_TWO_FROM {
+            return encode(batch);
+        }
+        let (first, second) = batch.split_at(batch.len() / 2);
+        std::thread::scope(|scope| {
+            let later = scope.spawn(|| encode(second));
+            let mut frames = encode(first);
+            match later.join() {
+                Ok(rest) => frames.extend_from_slice(&rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            frames
+        })
+    }
+
     /// The message (header and payload, unframed) for one record.
     pub fn message(&self, record: &OutboxRecord, out: &mut Vec<u8>) {
         let payload = match self.settings.payload {
@@ -185,13 +218,7 @@ impl Sink for SyslogSink {
             SyslogFraming::OctetCounting => Framing::OctetCounting,
             SyslogFraming::Lf => Framing::Lf,
         };
-        let mut message = Vec::with_capacity(1024);
-        let mut frames = Vec::new();
-        for record in batch {
-            message.clear();
-            self.message(record, &mut message);
-            frame::frame(framing, &message, &mut frames);
-        }
+        let frames = self.frames(framing, batch);
         self.check_reused().await;
         if self.connection.is_none() {
             self.connect().await?;

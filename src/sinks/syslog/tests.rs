@@ -42,3 +42,34 @@ fn a_source_without_a_mapping_gets_the_generic_cef_line_not_a_vendors() {
     );
     assert!(line.contains(r#"msg={"id":"e-1","name":"x"}"#), "{line}");
 }
+
+/// A batch encoded by two threads gives the same bytes as one record after another.
+#[test]
+fn a_large_batch_is_framed_in_record_order() {
+    let text = "[sinks.s]\ntype = \"syslog\"\naddress = \"127.0.0.1:1\"\nhostname = \"h\"\n";
+    let settings = crate::settings::Settings::from_toml(text).unwrap();
+    let crate::settings::SinkSettings::Syslog(syslog) = settings.sinks["s"].clone() else {
+        panic!("syslog settings")
+    };
+    let sink = SyslogSink::new("s", syslog, Mappings::new()).unwrap();
+    let batch: Vec<OutboxRecord> = (0..ENCODE_IN_TWO_FROM as i64 * 2 + 1)
+        .map(|i| OutboxRecord {
+            seq: i,
+            source: "unregistered".into(),
+            stream: "things".into(),
+            tenant: String::new(),
+            event_id: format!("e-{i}"),
+            event_time: chrono::Utc::now(),
+            ingest_time: chrono::Utc::now(),
+            severity: (i % 11) as u8,
+            record: format!(r#"{{"id":"e-{i}"}}"#),
+        })
+        .collect();
+    let mut one_by_one = Vec::new();
+    for record in &batch {
+        let mut message = Vec::new();
+        sink.message(record, &mut message);
+        frame::frame(Framing::OctetCounting, &message, &mut one_by_one);
+    }
+    assert_eq!(sink.frames(Framing::OctetCounting, &batch), one_by_one);
+}
