@@ -135,6 +135,16 @@ fn context(store: &Store, routes: &[(&str, &[&str])], mode: Mode) -> Arc<Context
     )
 }
 
+/// Commits 20 MB of records (10,000 of 2 KB that do not compress) from source `s`.
+async fn fill_20_mb(store: &Store) {
+    for page in 0..20 {
+        let events = (0..500)
+            .map(|i| event(&format!("{page}-{i}"), 2000))
+            .collect();
+        commit(store, "s", events).await;
+    }
+}
+
 /// Main file plus WAL, in bytes.
 fn on_disk(db: &Path) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
@@ -146,13 +156,7 @@ async fn a_drained_backlog_gives_its_space_back_to_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let store = Store::open(&db, Access::Writer).await.unwrap();
-    // 20 MB of records waiting for one sink.
-    for page in 0..20 {
-        let events = (0..500)
-            .map(|i| event(&format!("{page}-{i}"), 2000))
-            .collect();
-        commit(&store, "s", events).await;
-    }
+    fill_20_mb(&store).await;
     store.close().await; // checkpoints: the WAL is folded into the main file
     drop(store); // releases the writer's lock
     let full = on_disk(&db);
@@ -182,12 +186,7 @@ async fn a_daemon_sink_gives_the_space_back_once_quiet() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let store = Store::open(&db, Access::Writer).await.unwrap();
-    for page in 0..20 {
-        let events = (0..500)
-            .map(|i| event(&format!("{page}-{i}"), 2000))
-            .collect();
-        commit(&store, "s", events).await;
-    }
+    fill_20_mb(&store).await;
     let full = store.growth().await.unwrap().database.total_bytes;
     let (sink, got, _) = MemorySink::new("k");
     let ctx = context(&store, &[("s", &["k"])], Mode::Daemon);

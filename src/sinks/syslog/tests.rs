@@ -12,16 +12,21 @@ fn udp_cut_never_splits_a_character() {
     assert!(!cut(&mut short, 10));
 }
 
-/// A record of a source nobody registered a mapping for is shown as what it is (secrelay's
-/// generic line with the JSON in `msg`), not dressed in one vendor's field names.
-#[test]
-fn a_source_without_a_mapping_gets_the_generic_cef_line_not_a_vendors() {
+/// A TCP sink with host name `h` and no vendor mappings (it is never connected).
+fn unmapped_sink() -> SyslogSink {
     let text = "[sinks.s]\ntype = \"syslog\"\naddress = \"127.0.0.1:1\"\nhostname = \"h\"\n";
     let settings = crate::settings::Settings::from_toml(text).unwrap();
     let crate::settings::SinkSettings::Syslog(syslog) = settings.sinks["s"].clone() else {
         panic!("syslog settings")
     };
-    let sink = SyslogSink::new("s", syslog, Mappings::new()).unwrap();
+    SyslogSink::new("s", syslog, Mappings::new()).unwrap()
+}
+
+/// A record of a source nobody registered a mapping for is shown as what it is (secrelay's
+/// generic line with the JSON in `msg`), not dressed in one vendor's field names.
+#[test]
+fn a_source_without_a_mapping_gets_the_generic_cef_line_not_a_vendors() {
+    let sink = unmapped_sink();
     let record = OutboxRecord {
         seq: 1,
         source: "unregistered".into(),
@@ -46,12 +51,7 @@ fn a_source_without_a_mapping_gets_the_generic_cef_line_not_a_vendors() {
 /// A batch encoded by two threads gives the same bytes as one record after another.
 #[test]
 fn a_large_batch_is_framed_in_record_order() {
-    let text = "[sinks.s]\ntype = \"syslog\"\naddress = \"127.0.0.1:1\"\nhostname = \"h\"\n";
-    let settings = crate::settings::Settings::from_toml(text).unwrap();
-    let crate::settings::SinkSettings::Syslog(syslog) = settings.sinks["s"].clone() else {
-        panic!("syslog settings")
-    };
-    let sink = SyslogSink::new("s", syslog, Mappings::new()).unwrap();
+    let sink = unmapped_sink();
     let batch: Vec<OutboxRecord> = (0..ENCODE_IN_TWO_FROM as i64 * 2 + 1)
         .map(|i| OutboxRecord {
             seq: i,
