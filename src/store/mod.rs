@@ -27,6 +27,11 @@
 //! `first_seq + i`, so sinks still keep one position per record. The seen-set key is three
 //! integers (`seen.rs`). Checkpoints of the WAL run beside commits, not inside them (`open.rs`).
 //!
+//! Writers take turns: every write transaction waits for this process's earlier ones to end, in
+//! arrival order, and begins `IMMEDIATE` ([`Store::begin`]), so a sink recording a delivery waits
+//! for at most the one page commit under way, and a commit that reads before it writes is never
+//! undone by another writer.
+//!
 //! Parts, one per concern (each `impl Store` block holds the SQL of its tables, and each table has
 //! one row mapper reading columns by name): `open` (file, lock, migrations, checkpoints), `legacy`
 //! (moving rows of the layout before issue 13), `commit` (a page: seen ids, outbox append,
