@@ -28,7 +28,7 @@
 //! integers (`seen.rs`). Checkpoints of the WAL run beside commits, not inside them (`open.rs`).
 //!
 //! Writers take turns: every write transaction waits for this process's earlier ones to end, in
-//! arrival order, and begins `IMMEDIATE` ([`Store::begin`]), so a sink recording a delivery waits
+//! arrival order, and begins `IMMEDIATE` (`Store::begin`), so a sink recording a delivery waits
 //! for at most the one page commit under way, and a commit that reads before it writes is never
 //! undone by another writer.
 //!
