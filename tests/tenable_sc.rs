@@ -135,6 +135,36 @@ async fn mitigated_findings_come_through_the_patched_stream() {
 }
 
 #[tokio::test]
+async fn rows_are_delivered_as_the_vendor_wrote_them() {
+    let sim = TenableSim::start(TenableSimConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    sim.add_findings(40, now - 86_400, now - 7200);
+    let dir = tempfile::tempdir().unwrap();
+    backfill(&config(&sim, dir.path(), KEYS)).await;
+    let text = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
+    let mut got: Vec<(String, String)> = text
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            // The record is the envelope's last field: `…,"record":{…}}`.
+            let at = line.find(",\"record\":").unwrap() + ",\"record\":".len();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                line[at..line.len() - 1].to_string(),
+            )
+        })
+        .collect();
+    let mut want = sim.rows();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), 40);
+    assert_eq!(got, want);
+    assert!(got[0].1.starts_with("{\"pluginID\":"), "{}", got[0].1);
+}
+
+#[tokio::test]
 async fn an_expired_session_logs_in_again_and_stopping_logs_out() {
     let sim = TenableSim::start(TenableSimConfig {
         session_timeout_secs: 1.0,

@@ -25,6 +25,9 @@
 //!   needed; an expired or dropped session is answered **HTTP 403 with `error_code` 12**
 //!   ("Invalid token"), as a real SecurityCenter does, not 401 (issue 8, defect 4). Wrong API keys
 //!   are 401 `error_code` 74.
+//! - A row's keys come in the vendor's order (`pluginID`, `severity`, `hasBeenMitigated`, …; the
+//!   pyTenable cassette above), not sorted: a consumer that rebuilds rows through a map changes
+//!   their bytes.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -345,6 +348,28 @@ impl TenableSim {
             .collect()
     }
 
+    /// The text of finding `n`'s row as `/rest/analysis` serves it now, keyed by the identity
+    /// secrelay should derive for it; every current finding.
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let findings = self
+            .shared
+            .findings
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let seed = self.shared.config.seed;
+        findings
+            .iter()
+            .map(|f| {
+                let mut out = Vec::new();
+                write_row(&mut out, seed, f);
+                (
+                    identity(seed, f),
+                    String::from_utf8_lossy(&out).into_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Session logins so far.
     pub fn logins(&self) -> u64 {
         self.shared.logins.load(Ordering::SeqCst)
@@ -502,8 +527,44 @@ fn render(seed: u64, f: &Finding) -> Value {
     row
 }
 
-/// Writes finding `f`'s row as JSON: the bytes of [`render`]'s `Value` (keys in `BTreeMap`
-/// order), written without building one; a corrupted row goes through `render`.
+/// The keys of a row in the order a SecurityCenter writes them (pyTenable's
+/// `test_analysis_vulns_vulndetails_tool` cassette): not sorted, so a consumer that re-serialises
+/// rows through a map shows up as changed bytes.
+#[cfg(test)]
+const ROW_KEYS: [&str; 28] = [
+    "pluginID",
+    "severity",
+    "hasBeenMitigated",
+    "acceptRisk",
+    "recastRisk",
+    "ip",
+    "uuid",
+    "port",
+    "protocol",
+    "pluginName",
+    "firstSeen",
+    "lastSeen",
+    "lastMitigated",
+    "exploitAvailable",
+    "synopsis",
+    "solution",
+    "vprScore",
+    "baseScore",
+    "cvssV3BaseScore",
+    "cve",
+    "dnsName",
+    "macAddress",
+    "netbiosName",
+    "operatingSystem",
+    "uniqueness",
+    "family",
+    "repository",
+    "pluginInfo",
+];
+
+/// Writes finding `f`'s row as JSON: [`render`]'s fields and values, in the vendor's key order
+/// (`ROW_KEYS`), written without building a `Value`; a corrupted row goes through `render` (keys
+/// sorted).
 fn write_row(out: &mut Vec<u8>, seed: u64, f: &Finding) {
     use super::json_bytes::{string, uint};
     if f.corrupt.is_some() {
@@ -518,47 +579,47 @@ fn write_row(out: &mut Vec<u8>, seed: u64, f: &Finding) {
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "{{\"acceptRisk\":\"0\",\"baseScore\":\"{score:.1}\",\"cve\":\"CVE-2024-{}\",\"cvssV3BaseScore\":\"{:.1}\",\"dnsName\":",
-        1000 + f.n % 9000,
-        ((r >> 8) % 100) as f64 / 10.0,
-    );
-    string(out, &f.dns);
-    let _ = write!(
-        out,
-        ",\"exploitAvailable\":\"{}\",\"family\":{{\"id\":\"1\",\"name\":\"General\",\"type\":\"active\"}},\"firstSeen\":\"{}\",\"hasBeenMitigated\":\"{}\",\"ip\":",
-        if r.is_multiple_of(3) { "Yes" } else { "No" },
-        f.first_seen,
+        "{{\"pluginID\":\"{plugin}\",\"severity\":{{\"id\":\"{severity}\",\"name\":\"{name}\",\"description\":\"{name} Severity\"}},\"hasBeenMitigated\":\"{}\",\"acceptRisk\":\"0\",\"recastRisk\":\"0\",\"ip\":",
         if f.mitigated.is_some() { "1" } else { "0" },
+        plugin = f.plugin,
+        name = names[severity],
     );
     string(out, &f.ip);
-    out.extend_from_slice(b",\"lastMitigated\":\"");
+    out.extend_from_slice(b",\"uuid\":");
+    string(out, &agent_uuid(seed, f));
+    let _ = write!(out, ",\"port\":\"{}\",\"protocol\":", f.port);
+    string(out, f.protocol);
+    let _ = write!(
+        out,
+        ",\"pluginName\":\"Simulated check {}\",\"firstSeen\":\"{}\",\"lastSeen\":\"{}\",\"lastMitigated\":\"",
+        f.plugin, f.first_seen, f.last_seen,
+    );
     if let Some(m) = f.mitigated {
         let _ = write!(out, "{m}");
     }
     let _ = write!(
         out,
-        "\",\"lastSeen\":\"{}\",\"macAddress\":\"00:50:56:{:02x}:{:02x}:{:02x}\",\"netbiosName\":\"\",\"operatingSystem\":\"Linux Kernel 5.15\",\"pluginID\":\"{plugin}\",\"pluginInfo\":\"{plugin} ({port}/6) Simulated check\",\"pluginName\":\"Simulated check {plugin}\",\"port\":\"{port}\",\"protocol\":",
-        f.last_seen,
+        "\",\"exploitAvailable\":\"{}\",\"synopsis\":\"The remote host is affected by a simulated vulnerability.\",\"solution\":\"Upgrade to the latest version.\",\"vprScore\":\"{score:.1}\",\"baseScore\":\"{score:.1}\",\"cvssV3BaseScore\":\"{:.1}\",\"cve\":\"CVE-2024-{}\",\"dnsName\":",
+        if r.is_multiple_of(3) { "Yes" } else { "No" },
+        ((r >> 8) % 100) as f64 / 10.0,
+        1000 + f.n % 9000,
+    );
+    string(out, &f.dns);
+    let _ = write!(
+        out,
+        ",\"macAddress\":\"00:50:56:{:02x}:{:02x}:{:02x}\",\"netbiosName\":\"\",\"operatingSystem\":\"Linux Kernel 5.15\",\"uniqueness\":\"repositoryID,ip,dnsName\",\"family\":{{\"id\":\"1\",\"name\":\"General\",\"type\":\"active\"}},\"repository\":{{\"id\":\"",
         (r >> 40) & 0xff,
         (r >> 48) & 0xff,
         (r >> 56) & 0xff,
-        plugin = f.plugin,
-        port = f.port,
-    );
-    string(out, f.protocol);
-    out.extend_from_slice(
-        b",\"recastRisk\":\"0\",\"repository\":{\"dataFormat\":\"IPv4\",\"description\":\"\",\"id\":\"",
     );
     uint(out, f.repository);
     out.extend_from_slice(b"\",\"name\":\"Repository ");
     uint(out, f.repository);
     let _ = write!(
         out,
-        "\"}},\"severity\":{{\"description\":\"{name} Severity\",\"id\":\"{severity}\",\"name\":\"{name}\"}},\"solution\":\"Upgrade to the latest version.\",\"synopsis\":\"The remote host is affected by a simulated vulnerability.\",\"uniqueness\":\"repositoryID,ip,dnsName\",\"uuid\":",
-        name = names[severity],
+        "\",\"description\":\"\",\"dataFormat\":\"IPv4\"}},\"pluginInfo\":\"{} ({}/6) Simulated check\"}}",
+        f.plugin, f.port,
     );
-    string(out, &agent_uuid(seed, f));
-    let _ = write!(out, ",\"vprScore\":\"{score:.1}\"}}");
 }
 
 /// The body of an analysis page: the envelope around `{endOffset, matchingDataElementCount,
@@ -898,7 +959,7 @@ mod tests {
 
     /// Rows and the page around them are written as the bytes their `Value`s serialise to.
     #[test]
-    fn written_pages_are_the_bytes_of_their_value() {
+    fn written_pages_hold_their_values_with_rows_in_vendor_key_order() {
         for seed in [7, 42] {
             let mut findings: Vec<Finding> = (0..400)
                 .map(|n| new_finding(seed, n, 1_764_547_200 + n as i64 * 13))
@@ -909,15 +970,21 @@ mod tests {
             for f in &findings {
                 let mut out = Vec::new();
                 write_row(&mut out, seed, f);
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    render(seed, f).to_string(),
-                    "finding {}",
-                    f.n
-                );
+                let text = String::from_utf8(out).unwrap();
+                let value: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(value, render(seed, f), "finding {}", f.n);
+                if f.corrupt.is_none() {
+                    let at: Vec<usize> = ROW_KEYS
+                        .iter()
+                        .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+                        .collect();
+                    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+                    assert_eq!(value.as_object().unwrap().len(), ROW_KEYS.len());
+                }
             }
             let rows: Vec<&Finding> = findings.iter().take(6).collect();
             let body = analysis_body(seed, &rows, 400, 0, 50, 1_764_000_000);
+            let body: Value = serde_json::from_slice(&body).unwrap();
             let expected = json!({
                 "type": "regular",
                 "response": {
@@ -933,7 +1000,7 @@ mod tests {
                 "warnings": [],
                 "timestamp": 1_764_000_000,
             });
-            assert_eq!(String::from_utf8(body).unwrap(), expected.to_string());
+            assert_eq!(body, expected);
         }
     }
 }

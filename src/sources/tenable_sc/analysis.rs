@@ -33,14 +33,15 @@ pub(super) struct Fetched {
     pub(super) end: Option<i64>,
 }
 
+/// An analysis answer, its rows borrowed from the response text.
 #[derive(Deserialize)]
-struct AnalysisPage {
+struct AnalysisPage<'a> {
     #[serde(rename = "totalRecords", default)]
     total_records: Option<String>,
     #[serde(rename = "endOffset", default)]
     end_offset: Option<String>,
-    #[serde(default)]
-    results: Vec<Box<RawValue>>,
+    #[serde(default, borrow)]
+    results: Vec<&'a RawValue>,
 }
 
 impl TenableScSource {
@@ -57,7 +58,7 @@ impl TenableScSource {
         let body = self.query(stream, since, until, start, end);
         let payload = self.post("analysis", &body).await?;
         let page: AnalysisPage =
-            serde_json::from_value(payload).map_err(|e| SourceError::Malformed {
+            serde_json::from_str(payload.get()).map_err(|e| SourceError::Malformed {
                 url: url.clone(),
                 detail: format!("analysis response: {e}"),
             })?;
@@ -81,11 +82,14 @@ impl TenableScSource {
             end,
         };
         let mut times = Vec::with_capacity(page.results.len());
-        for raw in &page.results {
-            times.extend(window_time(raw, stream));
+        for &raw in &page.results {
             match finding(raw, stream, &url) {
-                Ok(event) => fetched.events.push(event),
+                Ok((event, window)) => {
+                    times.extend(window);
+                    fetched.events.push(event);
+                }
                 Err(e) => {
+                    times.extend(window_time(raw, stream));
                     let reason = match e {
                         SourceError::Malformed { detail, .. } => detail,
                         other => other.to_string(),

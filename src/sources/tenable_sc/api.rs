@@ -8,7 +8,8 @@
 
 use reqwest::StatusCode;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::TenableScSource;
 use crate::settings::{Secret, TenableAuth, TenableCredentials};
@@ -24,10 +25,13 @@ pub(super) struct Session {
     cookie: Secret,
 }
 
+/// The envelope every answer comes in. `response` stays text: an analysis page is read once, by
+/// its caller, and its rows are kept as the vendor wrote them (a parsed tree would be written
+/// back to text for every row).
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(default)]
-    response: Value,
+    response: Option<Box<RawValue>>,
     #[serde(default)]
     error_code: i64,
     #[serde(default)]
@@ -58,9 +62,16 @@ impl TenableScSource {
             SourceError::Rejected { url, detail } => SourceError::Auth { url, detail },
             other => other,
         })?;
-        let token = match payload.get("token") {
-            Some(Value::String(t)) => t.clone(),
-            Some(Value::Number(n)) => n.to_string(),
+        /// The part of a login answer secrelay reads: the token, a string or a number.
+        #[derive(Deserialize)]
+        struct Login {
+            #[serde(default)]
+            token: Option<serde_json::Value>,
+        }
+        let login: Option<Login> = serde_json::from_str(payload.get()).ok();
+        let token = match login.and_then(|l| l.token) {
+            Some(serde_json::Value::String(t)) => t,
+            Some(serde_json::Value::Number(n)) => n.to_string(),
             _ => {
                 return Err(SourceError::Malformed {
                     url,
@@ -80,7 +91,7 @@ impl TenableScSource {
     }
 
     /// Reads the envelope: its `response` on success; `error_code` ≠ 0 is an error at any status.
-    async fn envelope(&self, response: reqwest::Response) -> Result<Value, SourceError> {
+    async fn envelope(&self, response: reqwest::Response) -> Result<Box<RawValue>, SourceError> {
         let status = response.status();
         let headers = response.headers().clone();
         let shown = display_url(response.url());
@@ -101,7 +112,7 @@ impl TenableScSource {
                     _ => SourceError::Rejected { url: shown, detail },
                 })
             }
-            Ok(env) if status.is_success() => Ok(env.response),
+            Ok(env) if status.is_success() => Ok(env.response.unwrap_or_default()),
             // An envelope that says success under a failed status is not quoted: on the login
             // path its `response` may hold the session token.
             Ok(_) => Err(status_error(
@@ -122,7 +133,11 @@ impl TenableScSource {
     /// `error_code` 12 a real SecurityCenter sends for an expired session, or any other 403) logs
     /// in again once; refused again, the request fails with [`SourceError::Auth`] (or
     /// [`SourceError::Rejected`] when the 403 carried another `error_code`, e.g. 146 for a filter).
-    pub(super) async fn post(&self, path: &str, body: &Value) -> Result<Value, SourceError> {
+    pub(super) async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Box<RawValue>, SourceError> {
         let url = format!("{}/{path}", self.base);
         let mut relogged = false;
         loop {

@@ -74,12 +74,12 @@ pub(super) fn int(text: &str, field: &str, url: &str) -> Result<i64, SourceError
         })
 }
 
-/// A vulndetails row as an [`Event`].
+/// A vulndetails row as an [`Event`], with its window time as [`window_time`] reads it.
 pub(super) fn finding(
     raw: &RawValue,
     stream: TenableStream,
     url: &str,
-) -> Result<Event, SourceError> {
+) -> Result<(Event, Option<i64>), SourceError> {
     let row: Row = serde_json::from_str(raw.get()).map_err(|e| SourceError::Malformed {
         url: url.to_string(),
         detail: format!("row: {e}"),
@@ -91,6 +91,14 @@ pub(super) fn finding(
         url,
     )?;
     let last_seen = int(&row.last_seen, "lastSeen", url)?;
+    // What `window_time` reads: lastMitigated alone on the patched stream.
+    let window = match stream {
+        TenableStream::Cumulative => Some(last_seen),
+        TenableStream::Patched => row
+            .last_mitigated
+            .as_deref()
+            .and_then(|t| t.trim().parse().ok()),
+    };
     let window_time = match (stream, row.last_mitigated.as_deref()) {
         (TenableStream::Patched, Some(t)) if !t.is_empty() => int(t, "lastMitigated", url)?,
         _ => last_seen,
@@ -125,5 +133,6 @@ pub(super) fn finding(
     let time = chrono::DateTime::from_timestamp(window_time, 0).unwrap_or_else(Utc::now);
     // The id carries lastSeen; lastMitigated can change while the id stays (a re-report).
     let key_time = chrono::DateTime::from_timestamp(last_seen, 0).unwrap_or(time);
-    Ok(Event::new(id, time, Severity::new(severity), raw).with_key_time(key_time))
+    let event = Event::new(id, time, Severity::new(severity), raw).with_key_time(key_time);
+    Ok((event, window))
 }

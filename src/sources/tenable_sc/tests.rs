@@ -13,7 +13,8 @@ fn identity_includes_last_seen_and_numbers_are_parsed_strictly() {
             .to_string(),
     )
     .unwrap();
-    let e = finding(&raw, TenableStream::Cumulative, "u").unwrap();
+    let (e, window) = finding(&raw, TenableStream::Cumulative, "u").unwrap();
+    assert_eq!(window, Some(1_700_000_000));
     assert_eq!(e.id, "7|10.0.0.5|web1.example.com|19506|443|TCP|1700000000");
     assert_eq!(e.severity.value(), 8);
     assert_eq!(e.time.timestamp(), 1_700_000_000);
@@ -51,7 +52,24 @@ fn an_agent_finding_without_dns_name_is_identified_by_uuid() {
     )
     .unwrap();
     assert_eq!(
-        finding(&raw, TenableStream::Cumulative, "u").unwrap().id,
+        finding(&raw, TenableStream::Cumulative, "u").unwrap().0.id,
         "||a-1|1|0|ICMP|5"
     );
+}
+
+#[test]
+fn a_good_row_reports_the_window_time_that_window_time_reads() {
+    let rows = [
+        r#"{"pluginID":"1","lastSeen":"50","lastMitigated":"60"}"#,
+        r#"{"pluginID":"1","lastSeen":"50","lastMitigated":""}"#,
+        r#"{"pluginID":"1","lastSeen":"50"}"#,
+        r#"{"pluginID":"1","lastSeen":" 50 ","lastMitigated":" 61 "}"#,
+    ];
+    for row in rows {
+        let raw = RawValue::from_string(row.to_string()).unwrap();
+        for stream in [TenableStream::Cumulative, TenableStream::Patched] {
+            let (_, window) = finding(&raw, stream, "u").unwrap();
+            assert_eq!(window, window_time(&raw, stream), "{row} {stream:?}");
+        }
+    }
 }
