@@ -357,8 +357,17 @@ fn child_result(stdout: &[u8], prefix: &str) -> Vec<f64> {
 }
 
 /// The child process: `kind` (`backfill`, `resume`, `idle`), the run's directory, a number.
+/// `BENCH_CHILD_WRAPPER=heaptrack` (any program that takes a command line) runs the child under it.
 fn child_command(kind: &str, dir: &Path, n: u64) -> Command {
-    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    let exe = std::env::current_exe().expect("own path");
+    let mut command = match std::env::var_os("BENCH_CHILD_WRAPPER") {
+        Some(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     command
         .args(["--child", kind])
         .arg(dir)

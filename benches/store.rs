@@ -87,7 +87,7 @@ async fn main() {
         text += page
             .events
             .iter()
-            .map(|e| e.record.get().len() as u64)
+            .map(|e| e.record.as_str().len() as u64)
             .sum::<u64>();
         let started = Instant::now();
         store

@@ -8,6 +8,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
+use crate::shared_text::SharedText;
+
 /// Severity on the 0–10 scale CEF uses. Values above 10 are clamped to 10 on construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Severity(u8);
@@ -68,8 +70,9 @@ pub struct Event {
     pub key_time: DateTime<Utc>,
     /// Normalised severity.
     pub severity: Severity,
-    /// The vendor's record, compact JSON, whole.
-    pub record: Box<RawValue>,
+    /// The vendor's record, compact JSON, whole: a slice of the response body it came in when
+    /// the source shares the body ([`Event::in_body`]), else a copy.
+    pub record: SharedText,
 }
 
 impl Event {
@@ -78,9 +81,23 @@ impl Event {
     /// Vendors mostly send compact JSON: then the record is copied once, as it is, and not parsed
     /// again. Only a record with whitespace outside its strings is rewritten (and checked).
     pub fn new(id: String, time: DateTime<Utc>, severity: Severity, record: &RawValue) -> Self {
+        Event::in_body(id, time, severity, record, &SharedText::default())
+    }
+
+    /// [`Event::new`] for a record read from `body`: the record stays a slice of the body rather
+    /// than a copy of it, unless it must be compacted.
+    pub fn in_body(
+        id: String,
+        time: DateTime<Utc>,
+        severity: Severity,
+        record: &RawValue,
+        body: &SharedText,
+    ) -> Self {
         let record = match whitespace_outside_strings(record.get()) {
-            None => record.to_owned(),
-            Some(first) => compacted(record.get(), first).unwrap_or_else(|| record.to_owned()),
+            None => body.share(record.get()),
+            Some(first) => SharedText::from(
+                compacted(record.get(), first).unwrap_or_else(|| record.get().to_string()),
+            ),
         };
         Event {
             id,
@@ -99,13 +116,14 @@ impl Event {
     }
 }
 
-/// `text` compacted from `first`, its first whitespace byte outside strings, as a raw value.
-/// `None` if the result is not JSON, which cannot happen for valid JSON input.
-fn compacted(text: &str, first: usize) -> Option<Box<RawValue>> {
+/// `text` compacted from `first`, its first whitespace byte outside strings. `None` if the
+/// result is not JSON, which cannot happen for valid JSON input.
+fn compacted(text: &str, first: usize) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..first]);
     compact_into(&text[first..], &mut out);
-    RawValue::from_string(out).ok()
+    serde_json::from_str::<&RawValue>(&out).ok()?;
+    Some(out)
 }
 
 /// Where the first byte of JSON whitespace (space, tab, CR, LF) outside a string is in `text`,
@@ -279,7 +297,7 @@ mod tests {
     fn an_already_compact_record_is_kept_byte_for_byte() {
         let text = r#"{"a":"x y\t\"z\\","b":[1,-2.5e3,true,null],"c":{"é":"ü \u00e9"},"d":"\\"}"#;
         assert_eq!(whitespace_outside_strings(text), None);
-        assert_eq!(event_of(text).record.get(), text);
+        assert_eq!(event_of(text).record.as_str(), text);
         assert_eq!(compact_json(text), text);
     }
 
@@ -290,7 +308,7 @@ mod tests {
         let text = "{ \"path\" : \"C:\\\\Program Files\\\\\" ,\t\"q\": \"say \\\"hi \\\" \" }";
         assert_eq!(whitespace_outside_strings(text), Some(1));
         assert_eq!(
-            event_of(text).record.get(),
+            event_of(text).record.as_str(),
             r#"{"path":"C:\\Program Files\\","q":"say \"hi \" "}"#
         );
     }
@@ -299,8 +317,11 @@ mod tests {
     fn crlf_outside_strings_is_removed_and_multibyte_text_survives() {
         let text = "{\r\n  \"name\": \"Zoë  Ångström\",\r\n  \"n\": [1,\r\n 2]\r\n}\r\n";
         let event = event_of(text.trim_end());
-        assert_eq!(event.record.get(), r#"{"name":"Zoë  Ångström","n":[1,2]}"#);
-        assert!(!event.record.get().contains(['\r', '\n']));
+        assert_eq!(
+            event.record.as_str(),
+            r#"{"name":"Zoë  Ångström","n":[1,2]}"#
+        );
+        assert!(!event.record.as_str().contains(['\r', '\n']));
         assert_eq!(whitespace_outside_strings(r#"{"a":"\r\n"}"#), None);
     }
 
@@ -309,6 +330,6 @@ mod tests {
         let raw =
             RawValue::from_string("{ \"z\": 1,\n \"a\": {\"k\": \"v\"} }".to_string()).unwrap();
         let event = Event::new("id".into(), Utc::now(), Severity::new(1), &raw);
-        assert_eq!(event.record.get(), r#"{"z":1,"a":{"k":"v"}}"#);
+        assert_eq!(event.record.as_str(), r#"{"z":1,"a":{"k":"v"}}"#);
     }
 }

@@ -20,7 +20,7 @@
 //! Modules: [`settings`] (configuration), [`allocator`] (glibc malloc tuning), [`store`] (all SQL), [`scheduler`] (timing, both loops),
 //! [`sources`] (one module per vendor), [`vendors`] (the registry naming them), [`mapping`] (what
 //! sinks know of a vendor's records), [`sinks`] (one module per transport), [`net`] (HTTP and TLS
-//! clients for both), [`json_path`] (reading records by dotted path), [`encode`] (pure formats), [`notify`] (systemd notifications), [`app`] (composition); with the default cargo
+//! clients for both), [`json_path`] (reading records by dotted path), [`shared_text`] (records as slices of their page's body), [`encode`] (pure formats), [`notify`] (systemd notifications), [`app`] (composition); with the default cargo
 //! feature `simulators`, `simulate` (vendor simulators) and `demo`. A production build may leave
 //! them out: `cargo build --release --no-default-features`.
 
@@ -39,6 +39,7 @@ pub mod net;
 pub mod notify;
 pub mod scheduler;
 pub mod settings;
+pub mod shared_text;
 pub mod signals;
 #[cfg(feature = "simulators")]
 pub mod simulate;

@@ -440,7 +440,7 @@ async fn the_classic_management_password_hash_is_never_forwarded() {
             )
             .await
             .unwrap();
-        records.extend(page.events.iter().map(|e| e.record.get().to_string()));
+        records.extend(page.events.iter().map(|e| e.record.as_str().to_string()));
         cursor = page.cursor;
         if !page.more {
             break;

@@ -107,7 +107,7 @@ async fn excluded_types_are_not_returned() {
     let page = source.poll(&partitions[0], None).await.unwrap();
     assert!(!page.events.is_empty());
     for event in &page.events {
-        let record: serde_json::Value = serde_json::from_str(event.record.get()).unwrap();
+        let record: serde_json::Value = serde_json::from_str(event.record.as_str()).unwrap();
         let kind = record["type"].as_str().unwrap();
         assert!(
             kind != "Event::Endpoint::UpdateSuccess" && kind != "Event::Endpoint::CoreHeartbeat",

@@ -361,7 +361,7 @@ async fn run_partition<S: Source>(
                     let bytes = page
                         .events
                         .iter()
-                        .map(|e| e.record.get().len() as i64)
+                        .map(|e| e.record.as_str().len() as i64)
                         .sum();
                     ctx.note_appended(&id, bytes);
                     ctx.appended.notify_waiters();
@@ -456,7 +456,7 @@ impl Prefetch {
         let pending: u64 = page
             .events
             .iter()
-            .map(|e| e.record.get().len() as u64)
+            .map(|e| e.record.as_str().len() as u64)
             .sum();
         if !matches!(
             ctx.room_for_with(source.id(), pending).await,

@@ -18,6 +18,7 @@ pub use crate::net::{
     http_client as client, http_client_with_tls as client_with_tls, install_crypto_provider,
     parse_retry_after, TlsOptions,
 };
+use crate::shared_text::SharedText;
 
 /// Longest excerpt of a vendor's body quoted in an error.
 const EXCERPT: usize = 300;
@@ -123,7 +124,7 @@ async fn read_json_as<T: DeserializeOwned>(
 #[derive(Debug)]
 pub struct JsonBody {
     url: String,
-    text: String,
+    text: SharedText,
 }
 
 impl JsonBody {
@@ -132,10 +133,15 @@ impl JsonBody {
         &self.url
     }
 
+    /// The body's text, for records to share ([`crate::event::Event::in_body`]).
+    pub fn text(&self) -> &SharedText {
+        &self.text
+    }
+
     /// The body as JSON `T`, which may borrow from it (`&RawValue`, `&str`); a body that does not
     /// parse is `Malformed`, quoting a short excerpt.
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, SourceError> {
-        serde_json::from_str(&self.text).map_err(|e| SourceError::Malformed {
+        serde_json::from_str(self.text.as_str()).map_err(|e| SourceError::Malformed {
             detail: format!(
                 "{e} (body {} bytes, starts {:?})",
                 self.text.len(),
@@ -166,7 +172,10 @@ async fn read_success(response: Response, quote: Quote) -> Result<JsonBody, Sour
         };
         return Err(status_error(status, &headers, &shown, url));
     }
-    Ok(JsonBody { url, text })
+    Ok(JsonBody {
+        url,
+        text: SharedText::from(text),
+    })
 }
 
 /// The OAuth `error` and `error_description` of a failed token request, if the body has them.

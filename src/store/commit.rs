@@ -181,6 +181,6 @@ fn chunk_entry(event: &crate::event::Event) -> ChunkEntry<&str> {
         id: event.id.as_str(),
         time_ms: millis(event.time),
         severity: event.severity.value(),
-        record: event.record.get(),
+        record: event.record.as_str(),
     }
 }

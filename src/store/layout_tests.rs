@@ -62,7 +62,7 @@ async fn records_span_chunks_and_are_read_from_any_position() {
         let i = 999 + k;
         assert_eq!(r.seq, i as i64 + 1, "positions are consecutive");
         assert_eq!(r.event_id, page.events[i].id);
-        assert_eq!(r.record, page.events[i].record.get());
+        assert_eq!(r.record, page.events[i].record.as_str());
         assert_eq!(r.event_time, page.events[i].time);
         assert_eq!((r.stream.as_str(), r.tenant.as_str()), ("events", "t1"));
         assert_eq!(r.severity, 4);
@@ -91,7 +91,7 @@ async fn records_span_chunks_and_are_read_from_any_position() {
     let text: i64 = page
         .events
         .iter()
-        .map(|e| e.record.get().len() as i64)
+        .map(|e| e.record.as_str().len() as i64)
         .sum();
     assert_eq!(totals.bytes, text, "the cap counts the records' JSON text");
     let backlog = store.backlog_totals("k", 0, &sources).await.unwrap();
@@ -109,7 +109,7 @@ async fn a_commit_writes_each_record_once_and_compressed() {
     let text: u64 = page
         .events
         .iter()
-        .map(|e| e.record.get().len() as u64)
+        .map(|e| e.record.as_str().len() as u64)
         .sum();
     let on_disk = |dir: &Path| {
         ["state.db", "state.db-wal"]

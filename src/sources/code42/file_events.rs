@@ -15,6 +15,7 @@ use super::api::{Reply, FORENSIC_SEARCH};
 use super::{file_event_severity, iso, parse_time, risk_severity, Code42Source};
 use crate::event::{Event, Page, Rejected, Severity};
 use crate::settings::{Code42Auth, FileEventsApi};
+use crate::shared_text::SharedText;
 use crate::sources::cursor::StoredCursor;
 use crate::sources::json_path::text;
 use crate::sources::record_fields::{FieldText, Object};
@@ -102,8 +103,8 @@ impl Code42Source {
             self.settings.page_size,
         );
         let reply = self.api.post_for_body(&url, &body).await?;
-        let page: FileEventsPage = match &reply {
-            Reply::Page(body) => body.parse()?,
+        let (page, text): (FileEventsPage, _) = match &reply {
+            Reply::Page(body) => (body.parse()?, body.text()),
             Reply::InvalidPageToken => {
                 tracing::warn!(source = %self.id, url = %url, since = %iso(c.since),
                     "INVALID_PAGE_TOKEN: restarting the window at its stored start");
@@ -129,7 +130,7 @@ impl Code42Source {
         let mut events = Vec::with_capacity(page.file_events.len());
         let mut rejected = Vec::new();
         for raw in page.file_events {
-            match file_event(raw) {
+            match file_event(raw, text) {
                 Ok(event) => events.push(event),
                 Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, raw.get())),
             }
@@ -236,9 +237,11 @@ struct V2Risk<'a> {
 /// The fields are read without building the record's tree. A record of unusual shape (a field
 /// of another type than documented, a key twice) is read the general way instead, through a
 /// [`Value`], which gives the same answers as before for every record.
-pub(super) fn file_event(raw: &RawValue) -> Result<Event, String> {
+///
+/// `body` is the response text `raw` was read from: the event's record shares it.
+pub(super) fn file_event(raw: &RawValue, body: &SharedText) -> Result<Event, String> {
     let Ok(Object(fields)) = serde_json::from_str::<Object<FileEventFields>>(raw.get()) else {
-        return file_event_from_value(raw);
+        return file_event_from_value(raw, body);
     };
     let (v2_id, v2_inserted) = match &fields.event {
         Some(Object(event)) => (event.id.as_ref(), event.inserted.as_ref()),
@@ -262,16 +265,17 @@ pub(super) fn file_event(raw: &RawValue) -> Result<Event, String> {
             .map(FieldText::as_str),
     )
     .unwrap_or(5);
-    Ok(Event::new(
+    Ok(Event::in_body(
         id.to_string(),
         inserted,
         Severity::new(severity),
         raw,
+        body,
     ))
 }
 
 /// [`file_event`] for a record of unusual shape, read through a [`Value`].
-fn file_event_from_value(raw: &RawValue) -> Result<Event, String> {
+fn file_event_from_value(raw: &RawValue, body: &SharedText) -> Result<Event, String> {
     let v: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
     let id = text(&v, "event.id")
         .or_else(|| text(&v, "eventId"))
@@ -282,10 +286,11 @@ fn file_event_from_value(raw: &RawValue) -> Result<Event, String> {
         .or_else(|| parse_time(text(&v, "insertionTimestamp")))
         .ok_or_else(|| format!("file event {id} has no parseable event.inserted"))?;
     let severity = file_event_severity(&v);
-    Ok(Event::new(
+    Ok(Event::in_body(
         id.to_string(),
         inserted,
         Severity::new(severity),
         raw,
+        body,
     ))
 }

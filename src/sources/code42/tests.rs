@@ -9,6 +9,7 @@ use super::alerts::{floor_ms, AlertCursor};
 use super::file_events::{file_event, file_event_query};
 use super::sessions::{path_segment, session_closed, session_severity, SessionCursor};
 use super::*;
+use crate::shared_text::SharedText;
 
 #[test]
 fn the_query_windows_on_insertion_time_sorted_ascending_with_a_token() {
@@ -47,7 +48,7 @@ fn a_file_event_has_one_severity_in_the_envelope_and_in_cef() {
     ];
     for record in records {
         let raw = RawValue::from_string(record.to_string()).unwrap();
-        let event = file_event(&raw).unwrap();
+        let event = file_event(&raw, &SharedText::default()).unwrap();
         assert_eq!(
             event.severity.value(),
             cef_severity(&cef::file_event(&record)),
@@ -129,7 +130,42 @@ fn a_file_event_reads_the_same_without_building_its_tree_as_through_a_value() {
     for text in texts {
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let raw = RawValue::from_string(text.clone()).unwrap();
-        let read = file_event(&raw).map(|e| (e.id, iso(e.time), e.severity.value()));
+        let read = file_event(&raw, &SharedText::default())
+            .map(|e| (e.id, iso(e.time), e.severity.value()));
         assert_eq!(read, through_value(&value), "{text}");
     }
+}
+
+#[test]
+fn file_event_records_are_slices_of_their_page_not_copies() {
+    let body = SharedText::from(String::from(
+        r#"{"fileEvents":[{"event":{"id":"a","inserted":"2026-01-01T00:00:00.000Z"},"n":1},
+           {"event":{"id":"b","inserted":"2026-01-01T00:00:01.000Z"},"n":[1, 2]},
+           {"eventId":"c","insertionTimestamp":"2026-01-01T00:00:02.000Z","risk":7}],"nextPgToken":""}"#,
+    ));
+    #[derive(serde::Deserialize)]
+    struct Page<'a> {
+        #[serde(rename = "fileEvents", borrow)]
+        file_events: Vec<&'a RawValue>,
+    }
+    let page: Page = serde_json::from_str(body.as_str()).unwrap();
+    let events: Vec<_> = page
+        .file_events
+        .iter()
+        .map(|raw| file_event(raw, &body).unwrap())
+        .collect();
+    // Compact records are shared; one with whitespace is compacted into a copy of its own.
+    assert!(events[0].record.same_buffer_as(&body));
+    assert_eq!(events[0].record.as_str(), page.file_events[0].get());
+    assert!(!events[1].record.same_buffer_as(&body));
+    assert_eq!(
+        events[1].record.as_str(),
+        r#"{"event":{"id":"b","inserted":"2026-01-01T00:00:01.000Z"},"n":[1,2]}"#
+    );
+    // Read the general way (a field of unexpected type), and still shared.
+    assert!(events[2].record.same_buffer_as(&body));
+    drop(page);
+    drop(body);
+    assert_eq!(events[0].id, "a");
+    assert!(events[2].record.as_str().starts_with(r#"{"eventId":"c""#));
 }

@@ -256,7 +256,7 @@ mod tests {
         let counters: BTreeMap<String, u64> = out["fleet_counters"]
             .iter()
             .map(|e| {
-                let v: Value = serde_json::from_str(e.record.get()).unwrap();
+                let v: Value = serde_json::from_str(e.record.as_str()).unwrap();
                 (
                     format!(
                         "{}:{}",
