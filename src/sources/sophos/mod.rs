@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::event::{Event, Page, Partition, Rejected, Severity};
 use crate::settings::{SetupError, SophosSettings, SophosStream};
+use crate::shared_text::SharedText;
 use crate::sources::cursor::stream_partitions;
 use crate::sources::record_fields::FieldText;
 use crate::sources::{Source, SourceError};
@@ -187,7 +188,13 @@ fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
 
 /// The page's items as events; an item that is not an object or has no id is rejected (kept as a
 /// dead letter) so that it cannot block its tenant's stream until the data passes the horizon.
-fn to_events(page: &SiemPage<'_>, url: &str, now: DateTime<Utc>) -> (Vec<Event>, Vec<Rejected>) {
+/// The events' records share `body`, the text the page was read from.
+fn to_events(
+    page: &SiemPage<'_>,
+    body: &SharedText,
+    url: &str,
+    now: DateTime<Utc>,
+) -> (Vec<Event>, Vec<Rejected>) {
     let mut events = Vec::with_capacity(page.items.len());
     let mut rejected = Vec::new();
     for (i, &raw) in page.items.iter().enumerate() {
@@ -204,11 +211,12 @@ fn to_events(page: &SiemPage<'_>, url: &str, now: DateTime<Utc>) -> (Vec<Event>,
         };
         let served_time = parse_time(item.created_at.as_ref().map(FieldText::as_str))
             .or_else(|| parse_time(item.when.as_ref().map(FieldText::as_str)));
-        let event = Event::new(
+        let event = Event::in_body(
             id.into_string(),
             served_time.unwrap_or(now),
             severity(item.severity.as_ref().map(FieldText::as_str)),
             raw,
+            body,
         );
         // An item without a time of its own gets "now" each time it is served: the seen-set must
         // not key it by that, or a repeat would look new.
@@ -302,7 +310,7 @@ impl Source for SophosSource {
             .get_body(&url, &[("X-Tenant-ID", partition.tenant.as_str())], &query)
             .await?;
         let page: SiemPage = body.parse()?;
-        let (events, rejected) = to_events(&page, &url, now);
+        let (events, rejected) = to_events(&page, body.text(), &url, now);
         Ok(Page {
             events,
             rejected,
@@ -341,12 +349,31 @@ mod tests {
     }
 
     #[test]
+    fn item_records_are_slices_of_their_page_not_copies() {
+        let body = SharedText::from(String::from(
+            r#"{"has_more":false,"items":[{"id":"a1","created_at":"2026-01-01T00:00:00Z"}]}"#,
+        ));
+        let page: SiemPage = serde_json::from_str(body.as_str()).unwrap();
+        let (events, _) = to_events(&page, &body, "http://h/siem/v1/events", Utc::now());
+        assert!(events[0].record.same_buffer_as(&body));
+        assert_eq!(
+            events[0].record.as_str(),
+            r#"{"id":"a1","created_at":"2026-01-01T00:00:00Z"}"#
+        );
+    }
+
+    #[test]
     fn an_item_without_id_is_rejected_naming_the_url_and_the_rest_kept() {
         let page: SiemPage = serde_json::from_str(
             r#"{"has_more":false,"items":[{"type":"x"},{"id":"a1","created_at":"2026-01-01T00:00:00Z"},"text"]}"#,
         )
         .unwrap();
-        let (events, rejected) = to_events(&page, "http://h/siem/v1/events", Utc::now());
+        let (events, rejected) = to_events(
+            &page,
+            &SharedText::default(),
+            "http://h/siem/v1/events",
+            Utc::now(),
+        );
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].id, "a1");
         assert_eq!(rejected.len(), 2);
