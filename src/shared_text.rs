@@ -25,33 +25,26 @@ impl SharedText {
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the text is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// `part` as shared text: a slice of this buffer, without copying, when `part` lies inside
     /// this text (a record of a body); otherwise a copy of `part`.
     pub fn share(&self, part: &str) -> SharedText {
-        let whole = self.0.as_ptr_range();
-        let inner = part.as_bytes().as_ptr_range();
-        if !part.is_empty() && whole.start <= inner.start && inner.end <= whole.end {
+        if self.holds(part.as_bytes()) {
             SharedText(self.0.slice_ref(part.as_bytes()))
         } else {
             SharedText::from(part)
         }
     }
 
-    /// Whether `self` and `other` are slices of one buffer (for tests of sharing).
+    /// Whether `self` is a slice of `other`'s buffer (for tests of sharing).
     pub fn same_buffer_as(&self, other: &SharedText) -> bool {
-        let whole = other.0.as_ptr_range();
-        let inner = self.0.as_ptr_range();
-        !self.is_empty() && whole.start <= inner.start && inner.end <= whole.end
+        other.holds(&self.0)
+    }
+
+    /// Whether `part` is a non-empty run of this text's own bytes (not an equal copy).
+    fn holds(&self, part: &[u8]) -> bool {
+        let whole = self.0.as_ptr_range();
+        let inner = part.as_ptr_range();
+        !part.is_empty() && whole.start <= inner.start && inner.end <= whole.end
     }
 }
 

@@ -50,9 +50,23 @@ pub(super) fn window_time(raw: &RawValue, stream: TenableStream) -> Option<i64> 
         last_mitigated: Option<String>,
     }
     let times: Times = serde_json::from_str(raw.get()).ok()?;
+    window_of(
+        stream,
+        times.last_seen.as_deref(),
+        times.last_mitigated.as_deref(),
+    )
+}
+
+/// The window time among a row's `lastSeen` and `lastMitigated` texts: `lastMitigated` alone on
+/// the patched stream; `None` when that text is absent or not a number.
+fn window_of(
+    stream: TenableStream,
+    last_seen: Option<&str>,
+    last_mitigated: Option<&str>,
+) -> Option<i64> {
     let text = match stream {
-        TenableStream::Cumulative => times.last_seen,
-        TenableStream::Patched => times.last_mitigated,
+        TenableStream::Cumulative => last_seen,
+        TenableStream::Patched => last_mitigated,
     }?;
     text.trim().parse().ok()
 }
@@ -91,14 +105,7 @@ pub(super) fn finding(
         url,
     )?;
     let last_seen = int(&row.last_seen, "lastSeen", url)?;
-    // What `window_time` reads: lastMitigated alone on the patched stream.
-    let window = match stream {
-        TenableStream::Cumulative => Some(last_seen),
-        TenableStream::Patched => row
-            .last_mitigated
-            .as_deref()
-            .and_then(|t| t.trim().parse().ok()),
-    };
+    let window = window_of(stream, Some(&row.last_seen), row.last_mitigated.as_deref());
     let window_time = match (stream, row.last_mitigated.as_deref()) {
         (TenableStream::Patched, Some(t)) if !t.is_empty() => int(t, "lastMitigated", url)?,
         _ => last_seen,
