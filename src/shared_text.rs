@@ -25,6 +25,12 @@ impl SharedText {
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
+    /// No other handle shares this text's buffer (tests: a page's body was let go).
+    #[cfg(test)]
+    pub(crate) fn is_only_handle(&self) -> bool {
+        self.0.is_unique()
+    }
+
     /// `part` as shared text: a slice of this buffer, without copying, when `part` lies inside
     /// this text (a record of a body); otherwise a copy of `part`.
     pub fn share(&self, part: &str) -> SharedText {

@@ -70,7 +70,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The last measurement of every sink's backlog in bytes, and when it was taken.
     backlogs: Mutex<Option<(Instant, BTreeMap<String, i64>)>>,
-    /// Tests: awaited before each page commit; an error fails that commit (nothing is written).
+    /// Tests: awaited before each page commit (its records compressed, its events let go); an
+    /// error fails that commit (nothing is written).
     #[cfg(test)]
     pub(crate) before_commit: Mutex<Option<BeforeCommit>>,
 }

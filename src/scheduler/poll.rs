@@ -22,6 +22,12 @@ const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
 /// How often a paused source checks whether the outbox has room again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(500);
 
+/// A page with at most this many bytes of records has its next page fetched while it is still
+/// being compressed: holding two such pages costs little, and small pages (Sophos: 1,000 records,
+/// under 1 MB) would otherwise wait for each compression before each fetch. A larger page (Code42:
+/// 10,000 records, ~13 MB) is let go before the next fetch starts.
+const EARLY_FETCH_MAX_BYTES: i64 = 2 << 20;
+
 /// What one partition did during this run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionReport {
@@ -285,7 +291,7 @@ async fn run_partition<S: Source>(
             metrics.observe_latency(started.elapsed());
             (cursor, polled)
         };
-        let page = match polled {
+        let mut page = match polled {
             Ok(page) => page,
             Err(e @ SourceError::BadCursor { .. }) => {
                 metrics.record_error(e.kind());
@@ -328,21 +334,40 @@ async fn run_partition<S: Source>(
                 .cursor
                 .as_deref()
                 .is_none_or(|next| Some(next) == cursor.as_deref());
-        // Overlap: while this page commits, fetch the next one from the cursor it will store, if
-        // the vendor says more is waiting and the outbox has room for both pages.
-        if page.more && !stuck {
-            prefetched = Prefetch::start(&ctx, &source, &partition, &page).await;
-        }
         // How long this page kept the loop waiting (its fetch, beyond the last commit), and how
         // long its commit took: the debug log's view of which stage holds a backfill up.
         let waited = waiting.elapsed();
         let committing = Instant::now();
+        // What the loop reports of the page's events, taken before the commit lets them go.
+        let polled_events = page.events.len() as u64;
+        let newest = page.events.iter().map(|e| e.time).max();
+        let page_bytes: i64 = page
+            .events
+            .iter()
+            .map(|e| e.record.as_str().len() as i64)
+            .sum();
+        // Overlap: while this page commits, fetch the next one from the cursor it will store, if
+        // the vendor says more is waiting and the outbox has room for both pages. A large page is
+        // compressed and let go first, so a partition holds one large response body at a time.
+        let fetch_next = page.more && !stuck;
+        let early = page_bytes <= EARLY_FETCH_MAX_BYTES;
+        if fetch_next && early {
+            prefetched = Prefetch::start(&ctx, &source, &partition, &page, page_bytes as u64).await;
+        }
         // The commit is not raced against the stop signal: it finishes or never started.
-        match commit(&ctx, &id, &partition, &page).await {
+        let committed = match prepare(&ctx, &id, &partition, &mut page).await {
+            Ok(prepared) => {
+                if fetch_next && !early {
+                    prefetched =
+                        Prefetch::start(&ctx, &source, &partition, &page, page_bytes as u64).await;
+                }
+                commit(&ctx, &id, &partition, prepared).await
+            }
+            Err(e) => Err(e),
+        };
+        match committed {
             Ok(summary) => {
-                metrics
-                    .polled
-                    .fetch_add(page.events.len() as u64, Ordering::Relaxed);
+                metrics.polled.fetch_add(polled_events, Ordering::Relaxed);
                 metrics.new.fetch_add(summary.appended, Ordering::Relaxed);
                 metrics
                     .duplicates
@@ -351,19 +376,13 @@ async fn run_partition<S: Source>(
                     metrics.record_error("stalled");
                 } else {
                     backoff.reset();
-                    let newest = page.events.iter().map(|e| e.time).max();
                     metrics.record_success(newest, page.more);
                 }
                 report.appended += summary.appended;
                 report.duplicates += summary.duplicates;
                 if summary.appended > 0 {
                     // Duplicates counted too: an over-estimate only pauses a little early.
-                    let bytes = page
-                        .events
-                        .iter()
-                        .map(|e| e.record.as_str().len() as i64)
-                        .sum();
-                    ctx.note_appended(&id, bytes);
+                    ctx.note_appended(&id, page_bytes);
                     ctx.appended.notify_waiters();
                 }
                 // Only records kept for the first time: one fetched again by an overlapping window
@@ -433,8 +452,9 @@ async fn run_partition<S: Source>(
 
 /// The poll of a partition's next page, started while the page before it commits.
 ///
-/// At most one per partition, so memory stays bounded by two pages (one committing, one
-/// fetched). Dropping it aborts the request: after a stop, or when the commit it depended on
+/// At most one per partition. After a large page it starts once that page was compressed and its
+/// events let go (see [`prepare`] and [`EARLY_FETCH_MAX_BYTES`]), so a partition holds one large
+/// response body at a time beside the compressed records of the page committing. Dropping it aborts the request: after a stop, or when the commit it depended on
 /// failed (its cursor never became the stored one, so nothing it fetched may be committed).
 struct Prefetch {
     /// The cursor it was polled from: the cursor of the page being committed.
@@ -445,19 +465,16 @@ struct Prefetch {
 
 impl Prefetch {
     /// Starts polling the page after `page` from its cursor, if back-pressure allows a poll
-    /// with `page`'s records counted as if already in the outbox. `None`: not started (no room, or
-    /// the room could not be measured); the loop then polls the usual way, after the commit.
+    /// with `page`'s records (`pending` bytes) counted as if already in the outbox. `None`: not
+    /// started (no room, or the room could not be measured); the loop then polls the usual way,
+    /// after the commit.
     async fn start<S: Source>(
         ctx: &Context,
         source: &Arc<S>,
         partition: &Partition,
         page: &crate::event::Page,
+        pending: u64,
     ) -> Option<Prefetch> {
-        let pending: u64 = page
-            .events
-            .iter()
-            .map(|e| e.record.as_str().len() as u64)
-            .sum();
         if !matches!(
             ctx.room_for_with(source.id(), pending).await,
             Ok(Room::Free)
@@ -486,12 +503,29 @@ impl Drop for Prefetch {
     }
 }
 
-/// Commits a polled page: the one place the loop writes a page.
+/// Makes a polled page ready to commit and lets its events go: their response body is the
+/// largest thing a partition holds, and it is freed before the next page is fetched (see
+/// `Prefetch`). `page` keeps its cursor, flags and rejected records.
+async fn prepare(
+    ctx: &Context,
+    id: &str,
+    partition: &Partition,
+    page: &mut crate::event::Page,
+) -> Result<crate::store::PreparedPage, crate::store::StoreError> {
+    let prepared = ctx
+        .store
+        .prepare_page(id, partition, page, Utc::now())
+        .await?;
+    page.events = Vec::new();
+    Ok(prepared)
+}
+
+/// Commits a prepared page: the one place the loop writes a page.
 async fn commit(
     ctx: &Context,
     id: &str,
     partition: &Partition,
-    page: &crate::event::Page,
+    prepared: crate::store::PreparedPage,
 ) -> Result<crate::store::CommitSummary, crate::store::StoreError> {
     #[cfg(test)]
     {
@@ -504,7 +538,7 @@ async fn commit(
             hook.await?;
         }
     }
-    ctx.store.commit_page(id, partition, page, Utc::now()).await
+    ctx.store.commit_prepared(id, partition, prepared).await
 }
 
 /// How often a partition stopped on an unreadable cursor says so again while the daemon runs.

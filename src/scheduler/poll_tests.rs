@@ -355,15 +355,30 @@ async fn a_stuck_sink_pauses_only_the_sources_routed_to_it_and_warns_before_the_
 /// A source of three pages (`None` → a, `"1"` → b, `"2"` → c; "more" after a and b) that
 /// records the cursor of every poll and publishes how many polls it has answered.
 struct PagedSource {
+    /// Bytes of padding in each page's record.
+    padding: usize,
     polls: std::sync::Mutex<Vec<Option<String>>>,
     answered: tokio::sync::watch::Sender<usize>,
+    /// Each answered page's body, in the order served; its events are slices of it.
+    bodies: std::sync::Mutex<Vec<crate::shared_text::SharedText>>,
+    /// For each poll after the first: the body served before was still held by someone else
+    /// when the poll began.
+    previous_body_held: std::sync::Mutex<Vec<bool>>,
 }
 
 impl PagedSource {
     fn new() -> Arc<Self> {
+        PagedSource::with_padding(0)
+    }
+
+    /// Pages whose record carries `padding` bytes more (a large page).
+    fn with_padding(padding: usize) -> Arc<Self> {
         Arc::new(PagedSource {
+            padding,
             polls: std::sync::Mutex::new(Vec::new()),
             answered: tokio::sync::watch::channel(0).0,
+            bodies: std::sync::Mutex::new(Vec::new()),
+            previous_body_held: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -383,20 +398,36 @@ impl Source for PagedSource {
 
     async fn poll(&self, _: &Partition, cursor: Option<&str>) -> Result<Page, SourceError> {
         self.polls.lock().unwrap().push(cursor.map(str::to_string));
+        if let Some(previous) = self.bodies.lock().unwrap().last() {
+            self.previous_body_held
+                .lock()
+                .unwrap()
+                .push(!previous.is_only_handle());
+        }
         let (id, next, more) = match cursor {
             None => ("a", "1", true),
             Some("1") => ("b", "2", true),
             Some("2") => ("c", "3", false),
             Some(other) => panic!("polled from {other}"),
         };
-        let raw = serde_json::value::RawValue::from_string(format!(r#"{{"id":"{id}"}}"#)).unwrap();
+        // A body the page's event is a slice of, as a vendor source reads it.
+        let body = crate::shared_text::SharedText::from(if self.padding == 0 {
+            format!(r#"{{"id":"{id}"}}"#)
+        } else {
+            format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(self.padding))
+        });
+        let raw: &serde_json::value::RawValue = serde_json::from_str(body.as_str()).unwrap();
+        let event = crate::event::Event::in_body(
+            id.to_string(),
+            Utc::now(),
+            crate::event::Severity::new(1),
+            raw,
+            &body,
+        );
+        assert!(event.record.same_buffer_as(&body));
+        self.bodies.lock().unwrap().push(body.clone());
         let page = Page {
-            events: vec![crate::event::Event::new(
-                id.to_string(),
-                Utc::now(),
-                crate::event::Severity::new(1),
-                &raw,
-            )],
+            events: vec![event],
             cursor: Some(next.to_string()),
             more,
             ..Page::default()
@@ -428,6 +459,66 @@ async fn outbox_ids(ctx: &Context) -> Vec<String> {
         .await
         .unwrap();
     records.into_iter().map(|r| r.event_id).collect()
+}
+
+#[tokio::test]
+async fn a_page_lets_go_of_its_body_before_its_commit_and_before_the_next_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &dir,
+        Mode::Backfill {
+            max_poll_failures: 3,
+        },
+    )
+    .await;
+    // Pages above `EARLY_FETCH_MAX_BYTES`.
+    let source = PagedSource::with_padding(super::EARLY_FETCH_MAX_BYTES as usize + 1);
+    // At each commit's turn, the body of the page being committed must be held by the source's
+    // own handle alone: the page's events, which are slices of it, were let go once compressed.
+    let held: Arc<std::sync::Mutex<Vec<bool>>> = Arc::default();
+    let (bodies, record) = (source.clone(), held.clone());
+    before_each_commit(&ctx, move |n| {
+        let only = bodies.bodies.lock().unwrap()[n].is_only_handle();
+        record.lock().unwrap().push(!only);
+        Box::pin(async { Ok(()) })
+    });
+    let reports = run_source(ctx.clone(), source.clone(), Duration::from_secs(60)).await;
+    assert_eq!(reports[0].appended, 3, "{:?}", reports[0]);
+    assert_eq!(*held.lock().unwrap(), vec![false, false, false]);
+    // The next page was fetched (during the commit) only once the page before it was let go:
+    // one response body at a time.
+    assert_eq!(
+        *source.previous_body_held.lock().unwrap(),
+        vec![false, false]
+    );
+    // And what was compressed is what the outbox holds.
+    let records = ctx
+        .store
+        .read_batch(0, &["paged".to_string()], 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let pad = "x".repeat(super::EARLY_FETCH_MAX_BYTES as usize + 1);
+    assert_eq!(records[1].record, format!(r#"{{"id":"b","pad":"{pad}"}}"#));
+}
+
+#[tokio::test]
+async fn a_small_page_has_the_next_one_fetched_while_it_is_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &dir,
+        Mode::Backfill {
+            max_poll_failures: 3,
+        },
+    )
+    .await;
+    let source = PagedSource::new();
+    let reports = run_source(ctx.clone(), source.clone(), Duration::from_secs(60)).await;
+    assert_eq!(reports[0].appended, 3, "{:?}", reports[0]);
+    // Each next poll began while the page before it still held its body: no wait for its
+    // compression.
+    assert_eq!(*source.previous_body_held.lock().unwrap(), vec![true, true]);
 }
 
 #[tokio::test]

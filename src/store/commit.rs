@@ -7,10 +7,10 @@
 use chrono::{DateTime, Utc};
 
 use super::chunk::ChunkEntry;
-use super::outbox::{self, Destination};
+use super::outbox::{self, Destination, EncodedChunk};
 use super::seen::{self, SeenKey};
 use super::{commit_tx, millis, query_err, Store, StoreError};
-use crate::event::{Page, Partition};
+use crate::event::{Page, Partition, Rejected};
 
 /// What committing one page did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,9 +23,31 @@ pub struct CommitSummary {
     pub rejected: u64,
 }
 
+/// A page made ready for its commit by [`Store::prepare_page`]: its records compressed into outbox
+/// chunks and its seen-set keys. It holds no record text of its own, so the page, and the response
+/// body its records share, can be let go while the commit waits for its turn and writes.
+pub struct PreparedPage {
+    /// The partition's seen-set scope.
+    scope: i64,
+    /// Commit time, ms.
+    now_ms: i64,
+    /// Each event's seen-set key and event time (ms), in page order.
+    rows: Vec<(SeenKey, i64)>,
+    /// Every event in page order, compressed on the likely guess that all are new (a page read
+    /// from the cursor on).
+    chunks: Vec<EncodedChunk>,
+    /// Records that could not become events.
+    rejected: Vec<Rejected>,
+    /// The page's next cursor, if it moves it.
+    cursor: Option<String>,
+    /// The source clamped the cursor.
+    clamped: bool,
+}
+
 impl Store {
     /// Commits one page in one transaction: drops ids already seen, appends the rest to the outbox,
-    /// remembers their ids and moves the cursor (if the page carries one).
+    /// remembers their ids and moves the cursor (if the page carries one). The same as
+    /// [`Store::prepare_page`] then [`Store::commit_prepared`].
     pub async fn commit_page(
         &self,
         source: &str,
@@ -33,59 +55,99 @@ impl Store {
         page: &Page,
         now: DateTime<Utc>,
     ) -> Result<CommitSummary, StoreError> {
-        let now_ms = millis(now);
+        let prepared = self.prepare_page(source, partition, page, now).await?;
+        self.commit_prepared(source, partition, prepared).await
+    }
+
+    /// Makes `page` ready for [`Store::commit_prepared`]: its seen-set keys, and its records
+    /// compressed into chunks. Writes nothing of the page (it may create the partition's seen-set
+    /// scope, which is empty). Compressing takes a good part of a commit, and it is done here so
+    /// the writer's turn is not held for it and the page can be dropped before the commit.
+    pub async fn prepare_page(
+        &self,
+        source: &str,
+        partition: &Partition,
+        page: &Page,
+        now: DateTime<Utc>,
+    ) -> Result<PreparedPage, StoreError> {
         let scope = self.seen_scope(source, &partition.stream).await?;
-        let keys: Vec<SeenKey> = page
+        let rows = page
             .events
             .iter()
-            .map(|e| seen::key(millis(e.key_time), &e.id))
+            .map(|e| (seen::key(millis(e.key_time), &e.id), millis(e.time)))
             .collect();
-        let rows: Vec<(SeenKey, i64)> = keys
-            .iter()
-            .zip(&page.events)
-            .map(|(k, e)| (*k, millis(e.time)))
-            .collect();
-        // The page's chunks, made before the transaction on the likely guess that every event is
-        // new (a page from the cursor on): compressing takes a third of a commit, and other
-        // writers (sinks recording deliveries) need not wait for it.
-        let started = std::time::Instant::now();
         let entries: Vec<ChunkEntry<&str>> = page.events.iter().map(chunk_entry).collect();
-        let guessed = outbox::encode_chunks(&entries).await;
-        let encoded_at = started.elapsed();
+        let chunks = outbox::encode_chunks(&entries).await;
+        Ok(PreparedPage {
+            scope,
+            now_ms: millis(now),
+            rows,
+            chunks,
+            rejected: page.rejected.clone(),
+            cursor: page.cursor.clone(),
+            clamped: page.cursor_clamped.is_some(),
+        })
+    }
+
+    /// Commits a page made ready by [`Store::prepare_page`], in one transaction: drops ids already
+    /// seen, appends the rest to the outbox, remembers their ids and moves the cursor (if the page
+    /// carries one).
+    pub async fn commit_prepared(
+        &self,
+        source: &str,
+        partition: &Partition,
+        prepared: PreparedPage,
+    ) -> Result<CommitSummary, StoreError> {
+        let PreparedPage {
+            scope,
+            now_ms,
+            rows,
+            chunks,
+            rejected: rejected_records,
+            cursor,
+            clamped,
+        } = prepared;
+        let started = std::time::Instant::now();
         let mut tx = self.begin("starting a page commit").await?;
         let turn_at = started.elapsed();
 
         // 1. Remember ids; only the keys that were new come back. An id the vendor served again
         //    stays remembered as long as it keeps serving it (its `seen_at` moves), so pruning by
         //    age never forgets an id that a later page would bring back. While ids recorded before
-        //    the integer seen-set remain, one of those is not new either.
+        //    the integer seen-set remain, one of those is not new either (its id is read back from
+        //    the page's chunks: only while that older table holds rows).
         let mut fresh = seen::insert_new(&mut tx, scope, &rows, now_ms).await?;
+        let mut entries: Option<Vec<ChunkEntry<String>>> = None;
         if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && !fresh.is_empty() {
-            let candidates: Vec<&str> = page
-                .events
+            let all = outbox::decode_encoded(&chunks)?;
+            let candidates: Vec<&str> = all
                 .iter()
-                .zip(&keys)
-                .filter(|(_, k)| fresh.contains(*k))
+                .zip(&rows)
+                .filter(|(_, (k, _))| fresh.contains(k))
                 .map(|(e, _)| e.id.as_str())
                 .collect();
             let old = seen::in_legacy(&mut tx, source, &partition.stream, &candidates).await?;
-            for (e, k) in page.events.iter().zip(&keys) {
+            for (e, (k, _)) in all.iter().zip(&rows) {
                 if old.contains(&e.id) {
                     fresh.remove(k);
                 }
             }
+            entries = Some(all);
         }
         let seen_at = started.elapsed();
 
         // 2. Append the new events in vendor order (a page may repeat an id; keep the first),
-        //    compressed in chunks: each record is written once.
-        let new_events: Vec<ChunkEntry<&str>> = page
-            .events
+        //    compressed in chunks: each record is written once. When some were not new, the
+        //    page's chunks are read back and the new events compressed again.
+        let keep: Vec<bool> = rows.iter().map(|(k, _)| fresh.remove(k)).collect();
+        let appended = keep.iter().filter(|k| **k).count() as u64;
+        let duplicates = rows.len() as u64 - appended;
+        let newest = rows
             .iter()
-            .zip(&keys)
-            .filter(|(_, k)| fresh.remove(*k))
-            .map(|(e, _)| chunk_entry(e))
-            .collect();
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|((_, time_ms), _)| *time_ms)
+            .max();
         let destination = Destination {
             source,
             stream: &partition.stream,
@@ -93,9 +155,24 @@ impl Store {
             ingest_ms: now_ms,
             target_sink: None,
         };
-        if new_events.len() == entries.len() {
-            outbox::append_encoded(&mut tx, &destination, &guessed).await?;
-        } else {
+        if duplicates == 0 {
+            outbox::append_encoded(&mut tx, &destination, &chunks).await?;
+        } else if appended > 0 {
+            let all = match entries {
+                Some(all) => all,
+                None => outbox::decode_encoded(&chunks)?,
+            };
+            let new_events: Vec<ChunkEntry<&str>> = all
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(e, _)| ChunkEntry {
+                    id: e.id.as_str(),
+                    time_ms: e.time_ms,
+                    severity: e.severity,
+                    record: e.record.as_str(),
+                })
+                .collect();
             outbox::append(&mut tx, &destination, &new_events).await?;
         }
         let appended_at = started.elapsed();
@@ -103,7 +180,7 @@ impl Store {
         // 3. Keep the records that could not become events, once each: a record fetched again
         //    (overlapping windows, boundary repeats) is not counted twice.
         let mut rejected = 0u64;
-        for r in &page.rejected {
+        for r in &rejected_records {
             rejected += sqlx::query(
                 "INSERT INTO rejected_records (source, stream, tenant, url, reason, record, at)
                  VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -122,9 +199,6 @@ impl Store {
         }
 
         // 4. Move the cursor and the partition's counters.
-        let appended = new_events.len() as u64;
-        let duplicates = page.events.len() as u64 - appended;
-        let newest = new_events.iter().map(|e| e.time_ms).max();
         sqlx::query(
             "INSERT INTO cursors (source, stream, tenant, cursor, updated_at, last_success_at, newest_event_at,
                                   events_total, duplicates_total, clamps_total, rejected_total)
@@ -142,12 +216,12 @@ impl Store {
         .bind(source)
         .bind(&partition.stream)
         .bind(&partition.tenant)
-        .bind(page.cursor.as_deref())
+        .bind(cursor.as_deref())
         .bind(now_ms)
         .bind(newest)
         .bind(appended as i64)
         .bind(duplicates as i64)
-        .bind(i64::from(page.cursor_clamped.is_some()))
+        .bind(i64::from(clamped))
         .bind(rejected as i64)
         .execute(&mut *tx)
         .await
@@ -157,9 +231,8 @@ impl Store {
         commit_tx(tx, "committing a page").await?;
         tracing::trace!(
             source,
-            events = page.events.len(),
-            encode_us = encoded_at.as_micros() as u64,
-            turn_us = (turn_at - encoded_at).as_micros() as u64,
+            events = rows.len(),
+            turn_us = turn_at.as_micros() as u64,
             seen_us = (seen_at - turn_at).as_micros() as u64,
             append_us = (appended_at - seen_at).as_micros() as u64,
             cursor_us = (cursor_at - appended_at).as_micros() as u64,

@@ -71,7 +71,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 /// The outbox row type lives beside [`crate::event::Event`]; re-exported for callers that know it here.
 pub use crate::event::OutboxRecord;
 pub use acks::HecLedger;
-pub use commit::CommitSummary;
+pub use commit::{CommitSummary, PreparedPage};
 pub use cursors::{CursorState, ResetSummary};
 pub use dead_letters::DeadLetter;
 pub use growth::{DatabaseSize, StoreGrowth};

@@ -122,6 +122,23 @@ pub(super) async fn encode_chunks(entries: &[ChunkEntry<&str>]) -> Vec<EncodedCh
     chunks
 }
 
+/// The records of `chunks` (made by [`encode_chunks`]) read back, in order: a page whose events
+/// were not all new is compressed again from them, and its ids are read from them.
+pub(super) fn decode_encoded(
+    chunks: &[EncodedChunk],
+) -> Result<Vec<ChunkEntry<String>>, StoreError> {
+    let mut all = Vec::with_capacity(chunks.iter().map(|c| c.records).sum());
+    for c in chunks {
+        let entries =
+            chunk::decode(&c.body, c.records, 0, c.records).map_err(|e| StoreError::Query {
+                doing: "reading back a page's compressed records",
+                source: sqlx::Error::Decode(Box::new(e)),
+            })?;
+        all.extend(entries);
+    }
+    Ok(all)
+}
+
 /// Writes `chunks` at positions from `first_seq` on (already handed out) and counts their records
 /// in `outbox_totals`. Part of the caller's transaction. Returns the records written.
 async fn place_encoded(
