@@ -56,7 +56,7 @@ fn main() {
         event_time: Utc.timestamp_millis_opt(1_795_168_800_000).unwrap(),
         ingest_time: Utc.timestamp_millis_opt(1_795_168_800_000).unwrap(),
         severity: 8,
-        record: record_text.clone(),
+        record: record_text.clone().into(),
     };
     println!("one core, {N} events each");
     let mut line = String::with_capacity(2048);

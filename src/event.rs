@@ -260,8 +260,8 @@ pub struct OutboxRecord {
     pub ingest_time: DateTime<Utc>,
     /// Severity 0–10.
     pub severity: u8,
-    /// The vendor record, compact JSON.
-    pub record: String,
+    /// The vendor record, compact JSON (a slice of the outbox chunk it was read from).
+    pub record: SharedText,
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! be a slice of the response body it came in instead of a copy of it.
 //!
 //! Owns: the one conversion from the buffer's bytes back to `&str`. Must not: be built from bytes
-//! that are not known to be UTF-8 — every constructor takes a `String` or a `&str`, and a slice is
-//! always a `&str` inside the text. Invariant: the bytes are valid UTF-8, so [`SharedText::as_str`]
-//! never needs to check them again.
+//! that are not known to be UTF-8 — every constructor takes a `String` or a `&str`, or checks the
+//! bytes it is given ([`SharedText::from_utf8`]), and a slice is always a `&str` inside the text.
+//! Invariant: the bytes are valid UTF-8, so [`SharedText::as_str`] never needs to check them again.
 //!
 //! Why: a 10,000-event page is a 13 MB body. Copying every record out of it kept the body and the
 //! copies alive together while the page was parsed, next to the page being committed; sharing the
@@ -23,6 +23,13 @@ impl SharedText {
         // SAFETY: every constructor starts from a `String` or a `&str`, and `share` slices along
         // a `&str` inside this text, so the bytes are always whole UTF-8 (module invariant).
         unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// `bytes` as text, if they are UTF-8: the buffer is shared, not copied (a record read back
+    /// from an outbox chunk stays a slice of the chunk).
+    pub fn from_utf8(bytes: Bytes) -> Result<SharedText, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(SharedText(bytes))
     }
 
     /// No other handle shares this text's buffer (tests: a page's body was let go).
@@ -76,6 +83,24 @@ impl std::ops::Deref for SharedText {
     }
 }
 
+impl PartialEq<str> for SharedText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SharedText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for SharedText {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
 impl std::fmt::Debug for SharedText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
@@ -110,6 +135,22 @@ mod tests {
         assert_eq!(body.share("").as_str(), "");
         assert_eq!(format!("{shared:?}"), format!("{part:?}"));
         assert_eq!(shared.len(), part.len());
+    }
+
+    #[test]
+    fn bytes_become_text_only_when_they_are_utf8() {
+        let buffer = Bytes::from(vec![0xff, b'a', 0xc3, 0xa4, 0xc3]);
+        let text = SharedText::from_utf8(buffer.slice(1..4)).unwrap();
+        assert_eq!(text.as_str(), "aä");
+        assert!(SharedText::from_utf8(buffer.slice(0..2)).is_err(), "0xff");
+        assert!(
+            SharedText::from_utf8(buffer.slice(1..5)).is_err(),
+            "a cut character"
+        );
+        assert_eq!(
+            SharedText::from_utf8(buffer.slice(1..1)).unwrap().as_str(),
+            ""
+        );
     }
 
     #[test]

@@ -50,9 +50,9 @@ fn records(n: usize) -> Vec<OutboxRecord> {
             ingest_time: Utc.timestamp_millis_opt(1_795_168_900_000).unwrap(),
             severity: 5,
             record: if i == 6 {
-                format!(r#"{{"id":"e-{i}","hec_reject":true}}"#)
+                format!(r#"{{"id":"e-{i}","hec_reject":true}}"#).into()
             } else {
-                format!(r#"{{"id":"e-{i}","name":"event {i}"}}"#)
+                format!(r#"{{"id":"e-{i}","name":"event {i}"}}"#).into()
             },
         })
         .collect()

@@ -76,7 +76,7 @@ fn hostile_records() -> Vec<OutboxRecord> {
                     .unwrap(),
                 ingest_time: Utc.timestamp_millis_opt(1_795_168_900_000).unwrap(),
                 severity: [1, 5, 8, 10][i % 4],
-                record: record.to_string(),
+                record: record.to_string().into(),
             }
         })
         .collect()

@@ -9,6 +9,10 @@
 //! uncompressed part is, per record: id length (u32 LE), id, event time (i64 LE, ms), severity
 //! (u8), record length (u32 LE), record (UTF-8 JSON text).
 
+use bytes::Bytes;
+
+use crate::shared_text::SharedText;
+
 /// The only layout so far.
 const FORMAT: u8 = 1;
 
@@ -62,13 +66,14 @@ pub(super) fn encode<'a>(entries: impl IntoIterator<Item = ChunkEntry<&'a str>>)
 
 /// Decodes a chunk body of `records` records, skipping its first `skip` and keeping at most `take`
 /// after them. A body holding fewer records than that is an error: its missing records must never
-/// be passed over as if delivered.
+/// be passed over as if delivered. The ids and records are slices of one decompressed buffer,
+/// not copies of it.
 pub(super) fn decode(
     body: &[u8],
     records: usize,
     skip: usize,
     take: usize,
-) -> Result<Vec<ChunkEntry<String>>, ChunkError> {
+) -> Result<Vec<ChunkEntry<SharedText>>, ChunkError> {
     let bad = |why: &str| ChunkError::Unreadable(why.to_string());
     let (&format, rest) = body.split_first().ok_or_else(|| bad("empty"))?;
     if format != FORMAT {
@@ -89,6 +94,7 @@ pub(super) fn decode(
             "{got} bytes where {len} were recorded"
         )));
     }
+    let raw = Bytes::from(raw);
     let mut out = Vec::new();
     let mut at = Reader { raw: &raw, pos: 0 };
     let mut index = 0usize;
@@ -99,10 +105,10 @@ pub(super) fn decode(
         let record = at.text()?;
         if index >= skip {
             out.push(ChunkEntry {
-                id: id.to_string(),
+                id: text_of(&raw, id)?,
                 time_ms,
                 severity,
-                record: record.to_string(),
+                record: text_of(&raw, record)?,
             });
         }
         index += 1;
@@ -134,15 +140,21 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn text(&mut self) -> Result<&'a str, ChunkError> {
+    /// The place of the next text (a length, then that many bytes); not yet checked as UTF-8.
+    fn text(&mut self) -> Result<std::ops::Range<usize>, ChunkError> {
         let len = u32::from_le_bytes(self.array::<4>()?) as usize;
-        let bytes = self
-            .raw
-            .get(self.pos..self.pos.saturating_add(len))
-            .ok_or_else(|| ChunkError::Unreadable("truncated text".into()))?;
-        self.pos += len;
-        std::str::from_utf8(bytes).map_err(|e| ChunkError::Unreadable(e.to_string()))
+        let range = self.pos..self.pos.saturating_add(len);
+        if range.end > self.raw.len() {
+            return Err(ChunkError::Unreadable("truncated text".into()));
+        }
+        self.pos = range.end;
+        Ok(range)
     }
+}
+
+/// The text at `range` of `raw`, shared with it: an error unless it is UTF-8.
+fn text_of(raw: &Bytes, range: std::ops::Range<usize>) -> Result<SharedText, ChunkError> {
+    SharedText::from_utf8(raw.slice(range)).map_err(|e| ChunkError::Unreadable(e.to_string()))
 }
 
 /// A text's length as stored. Records and ids are far below 4 GiB (a vendor page is parsed in
@@ -168,12 +180,12 @@ mod tests {
         }
     }
 
-    fn owned(e: &ChunkEntry<&str>) -> ChunkEntry<String> {
+    fn owned(e: &ChunkEntry<&str>) -> ChunkEntry<SharedText> {
         ChunkEntry {
-            id: e.id.to_string(),
+            id: e.id.into(),
             time_ms: e.time_ms,
             severity: e.severity,
-            record: e.record.to_string(),
+            record: e.record.into(),
         }
     }
 
@@ -195,13 +207,27 @@ mod tests {
     }
 
     #[test]
+    fn records_read_back_are_slices_of_one_buffer_not_copies() {
+        let entries = vec![entry("a", r#"{"id":"a"}"#), entry("b", r#"{"id":"b"}"#)];
+        let back = decode(&encode(entries), 2, 0, 2).unwrap();
+        // In the decompressed layout the second record starts right after the first one, its
+        // id's length (4), its id (1), time (8), severity (1) and its record's length (4).
+        let (first, second) = (back[0].record.as_ptr(), back[1].record.as_ptr());
+        assert_eq!(second as usize - first as usize, back[0].record.len() + 18);
+        assert_eq!(back[1].record.as_str(), r#"{"id":"b"}"#);
+        assert_eq!(back[1].id.as_str(), "b");
+    }
+
+    #[test]
     fn skip_and_take_select_a_window() {
         let entries: Vec<_> = ["r0", "r1", "r2", "r3", "r4"]
             .into_iter()
             .map(|id| entry(id, "{}"))
             .collect();
         let body = encode(entries.clone());
-        let ids = |v: Vec<ChunkEntry<String>>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let ids = |v: Vec<ChunkEntry<SharedText>>| {
+            v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>()
+        };
         assert_eq!(ids(decode(&body, 5, 2, 2).unwrap()), ["r2", "r3"]);
         assert_eq!(ids(decode(&body, 5, 4, 10).unwrap()), ["r4"]);
         assert!(decode(&body, 5, 5, 10).unwrap().is_empty());

@@ -11,6 +11,7 @@ use super::outbox::{self, Destination, EncodedChunk};
 use super::seen::{self, SeenKey};
 use super::{commit_tx, millis, query_err, Store, StoreError};
 use crate::event::{Page, Partition, Rejected};
+use crate::shared_text::SharedText;
 
 /// What committing one page did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,7 +118,7 @@ impl Store {
         //    the integer seen-set remain, one of those is not new either (its id is read back from
         //    the page's chunks: only while that older table holds rows).
         let mut fresh = seen::insert_new(&mut tx, scope, &rows, now_ms).await?;
-        let mut entries: Option<Vec<ChunkEntry<String>>> = None;
+        let mut entries: Option<Vec<ChunkEntry<SharedText>>> = None;
         if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && !fresh.is_empty() {
             let all = outbox::decode_encoded(&chunks)?;
             let candidates: Vec<&str> = all
@@ -128,7 +129,7 @@ impl Store {
                 .collect();
             let old = seen::in_legacy(&mut tx, source, &partition.stream, &candidates).await?;
             for (e, (k, _)) in all.iter().zip(&rows) {
-                if old.contains(&e.id) {
+                if old.contains(e.id.as_str()) {
                     fresh.remove(k);
                 }
             }

@@ -13,6 +13,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::chunk::{self, ChunkEntry};
 use super::{commit_tx, from_millis, query_err, Store, StoreError};
 use crate::event::OutboxRecord;
+use crate::shared_text::SharedText;
 
 /// Outbox size.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -126,7 +127,7 @@ pub(super) async fn encode_chunks(entries: &[ChunkEntry<&str>]) -> Vec<EncodedCh
 /// were not all new is compressed again from them, and its ids are read from them.
 pub(super) fn decode_encoded(
     chunks: &[EncodedChunk],
-) -> Result<Vec<ChunkEntry<String>>, StoreError> {
+) -> Result<Vec<ChunkEntry<SharedText>>, StoreError> {
     let mut all = Vec::with_capacity(chunks.iter().map(|c| c.records).sum());
     for c in chunks {
         let entries =
@@ -450,7 +451,7 @@ fn decode_chunk(
             source: source.clone(),
             stream: stream.clone(),
             tenant: tenant.clone(),
-            event_id: e.id,
+            event_id: e.id.to_string(),
             event_time: from_millis(e.time_ms),
             ingest_time,
             severity: e.severity.min(10),

@@ -69,7 +69,7 @@ impl Store {
                     .push_bind(&r.tenant)
                     .push_bind(&r.event_id)
                     .push_bind(millis(r.event_time))
-                    .push_bind(&r.record)
+                    .push_bind(r.record.as_str())
                     .push_bind(reason)
                     .push_bind(now_ms)
                     .push_bind(i64::from(r.severity))

@@ -130,7 +130,9 @@ pub(super) async fn insert_new(
     now_ms: i64,
 ) -> Result<HashSet<SeenKey>, StoreError> {
     let mut fresh: HashSet<SeenKey> = keys.iter().map(|(k, _)| *k).collect();
+    let (mut lookup, mut upsert) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+        let started = std::time::Instant::now();
         // The scope is written into the text (a number of ours, the same for every page of a
         // partition); the rest are `?`, never `?N`: binding a numbered parameter looks its name up
         // in a list, which made a statement of 500 rows cost quadratic time.
@@ -146,6 +148,8 @@ pub(super) async fn insert_new(
         for key in &known {
             fresh.remove(key);
         }
+        let looked_up = std::time::Instant::now();
+        lookup += looked_up - started;
         let sql = format!(
             "INSERT INTO seen_ids (scope, key_time, id_hash, event_time, seen_at) VALUES {}
              ON CONFLICT DO UPDATE SET seen_at = excluded.seen_at",
@@ -158,7 +162,14 @@ pub(super) async fn insert_new(
         q.execute(&mut *conn)
             .await
             .map_err(query_err("recording seen ids"))?;
+        upsert += looked_up.elapsed();
     }
+    tracing::trace!(
+        keys = keys.len(),
+        lookup_us = lookup.as_micros() as u64,
+        upsert_us = upsert.as_micros() as u64,
+        "seen-set steps"
+    );
     Ok(fresh)
 }
 

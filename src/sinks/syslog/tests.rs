@@ -62,7 +62,7 @@ fn a_large_batch_is_framed_in_record_order() {
             event_time: chrono::Utc::now(),
             ingest_time: chrono::Utc::now(),
             severity: (i % 11) as u8,
-            record: format!(r#"{{"id":"e-{i}"}}"#),
+            record: format!(r#"{{"id":"e-{i}"}}"#).into(),
         })
         .collect();
     let mut one_by_one = Vec::new();
