@@ -4,12 +4,14 @@
 //! Must not: commit part of a page. Invariant: a crash leaves the old cursor, or the new one with
 //! its events on disk; an id the vendor keeps serving is never forgotten by age.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 use super::chunk::ChunkEntry;
 use super::outbox::{self, Destination, EncodedChunk};
 use super::seen::{self, SeenKey};
-use super::{commit_tx, millis, query_err, Store, StoreError};
+use super::{commit_tx_then, millis, query_err, Store, StoreError};
 use crate::event::{Page, Partition, Rejected};
 use crate::shared_text::SharedText;
 
@@ -109,15 +111,37 @@ impl Store {
             clamped,
         } = prepared;
         let started = std::time::Instant::now();
+        // 0. Look the keys up before taking the turn: a read, and a quarter of what the turn was
+        //    held for; the other writers (sinks recording deliveries) wait for the turn. It still
+        //    holds at step 1 unless the seen-set count moved (see `seen::SeenChanges`).
+        let token = self.seen_token(scope);
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(query_err("looking up seen ids"))?;
+        let known_before = seen::known(&mut conn, scope, &rows).await?;
+        drop(conn);
+        let looked_up_at = started.elapsed();
         let mut tx = self.begin("starting a page commit").await?;
         let turn_at = started.elapsed();
 
-        // 1. Remember ids; only the keys that were new come back. An id the vendor served again
-        //    stays remembered as long as it keeps serving it (its `seen_at` moves), so pruning by
-        //    age never forgets an id that a later page would bring back. While ids recorded before
+        // 1. Remember ids; the keys not there before are new. An id the vendor served again stays
+        //    remembered as long as it keeps serving it (its `seen_at` moves), so pruning by age
+        //    never forgets an id that a later page would bring back. While ids recorded before
         //    the integer seen-set remain, one of those is not new either (its id is read back from
         //    the page's chunks: only while that older table holds rows).
-        let mut fresh = seen::insert_new(&mut tx, scope, &rows, now_ms).await?;
+        let known = if self.seen_token(scope) == token {
+            known_before
+        } else {
+            seen::known(&mut tx, scope, &rows).await?
+        };
+        seen::upsert(&mut tx, scope, &rows, now_ms).await?;
+        let mut fresh: HashSet<SeenKey> = rows
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| !known.contains(k))
+            .collect();
         let mut entries: Option<Vec<ChunkEntry<SharedText>>> = None;
         if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && !fresh.is_empty() {
             let all = outbox::decode_encoded(&chunks)?;
@@ -229,11 +253,15 @@ impl Store {
         .map_err(query_err("moving a cursor"))?;
 
         let cursor_at = started.elapsed();
-        commit_tx(tx, "committing a page").await?;
+        commit_tx_then(tx, "committing a page", || {
+            self.note_seen_change(Some(scope))
+        })
+        .await?;
         tracing::trace!(
             source,
             events = rows.len(),
-            turn_us = turn_at.as_micros() as u64,
+            lookup_us = looked_up_at.as_micros() as u64,
+            turn_us = (turn_at - looked_up_at).as_micros() as u64,
             seen_us = (seen_at - turn_at).as_micros() as u64,
             append_us = (appended_at - seen_at).as_micros() as u64,
             cursor_us = (cursor_at - appended_at).as_micros() as u64,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{commit_tx, millis, query_err, seen, time_at, Store, StoreError};
+use super::{commit_tx_then, millis, query_err, seen, time_at, Store, StoreError};
 use crate::event::Partition;
 
 /// Per-partition state, as `secrelay state` shows it.
@@ -117,7 +117,7 @@ impl Store {
             Some(t) => seen::forget_since(&mut tx, source, millis(t)).await?,
             None => 0,
         };
-        commit_tx(tx, "committing a reset").await?;
+        commit_tx_then(tx, "committing a reset", || self.note_seen_change(None)).await?;
         Ok(ResetSummary { cursors, seen })
     }
 

@@ -134,6 +134,19 @@ async fn commit_tx(tx: WriteTx, doing: &'static str) -> Result<(), StoreError> {
     tx.tx.commit().await.map_err(query_err(doing))
 }
 
+/// [`commit_tx`], then `committed` once the transaction is on disk and before the turn is given
+/// up: what it notes (see [`seen::SeenChanges`]) is known to the next writer before it starts.
+async fn commit_tx_then(
+    tx: WriteTx,
+    doing: &'static str,
+    committed: impl FnOnce(),
+) -> Result<(), StoreError> {
+    let WriteTx { tx, _turn } = tx;
+    tx.commit().await.map_err(query_err(doing))?;
+    committed();
+    Ok(())
+}
+
 /// A write transaction holding this process's turn to write (see [`Store::begin`]). Dropped
 /// without [`commit_tx`], it rolls back and gives the turn up.
 struct WriteTx {
@@ -188,6 +201,8 @@ pub struct Store {
     scopes: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), i64>>>,
     /// Set while the older, text-keyed `seen` table holds rows (see `seen.rs`).
     legacy_seen: Arc<std::sync::atomic::AtomicBool>,
+    /// This process's changes to the seen-set, counted (see `seen.rs`).
+    seen_changes: Arc<std::sync::Mutex<seen::SeenChanges>>,
     /// Held while one task checkpoints the WAL, off the commit path (see `open.rs`).
     checkpointing: Arc<tokio::sync::Mutex<()>>,
     /// This process's turn to write: held for a whole write transaction (see [`Store::begin`]).

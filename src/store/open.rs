@@ -116,6 +116,7 @@ impl Store {
             reclaiming: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             scopes: Arc::default(),
             legacy_seen: Arc::default(),
+            seen_changes: Arc::default(),
             checkpointing: Arc::default(),
             writing: Arc::default(),
             writer_lock: lock,

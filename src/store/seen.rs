@@ -97,6 +97,7 @@ impl Store {
                 .map_err(query_err("pruning the seen-set"))?
                 .rows_affected();
         }
+        self.note_seen_change(None);
         self.note_legacy_seen().await?;
         Ok(removed)
     }
@@ -114,25 +115,66 @@ impl Store {
     }
 }
 
-/// Records `keys` (scope `scope`, served at `now_ms`), each with its event's time; returns those
-/// that were not there yet. A key given twice is new once. A key already there is marked as
-/// served again (its `seen_at` moves to `now_ms`), so pruning by age never forgets an id the
-/// vendor keeps serving.
-///
-/// Two statements per run of keys: a lookup of those already there (on a page of new events, none
-/// come back), then one upsert. An `INSERT … RETURNING` of the new keys did it in one, but it
-/// handed every new key back as a row of its own, and rows cost more than the insert (measured:
-/// 65–90 ms of a 10,000-event page commit).
-pub(super) async fn insert_new(
+/// Changes this process made to the seen-set, counted: by scope for page commits, and once for
+/// all scopes for resets and pruning. A commit looks its keys up before it takes the writer's turn
+/// (a lookup is a read, which needs no turn, and it took a quarter of the time the turn was held);
+/// once it holds the turn, an unchanged count says no commit of its scope, reset or prune ended
+/// in between, so the lookup still holds. A count moves after its transaction is on disk and
+/// before the turn is given up, so a lookup that read the count first either saw that
+/// transaction's rows or finds the count moved. Only this process writes the database (its
+/// writer lock), so nothing else changes the seen-set. (Pruning does not take the turn: a key it
+/// removes after the lookup is then taken as seen, which it was; nothing is lost.)
+#[derive(Debug, Default)]
+pub(super) struct SeenChanges {
+    /// Resets and prunes.
+    all: u64,
+    /// Page commits, by scope.
+    by_scope: std::collections::HashMap<i64, u64>,
+}
+
+/// What [`SeenChanges`] said when a lookup started.
+pub(super) type SeenToken = (u64, u64);
+
+impl SeenChanges {
+    pub(super) fn token(&self, scope: i64) -> SeenToken {
+        (self.all, self.by_scope.get(&scope).copied().unwrap_or(0))
+    }
+
+    /// Notes a change to `scope`, or to every scope (`None`).
+    pub(super) fn note(&mut self, scope: Option<i64>) {
+        match scope {
+            Some(scope) => *self.by_scope.entry(scope).or_default() += 1,
+            None => self.all += 1,
+        }
+    }
+}
+
+impl Store {
+    /// The seen-set's change count for `scope` now (see [`SeenChanges`]).
+    pub(super) fn seen_token(&self, scope: i64) -> SeenToken {
+        self.seen_changes
+            .lock()
+            .map(|c| c.token(scope))
+            // A poisoned count never matches a token taken before: the lookup is done again.
+            .unwrap_or((u64::MAX, u64::MAX))
+    }
+
+    /// Notes a change to the seen-set of `scope`, or of every scope (`None`).
+    pub(super) fn note_seen_change(&self, scope: Option<i64>) {
+        if let Ok(mut c) = self.seen_changes.lock() {
+            c.note(scope);
+        }
+    }
+}
+
+/// Of `keys` (scope `scope`), those the seen-set holds. A read: it needs no transaction.
+pub(super) async fn known(
     conn: &mut SqliteConnection,
     scope: i64,
     keys: &[(SeenKey, i64)],
-    now_ms: i64,
 ) -> Result<HashSet<SeenKey>, StoreError> {
-    let mut fresh: HashSet<SeenKey> = keys.iter().map(|(k, _)| *k).collect();
-    let (mut lookup, mut upsert) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let mut found = HashSet::new();
     for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-        let started = std::time::Instant::now();
         // The scope is written into the text (a number of ours, the same for every page of a
         // partition); the rest are `?`, never `?N`: binding a numbered parameter looks its name up
         // in a list, which made a statement of 500 rows cost quadratic time.
@@ -141,15 +183,30 @@ pub(super) async fn insert_new(
         for ((key_time, hash), _) in chunk {
             q = q.bind(key_time).bind(hash);
         }
-        let known = q
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(query_err("looking up seen ids"))?;
-        for key in &known {
-            fresh.remove(key);
-        }
-        let looked_up = std::time::Instant::now();
-        lookup += looked_up - started;
+        found.extend(
+            q.fetch_all(&mut *conn)
+                .await
+                .map_err(query_err("looking up seen ids"))?,
+        );
+    }
+    Ok(found)
+}
+
+/// Records `keys` (scope `scope`, served at `now_ms`), each with its event's time. A key already
+/// there is marked as served again (its `seen_at` moves to `now_ms`), so pruning by age never
+/// forgets an id the vendor keeps serving. Part of the caller's transaction.
+///
+/// One upsert per run of keys, after a lookup ([`known`]) of those already there. An
+/// `INSERT … RETURNING` of the new keys did both in one, but it handed every new key back as a
+/// row of its own, and rows cost more than the insert (measured: 65–90 ms of a 10,000-event page
+/// commit).
+pub(super) async fn upsert(
+    conn: &mut SqliteConnection,
+    scope: i64,
+    keys: &[(SeenKey, i64)],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO seen_ids (scope, key_time, id_hash, event_time, seen_at) VALUES {}
              ON CONFLICT DO UPDATE SET seen_at = excluded.seen_at",
@@ -162,15 +219,8 @@ pub(super) async fn insert_new(
         q.execute(&mut *conn)
             .await
             .map_err(query_err("recording seen ids"))?;
-        upsert += looked_up.elapsed();
     }
-    tracing::trace!(
-        keys = keys.len(),
-        lookup_us = lookup.as_micros() as u64,
-        upsert_us = upsert.as_micros() as u64,
-        "seen-set steps"
-    );
-    Ok(fresh)
+    Ok(())
 }
 
 /// The statement that finds which of `n` keys (bound as `key_time, id_hash` pairs) scope `scope`

@@ -975,3 +975,86 @@ async fn a_write_transaction_that_reads_first_is_not_undone_by_another_writer() 
     commit_tx(tx, "testing").await.unwrap();
     other.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_id_committed_by_another_partition_while_a_commit_waits_is_not_appended_twice() {
+    let (_dir, store) = store().await;
+    // Two tenants of one stream share a seen-set scope. Both commits look id x up before the
+    // writer's turn (held here), find it unknown, then queue for the turn.
+    let turn = store.writing.clone().lock_owned().await;
+    let mut commits = Vec::new();
+    for tenant in ["t1", "t2"] {
+        let mine = store.clone();
+        commits.push(tokio::spawn(async move {
+            let page = Page {
+                events: vec![event("x", 1000)],
+                ..Page::default()
+            };
+            mine.commit_page("s", &Partition::new("e", tenant), &page, Utc::now())
+                .await
+                .unwrap()
+        }));
+        // Each task holds the turn's handle twice once it queues for it (its store's and its
+        // wait's), beside this store's and the held turn's: then its lookup is done.
+        while Arc::strong_count(&store.writing) < 2 + 2 * commits.len() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    drop(turn);
+    let mut summaries = Vec::new();
+    for c in commits {
+        summaries.push(c.await.unwrap());
+    }
+    // The first to get the turn appends x; the second finds its lookup outdated, looks again
+    // under the turn, and drops x as seen.
+    let appended: Vec<u64> = summaries.iter().map(|s| s.appended).collect();
+    assert_eq!(appended, [1, 0]);
+    assert_eq!(summaries[1].duplicates, 1);
+    let records = store.read_batch(0, &["s".to_string()], 10).await.unwrap();
+    assert_eq!(records.len(), 1);
+}
+
+#[tokio::test]
+async fn an_id_forgotten_by_a_reset_while_a_commit_waits_is_appended_again() {
+    let (_dir, store) = store().await;
+    let p = Partition::new("e", "");
+    let page = || Page {
+        events: vec![event("x", 1000)],
+        ..Page::default()
+    };
+    store
+        .commit_page("s", &p, &page(), Utc::now())
+        .await
+        .unwrap();
+    // A reset queues for the turn (held here); then a commit of x looks it up (seen) and queues
+    // behind it.
+    let turn = store.writing.clone().lock_owned().await;
+    let resetting = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .reset("s", Some(Utc.timestamp_opt(0, 0).unwrap()))
+                .await
+                .unwrap()
+        }
+    });
+    while Arc::strong_count(&store.writing) < 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let committing = tokio::spawn({
+        let (store, p) = (store.clone(), p.clone());
+        async move {
+            store
+                .commit_page("s", &p, &page(), Utc::now())
+                .await
+                .unwrap()
+        }
+    });
+    while Arc::strong_count(&store.writing) < 6 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(turn);
+    assert_eq!(resetting.await.unwrap().seen, 1);
+    // The reset forgot x after the commit looked it up: the commit looks again and appends it.
+    assert_eq!(committing.await.unwrap().appended, 1);
+}
