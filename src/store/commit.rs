@@ -1,5 +1,8 @@
 //! Committing a polled page: the seen-set, the outbox append, rejected records and the cursor, in
-//! one transaction.
+//! one transaction. What needs no writer's turn is done before it: the page is prepared (its
+//! records compressed, its seen-set keys made) so the caller can let it go, and its keys are
+//! looked up (a read; `seen::SeenChanges` says whether the answer still holds once the turn is
+//! held).
 //!
 //! Must not: commit part of a page. Invariant: a crash leaves the old cursor, or the new one with
 //! its events on disk; an id the vendor keeps serving is never forgotten by age.
