@@ -454,8 +454,9 @@ async fn run_partition<S: Source>(
 ///
 /// At most one per partition. After a large page it starts once that page was compressed and its
 /// events let go (see [`prepare`] and [`EARLY_FETCH_MAX_BYTES`]), so a partition holds one large
-/// response body at a time beside the compressed records of the page committing. Dropping it aborts the request: after a stop, or when the commit it depended on
-/// failed (its cursor never became the stored one, so nothing it fetched may be committed).
+/// response body at a time beside the compressed records of the page committing. Dropping it
+/// aborts the request: after a stop, or when the commit it depended on failed (its cursor never
+/// became the stored one, so nothing it fetched may be committed).
 struct Prefetch {
     /// The cursor it was polled from: the cursor of the page being committed.
     cursor: Option<String>,
