@@ -134,17 +134,29 @@ async fn commit_tx(tx: WriteTx, doing: &'static str) -> Result<(), StoreError> {
     tx.tx.commit().await.map_err(query_err(doing))
 }
 
-/// [`commit_tx`], then `committed` once the transaction is on disk and before the turn is given
-/// up: what it notes (see [`seen::SeenChanges`]) is known to the next writer before it starts.
+/// [`commit_tx`], then `committed` once the COMMIT has ended and before the turn is given up: what
+/// it notes (see [`seen::SeenChanges`]) is known to the next writer before it starts. It runs
+/// whatever the COMMIT's outcome, even if this future is dropped while the COMMIT is under way:
+/// a COMMIT reported as failed, or never reported, may still have reached the disk, and noting a
+/// change that did not happen costs the next commit only a second lookup.
 async fn commit_tx_then(
     tx: WriteTx,
     doing: &'static str,
     committed: impl FnOnce(),
 ) -> Result<(), StoreError> {
+    /// Runs its function when dropped.
+    struct OnDrop<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for OnDrop<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
     let WriteTx { tx, _turn } = tx;
-    tx.commit().await.map_err(query_err(doing))?;
-    committed();
-    Ok(())
+    // Declared after the turn, so dropped before it.
+    let _note = OnDrop(Some(committed));
+    tx.commit().await.map_err(query_err(doing))
 }
 
 /// A write transaction holding this process's turn to write (see [`Store::begin`]). Dropped

@@ -155,18 +155,19 @@ impl SeenChanges {
 impl Store {
     /// The seen-set's change count for `scope` now (see [`SeenChanges`]).
     pub(super) fn seen_token(&self, scope: i64) -> SeenToken {
+        // The counts are plain numbers, whole after any panic: a poisoned lock still counts.
         self.seen_changes
             .lock()
-            .map(|c| c.token(scope))
-            // A poisoned count never matches a token taken before: the lookup is done again.
-            .unwrap_or((u64::MAX, u64::MAX))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .token(scope)
     }
 
     /// Notes a change to the seen-set of `scope`, or of every scope (`None`).
     pub(super) fn note_seen_change(&self, scope: Option<i64>) {
-        if let Ok(mut c) = self.seen_changes.lock() {
-            c.note(scope);
-        }
+        self.seen_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note(scope);
     }
 }
 

@@ -996,9 +996,7 @@ async fn an_id_committed_by_another_partition_while_a_commit_waits_is_not_append
         }));
         // Each task holds the turn's handle twice once it queues for it (its store's and its
         // wait's), beside this store's and the held turn's: then its lookup is done.
-        while Arc::strong_count(&store.writing) < 2 + 2 * commits.len() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        turn_handles_reach(&store, 2 + 2 * commits.len()).await;
     }
     drop(turn);
     let mut summaries = Vec::new();
@@ -1038,9 +1036,7 @@ async fn an_id_forgotten_by_a_reset_while_a_commit_waits_is_appended_again() {
                 .unwrap()
         }
     });
-    while Arc::strong_count(&store.writing) < 4 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    turn_handles_reach(&store, 4).await;
     let committing = tokio::spawn({
         let (store, p) = (store.clone(), p.clone());
         async move {
@@ -1050,11 +1046,21 @@ async fn an_id_forgotten_by_a_reset_while_a_commit_waits_is_appended_again() {
                 .unwrap()
         }
     });
-    while Arc::strong_count(&store.writing) < 6 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    turn_handles_reach(&store, 6).await;
     drop(turn);
     assert_eq!(resetting.await.unwrap().seen, 1);
     // The reset forgot x after the commit looked it up: the commit looks again and appends it.
     assert_eq!(committing.await.unwrap().appended, 1);
+}
+
+/// Waits (at most 10 s, else the test fails) until `n` handles to `store`'s writer's turn exist:
+/// a task queued for the turn holds two (its store's and its wait's).
+async fn turn_handles_reach(store: &Store, n: usize) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while Arc::strong_count(&store.writing) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "a task never queued for the writer's turn");
 }
