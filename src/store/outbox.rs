@@ -130,11 +130,9 @@ pub(super) fn decode_encoded(
 ) -> Result<Vec<ChunkEntry<SharedText>>, StoreError> {
     let mut all = Vec::with_capacity(chunks.iter().map(|c| c.records).sum());
     for c in chunks {
-        let entries =
-            chunk::decode(&c.body, c.records, 0, c.records).map_err(|e| StoreError::Query {
-                doing: "reading back a page's compressed records",
-                source: sqlx::Error::Decode(Box::new(e)),
-            })?;
+        let entries = chunk::decode(&c.body, c.records, 0, c.records)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+            .map_err(query_err("reading back a page's compressed records"))?;
         all.extend(entries);
     }
     Ok(all)
