@@ -102,6 +102,14 @@ fn main() {
             line.len()
         },
     );
+    let code42 = Vendor::Code42.mapping();
+    measure("CEF from stored text as sinks map it (Code42 v2)", |_| {
+        line.clear();
+        code42
+            .cef_of_text("file_events", &record_text, 8)
+            .write(&mut line);
+        line.len()
+    });
     let mut framed = Vec::with_capacity(4096);
     measure(
         "RFC 5424 header + octet-counted frame around a CEF line",

@@ -157,15 +157,12 @@ impl SyslogSink {
                 line.pop();
                 line
             }
-            SyslogPayload::Cef => {
-                let value: serde_json::Value =
-                    serde_json::from_str(&record.record).unwrap_or(serde_json::Value::Null);
-                self.mappings
-                    .of(&record.source)
-                    .cef(&record.stream, &value, record.severity)
-                    .to_line()
-                    .into_bytes()
-            }
+            SyslogPayload::Cef => self
+                .mappings
+                .of(&record.source)
+                .cef_of_text(&record.stream, &record.record, record.severity)
+                .to_line()
+                .into_bytes(),
         };
         // The event's time, not the send time: a batch sent again after a failure is the same
         // bytes, and receivers that take the header time see when it happened.

@@ -22,12 +22,14 @@
 //! longer, so the whole id also goes to `cs6` labelled `Code42FileEventId`. Lists are joined with
 //! `,`. Timestamps are epoch milliseconds.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{file_event_severity, risk_severity};
+use super::file_event_view::{joined, FieldValue, FileEventView, V2Media, V2Tab};
+use super::risk_severity;
 use crate::encode::cef::CefRecord;
-use crate::sources::json_path::at;
 
 const VENDOR: &str = "Code42";
 const PRODUCT: &str = "Incydr";
@@ -66,37 +68,6 @@ fn time(value: Option<&Value>) -> Option<DateTime<Utc>> {
     }
 }
 
-/// Reads v1 `flat` or v2 `nested` depending on the record's model.
-struct View<'a> {
-    record: &'a Value,
-    v2: bool,
-}
-
-impl<'a> View<'a> {
-    fn get(&self, flat: &str, nested: &str) -> Option<&'a Value> {
-        if self.v2 {
-            at(self.record, nested)
-        } else {
-            self.record.get(flat)
-        }
-    }
-
-    fn text(&self, flat: &str, nested: &str) -> Option<String> {
-        as_text(self.get(flat, nested))
-    }
-
-    /// The list under `nested_list` (v2), each entry's `field`, joined.
-    fn nested_list(&self, flat: &str, nested_list: &str, field: &str) -> Option<String> {
-        if !self.v2 {
-            return as_text(self.record.get(flat));
-        }
-        let items = at(self.record, nested_list)?.as_array()?;
-        as_text(Some(&Value::Array(
-            items.iter().filter_map(|i| i.get(field).cloned()).collect(),
-        )))
-    }
-}
-
 /// The signature id of a v1 `eventType` or v2 `event.action`.
 pub fn class_id(action: &str) -> &'static str {
     let a = action.to_ascii_lowercase().replace('_', "-");
@@ -117,13 +88,52 @@ pub fn class_id(action: &str) -> &'static str {
 
 /// A file event (v1 or v2) as CEF.
 pub fn file_event(record: &Value) -> CefRecord {
-    let v = View {
-        record,
-        v2: record.get("event").is_some_and(Value::is_object),
+    file_event_of(&FileEventView::of_value(record))
+}
+
+/// [`file_event`] of a record given as its JSON text: the same line, read without building the
+/// record's tree.
+pub fn file_event_text(record: &str) -> CefRecord {
+    let mut parsed = None;
+    file_event_of(&FileEventView::of_text(record, &mut parsed))
+}
+
+/// The v2 field where the record is v2, else the v1 one.
+fn pick<'v, 'a>(
+    v2: bool,
+    flat: &'v FieldValue<'a>,
+    nested: Option<&'v FieldValue<'a>>,
+) -> &'v FieldValue<'a> {
+    const NULL: &FieldValue<'static> = &FieldValue::Null;
+    if v2 {
+        nested.unwrap_or(NULL)
+    } else {
+        flat
+    }
+}
+
+fn file_event_of<'v, 'a>(v: &'v FileEventView<'a>) -> CefRecord {
+    let v2 = v.is_v2();
+    let event = v.event.0.as_ref();
+    let user = v.user.0.as_ref();
+    let source = v.source.nested.as_ref();
+    let destination = v.destination.0.as_ref();
+    let file = v.file.0.as_ref();
+    let process = v.process.0.as_ref();
+    let risk = v.risk.0.as_ref();
+    let text = |flat: &'v FieldValue<'a>, nested: Option<&'v FieldValue<'a>>| -> Cow<'v, str> {
+        pick(v2, flat, nested).text().unwrap_or_default()
     };
-    let action = v.text("eventType", "event.action").unwrap_or_default();
-    // The same rule as the envelope's severity, so both say the same of one event.
-    let severity = file_event_severity(record);
+    let time =
+        |flat: &FieldValue<'_>, nested: Option<&FieldValue<'_>>| pick(v2, flat, nested).time();
+    let action = text(&v.event_type, event.map(|e| &e.action));
+    // The same rule as the envelope's severity (`super::file_event_severity`), so both say the
+    // same of one event: v2's `risk.severity`, else v1's `riskSeverity`, whichever model.
+    let severity = risk_severity(
+        risk.and_then(|r| r.severity.as_str())
+            .or_else(|| v.risk_severity.as_str()),
+    )
+    .unwrap_or(5);
     let mut cef = CefRecord::new(
         VENDOR,
         PRODUCT,
@@ -132,137 +142,160 @@ pub fn file_event(record: &Value) -> CefRecord {
         &action,
         severity,
     );
-    let id = v.text("eventId", "event.id").unwrap_or_default();
+    let id = text(&v.event_id, event.map(|e| &e.id));
+    let tabs = destination.and_then(|d| d.tabs.0.as_ref());
+    let tab_field = |field: fn(&'v V2Tab<'a>) -> &'v FieldValue<'a>| -> Option<String> {
+        if v2 {
+            joined(tabs?.iter().flatten().map(field))
+        } else {
+            None
+        }
+    };
+    let first_tab_url = tabs
+        .and_then(|t| t.first())
+        .and_then(Option::as_ref)
+        .map(|t| &t.url);
+    let request = text(&v.tab_url, first_tab_url);
+    let request = if !request.is_empty() {
+        request
+    } else if v2 {
+        Cow::Owned(tab_field(|t| &t.url).unwrap_or_default())
+    } else {
+        text(&v.tab_urls, None)
+    };
+    let window_title = if v2 {
+        Cow::Owned(tab_field(|t| &t.title).unwrap_or_default())
+    } else {
+        text(&v.window_title, None)
+    };
+    let reason = if v2 {
+        risk.and_then(|r| r.indicators.0.as_ref())
+            .and_then(|items| joined(items.iter().flatten().map(|i| &i.name)))
+            .map_or(Cow::Borrowed(""), Cow::Owned)
+    } else {
+        text(&v.exposure, None)
+    };
     cef.field("externalId", &id)
-        .time("end", time(v.get("eventTimestamp", "@timestamp")))
-        .time("rt", time(v.get("insertionTimestamp", "event.inserted")))
+        .time("end", time(&v.event_timestamp, Some(&v.timestamp)))
+        .time(
+            "rt",
+            time(&v.insertion_timestamp, event.map(|e| &e.inserted)),
+        )
         .time(
             "fileCreateTime",
-            time(v.get("createTimestamp", "file.created")),
+            time(&v.create_timestamp, file.map(|f| &f.created)),
         )
         .time(
             "fileModificationTime",
-            time(v.get("modifyTimestamp", "file.modified")),
+            time(&v.modify_timestamp, file.map(|f| &f.modified)),
         )
         .field(
             "deviceExternalId",
-            v.text("deviceUid", "user.deviceUid").unwrap_or_default(),
+            text(&v.device_uid, user.map(|u| &u.device_uid)),
         )
         // suser: actor, then deviceUserName, then emailSender.
-        .field("suser", v.text("actor", "user.email").unwrap_or_default())
+        .field("suser", text(&v.actor, user.map(|u| &u.email)))
+        .field("suser", text(&v.device_user_name, user.map(|u| &u.email)))
         .field(
             "suser",
-            v.text("deviceUserName", "user.email").unwrap_or_default(),
-        )
-        .field(
-            "suser",
-            v.text("emailSender", "source.email.sender")
-                .unwrap_or_default(),
+            text(
+                &v.email_sender,
+                source.and_then(|s| s.email.0.as_ref()).map(|e| &e.sender),
+            ),
         )
         // duser: sharedWith, then emailRecipients.
         .field(
             "duser",
-            v.text("sharedWith", "destination.user.email")
-                .unwrap_or_default(),
+            text(
+                &v.shared_with,
+                destination
+                    .and_then(|d| d.user.0.as_ref())
+                    .map(|u| &u.email),
+            ),
         )
         .field(
             "duser",
-            v.text("emailRecipients", "destination.email.recipients")
-                .unwrap_or_default(),
+            text(
+                &v.email_recipients,
+                destination
+                    .and_then(|d| d.email.0.as_ref())
+                    .map(|e| &e.recipients),
+            ),
         )
-        .field("suid", v.text("userUid", "user.id").unwrap_or_default())
-        .field(
-            "shost",
-            v.text("osHostName", "source.name").unwrap_or_default(),
-        )
-        .field(
-            "dvchost",
-            v.text("domainName", "source.domain").unwrap_or_default(),
-        )
-        .source_ip(&v.text("publicIpAddress", "source.ip").unwrap_or_default())
-        .field("fname", v.text("fileName", "file.name").unwrap_or_default())
+        .field("suid", text(&v.user_uid, user.map(|u| &u.id)))
+        .field("shost", text(&v.os_host_name, source.map(|s| &s.name)))
+        .field("dvchost", text(&v.domain_name, source.map(|s| &s.domain)))
+        .source_ip(&text(&v.public_ip_address, source.map(|s| &s.ip)))
+        .field("fname", text(&v.file_name, file.map(|f| &f.name)))
         // filePath: the path, then the URL.
-        .field(
-            "filePath",
-            v.text("filePath", "file.directory").unwrap_or_default(),
-        )
-        .field("filePath", v.text("url", "file.url").unwrap_or_default())
-        .field(
-            "fsize",
-            v.text("fileSize", "file.sizeInBytes").unwrap_or_default(),
-        )
+        .field("filePath", text(&v.file_path, file.map(|f| &f.directory)))
+        .field("filePath", text(&v.url, file.map(|f| &f.url)))
+        .field("fsize", text(&v.file_size, file.map(|f| &f.size_in_bytes)))
         .field(
             "fileType",
-            v.text("fileCategory", "file.category").unwrap_or_default(),
+            text(&v.file_category, file.map(|f| &f.category)),
         )
         .field(
             "fileHash",
-            v.text("md5Checksum", "file.hash.md5").unwrap_or_default(),
+            text(
+                &v.md5_checksum,
+                file.and_then(|f| f.hash.0.as_ref()).map(|h| &h.md5),
+            ),
         )
         .field(
             "sproc",
-            v.text("processName", "process.executable")
-                .unwrap_or_default(),
+            text(&v.process_name, process.map(|p| &p.executable)),
         )
-        .field(
-            "spriv",
-            v.text("processOwner", "process.owner").unwrap_or_default(),
-        )
+        .field("spriv", text(&v.process_owner, process.map(|p| &p.owner)))
         .field(
             "sourceServiceName",
-            v.text("source", "event.observer").unwrap_or_default(),
+            text(&v.source.flat, event.map(|e| &e.observer)),
         )
         .field(
             "destinationServiceName",
-            v.text("syncDestination", "destination.name")
-                .unwrap_or_default(),
+            text(&v.sync_destination, destination.map(|d| &d.name)),
         )
-        .field(
-            "request",
-            v.text("tabUrl", "destination.tabs.0.url")
-                .or_else(|| v.nested_list("tabUrls", "destination.tabs", "url"))
-                .unwrap_or_default(),
-        )
-        .field(
-            "requestClientApplication",
-            v.nested_list("windowTitle", "destination.tabs", "title")
-                .unwrap_or_default(),
-        )
-        .field(
-            "reason",
-            v.nested_list("exposure", "risk.indicators", "name")
-                .unwrap_or_default(),
-        );
-    let media = |flat: &str, field: &str| {
-        v.text(flat, &format!("destination.removableMedia.{field}"))
-            .or_else(|| v.text(flat, &format!("source.removableMedia.{field}")))
-            .unwrap_or_default()
+        .field("request", request)
+        .field("requestClientApplication", window_title)
+        .field("reason", reason);
+    // Removable media: the destination's, else the source's.
+    let media = |flat: &'v FieldValue<'a>, field: fn(&'v V2Media<'a>) -> &'v FieldValue<'a>| {
+        let on_destination = destination
+            .and_then(|d| d.removable_media.0.as_ref())
+            .map(field);
+        let found = text(flat, on_destination);
+        if found.is_empty() {
+            // In v1 both sides are the one flat field: the same answer again.
+            let on_source = source.and_then(|s| s.removable_media.0.as_ref()).map(field);
+            return text(flat, on_source);
+        }
+        found
     };
     cef.labelled(
         "cs1",
         "cs1Label",
         "Code42AEDRemovableMediaBusType",
-        media("removableMediaBusType", "busType"),
+        media(&v.removable_media_bus_type, |m| &m.bus_type),
     )
     .labelled(
         "cs2",
         "cs2Label",
         "Code42AEDRemovableMediaVendor",
-        media("removableMediaVendor", "vendor"),
+        media(&v.removable_media_vendor, |m| &m.vendor),
     )
     .labelled(
         "cs3",
         "cs3Label",
         "Code42AEDRemovableMediaName",
-        media("removableMediaName", "name"),
+        media(&v.removable_media_name, |m| &m.name),
     )
     .labelled(
         "cs4",
         "cs4Label",
         "Code42AEDRemovableMediaSerialNumber",
-        media("removableMediaSerialNumber", "serialNumber"),
+        media(&v.removable_media_serial_number, |m| &m.serial_number),
     );
-    let capacity = media("removableMediaCapacity", "capacity");
+    let capacity = media(&v.removable_media_capacity, |m| &m.capacity);
     if let Ok(n) = capacity.parse::<i64>() {
         cef.labelled(
             "cn1",
@@ -275,8 +308,7 @@ pub fn file_event(record: &Value) -> CefRecord {
         "cs5",
         "cs5Label",
         "Code42CloudDriveId",
-        v.text("cloudDriveId", "file.cloudDriveId")
-            .unwrap_or_default(),
+        text(&v.cloud_drive_id, file.map(|f| &f.cloud_drive_id)),
     )
     .labelled("cs6", "cs6Label", "Code42FileEventId", id);
     cef

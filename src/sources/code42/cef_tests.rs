@@ -283,3 +283,63 @@ fn golden_session() {
          cn1=9 cn1Label=Code42RiskScore"
     );
 }
+
+/// The line a sink makes from a record's text (`file_event_text`, read in one pass) is the line
+/// made from its parsed `Value`, for the fixtures and for records of every odd shape: fields of
+/// other types than documented, lists of people, keys given twice (at the top and nested), text
+/// that is not an object or not JSON.
+#[test]
+fn a_record_read_from_its_text_maps_as_its_value_does() {
+    let mut records: Vec<String> = vec![V1.to_string(), V2.to_string()];
+    let odd = [
+        // v1 with lists, numbers, booleans, objects and nulls where text is documented.
+        r#"{"eventId":7,"eventType":"CREATED","insertionTimestamp":1700000000000,
+            "eventTimestamp":-5,"createTimestamp":1.5e3,"modifyTimestamp":"2026-01-02T03:04:05.678+01:00",
+            "actor":null,"deviceUserName":["a",{"cloudUsername":"b"},{"name":"c"},{"cloudUsername":null,"name":"d"},[1,true],""],
+            "sharedWith":[{"cloudUsername":"x@y"},{"name":{"nested":1}}],"emailRecipients":{"to":"z"},
+            "fileSize":12.0,"md5Checksum":false,"source":{"v2":"no"},"tabUrls":["u1","u2"],
+            "windowTitle":[],"exposure":["A","B"],"removableMediaCapacity":"15631122432",
+            "publicIpAddress":"::1","riskSeverity":"HIGH","cloudDriveId":18446744073709551615}"#,
+        // v2 with the wrong types under its objects, tabs mixing objects and not, media on the source.
+        r#"{"event":{"id":"e-1","action":"file-emailed","inserted":"2026-11-30T10:00:00Z","observer":["Endpoint"]},
+            "@timestamp":1700000000123,"user":"not an object","source":{"email":{"sender":["s@x"]},"name":5,
+            "ip":"[2001:db8::1]","removableMedia":{"busType":"USB","capacity":"7"}},
+            "destination":{"user":{"email":null},"email":{"recipients":["r1","r2"]},"tabs":[1,{"url":"t1","title":["T",2]},{"title":null},{"url":"t2"}],
+            "removableMedia":{"busType":""}},"file":{"hash":[],"sizeInBytes":-3,"directory":"C:\\tmp\\"},
+            "process":null,"risk":{"indicators":[{"name":"I1"},"x",{"name":["I2","I3"]}],"severity":"CRITICAL"}}"#,
+        // v2 whose tabs are not a list, and a first tab without a url.
+        r#"{"event":{"id":"e-2","action":"x"},"destination":{"tabs":{"url":"no"}}}"#,
+        r#"{"event":{"id":"e-3","action":"x"},"destination":{"tabs":[{"title":"only"},{"url":"second"}]}}"#,
+        // `event` not an object: read as v1.
+        r#"{"event":"created","eventType":"DELETED","eventId":"v1-1","fileName":"f"}"#,
+        // Keys given twice, at the top and nested: the last wins.
+        r#"{"eventId":"first","eventId":"second","fileName":"a","fileName":"b"}"#,
+        r#"{"event":{"id":"n-1","id":"n-2","action":"created"},"file":{"name":"a","name":"b"}}"#,
+        r#"{"eventId":"d","sharedWith":[{"cloudUsername":"a","cloudUsername":"b"}]}"#,
+        // Escapes in strings, which cannot be borrowed.
+        r#"{"eventId":"esc\u0041\"\\","fileName":"line\nbreak","actor":"tab\tand=equals|pipe"}"#,
+        // Not an object, or not JSON.
+        "[1,2,3]",
+        "\"text\"",
+        "null",
+        "{\"eventId\":",
+        "",
+    ];
+    records.extend(odd.iter().map(|r| r.to_string()));
+    for text in &records {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        assert_eq!(
+            file_event_text(text).to_line(),
+            file_event(&value).to_line(),
+            "{text}"
+        );
+    }
+    // The odd records are not all mapped to nothing: the comparison above compares lines.
+    let duplicate = file_event_text(odd[5]).to_line();
+    assert!(
+        duplicate.contains("externalId=second") && duplicate.contains("fname=b"),
+        "{duplicate}"
+    );
+    let people = file_event_text(odd[0]).to_line();
+    assert!(people.contains("suser=a,b,c,1,true"), "{people}");
+}

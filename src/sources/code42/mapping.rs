@@ -24,6 +24,16 @@ impl RecordMapping for Code42Mapping {
         }
     }
 
+    fn cef_of_text(&self, stream: &str, record: &str, severity: u8) -> CefRecord {
+        match stream {
+            "file_events" => super::cef::file_event_text(record),
+            _ => {
+                let value: Value = serde_json::from_str(record).unwrap_or(Value::Null);
+                self.cef(stream, &value, severity)
+            }
+        }
+    }
+
     fn sourcetype(&self, stream: &str) -> String {
         format!("code42:{}", singular(stream))
     }
