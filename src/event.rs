@@ -93,11 +93,24 @@ impl Event {
         record: &RawValue,
         body: &SharedText,
     ) -> Self {
-        let record = match whitespace_outside_strings(record.get()) {
-            None => body.share(record.get()),
-            Some(first) => SharedText::from(
-                compacted(record.get(), first).unwrap_or_else(|| record.get().to_string()),
-            ),
+        Event::in_body_json(id, time, severity, record.get(), body)
+    }
+
+    /// [`Event::in_body`] of a record given as text: the text of one JSON value that serde_json
+    /// has read already (a `&RawValue`'s, or a record of a page read in one pass, see
+    /// `sources::json_envelope`). It is not checked again.
+    pub fn in_body_json(
+        id: String,
+        time: DateTime<Utc>,
+        severity: Severity,
+        record: &str,
+        body: &SharedText,
+    ) -> Self {
+        let record = match whitespace_outside_strings(record) {
+            None => body.share(record),
+            Some(first) => {
+                SharedText::from(compacted(record, first).unwrap_or_else(|| record.to_string()))
+            }
         };
         Event {
             id,

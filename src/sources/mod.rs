@@ -9,6 +9,7 @@ pub mod code42;
 pub mod cursor;
 pub mod http;
 pub mod jamf;
+pub mod json_envelope;
 /// The dotted-path reader, at the crate root since sinks' rules use it too; here under its old path.
 pub use crate::json_path;
 pub mod record_fields;

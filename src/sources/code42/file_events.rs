@@ -8,7 +8,6 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::api::{Reply, FORENSIC_SEARCH};
@@ -17,6 +16,7 @@ use crate::event::{Event, Page, Rejected, Severity};
 use crate::settings::{Code42Auth, FileEventsApi};
 use crate::shared_text::SharedText;
 use crate::sources::cursor::StoredCursor;
+use crate::sources::json_envelope::{read_envelope, ListItem};
 use crate::sources::json_path::text;
 use crate::sources::record_fields::{FieldText, Object};
 use crate::sources::SourceError;
@@ -39,15 +39,27 @@ struct WindowCursor {
 
 impl StoredCursor for WindowCursor {}
 
-/// A page as read from the body: each record's raw text, borrowed (not copied, not parsed).
-#[derive(Deserialize)]
-struct FileEventsPage<'a> {
-    #[serde(rename = "fileEvents", default, borrow)]
-    file_events: Vec<&'a RawValue>,
-    #[serde(rename = "nextPgToken", default)]
+/// A page as read from the body, in one pass: each record's text, borrowed (not copied), with
+/// the fields secrelay reads from it.
+pub(super) struct FileEventsPage<'a> {
+    /// `fileEvents`.
+    pub(super) file_events: Vec<ListItem<'a, Object<FileEventFields<'a>>>>,
+    /// `nextPgToken`.
     next_pg_token: Option<String>,
-    #[serde(default)]
+    /// `problems`.
     problems: Option<Value>,
+}
+
+impl<'a> FileEventsPage<'a> {
+    /// Reads a response body. Err: why it is not a page of file events.
+    pub(super) fn read(text: &'a str) -> Result<Self, String> {
+        let envelope = read_envelope(text, "fileEvents")?;
+        Ok(FileEventsPage {
+            next_pg_token: envelope.other::<Option<String>>("nextPgToken")?.flatten(),
+            problems: envelope.other::<Value>("problems")?,
+            file_events: envelope.items,
+        })
+    }
 }
 
 impl Code42Source {
@@ -104,7 +116,7 @@ impl Code42Source {
         );
         let reply = self.api.post_for_body(&url, &body).await?;
         let (page, text): (FileEventsPage, _) = match &reply {
-            Reply::Page(body) => (body.parse()?, body.text()),
+            Reply::Page(body) => (body.read_with(FileEventsPage::read)?, body.text()),
             Reply::InvalidPageToken => {
                 tracing::warn!(source = %self.id, url = %url, since = %iso(c.since),
                     "INVALID_PAGE_TOKEN: restarting the window at its stored start");
@@ -129,10 +141,10 @@ impl Code42Source {
         }
         let mut events = Vec::with_capacity(page.file_events.len());
         let mut rejected = Vec::new();
-        for raw in page.file_events {
-            match file_event(raw, text) {
+        for record in page.file_events {
+            match read_file_event(record.text, record.fields, text) {
                 Ok(event) => events.push(event),
-                Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, raw.get())),
+                Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, record.text)),
             }
         }
         let next = match page.next_pg_token.filter(|t| !t.is_empty()) {
@@ -202,7 +214,7 @@ pub(super) fn file_event_query(
 
 /// The fields of a file event secrelay reads, v2 (nested) and v1 (flat), borrowed from the body.
 #[derive(Deserialize)]
-struct FileEventFields<'a> {
+pub(super) struct FileEventFields<'a> {
     #[serde(borrow, default)]
     event: Option<Object<V2Event<'a>>>,
     #[serde(borrow, default)]
@@ -239,9 +251,24 @@ struct V2Risk<'a> {
 /// [`Value`], which gives the same answers as before for every record.
 ///
 /// `body` is the response text `raw` was read from: the event's record shares it.
-pub(super) fn file_event(raw: &RawValue, body: &SharedText) -> Result<Event, String> {
-    let Ok(Object(fields)) = serde_json::from_str::<Object<FileEventFields>>(raw.get()) else {
-        return file_event_from_value(raw, body);
+#[cfg(test)]
+pub(super) fn file_event(
+    raw: &serde_json::value::RawValue,
+    body: &SharedText,
+) -> Result<Event, String> {
+    let fields = serde_json::from_str::<Object<FileEventFields>>(raw.get()).ok();
+    read_file_event(raw.get(), fields, body)
+}
+
+/// [`file_event`] of a record of a page: `record` is its text, which serde_json has read (as
+/// `fields` when it reads as them, `None` when it does not).
+pub(super) fn read_file_event(
+    record: &str,
+    fields: Option<Object<FileEventFields>>,
+    body: &SharedText,
+) -> Result<Event, String> {
+    let Some(Object(fields)) = fields else {
+        return file_event_from_value(record, body);
     };
     let (v2_id, v2_inserted) = match &fields.event {
         Some(Object(event)) => (event.id.as_ref(), event.inserted.as_ref()),
@@ -265,18 +292,18 @@ pub(super) fn file_event(raw: &RawValue, body: &SharedText) -> Result<Event, Str
             .map(FieldText::as_str),
     )
     .unwrap_or(5);
-    Ok(Event::in_body(
+    Ok(Event::in_body_json(
         id.to_string(),
         inserted,
         Severity::new(severity),
-        raw,
+        record,
         body,
     ))
 }
 
 /// [`file_event`] for a record of unusual shape, read through a [`Value`].
-fn file_event_from_value(raw: &RawValue, body: &SharedText) -> Result<Event, String> {
-    let v: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
+fn file_event_from_value(record: &str, body: &SharedText) -> Result<Event, String> {
+    let v: Value = serde_json::from_str(record).map_err(|e| format!("not JSON: {e}"))?;
     let id = text(&v, "event.id")
         .or_else(|| text(&v, "eventId"))
         .filter(|id| !id.is_empty())
@@ -286,11 +313,11 @@ fn file_event_from_value(raw: &RawValue, body: &SharedText) -> Result<Event, Str
         .or_else(|| parse_time(text(&v, "insertionTimestamp")))
         .ok_or_else(|| format!("file event {id} has no parseable event.inserted"))?;
     let severity = file_event_severity(&v);
-    Ok(Event::in_body(
+    Ok(Event::in_body_json(
         id.to_string(),
         inserted,
         Severity::new(severity),
-        raw,
+        record,
         body,
     ))
 }

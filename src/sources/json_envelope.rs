@@ -1,0 +1,265 @@
+//! A page of records read in one pass: the JSON object a vendor answers with (its envelope),
+//! whose records are the elements of one array under one key. Each record is read once, for
+//! the few fields a source needs, and its text is kept as the slice of the body it came in.
+//!
+//! Owns: [`read_envelope`] and what it returns. Must not: know a vendor's keys or fields (the
+//! caller names its list's key and the type of its fields). Invariant: a record's text is exactly
+//! the JSON value serde_json read the record's fields from (validated by that read), and the
+//! records come in the body's order; a body that is not a JSON object, or whose list is not a
+//! list, is an error, never a shorter page.
+//!
+//! Why not derive: serde reads a record either as raw text (`&RawValue`: one pass to find its
+//! end) or as fields (a second pass over the same bytes); only the reader's byte offset, which
+//! serde_json's stream reader gives, tells where a record read as fields ends.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::sources::record_fields::FieldText;
+
+/// One record of the list.
+#[derive(Debug)]
+pub struct ListItem<'a, T> {
+    /// The record's JSON text, a slice of the body.
+    pub text: &'a str,
+    /// The record read as `T`; `None` when it does not read as `T` (a record of unusual shape,
+    /// which the caller reads the general way from `text`).
+    pub fields: Option<T>,
+}
+
+/// A page's envelope read by [`read_envelope`].
+#[derive(Debug)]
+pub struct Envelope<'a, T> {
+    /// The elements of the list, in order; empty when the key is absent.
+    pub items: Vec<ListItem<'a, T>>,
+    /// Every other key of the envelope with its value's text, in order.
+    pub others: Vec<(FieldText<'a>, &'a RawValue)>,
+}
+
+impl<'a, T> Envelope<'a, T> {
+    /// The value of another key of the envelope as `V`: `None` when it is absent (or `null`, for an
+    /// `Option`), an error when it does not read as `V`. A key given twice: the last.
+    pub fn other<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>, String> {
+        match self.others.iter().rev().find(|(k, _)| k.as_str() == key) {
+            None => Ok(None),
+            Some((_, raw)) => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| format!("`{key}`: {e}")),
+        }
+    }
+}
+
+/// Reads `text`, a JSON object, in one pass: every element of the array under `list_key` as `T`
+/// (with its own text), every other key as raw text. Err: why the body is not such an object (the
+/// message names the offset), including `list_key` given twice or holding anything but a list.
+pub fn read_envelope<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    list_key: &str,
+) -> Result<Envelope<'a, T>, String> {
+    let mut reader = Reader { text, at: 0 };
+    let mut envelope = Envelope {
+        items: Vec::new(),
+        others: Vec::new(),
+    };
+    let mut list_seen = false;
+    reader.expect(b'{')?;
+    if !reader.next_is(b'}') {
+        loop {
+            let key: FieldText<'a> = reader.value()?;
+            reader.expect(b':')?;
+            if key.as_str() == list_key {
+                if list_seen {
+                    return Err(format!("`{list_key}` is given twice"));
+                }
+                list_seen = true;
+                reader.list(list_key, &mut envelope.items)?;
+            } else {
+                let value: &'a RawValue = reader.value()?;
+                envelope.others.push((key, value));
+            }
+            if !reader.next_is(b',') {
+                break;
+            }
+        }
+        reader.expect(b'}')?;
+    }
+    reader.skip_whitespace();
+    if reader.at != text.len() {
+        return Err(format!("trailing characters at byte {}", reader.at));
+    }
+    Ok(envelope)
+}
+
+/// Where the scan of the envelope is.
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn skip_whitespace(&mut self) {
+        let bytes = self.text.as_bytes();
+        while bytes
+            .get(self.at)
+            .is_some_and(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+        {
+            self.at += 1;
+        }
+    }
+
+    /// Skips whitespace and then `byte`, which must come next.
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        if self.next_is(byte) {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected `{}` at byte {} of the body",
+                char::from(byte),
+                self.at
+            ))
+        }
+    }
+
+    /// Skips whitespace and then `byte` if it comes next; whether it did.
+    fn next_is(&mut self, byte: u8) -> bool {
+        self.skip_whitespace();
+        if self.text.as_bytes().get(self.at) == Some(&byte) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads the next JSON value as `V`.
+    fn value<V: Deserialize<'a>>(&mut self) -> Result<V, String> {
+        self.try_value()
+            .map_err(|e| format!("{e} (at byte {} of the body)", self.at))
+    }
+
+    /// Reads the next JSON value as `V`; on an error, the position is unchanged.
+    fn try_value<V: Deserialize<'a>>(&mut self) -> Result<V, serde_json::Error> {
+        let rest = self.text.get(self.at..).unwrap_or_default();
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<V>();
+        match values.next() {
+            Some(Ok(value)) => {
+                self.at += values.byte_offset();
+                Ok(value)
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(serde::de::Error::custom("the body ends early")),
+        }
+    }
+
+    /// Reads the list under `key` into `items`.
+    fn list<T: Deserialize<'a>>(
+        &mut self,
+        key: &str,
+        items: &mut Vec<ListItem<'a, T>>,
+    ) -> Result<(), String> {
+        if !self.next_is(b'[') {
+            return Err(format!("`{key}` is not a list (at byte {})", self.at));
+        }
+        if self.next_is(b']') {
+            return Ok(());
+        }
+        loop {
+            self.skip_whitespace();
+            let start = self.at;
+            let fields = match self.try_value::<T>() {
+                Ok(fields) => Some(fields),
+                // Not `T`: find where the record ends by reading it as raw JSON instead.
+                Err(_) => {
+                    self.value::<&'a RawValue>()?;
+                    None
+                }
+            };
+            items.push(ListItem {
+                text: &self.text[start..self.at],
+                fields,
+            });
+            if !self.next_is(b',') {
+                break;
+            }
+        }
+        self.expect(b']')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::record_fields::Object;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Fields {
+        id: String,
+    }
+
+    #[test]
+    fn each_record_is_read_once_with_its_exact_text_and_the_other_keys_kept() {
+        let body =
+            " { \"next\" : \"t-2\", \"records\" : [ {\"id\":\"a\",\"x\":[1,{\"y\":\"]\"}]} ,\n\
+                    {\"id\":\"b\"},{\"id\":7},[\"odd\"] ], \"problems\":null } ";
+        let page: Envelope<Object<Fields>> = read_envelope(body, "records").unwrap();
+        let texts: Vec<&str> = page.items.iter().map(|i| i.text).collect();
+        assert_eq!(
+            texts,
+            [
+                "{\"id\":\"a\",\"x\":[1,{\"y\":\"]\"}]}",
+                "{\"id\":\"b\"}",
+                "{\"id\":7}",
+                "[\"odd\"]"
+            ]
+        );
+        let ids: Vec<Option<&str>> = page
+            .items
+            .iter()
+            .map(|i| i.fields.as_ref().map(|Object(f)| f.id.as_str()))
+            .collect();
+        assert_eq!(ids, [Some("a"), Some("b"), None, None]);
+        assert_eq!(
+            page.other::<String>("next").unwrap().as_deref(),
+            Some("t-2")
+        );
+        assert_eq!(
+            page.other::<Option<String>>("problems").unwrap(),
+            Some(None)
+        );
+        assert_eq!(page.other::<String>("absent").unwrap(), None);
+        assert!(page.other::<u32>("next").is_err());
+    }
+
+    #[test]
+    fn an_empty_or_absent_list_is_an_empty_page() {
+        for body in ["{}", "{\"records\":[]}", "{ \"records\" : [ ] , \"n\":1}"] {
+            let page: Envelope<Fields> = read_envelope(body, "records").unwrap();
+            assert!(page.items.is_empty(), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_of_another_shape_is_an_error_not_a_shorter_page() {
+        for body in [
+            "",
+            "[]",
+            "null",
+            "{\"records\":null}",
+            "{\"records\":{\"id\":\"a\"}}",
+            "{\"records\":[{\"id\":\"a\"}]",
+            "{\"records\":[{\"id\":\"a\"},]}",
+            "{\"records\":[{\"id\":\"a\"} {\"id\":\"b\"}]}",
+            "{\"records\":[{\"id\":\"a\"]}",
+            "{\"records\":[],\"records\":[]}",
+            "{\"records\":[]} x",
+            "{\"records\":[],}",
+            "{\"n\" 1}",
+        ] {
+            assert!(
+                read_envelope::<Fields>(body, "records").is_err(),
+                "{body:?} was read"
+            );
+        }
+    }
+}
