@@ -6,7 +6,7 @@
 //! are PRINTUSASCII within their RFC limits (NILVALUE `-` when empty); no BOM before the message;
 //! an octet-counted frame's length is the exact byte count of the message.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
 /// Which header layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,36 +82,61 @@ fn field(text: &str, max: usize, out: &mut Vec<u8>) {
 pub fn write_message(format: HeaderFormat, header: &Header<'_>, msg: &[u8], out: &mut Vec<u8>) {
     let pri = u16::from(header.facility.min(23)) * 8 + u16::from(header.severity.min(7));
     out.push(b'<');
-    out.extend_from_slice(pri.to_string().as_bytes());
+    push_number(u32::from(pri), 1, out);
     out.push(b'>');
+    let t = header.time;
+    // By hand rather than through `format`, which cost more than the rest of the header; chrono
+    // writes the rare times this does not (years past 9999, leap seconds).
+    let plain = (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000;
     match format {
         HeaderFormat::Rfc5424 => {
             out.extend_from_slice(b"1 ");
-            out.extend_from_slice(
-                header
-                    .time
-                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                    .to_string()
-                    .as_bytes(),
-            );
+            if plain {
+                push_number(t.year() as u32, 4, out);
+                out.push(b'-');
+                push_number(t.month(), 2, out);
+                out.push(b'-');
+                push_number(t.day(), 2, out);
+                out.push(b'T');
+                push_clock(t, out);
+                out.push(b'.');
+                push_number(t.nanosecond() / 1_000_000, 3, out);
+                out.push(b'Z');
+            } else {
+                out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes());
+            }
             out.push(b' ');
             field(header.hostname, 255, out);
             out.push(b' ');
             field(header.app_name, 48, out);
             out.push(b' ');
-            field(
-                &header.procid.map(|p| p.to_string()).unwrap_or_default(),
-                128,
-                out,
-            );
+            match header.procid {
+                Some(pid) => push_number(pid, 1, out),
+                None => out.push(b'-'),
+            }
             out.push(b' ');
             field(header.msgid, 32, out);
             // No structured data.
             out.extend_from_slice(b" - ");
         }
         HeaderFormat::Rfc3164 => {
-            // `%e` pads the day with a space: `Nov  3`, as RFC 3164 requires.
-            out.extend_from_slice(header.time.format("%b %e %H:%M:%S").to_string().as_bytes());
+            // The day is padded with a space: `Nov  3`, as RFC 3164 requires (chrono's `%e`).
+            if plain {
+                const MONTHS: [&[u8; 3]; 12] = [
+                    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+                    b"Nov", b"Dec",
+                ];
+                out.extend_from_slice(MONTHS[t.month0() as usize]);
+                out.push(b' ');
+                if t.day() < 10 {
+                    out.push(b' ');
+                }
+                push_number(t.day(), 1, out);
+                out.push(b' ');
+                push_clock(t, out);
+            } else {
+                out.extend_from_slice(t.format("%b %e %H:%M:%S").to_string().as_bytes());
+            }
             out.push(b' ');
             let host = header.hostname.split('.').next().unwrap_or_default();
             field(host, 255, out);
@@ -124,7 +149,9 @@ pub fn write_message(format: HeaderFormat, header: &Header<'_>, msg: &[u8], out:
                 .collect();
             out.extend_from_slice(if tag.is_empty() { "secrelay" } else { &tag }.as_bytes());
             if let Some(pid) = header.procid {
-                out.extend_from_slice(format!("[{pid}]").as_bytes());
+                out.push(b'[');
+                push_number(pid, 1, out);
+                out.push(b']');
             }
             out.extend_from_slice(b": ");
         }
@@ -132,11 +159,37 @@ pub fn write_message(format: HeaderFormat, header: &Header<'_>, msg: &[u8], out:
     out.extend_from_slice(msg);
 }
 
+/// `HH:MM:SS` of `t`.
+fn push_clock(t: DateTime<Utc>, out: &mut Vec<u8>) {
+    push_number(t.hour(), 2, out);
+    out.push(b':');
+    push_number(t.minute(), 2, out);
+    out.push(b':');
+    push_number(t.second(), 2, out);
+}
+
+/// `n` in decimal, padded with zeros to at least `width` digits.
+fn push_number(n: u32, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [b'0'; 10];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let start = at.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[start..]);
+}
+
 /// Appends `message` to `out` framed for a stream transport.
 pub fn frame(framing: Framing, message: &[u8], out: &mut Vec<u8>) {
     match framing {
         Framing::OctetCounting => {
-            out.extend_from_slice(message.len().to_string().as_bytes());
+            push_number(u32::try_from(message.len()).unwrap_or(u32::MAX), 1, out);
             out.push(b' ');
             out.extend_from_slice(message);
         }
@@ -230,6 +283,44 @@ mod tests {
             ),
             (2, 3, 4, 5, 6)
         );
+    }
+
+    /// The header's time, written by hand, is chrono's `format` of it, for every month, single
+    /// and double digit fields, and the times chrono writes itself (year 10000, a leap second).
+    #[test]
+    fn header_times_are_written_as_chrono_formats_them() {
+        let mut times: Vec<DateTime<Utc>> = (0..12)
+            .map(|m| {
+                Utc.with_ymd_and_hms(2026, m + 1, 1 + m * 2, m + 5, m * 4, m * 5)
+                    .unwrap()
+                    + chrono::Duration::milliseconds(i64::from(m) * 83)
+            })
+            .collect();
+        times.push(Utc.with_ymd_and_hms(7, 1, 9, 0, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap());
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_milli_opt(23, 59, 59, 1_500)
+            .unwrap()
+            .and_utc();
+        times.push(leap);
+        for t in times {
+            let h = header(t);
+            assert_eq!(
+                rendered(HeaderFormat::Rfc5424, &h, b"m"),
+                format!(
+                    "<164>1 {} collector.example.com secrelay 4242 file_events - m",
+                    t.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                )
+            );
+            assert_eq!(
+                rendered(HeaderFormat::Rfc3164, &h, b"m"),
+                format!(
+                    "<164>{} collector secrelay[4242]: m",
+                    t.format("%b %e %H:%M:%S")
+                )
+            );
+        }
     }
 
     #[test]
