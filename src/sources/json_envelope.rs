@@ -3,10 +3,12 @@
 //! the few fields a source needs, and its text is kept as the slice of the body it came in.
 //!
 //! Owns: [`read_envelope`] and what it returns. Must not: know a vendor's keys or fields (the
-//! caller names its list's key and the type of its fields). Invariant: a record's text is exactly
-//! the JSON value serde_json read the record's fields from (validated by that read), and the
-//! records come in the body's order; a body that is not a JSON object, or whose list is not a
-//! list, is an error, never a shorter page.
+//! caller names its list's key and the type of its fields), or keep the records: each is handed
+//! to the caller as soon as it is read, so a page's fields are never all held at once. Invariant:
+//! a record's text is exactly the JSON value serde_json read the record's fields from (validated
+//! by that read), and the records come in the body's order; a body that is not a JSON object, or
+//! whose list is not a list, is an error (the caller drops what it was handed), never a shorter
+//! page.
 //!
 //! Why not derive: serde reads a record either as raw text (`&RawValue`: one pass to find its
 //! end) or as fields (a second pass over the same bytes); only the reader's byte offset, which
@@ -28,16 +30,14 @@ pub struct ListItem<'a, T> {
     pub fields: Option<T>,
 }
 
-/// A page's envelope read by [`read_envelope`].
+/// A page's envelope read by [`read_envelope`], but for its list.
 #[derive(Debug)]
-pub struct Envelope<'a, T> {
-    /// The elements of the list, in order; empty when the key is absent.
-    pub items: Vec<ListItem<'a, T>>,
+pub struct Envelope<'a> {
     /// Every other key of the envelope with its value's text, in order.
     pub others: Vec<(FieldText<'a>, &'a RawValue)>,
 }
 
-impl<'a, T> Envelope<'a, T> {
+impl Envelope<'_> {
     /// The value of another key of the envelope as `V`: `None` when it is absent (or `null`, for an
     /// `Option`), an error when it does not read as `V`. A key given twice: the last.
     pub fn other<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>, String> {
@@ -51,17 +51,16 @@ impl<'a, T> Envelope<'a, T> {
 }
 
 /// Reads `text`, a JSON object, in one pass: every element of the array under `list_key` as `T`
-/// (with its own text), every other key as raw text. Err: why the body is not such an object (the
-/// message names the offset), including `list_key` given twice or holding anything but a list.
+/// (with its own text), handed to `each` in order; every other key as raw text. Err: why the body
+/// is not such an object (the message names the offset), including `list_key` given twice or
+/// holding anything but a list.
 pub fn read_envelope<'a, T: Deserialize<'a>>(
     text: &'a str,
     list_key: &str,
-) -> Result<Envelope<'a, T>, String> {
+    mut each: impl FnMut(ListItem<'a, T>),
+) -> Result<Envelope<'a>, String> {
     let mut reader = Reader { text, at: 0 };
-    let mut envelope = Envelope {
-        items: Vec::new(),
-        others: Vec::new(),
-    };
+    let mut envelope = Envelope { others: Vec::new() };
     let mut list_seen = false;
     reader.expect(b'{')?;
     if !reader.next_is(b'}') {
@@ -73,7 +72,7 @@ pub fn read_envelope<'a, T: Deserialize<'a>>(
                     return Err(format!("`{list_key}` is given twice"));
                 }
                 list_seen = true;
-                reader.list(list_key, &mut envelope.items)?;
+                reader.list(list_key, &mut each)?;
             } else {
                 let value: &'a RawValue = reader.value()?;
                 envelope.others.push((key, value));
@@ -156,7 +155,7 @@ impl<'a> Reader<'a> {
     fn list<T: Deserialize<'a>>(
         &mut self,
         key: &str,
-        items: &mut Vec<ListItem<'a, T>>,
+        each: &mut impl FnMut(ListItem<'a, T>),
     ) -> Result<(), String> {
         if !self.next_is(b'[') {
             return Err(format!("`{key}` is not a list (at byte {})", self.at));
@@ -175,7 +174,7 @@ impl<'a> Reader<'a> {
                     None
                 }
             };
-            items.push(ListItem {
+            each(ListItem {
                 text: &self.text[start..self.at],
                 fields,
             });
@@ -202,8 +201,12 @@ mod tests {
         let body =
             " { \"next\" : \"t-2\", \"records\" : [ {\"id\":\"a\",\"x\":[1,{\"y\":\"]\"}]} ,\n\
                     {\"id\":\"b\"},{\"id\":7},[\"odd\"] ], \"problems\":null } ";
-        let page: Envelope<Object<Fields>> = read_envelope(body, "records").unwrap();
-        let texts: Vec<&str> = page.items.iter().map(|i| i.text).collect();
+        let mut items = Vec::new();
+        let page = read_envelope(body, "records", |item: ListItem<Object<Fields>>| {
+            items.push(item)
+        })
+        .unwrap();
+        let texts: Vec<&str> = items.iter().map(|i| i.text).collect();
         assert_eq!(
             texts,
             [
@@ -213,8 +216,7 @@ mod tests {
                 "[\"odd\"]"
             ]
         );
-        let ids: Vec<Option<&str>> = page
-            .items
+        let ids: Vec<Option<&str>> = items
             .iter()
             .map(|i| i.fields.as_ref().map(|Object(f)| f.id.as_str()))
             .collect();
@@ -234,8 +236,9 @@ mod tests {
     #[test]
     fn an_empty_or_absent_list_is_an_empty_page() {
         for body in ["{}", "{\"records\":[]}", "{ \"records\" : [ ] , \"n\":1}"] {
-            let page: Envelope<Fields> = read_envelope(body, "records").unwrap();
-            assert!(page.items.is_empty(), "{body}");
+            let mut items = 0;
+            read_envelope(body, "records", |_: ListItem<Fields>| items += 1).unwrap();
+            assert_eq!(items, 0, "{body}");
         }
     }
 
@@ -257,7 +260,7 @@ mod tests {
             "{\"n\" 1}",
         ] {
             assert!(
-                read_envelope::<Fields>(body, "records").is_err(),
+                read_envelope(body, "records", |_: ListItem<Fields>| {}).is_err(),
                 "{body:?} was read"
             );
         }

@@ -39,25 +39,42 @@ struct WindowCursor {
 
 impl StoredCursor for WindowCursor {}
 
-/// A page as read from the body, in one pass: each record's text, borrowed (not copied), with
-/// the fields secrelay reads from it.
-pub(super) struct FileEventsPage<'a> {
-    /// `fileEvents`.
-    pub(super) file_events: Vec<ListItem<'a, Object<FileEventFields<'a>>>>,
+/// A page as read from the body, in one pass: each record read for its fields and made an
+/// event whose record is a slice of the body (not a copy), or a rejected record.
+pub(super) struct FileEventsPage {
+    /// The events of `fileEvents`, in order.
+    pub(super) events: Vec<Event>,
+    /// The records of `fileEvents` that cannot be events.
+    pub(super) rejected: Vec<Rejected>,
     /// `nextPgToken`.
     next_pg_token: Option<String>,
     /// `problems`.
     problems: Option<Value>,
 }
 
-impl<'a> FileEventsPage<'a> {
-    /// Reads a response body. Err: why it is not a page of file events.
-    pub(super) fn read(text: &'a str) -> Result<Self, String> {
-        let envelope = read_envelope(text, "fileEvents")?;
+impl FileEventsPage {
+    /// Reads `body`, the response to `url` (for rejected records), expecting about `size` events.
+    /// Err: why it is not a page of file events.
+    pub(super) fn read(body: &SharedText, url: &str, size: usize) -> Result<Self, String> {
+        let mut events = Vec::with_capacity(size);
+        let mut rejected = Vec::new();
+        let envelope = read_envelope(
+            body.as_str(),
+            "fileEvents",
+            |record: ListItem<Object<FileEventFields>>| match read_file_event(
+                record.text,
+                record.fields,
+                body,
+            ) {
+                Ok(event) => events.push(event),
+                Err(reason) => rejected.push(Rejected::new(url, reason, record.text)),
+            },
+        )?;
         Ok(FileEventsPage {
+            events,
+            rejected,
             next_pg_token: envelope.other::<Option<String>>("nextPgToken")?.flatten(),
             problems: envelope.other::<Value>("problems")?,
-            file_events: envelope.items,
         })
     }
 }
@@ -115,8 +132,10 @@ impl Code42Source {
             self.settings.page_size,
         );
         let reply = self.api.post_for_body(&url, &body).await?;
-        let (page, text): (FileEventsPage, _) = match &reply {
-            Reply::Page(body) => (body.read_with(FileEventsPage::read)?, body.text()),
+        let page = match &reply {
+            Reply::Page(body) => body.read_with(|_| {
+                FileEventsPage::read(body.text(), &url, self.settings.page_size as usize)
+            })?,
             Reply::InvalidPageToken => {
                 tracing::warn!(source = %self.id, url = %url, since = %iso(c.since),
                     "INVALID_PAGE_TOKEN: restarting the window at its stored start");
@@ -139,15 +158,13 @@ impl Code42Source {
         {
             tracing::warn!(source = %self.id, url = %url, "the query reported problems: {problems}");
         }
-        let mut events = Vec::with_capacity(page.file_events.len());
-        let mut rejected = Vec::new();
-        for record in page.file_events {
-            match read_file_event(record.text, record.fields, text) {
-                Ok(event) => events.push(event),
-                Err(reason) => rejected.push(Rejected::new(url.as_str(), reason, record.text)),
-            }
-        }
-        let next = match page.next_pg_token.filter(|t| !t.is_empty()) {
+        let FileEventsPage {
+            events,
+            rejected,
+            next_pg_token,
+            ..
+        } = page;
+        let next = match next_pg_token.filter(|t| !t.is_empty()) {
             Some(token) if !events.is_empty() => (
                 WindowCursor {
                     since: c.since,
@@ -262,7 +279,7 @@ pub(super) fn file_event(
 
 /// [`file_event`] of a record of a page: `record` is its text, which serde_json has read (as
 /// `fields` when it reads as them, `None` when it does not).
-pub(super) fn read_file_event(
+fn read_file_event(
     record: &str,
     fields: Option<Object<FileEventFields>>,
     body: &SharedText,

@@ -6,7 +6,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::alerts::{floor_ms, AlertCursor};
-use super::file_events::{file_event, file_event_query, read_file_event, FileEventsPage};
+use super::file_events::{file_event, file_event_query, FileEventsPage};
 use super::sessions::{path_segment, session_closed, session_severity, SessionCursor};
 use super::*;
 use crate::shared_text::SharedText;
@@ -144,18 +144,10 @@ fn file_event_records_are_slices_of_their_page_not_copies() {
            {"eventId":"c","insertionTimestamp":"2026-01-01T00:00:02.000Z","risk":7}],"nextPgToken":""}"#,
     ));
     // The page is read in one pass, each record for its fields and its text at once.
-    let page = FileEventsPage::read(body.as_str()).unwrap();
-    let first_text = page.file_events[0].text;
-    assert!(page.file_events[..2].iter().all(|r| r.fields.is_some()));
-    assert!(
-        page.file_events[2].fields.is_none(),
-        "`risk` is not an object"
-    );
-    let events: Vec<_> = page
-        .file_events
-        .into_iter()
-        .map(|r| read_file_event(r.text, r.fields, &body).unwrap())
-        .collect();
+    let page = FileEventsPage::read(&body, "https://example.com/v2/file-events", 3).unwrap();
+    assert!(page.rejected.is_empty());
+    let events = page.events;
+    let first_text = r#"{"event":{"id":"a","inserted":"2026-01-01T00:00:00.000Z"},"n":1}"#;
     // Compact records are shared; one with whitespace is compacted into a copy of its own.
     assert!(events[0].record.same_buffer_as(&body));
     assert_eq!(events[0].record.as_str(), first_text);
