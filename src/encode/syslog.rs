@@ -169,10 +169,10 @@ fn push_clock(t: DateTime<Utc>, out: &mut Vec<u8>) {
 }
 
 /// `n` in decimal, padded with zeros to at least `width` digits.
-fn push_number(n: u32, width: usize, out: &mut Vec<u8>) {
-    let mut digits = [b'0'; 10];
+fn push_number(n: impl Into<u64>, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [b'0'; 20];
     let mut at = digits.len();
-    let mut rest = n;
+    let mut rest: u64 = n.into();
     loop {
         at -= 1;
         digits[at] = b'0' + (rest % 10) as u8;
@@ -189,7 +189,7 @@ fn push_number(n: u32, width: usize, out: &mut Vec<u8>) {
 pub fn frame(framing: Framing, message: &[u8], out: &mut Vec<u8>) {
     match framing {
         Framing::OctetCounting => {
-            push_number(u32::try_from(message.len()).unwrap_or(u32::MAX), 1, out);
+            push_number(message.len() as u64, 1, out);
             out.push(b' ');
             out.extend_from_slice(message);
         }

@@ -39,11 +39,14 @@ pub struct Envelope<'a> {
 
 impl Envelope<'_> {
     /// The value of another key of the envelope as `V`: `None` when it is absent (or `null`, for an
-    /// `Option`), an error when it does not read as `V`. A key given twice: the last.
+    /// `Option`), an error when it does not read as `V` or the key is given twice (as a derived
+    /// struct would refuse it).
     pub fn other<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>, String> {
-        match self.others.iter().rev().find(|(k, _)| k.as_str() == key) {
-            None => Ok(None),
-            Some((_, raw)) => serde_json::from_str(raw.get())
+        let mut given = self.others.iter().filter(|(k, _)| k.as_str() == key);
+        match (given.next(), given.next()) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("`{key}` is given twice")),
+            (Some((_, raw)), None) => serde_json::from_str(raw.get())
                 .map(Some)
                 .map_err(|e| format!("`{key}`: {e}")),
         }
@@ -231,6 +234,16 @@ mod tests {
         );
         assert_eq!(page.other::<String>("absent").unwrap(), None);
         assert!(page.other::<u32>("next").is_err());
+        let twice = read_envelope(
+            r#"{"next":"a","records":[],"next":"b"}"#,
+            "records",
+            |_: ListItem<Fields>| {},
+        )
+        .unwrap();
+        assert!(
+            twice.other::<String>("next").is_err(),
+            "a page token given twice"
+        );
     }
 
     #[test]

@@ -343,3 +343,26 @@ fn a_record_read_from_its_text_maps_as_its_value_does() {
     let people = file_event_text(odd[0]).to_line();
     assert!(people.contains("suser=a,b,c,1,true"), "{people}");
 }
+
+/// A record a `Value` cannot hold, for what is in a part the mapping does not read, is mapped
+/// from the fields it has (it reached the outbox: the source reads only id, time and severity).
+#[test]
+fn a_record_a_value_cannot_hold_is_mapped_from_the_fields_it_has() {
+    for odd in [
+        r#""x":1e999"#,
+        r#""x":"\ud800""#,
+        r#""actor":"a","y":{"k":-1e999}"#,
+    ] {
+        let text = format!(
+            r#"{{"eventId":"e1","eventType":"file-created","insertionTimestamp":"2024-01-01T00:00:00Z",{odd}}}"#
+        );
+        assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+        let line = file_event_text(&text).to_line();
+        assert!(
+            line.starts_with(
+                "CEF:0|Code42|Incydr|1|C42200|file-created|5|externalId=e1 rt=1704067200000"
+            ),
+            "{text}: {line}"
+        );
+    }
+}

@@ -8,8 +8,14 @@
 //! the record's `Value` by path: every field accepts any JSON (an unexpected type reads as absent,
 //! or as text where `as_text` would print it), so reading fails only on invalid JSON or a key
 //! given twice, and [`FileEventView::of_text`] then reads the record through a `Value` (which keeps
-//! the last of two keys, as before). One exception: a `destination.tabs` that is an object rather
-//! than a list reads as no tabs, where a path would have taken its key `0` as the first tab.
+//! the last of two keys, as before). Two exceptions:
+//! - a `destination.tabs` that is an object rather than a list reads as no tabs, where a path
+//!   would have taken its key `0` as the first tab;
+//! - a record that a `Value` cannot hold, because of something in a part the mapping does not
+//!   read (a number out of range such as `1e999`, a lone surrogate escape, nesting past 128
+//!   levels), is mapped from the fields it has. Read through a `Value` it failed to parse and was
+//!   mapped as `null`: a CEF line with no fields. Such a record reached the outbox (the source
+//!   reads only its id, time and severity), so its line now says what it can.
 
 use std::borrow::Cow;
 use std::fmt;
