@@ -10,6 +10,8 @@
 
 use chrono::{DateTime, Utc};
 
+use super::decimal::Decimal;
+
 /// One CEF record being built.
 #[derive(Debug, Clone)]
 pub struct CefRecord {
@@ -75,10 +77,7 @@ impl CefRecord {
     /// Adds `key` as a timestamp in epoch milliseconds.
     pub fn time(&mut self, key: &'static str, at: Option<DateTime<Utc>>) -> &mut Self {
         match at {
-            Some(t) => {
-                let mut digits = [0; 20];
-                self.field(key, decimal(t.timestamp_millis(), &mut digits))
-            }
+            Some(t) => self.field(key, Decimal::signed(t.timestamp_millis()).as_str()),
             None => self,
         }
     }
@@ -235,26 +234,6 @@ fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.first() == b.first() && a.last() == b.last() && a == b
 }
 
-/// `n` in decimal, written into `digits` (no allocation).
-fn decimal(n: i64, digits: &mut [u8; 20]) -> &str {
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        at -= 1;
-        digits[at] = b'-';
-    }
-    // Only ASCII digits and `-` were written.
-    std::str::from_utf8(&digits[at..]).unwrap_or_default()
-}
-
 /// Header escaping: `\` and `|` escaped; line breaks and other control characters become spaces.
 fn escape_header(text: &str, limit: usize, out: &mut String) {
     escape(text, limit, out, true);
@@ -342,23 +321,6 @@ fn copy_run(run: &str, limit: usize, used: &mut usize, out: &mut String) -> bool
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    #[test]
-    fn decimal_writes_every_i64_as_display_does() {
-        for n in [
-            0,
-            7,
-            10,
-            1_795_168_800_000,
-            -1,
-            -10,
-            -1_795_168_800_000,
-            i64::MAX,
-            i64::MIN,
-        ] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
-        }
-    }
 
     /// An independent CEF parser written from the spec text, for round trips: splits the header on
     /// unescaped `|`, then the extension on ` key=` boundaries, unescaping as the spec says.

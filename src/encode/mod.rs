@@ -2,6 +2,7 @@
 //! lookups; every function here is deterministic and unit-tested byte for byte.
 
 pub mod cef;
+pub mod decimal;
 pub mod hec;
 pub mod json;
 pub mod syslog;

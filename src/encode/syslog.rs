@@ -8,6 +8,8 @@
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
+use super::decimal::Decimal;
+
 /// Which header layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderFormat {
@@ -170,19 +172,7 @@ fn push_clock(t: DateTime<Utc>, out: &mut Vec<u8>) {
 
 /// `n` in decimal, padded with zeros to at least `width` digits.
 fn push_number(n: impl Into<u64>, width: usize, out: &mut Vec<u8>) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    let mut rest: u64 = n.into();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let start = at.min(digits.len().saturating_sub(width));
-    out.extend_from_slice(&digits[start..]);
+    out.extend_from_slice(Decimal::unsigned(n.into(), width).as_bytes());
 }
 
 /// Appends `message` to `out` framed for a stream transport.

@@ -9,6 +9,8 @@
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 
+use crate::encode::decimal::Decimal;
+
 /// A JSON string (quoted and escaped exactly as serde_json writes one).
 pub(crate) fn string(out: &mut Vec<u8>, text: &str) {
     // Writing into a Vec cannot fail.
@@ -16,37 +18,18 @@ pub(crate) fn string(out: &mut Vec<u8>, text: &str) {
 }
 
 /// An unsigned integer.
-pub(crate) fn uint(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub(crate) fn uint(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(Decimal::unsigned(n, 1).as_bytes());
 }
 
 /// A signed integer.
 pub(crate) fn int(out: &mut Vec<u8>, n: i64) {
-    if n < 0 {
-        out.push(b'-');
-    }
-    uint(out, n.unsigned_abs());
+    out.extend_from_slice(Decimal::signed(n).as_bytes());
 }
 
 /// `n` as exactly `width` decimal digits (n < 10^width).
 fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
-    let mut digits = [b'0'; 9];
-    let mut rest = n;
-    for d in digits[..width].iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    out.extend_from_slice(&digits[..width]);
+    out.extend_from_slice(Decimal::unsigned(n, width).as_bytes());
 }
 
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
