@@ -25,8 +25,7 @@ pub trait RecordMapping: Send + Sync + 'static {
     /// is not JSON maps as `null` would. Default: parse, then [`RecordMapping::cef`]; a vendor
     /// overrides it where reading only the fields it maps is faster than building the tree.
     fn cef_of_text(&self, stream: &str, record: &str, severity: u8) -> CefRecord {
-        let value: Value = serde_json::from_str(record).unwrap_or(Value::Null);
-        self.cef(stream, &value, severity)
+        self.cef(stream, &record_value(record), severity)
     }
 
     /// The default Splunk `sourcetype` of records of `stream`, e.g. `<vendor>:file_event`.
@@ -51,6 +50,12 @@ pub trait RecordMapping: Send + Sync + 'static {
     /// What the vendor knows beyond its CEF fields: the alert a record of `stream` follows, the
     /// alert's state, its rules. Vendors whose alerts change state override it. Default: nothing.
     fn refine_incident(&self, _stream: &str, _record: &Value, _facts: &mut IncidentFacts) {}
+}
+
+/// A stored record's text as a `Value`, for the mappings that read one: text that is not JSON
+/// reads as `null`.
+pub fn record_value(record: &str) -> Value {
+    serde_json::from_str(record).unwrap_or(Value::Null)
 }
 
 /// What a ticketing sink needs to know of one record: the vendor alert it belongs to (several

@@ -141,16 +141,16 @@ impl JsonBody {
     /// The body as JSON `T`, which may borrow from it (`&RawValue`, `&str`); a body that does not
     /// parse is `Malformed`, quoting a short excerpt.
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, SourceError> {
-        self.read_with(|text| serde_json::from_str(text).map_err(|e| e.to_string()))
+        self.read_with(|text| serde_json::from_str(text.as_str()).map_err(|e| e.to_string()))
     }
 
-    /// The body as `read` makes it out (which may borrow from it); an Err (why it does not read)
-    /// is `Malformed`, quoting a short excerpt, as with [`JsonBody::parse`].
+    /// The body as `read` makes it out (which may borrow from it, or share it); an Err (why it
+    /// does not read) is `Malformed`, quoting a short excerpt, as with [`JsonBody::parse`].
     pub fn read_with<'a, T>(
         &'a self,
-        read: impl FnOnce(&'a str) -> Result<T, String>,
+        read: impl FnOnce(&'a SharedText) -> Result<T, String>,
     ) -> Result<T, SourceError> {
-        read(self.text.as_str()).map_err(|e| SourceError::Malformed {
+        read(&self.text).map_err(|e| SourceError::Malformed {
             detail: format!(
                 "{e} (body {} bytes, starts {:?})",
                 self.text.len(),

@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::file_event_view::{joined, FieldValue, FileEventView, V2Media, V2Tab};
+use super::file_event_view::{joined, FieldValue, FileEventView, ObjectList, V2Media};
 use super::risk_severity;
 use crate::encode::cef::CefRecord;
 
@@ -112,6 +112,16 @@ fn pick<'v, 'a>(
     }
 }
 
+/// The texts of `field` of the objects of a v2 list, joined with `,`; empty without a list.
+fn list_text<'v, 'a: 'v, T>(
+    list: Option<&'v ObjectList<T>>,
+    field: impl Fn(&'v T) -> &'v FieldValue<'a>,
+) -> Cow<'v, str> {
+    list.and_then(|l| l.0.as_ref())
+        .and_then(|items| joined(items.iter().flatten().map(field)))
+        .map_or(Cow::Borrowed(""), Cow::Owned)
+}
+
 fn file_event_of<'v, 'a>(v: &'v FileEventView<'a>) -> CefRecord {
     let v2 = v.is_v2();
     let event = v.event.0.as_ref();
@@ -143,37 +153,33 @@ fn file_event_of<'v, 'a>(v: &'v FileEventView<'a>) -> CefRecord {
         severity,
     );
     let id = text(&v.event_id, event.map(|e| &e.id));
-    let tabs = destination.and_then(|d| d.tabs.0.as_ref());
-    let tab_field = |field: fn(&'v V2Tab<'a>) -> &'v FieldValue<'a>| -> Option<String> {
-        if v2 {
-            joined(tabs?.iter().flatten().map(field))
-        } else {
-            None
-        }
-    };
+    let tabs = destination.map(|d| &d.tabs);
     let first_tab_url = tabs
-        .and_then(|t| t.first())
-        .and_then(Option::as_ref)
+        .and_then(|t| t.0.as_ref()?.first()?.as_ref())
         .map(|t| &t.url);
     let request = text(&v.tab_url, first_tab_url);
-    let request = if !request.is_empty() {
-        request
-    } else if v2 {
-        Cow::Owned(tab_field(|t| &t.url).unwrap_or_default())
+    let (request, window_title, reason) = if v2 {
+        let request = if request.is_empty() {
+            list_text(tabs, |t| &t.url)
+        } else {
+            request
+        };
+        (
+            request,
+            list_text(tabs, |t| &t.title),
+            list_text(risk.map(|r| &r.indicators), |i| &i.name),
+        )
     } else {
-        text(&v.tab_urls, None)
-    };
-    let window_title = if v2 {
-        Cow::Owned(tab_field(|t| &t.title).unwrap_or_default())
-    } else {
-        text(&v.window_title, None)
-    };
-    let reason = if v2 {
-        risk.and_then(|r| r.indicators.0.as_ref())
-            .and_then(|items| joined(items.iter().flatten().map(|i| &i.name)))
-            .map_or(Cow::Borrowed(""), Cow::Owned)
-    } else {
-        text(&v.exposure, None)
+        let request = if request.is_empty() {
+            text(&v.tab_urls, None)
+        } else {
+            request
+        };
+        (
+            request,
+            text(&v.window_title, None),
+            text(&v.exposure, None),
+        )
     };
     cef.field("externalId", &id)
         .time("end", time(&v.event_timestamp, Some(&v.timestamp)))

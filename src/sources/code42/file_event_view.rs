@@ -26,6 +26,7 @@ use serde::de::{SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::mapping::record_value;
 use crate::sources::record_fields::FieldText;
 
 /// Any JSON value where a field is expected, kept as much as a CEF mapping needs: strings
@@ -617,7 +618,7 @@ impl<'a> FileEventView<'a> {
     pub(super) fn of_text(text: &'a str, parsed: &'a mut Option<Value>) -> Self {
         match serde_json::from_str::<Nested<FileEventView<'a>>>(text) {
             Ok(Nested(view)) => view.unwrap_or_default(),
-            Err(_) => Self::of_value(parsed.insert(serde_json::from_str(text).unwrap_or_default())),
+            Err(_) => Self::of_value(parsed.insert(record_value(text))),
         }
     }
 

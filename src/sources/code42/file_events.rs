@@ -133,8 +133,8 @@ impl Code42Source {
         );
         let reply = self.api.post_for_body(&url, &body).await?;
         let page = match &reply {
-            Reply::Page(body) => body.read_with(|_| {
-                FileEventsPage::read(body.text(), &url, self.settings.page_size as usize)
+            Reply::Page(body) => body.read_with(|text| {
+                FileEventsPage::read(text, &url, self.settings.page_size as usize)
             })?,
             Reply::InvalidPageToken => {
                 tracing::warn!(source = %self.id, url = %url, since = %iso(c.since),

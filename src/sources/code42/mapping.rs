@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::encode::cef::CefRecord;
-use crate::mapping::{generic_cef, singular, IncidentFacts, RecordMapping};
+use crate::mapping::{generic_cef, record_value, singular, IncidentFacts, RecordMapping};
 use crate::sources::json_path::text;
 
 /// How sinks show Code42 / Incydr records.
@@ -27,10 +27,7 @@ impl RecordMapping for Code42Mapping {
     fn cef_of_text(&self, stream: &str, record: &str, severity: u8) -> CefRecord {
         match stream {
             "file_events" => super::cef::file_event_text(record),
-            _ => {
-                let value: Value = serde_json::from_str(record).unwrap_or(Value::Null);
-                self.cef(stream, &value, severity)
-            }
+            _ => self.cef(stream, &record_value(record), severity),
         }
     }
 
