@@ -115,6 +115,7 @@ fn the_message_bytes_are_exact() {
 async fn udp_tcp_octet_counting_and_tcp_lf_arrive_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = rsyslog::Rsyslog::start(dir.path(), None);
+    receiver.udp_ready().await;
     let records = hostile_records();
     for (transport, framing, input) in [
         ("udp", "octet_counting", "udp"),
@@ -248,13 +249,14 @@ async fn udp_messages_over_the_limit_are_cut_on_a_character_boundary() {
     )
     .unwrap();
     let records = hostile_records();
+    let before = receiver.udp_ready().await;
     sink.deliver(&records[6..7]).await.unwrap();
-    let got = receiver.wait_for("udp", 1).await;
+    let got = receiver.wait_for("udp", before + 1).await;
     let full = &expected(&sink, &records[6..7])[0];
     assert!(
-        got[0].len() <= 200 && full.starts_with(&got[0]),
+        got[before].len() <= 200 && full.starts_with(&got[before]),
         "{}",
-        got[0]
+        got[before]
     );
 }
 
@@ -413,9 +415,12 @@ async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
     );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("{duplicates} duplicates after {RESTARTS} restarts");
+    // Per restart: the last batch, which it may have read, and what the sink held beyond what it
+    // had not read (its TCP window's shrink is held three times over; see
+    // `sinks::syslog::unread`). It stops reading for a moment only, so that is a batch or so.
     assert!(
-        duplicates <= RESTARTS * BATCH,
-        "{duplicates} duplicates: more than one batch per restart"
+        duplicates <= 2 * RESTARTS * BATCH,
+        "{duplicates} duplicates: more than two batches per restart"
     );
 }
 
@@ -604,6 +609,168 @@ fn take_frames(pending: &mut Vec<u8>) -> Vec<String> {
     }
     pending.drain(..at);
     lines
+}
+
+/// A receiver that, on its first connection, stops reading once it has `stop_after` records (as
+/// rsyslog does between a SIGTERM and closing its sockets), pauses, then closes with what it has not
+/// read still in its socket, which the kernel answers with a reset; on later connections it reads
+/// until the sink closes, then closes too.
+struct StallingReceiver {
+    port: u16,
+    /// Each id it read, and how many times.
+    ids: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingReceiver {
+    /// With `receive_buffer`, its sockets' receive buffer (bytes): a small one fills soon after it
+    /// stops reading, so the sink's write blocks until the reset.
+    async fn start(
+        stop_after: usize,
+        pause: std::time::Duration,
+        receive_buffer: Option<usize>,
+    ) -> StallingReceiver {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(bytes) = receive_buffer {
+            // Set on the listener, so accepted sockets advertise a window that small from the start.
+            socket.set_recv_buffer_size(bytes as u32).unwrap();
+        }
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ids = Arc::new(Mutex::new(HashMap::new()));
+        let seen = ids.clone();
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let stall = first.then_some(stop_after);
+                first = false;
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut read = 0;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        if stall.is_some_and(|n| read >= n) {
+                            tokio::time::sleep(pause).await;
+                            return; // dropped with bytes unread: a reset
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        let frames = take_frames(&mut pending);
+                        read += frames.len();
+                        let counts = id_counts(&frames);
+                        let mut seen = seen.lock().unwrap();
+                        for (id, n) in counts {
+                            *seen.entry(id).or_insert(0) += n;
+                        }
+                    }
+                });
+            }
+        });
+        StallingReceiver { port, ids, task }
+    }
+}
+
+impl Drop for StallingReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `records` records in batches of 100 through the real delivery loop (backfill: it drains the
+/// outbox and ends) to a receiver that stops reading after `stop_after` of them and then resets its
+/// first connection (see [`StallingReceiver`]); returns (records that never arrived, duplicates).
+async fn deliver_to_a_receiver_that_stalls(
+    records: usize,
+    stop_after: usize,
+    receive_buffer: Option<usize>,
+) -> (Vec<String>, usize) {
+    let state = tempfile::tempdir().unwrap();
+    let (store, ids) = store_with_events(state.path(), records).await;
+    let pause = std::time::Duration::from_millis(300);
+    let receiver = StallingReceiver::start(stop_after, pause, receive_buffer).await;
+    let sink = SyslogSink::new(
+        "s",
+        settings(&format!("address = \"127.0.0.1:{}\"", receiver.port)),
+        vendors(),
+    )
+    .unwrap();
+    let report = delivery(store, sink, 100).await.unwrap();
+    assert_eq!(report.backlog, 0, "{report:?}");
+    // The receiver reads what the last connection carried, up to its end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let counts = receiver.ids.lock().unwrap().clone();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !counts.contains_key(*id))
+            .cloned()
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            return (missing, counts.values().map(|n| n - 1).sum());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_written_while_the_receiver_stopped_reading_go_again_after_its_reset() {
+    // It stops after 3 of 10 batches: the sink writes the other seven before the reset, each into a
+    // connection that is open and acknowledges them, and none of them is read. The reset comes as
+    // the sink closes at the end.
+    let (missing, duplicates) = deliver_to_a_receiver_that_stalls(1_000, 300, None).await;
+    assert!(
+        missing.is_empty(),
+        "{} records written while the receiver had stopped reading never arrived (first: {:?})",
+        missing.len(),
+        missing.first()
+    );
+    eprintln!("{duplicates} duplicates");
+    assert!(
+        duplicates <= 200,
+        "{duplicates} duplicates: more than two batches"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_during_a_blocked_write_sends_what_the_receiver_had_not_read_again() {
+    // A small receive buffer and more records than the sink's send buffer holds: once it stops
+    // reading, the sink's writes block until the reset, mid-run. What it acknowledged unread goes
+    // again ahead of the batch that failed.
+    let (missing, duplicates) =
+        deliver_to_a_receiver_that_stalls(20_000, 300, Some(16 * 1024)).await;
+    assert!(
+        missing.is_empty(),
+        "{} records the receiver acknowledged but never read were lost at its reset (first: {:?})",
+        missing.len(),
+        missing.first()
+    );
+    eprintln!("{duplicates} duplicates");
+    assert!(
+        duplicates <= 200,
+        "{duplicates} duplicates: more than two batches"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_while_backfill_closes_the_connection_sends_the_last_batch_again() {
+    // It stops before the last batch: backfill has delivered everything and is closing the
+    // connection when the reset comes.
+    let (missing, duplicates) = deliver_to_a_receiver_that_stalls(1_000, 900, None).await;
+    assert!(
+        missing.is_empty(),
+        "{} records of the last batch never arrived after a reset at the close (first: {:?})",
+        missing.len(),
+        missing.first()
+    );
+    eprintln!("{duplicates} duplicates");
+    assert!(
+        duplicates <= 200,
+        "{duplicates} duplicates: more than two batches"
+    );
 }
 
 #[tokio::test]

@@ -120,6 +120,25 @@ input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="tcp")
             .unwrap_or_default()
     }
 
+    /// Waits until imudp takes datagrams (it has no handshake to wait for at start, and a busy
+    /// machine starts it late), sending probe messages until one is written; returns how many
+    /// lines the UDP file then has.
+    pub async fn udp_ready(&self) -> usize {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            socket
+                .send_to(b"<14>1 - - - - - - udp probe", ("127.0.0.1", self.udp))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let got = self.received("udp");
+            if got.iter().any(|line| line.ends_with("udp probe")) {
+                return got.len();
+            }
+            assert!(Instant::now() < deadline, "imudp took no datagram in 10 s");
+        }
+    }
+
     /// Waits until `input` has `count` messages (or fails after 10 s), and returns them.
     pub async fn wait_for(&self, input: &str, count: usize) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -4,7 +4,8 @@
 //! Owns: [`Connection`], connecting with the sink's timeout, the idle reconnect, and choosing the
 //! batch to send again when a reused connection was found closed or reset. Must not: frame or
 //! write records (the parent does). Invariant: a connection found closed or reset before we closed
-//! it in order, soon after its last batch, gets that batch again first on the next connection.
+//! it in order, soon after its last batch, gets what the receiver may not have read on it (see
+//! `unread`) again first on the next connection.
 
 use std::time::Duration;
 
@@ -21,6 +22,17 @@ pub(super) enum Connection {
     Udp(UdpSocket),
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection {
+    /// The TCP connection underneath (TLS runs on one); none for UDP.
+    pub(super) fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Connection::Udp(_) => None,
+            Connection::Tcp(tcp) => Some(tcp),
+            Connection::Tls(tls) => Some(tls.get_ref().0),
+        }
+    }
 }
 
 /// TCP keepalive: the first probe after this much silence on the connection.
@@ -50,8 +62,8 @@ fn tune(tcp: &TcpStream, user_timeout: Duration) -> std::io::Result<()> {
 }
 
 impl SyslogSink {
-    /// Opens a connection by the configured transport (TCP/TLS within `timeout_secs`); the last
-    /// batch of the previous connection is no longer this one's.
+    /// Opens a connection by the configured transport (TCP/TLS within `timeout_secs`); what was
+    /// unconfirmed on the previous connection is no longer this one's (see `hold_for_resend`).
     pub(super) async fn connect(&mut self) -> Result<(), SinkError> {
         let timeout = Duration::from_secs_f64(self.settings.timeout_secs);
         let address = self.settings.address.clone();
@@ -101,9 +113,11 @@ impl SyslogSink {
             }
         };
         tracing::info!(sink = %self.name, address = %address, transport = transport_name(self.settings.transport), "connected");
+        if let Some(tcp) = connection.tcp() {
+            self.unconfirmed.connected(tcp);
+        }
         self.connection = Some(connection);
         self.last_write = Instant::now();
-        self.last_batch.clear();
         Ok(())
     }
 
@@ -124,33 +138,39 @@ impl SyslogSink {
         {
             match close_gracefully(connection, self.close_within()).await {
                 Closing::Failed(e) => {
-                    self.resend = std::mem::take(&mut self.last_batch);
+                    self.hold_for_resend();
                     tracing::warn!(sink = %self.name, address = %self.settings.address,
-                        "closing an idle connection failed ({e}); its last batch goes again");
+                        "closing an idle connection failed ({e}); what it may not have read goes again");
                 }
                 // Idle this long, everything was acknowledged (or TCP_USER_TIMEOUT had ended it).
                 Closing::InOrder | Closing::NoAnswer => {
-                    self.last_batch.clear();
+                    self.unconfirmed.clear();
                     tracing::debug!(sink = %self.name, idle_secs = idle.as_secs(), "idle connection closed; opening a new one");
                 }
             }
             return;
         }
         match liveness(&mut connection).await {
-            Liveness::Open => self.connection = Some(connection),
+            Liveness::Open => {
+                // The receiver may have read more since the last batch.
+                if let Some(tcp) = connection.tcp() {
+                    self.unconfirmed.settle(tcp);
+                }
+                self.connection = Some(connection);
+            }
             state => {
                 // A reset means bytes it had not read were thrown away; an orderly close soon after
                 // our last write may have crossed it. Long after, an orderly close means it read all.
                 let timeout = Duration::from_secs_f64(self.settings.timeout_secs);
                 let doubt = matches!(state, Liveness::Broken(_)) || idle < timeout;
-                let again = doubt && !self.last_batch.is_empty();
+                let again = doubt && self.unconfirmed.bytes() > 0;
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
                     "connection {state} since the last batch; reconnecting{}",
-                    if again { " and sending that batch again" } else { "" });
+                    if again { " and sending again what it may not have read" } else { "" });
                 if again {
-                    self.resend = std::mem::take(&mut self.last_batch);
+                    self.hold_for_resend();
                 } else {
-                    self.last_batch.clear();
+                    self.unconfirmed.clear();
                 }
             }
         }

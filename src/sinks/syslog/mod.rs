@@ -10,14 +10,17 @@
 //! on a connection found open (no FIN, reset or error, without blocking) just before the write and
 //! again just after it. After a failed write the connection is dropped and the whole batch is sent
 //! again on a new one. Plain syslog has no receipt: a receiver that stops with bytes still unread
-//! in its socket loses them. So the last batch written on a connection that is then found closed
-//! or reset (rather than closed by us in order) is sent again first on the next one: duplicates
-//! stay within one batch per receiver restart. UDP is at-most-once (a WARN at start-up says so).
+//! in its socket loses them. So every batch on a connection that the receiver may not have read
+//! (`unread`: the last one, and any its TCP window shows unread) is held, and sent again first on
+//! the next connection when this one is found closed or reset, or fails to close in order, before
+//! the receiver read it; at the end of a run too. Duplicates stay within what the receiver had not
+//! read plus one batch per receiver restart. UDP is at-most-once (a WARN at start-up says so).
 
 mod connection;
 mod liveness;
 mod tls;
 mod udp;
+mod unread;
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -36,6 +39,7 @@ use crate::store::OutboxRecord;
 use connection::Connection;
 use liveness::{close_gracefully, liveness, Closing, Liveness};
 use tls::tls_connector;
+use unread::Unconfirmed;
 
 /// Batches of at least this many records are encoded by two threads (see `SyslogSink::frames`);
 /// below it a thread's start costs more than it saves.
@@ -53,10 +57,10 @@ pub struct SyslogSink {
     connection: Option<Connection>,
     /// When the current TCP/TLS connection was opened or last carried a batch.
     last_write: Instant,
-    /// Frames of the last batch reported delivered on the current connection: sent again first on
-    /// the next one if this one is found closed or reset before we close it in order.
-    last_batch: Vec<u8>,
-    /// Frames to send ahead of the next batch (see `last_batch`); cleared once written.
+    /// Frames reported delivered on the current connection that the receiver may not have read:
+    /// sent again first on the next one if this one ends before we close it in order.
+    unconfirmed: Unconfirmed,
+    /// Frames to send ahead of the next batch (see `unconfirmed`); cleared once written.
     resend: Vec<u8>,
     /// UDP messages cut to `udp_max_bytes` since start.
     truncated: u64,
@@ -101,7 +105,7 @@ impl SyslogSink {
             tls,
             connection: None,
             last_write: Instant::now(),
-            last_batch: Vec::new(),
+            unconfirmed: Unconfirmed::default(),
             resend: Vec::new(),
             truncated: 0,
         })
@@ -191,7 +195,7 @@ fn transport_name(t: SyslogTransport) -> &'static str {
     }
 }
 
-/// Writes `resend` (the last batch again, or nothing), then `frames`, and flushes.
+/// Writes `resend` (batches sent again, or nothing), then `frames`, and flushes.
 async fn write_flushed<W: AsyncWrite + Unpin>(
     stream: &mut W,
     resend: &[u8],
@@ -202,20 +206,14 @@ async fn write_flushed<W: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-impl Sink for SyslogSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+/// Attempts at closing in order at the end of a run, sending again what a failed close left in
+/// doubt (a receiver restarting just then).
+const CLOSE_ATTEMPTS: usize = 3;
 
-    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
-        if self.settings.transport == SyslogTransport::Udp {
-            return self.deliver_udp(batch).await;
-        }
-        let framing = match self.settings.framing {
-            SyslogFraming::OctetCounting => Framing::OctetCounting,
-            SyslogFraming::Lf => Framing::Lf,
-        };
-        let frames = self.frames(framing, batch);
+impl SyslogSink {
+    /// Writes what waits to be sent again, then `frames`, on a connection found open before and
+    /// after the write; `Ok` when the receiver has them as far as TCP can tell.
+    async fn send(&mut self, frames: Vec<u8>) -> Result<(), SinkError> {
         self.check_reused().await;
         if self.connection.is_none() {
             self.connect().await?;
@@ -237,7 +235,7 @@ impl Sink for SyslogSink {
         .unwrap_or_else(|_| Err(std::io::Error::new(ErrorKind::TimedOut, "write timed out")));
         if let Err(e) = written {
             // The receiver may hold part of the batch; all of it goes again on a new connection.
-            self.connection = None;
+            self.drop_in_doubt();
             return Err(self.unavailable(format!("write failed: {e}")));
         }
         // A receiver that went away while we wrote took nothing in: its kernel may have acknowledged
@@ -245,48 +243,116 @@ impl Sink for SyslogSink {
         if let Some(connection) = self.connection.as_mut() {
             let state = liveness(connection).await;
             if state != Liveness::Open {
-                self.connection = None;
+                self.drop_in_doubt();
                 return Err(self.unavailable(format!(
                     "connection {state} right after the batch; it goes again"
                 )));
             }
         }
-        self.resend.clear();
-        self.last_batch = frames;
+        let resent = std::mem::take(&mut self.resend);
+        if let Some(tcp) = self.connection.as_ref().and_then(Connection::tcp) {
+            self.unconfirmed.written(resent, tcp);
+            self.unconfirmed.written(frames, tcp);
+        }
         self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Drops a connection that failed during a write or right after it. What the receiver may not
+    /// have read on it goes again first on the next connection: a receiver stops reading some time
+    /// before it closes, and batches written meanwhile were acknowledged by its kernel only.
+    fn drop_in_doubt(&mut self) {
+        self.connection = None;
+        self.hold_for_resend();
+    }
+
+    /// Moves what the receiver may not have read on the connection just ended ahead of the next
+    /// batch (after anything already waiting there, which is older).
+    fn hold_for_resend(&mut self) {
+        let unread = self.unconfirmed.take();
+        if self.resend.is_empty() {
+            self.resend = unread;
+        } else {
+            self.resend.extend_from_slice(&unread);
+        }
+    }
+}
+
+impl Sink for SyslogSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+        if self.settings.transport == SyslogTransport::Udp {
+            return self.deliver_udp(batch).await;
+        }
+        let framing = match self.settings.framing {
+            SyslogFraming::OctetCounting => Framing::OctetCounting,
+            SyslogFraming::Lf => Framing::Lf,
+        };
+        let frames = self.frames(framing, batch);
+        self.send(frames).await?;
         Ok(Delivered::default())
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
         if let Some(connection) = self.connection.take() {
-            if let Closing::Failed(_) = close_gracefully(connection, self.close_within()).await {
-                self.resend = std::mem::take(&mut self.last_batch);
+            match close_gracefully(connection, self.close_within()).await {
+                Closing::Failed(_) => self.hold_for_resend(),
+                Closing::InOrder | Closing::NoAnswer => self.unconfirmed.clear(),
             }
         }
         self.connect().await
     }
 
     async fn close(&mut self) {
-        let Some(connection) = self.connection.take() else {
-            return;
-        };
-        if matches!(connection, Connection::Udp(_)) {
-            return;
-        }
         let within = self.close_within();
-        match close_gracefully(connection, within).await {
-            Closing::InOrder => tracing::debug!(sink = %self.name, "connection closed in order"),
-            Closing::NoAnswer => {
-                tracing::warn!(sink = %self.name, address = %self.settings.address,
-                "the receiver did not close its side within {} s; it may not have read the last batch",
-                within.as_secs_f64())
+        for attempt in 1..=CLOSE_ATTEMPTS {
+            let Some(connection) = self.connection.take() else {
+                break;
+            };
+            if matches!(connection, Connection::Udp(_)) {
+                break;
             }
-            Closing::Failed(e) => {
-                tracing::warn!(sink = %self.name, address = %self.settings.address,
-                "closing the connection failed ({e}); the receiver may not have read the last batch")
+            match close_gracefully(connection, within).await {
+                Closing::InOrder => {
+                    tracing::debug!(sink = %self.name, "connection closed in order");
+                    self.unconfirmed.clear();
+                    break;
+                }
+                Closing::NoAnswer => {
+                    tracing::warn!(sink = %self.name, address = %self.settings.address,
+                        "the receiver did not close its side within {} s; it may not have read the last batch",
+                        within.as_secs_f64());
+                    self.unconfirmed.clear();
+                    break;
+                }
+                Closing::Failed(e) => {
+                    // Reset while closing: what it had not read is gone. Send that again on a new
+                    // connection, then close that one in order.
+                    self.hold_for_resend();
+                    if self.resend.is_empty() {
+                        tracing::warn!(sink = %self.name, address = %self.settings.address,
+                            "closing the connection failed ({e}); nothing was written on it");
+                        break;
+                    }
+                    if attempt == CLOSE_ATTEMPTS {
+                        tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = self.resend.len(),
+                            "closing the connection failed ({e}) {CLOSE_ATTEMPTS} times; the receiver may not have read the last batches");
+                        break;
+                    }
+                    tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = self.resend.len(),
+                        "closing the connection failed ({e}); sending what the receiver may not have read again");
+                    if let Err(e) = self.send(Vec::new()).await {
+                        tracing::warn!(sink = %self.name, "{e}; the receiver may not have read the last batches");
+                        break;
+                    }
+                }
             }
         }
-        self.last_batch.clear();
+        self.connection = None;
+        self.unconfirmed.clear();
     }
 }
 
