@@ -893,6 +893,44 @@ async fn after_a_reset_the_last_batch_goes_again_on_the_new_connection() {
 }
 
 #[tokio::test]
+async fn what_a_reset_left_unsent_goes_to_the_restarted_receiver_when_the_sink_closes() {
+    let (listener, mut sink) = tcp_receiver_and_sink("").await;
+    let port = listener.local_addr().unwrap().port();
+    let records = hostile_records();
+    sink.deliver(&records[..2]).await.unwrap();
+    let first = next_connection(&listener).await;
+    // The receiver goes away without reading (a reset) and is not back yet: the next batch finds
+    // the reset and cannot connect, so the first one waits in the sink, delivered but unread.
+    socket2::SockRef::from(&first)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(first);
+    drop(listener);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(sink.deliver(&records[2..4]).await.is_err());
+    // It is back as the run ends: closing the sink sends what it never read, then closes in order.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let receiver = tokio::spawn(async move {
+        let mut stream = next_connection(&listener).await;
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.map(|_| all)
+    });
+    sink.close().await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(2), receiver)
+        .await
+        .expect("the sink connected and closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        framed(&sink, &records[..2]),
+        "the first batch, then EOF"
+    );
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_closed_in_order_and_a_new_one_opened() {
     let (listener, mut sink) = tcp_receiver_and_sink("idle_reconnect_secs = 0.2").await;
     let records = hostile_records();

@@ -142,8 +142,13 @@ impl SyslogSink {
                     tracing::warn!(sink = %self.name, address = %self.settings.address,
                         "closing an idle connection failed ({e}); what it may not have read goes again");
                 }
-                // Idle this long, everything was acknowledged (or TCP_USER_TIMEOUT had ended it).
-                Closing::InOrder | Closing::NoAnswer => {
+                // Open, but not closing its side: it may have stopped reading; assume the worse.
+                Closing::NoAnswer => {
+                    self.hold_for_resend();
+                    tracing::warn!(sink = %self.name, address = %self.settings.address,
+                        "an idle connection was not closed by the receiver in time; what it may not have read goes again");
+                }
+                Closing::InOrder => {
                     self.unconfirmed.clear();
                     tracing::debug!(sink = %self.name, idle_secs = idle.as_secs(), "idle connection closed; opening a new one");
                 }

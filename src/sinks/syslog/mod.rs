@@ -206,9 +206,9 @@ async fn write_flushed<W: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// Attempts at closing in order at the end of a run, sending again what a failed close left in
-/// doubt (a receiver restarting just then).
-const CLOSE_ATTEMPTS: usize = 3;
+/// How long closing at the end of a run may take, sending again what a reset left in doubt (a
+/// receiver restarting just then): within the delivery loop's limit for a close (5 s).
+const CLOSE_BUDGET: Duration = Duration::from_millis(4_500);
 
 impl SyslogSink {
     /// Writes what waits to be sent again, then `frames`, on a connection found open before and
@@ -307,52 +307,58 @@ impl Sink for SyslogSink {
     }
 
     async fn close(&mut self) {
-        let within = self.close_within();
-        for attempt in 1..=CLOSE_ATTEMPTS {
-            let Some(connection) = self.connection.take() else {
-                break;
-            };
-            if matches!(connection, Connection::Udp(_)) {
+        // The delivery loop gives a close `CLOSE_WITHIN` (5 s); end before it cuts this short.
+        let deadline = Instant::now() + CLOSE_BUDGET;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(connection) = self.connection.take() {
+                if matches!(connection, Connection::Udp(_)) {
+                    break;
+                }
+                match close_gracefully(connection, self.close_within().min(left)).await {
+                    Closing::InOrder => {
+                        tracing::debug!(sink = %self.name, "connection closed in order");
+                        self.unconfirmed.clear();
+                    }
+                    Closing::NoAnswer => {
+                        tracing::warn!(sink = %self.name, address = %self.settings.address,
+                            "the receiver did not close its side in time; it may not have read the last batch");
+                        self.unconfirmed.clear();
+                    }
+                    Closing::Failed(e) => {
+                        // Reset while closing: what it had not read is gone.
+                        tracing::warn!(sink = %self.name, address = %self.settings.address,
+                            "closing the connection failed ({e}); sending what the receiver may not have read again");
+                        self.hold_for_resend();
+                    }
+                }
+            }
+            // Held after a reset (now, or in a delivery that failed or was cut short just before):
+            // send it on a new connection, which the next turn closes in order.
+            if self.resend.is_empty() {
                 break;
             }
-            match close_gracefully(connection, within).await {
-                Closing::InOrder => {
-                    tracing::debug!(sink = %self.name, "connection closed in order");
-                    self.unconfirmed.clear();
-                    break;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = self.resend.len(),
+                    "stopping with bytes the receiver may not have read; they were not sent again in time");
+                break;
+            }
+            match tokio::time::timeout(left, self.send(Vec::new())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // A receiver restarting refuses connections for a moment.
+                    tracing::debug!(sink = %self.name, "{e}; trying again");
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                Closing::NoAnswer => {
-                    tracing::warn!(sink = %self.name, address = %self.settings.address,
-                        "the receiver did not close its side within {} s; it may not have read the last batch",
-                        within.as_secs_f64());
-                    self.unconfirmed.clear();
-                    break;
-                }
-                Closing::Failed(e) => {
-                    // Reset while closing: what it had not read is gone. Send that again on a new
-                    // connection, then close that one in order.
-                    self.hold_for_resend();
-                    if self.resend.is_empty() {
-                        tracing::warn!(sink = %self.name, address = %self.settings.address,
-                            "closing the connection failed ({e}); nothing was written on it");
-                        break;
-                    }
-                    if attempt == CLOSE_ATTEMPTS {
-                        tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = self.resend.len(),
-                            "closing the connection failed ({e}) {CLOSE_ATTEMPTS} times; the receiver may not have read the last batches");
-                        break;
-                    }
-                    tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = self.resend.len(),
-                        "closing the connection failed ({e}); sending what the receiver may not have read again");
-                    if let Err(e) = self.send(Vec::new()).await {
-                        tracing::warn!(sink = %self.name, "{e}; the receiver may not have read the last batches");
-                        break;
-                    }
-                }
+                Err(_) => {}
             }
         }
         self.connection = None;
         self.unconfirmed.clear();
+        self.resend.clear();
     }
 }
 

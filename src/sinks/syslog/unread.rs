@@ -118,7 +118,7 @@ struct ReceiverSide {
 
 /// What our kernel knows of the receiver's side of `tcp`; `None` where it does not report the
 /// window (not Linux, or a kernel before 5.4).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
 fn receiver_side(tcp: &TcpStream) -> Option<ReceiverSide> {
     use std::os::fd::AsRawFd;
     let fd = tcp.as_raw_fd();
@@ -152,7 +152,7 @@ fn receiver_side(tcp: &TcpStream) -> Option<ReceiverSide> {
     })
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
 fn receiver_side(_tcp: &TcpStream) -> Option<ReceiverSide> {
     None
 }
