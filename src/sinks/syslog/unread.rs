@@ -19,11 +19,15 @@
 //!
 //! Known gap: Linux widens the window it offers as data arrives, read or not, for a while after a
 //! receiver grew its buffer. A receiver that stops reading just then shows less shrink than it
-//! holds, and a batch it never read can be let go (measured: rsyslog restarted five times
-//! mid-stream, three test binaries at once on two cores, lost one batch in about 25 runs; twice
-//! the shrink lost one in about 100 runs of the stalling-receiver tests). Holding a whole window
-//! instead closes the gap but sends megabytes again at every restart: measured, 18,000–38,000
-//! duplicates for 20,000 records over five restarts, against 0–1,000 with the estimate.
+//! holds, and a batch it never read can be let go. Measured with three test binaries at once on
+//! two cores: rsyslog restarted five times mid-stream lost one batch in 50 runs; with twice the
+//! shrink instead of three times, the stalling-receiver tests lost one batch in 50 runs. Holding a
+//! whole window instead closes the gap but sends megabytes again at every restart: measured,
+//! 18,000–38,000 duplicates for 20,000 records over five restarts, against 0–1,000 with the
+//! estimate.
+//!
+//! Memory: at most what our send buffer holds unacknowledged plus three receive windows (Linux's
+//! defaults cap these at 4 MiB and about 3 MiB), and one batch.
 
 use std::collections::VecDeque;
 
