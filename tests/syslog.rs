@@ -680,14 +680,16 @@ impl Drop for StallingReceiver {
     }
 }
 
-/// `records` records in batches of 100 through the real delivery loop (backfill: it drains the
-/// outbox and ends) to a receiver that stops reading after `stop_after` of them and then resets its
-/// first connection (see [`StallingReceiver`]); returns (records that never arrived, duplicates).
-async fn deliver_to_a_receiver_that_stalls(
+/// Sends `records` records in batches of 100 through the real delivery loop (backfill: it drains
+/// the outbox and ends) to a receiver that stops reading after `stop_after` of them and then resets
+/// its first connection (see [`StallingReceiver`]), and checks that every record arrived, with at
+/// most two batches of duplicates; `lost` says what a missing record means.
+async fn a_receiver_that_stalls_gets_everything(
     records: usize,
     stop_after: usize,
     receive_buffer: Option<usize>,
-) -> (Vec<String>, usize) {
+    lost: &str,
+) {
     let state = tempfile::tempdir().unwrap();
     let (store, ids) = store_with_events(state.path(), records).await;
     let pause = std::time::Duration::from_millis(300);
@@ -702,7 +704,7 @@ async fn deliver_to_a_receiver_that_stalls(
     assert_eq!(report.backlog, 0, "{report:?}");
     // The receiver reads what the last connection carried, up to its end.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
+    let (missing, duplicates) = loop {
         let counts = receiver.ids.lock().unwrap().clone();
         let missing: Vec<String> = ids
             .iter()
@@ -710,10 +712,21 @@ async fn deliver_to_a_receiver_that_stalls(
             .cloned()
             .collect();
         if missing.is_empty() || std::time::Instant::now() > deadline {
-            return (missing, counts.values().map(|n| n - 1).sum());
+            break (missing, counts.values().map(|n| n - 1).sum::<usize>());
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    };
+    assert!(
+        missing.is_empty(),
+        "{} records {lost} (first: {:?})",
+        missing.len(),
+        missing.first()
+    );
+    eprintln!("{duplicates} duplicates");
+    assert!(
+        duplicates <= 200,
+        "{duplicates} duplicates: more than two batches"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,18 +734,13 @@ async fn batches_written_while_the_receiver_stopped_reading_go_again_after_its_r
     // It stops after 3 of 10 batches: the sink writes the other seven before the reset, each into a
     // connection that is open and acknowledges them, and none of them is read. The reset comes as
     // the sink closes at the end.
-    let (missing, duplicates) = deliver_to_a_receiver_that_stalls(1_000, 300, None).await;
-    assert!(
-        missing.is_empty(),
-        "{} records written while the receiver had stopped reading never arrived (first: {:?})",
-        missing.len(),
-        missing.first()
-    );
-    eprintln!("{duplicates} duplicates");
-    assert!(
-        duplicates <= 200,
-        "{duplicates} duplicates: more than two batches"
-    );
+    a_receiver_that_stalls_gets_everything(
+        1_000,
+        300,
+        None,
+        "written while the receiver had stopped reading never arrived",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,37 +748,26 @@ async fn a_reset_during_a_blocked_write_sends_what_the_receiver_had_not_read_aga
     // A small receive buffer and more records than the sink's send buffer holds: once it stops
     // reading, the sink's writes block until the reset, mid-run. What it acknowledged unread goes
     // again ahead of the batch that failed.
-    let (missing, duplicates) =
-        deliver_to_a_receiver_that_stalls(20_000, 300, Some(16 * 1024)).await;
-    assert!(
-        missing.is_empty(),
-        "{} records the receiver acknowledged but never read were lost at its reset (first: {:?})",
-        missing.len(),
-        missing.first()
-    );
-    eprintln!("{duplicates} duplicates");
-    assert!(
-        duplicates <= 200,
-        "{duplicates} duplicates: more than two batches"
-    );
+    a_receiver_that_stalls_gets_everything(
+        20_000,
+        300,
+        Some(16 * 1024),
+        "the receiver acknowledged but never read were lost at its reset",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_while_backfill_closes_the_connection_sends_the_last_batch_again() {
     // It stops before the last batch: backfill has delivered everything and is closing the
     // connection when the reset comes.
-    let (missing, duplicates) = deliver_to_a_receiver_that_stalls(1_000, 900, None).await;
-    assert!(
-        missing.is_empty(),
-        "{} records of the last batch never arrived after a reset at the close (first: {:?})",
-        missing.len(),
-        missing.first()
-    );
-    eprintln!("{duplicates} duplicates");
-    assert!(
-        duplicates <= 200,
-        "{duplicates} duplicates: more than two batches"
-    );
+    a_receiver_that_stalls_gets_everything(
+        1_000,
+        900,
+        None,
+        "of the last batch never arrived after a reset at the close",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -873,18 +870,23 @@ async fn a_connection_the_receiver_closed_is_noticed_before_the_next_batch() {
     );
 }
 
+/// Closes the receiver's side of `stream` with a reset (what it had not read is gone), and gives
+/// the reset a moment to reach the sink.
+async fn reset(stream: tokio::net::TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
 #[tokio::test]
 async fn after_a_reset_the_last_batch_goes_again_on_the_new_connection() {
     let (listener, mut sink) = tcp_receiver_and_sink("").await;
     let records = hostile_records();
     sink.deliver(&records[..2]).await.unwrap();
-    let first = next_connection(&listener).await;
     // The receiver dies without reading (a reset: what it had not read is gone).
-    socket2::SockRef::from(&first)
-        .set_linger(Some(std::time::Duration::ZERO))
-        .unwrap();
-    drop(first);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    reset(next_connection(&listener).await).await;
     sink.deliver(&records[2..4]).await.unwrap();
     let mut second = next_connection(&listener).await;
     let mut want = framed(&sink, &records[..2]);
@@ -898,36 +900,48 @@ async fn what_a_reset_left_unsent_goes_to_the_restarted_receiver_when_the_sink_c
     let port = listener.local_addr().unwrap().port();
     let records = hostile_records();
     sink.deliver(&records[..2]).await.unwrap();
-    let first = next_connection(&listener).await;
     // The receiver goes away without reading (a reset) and is not back yet: the next batch finds
     // the reset and cannot connect, so the first one waits in the sink, delivered but unread.
-    socket2::SockRef::from(&first)
-        .set_linger(Some(std::time::Duration::ZERO))
-        .unwrap();
-    drop(first);
+    let first = next_connection(&listener).await;
     drop(listener);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    reset(first).await;
     assert!(sink.deliver(&records[2..4]).await.is_err());
     // It is back as the run ends: closing the sink sends what it never read, then closes in order.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
     let receiver = tokio::spawn(async move {
-        let mut stream = next_connection(&listener).await;
-        let mut all = Vec::new();
-        stream.read_to_end(&mut all).await.map(|_| all)
+        let stream = next_connection(&listener).await;
+        read_until_closed(stream).await.unwrap()
     });
     sink.close().await;
-    let got = tokio::time::timeout(std::time::Duration::from_secs(2), receiver)
-        .await
-        .expect("the sink connected and closed")
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        got,
+        everything_read(receiver, "the sink connected and closed").await,
         framed(&sink, &records[..2]),
         "the first batch, then EOF"
     );
+}
+
+/// Reads `stream` to its end (the sink closed its side) on a task of its own.
+fn read_until_closed(
+    mut stream: tokio::net::TcpStream,
+) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+    tokio::spawn(async move {
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.map(|_| all)
+    })
+}
+
+/// What `reader` read up to the end (failing after 2 s: `expect` did not happen).
+async fn everything_read(
+    reader: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+    expect: &str,
+) -> Vec<u8> {
+    tokio::time::timeout(std::time::Duration::from_secs(2), reader)
+        .await
+        .expect(expect)
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -935,21 +949,12 @@ async fn an_idle_connection_is_closed_in_order_and_a_new_one_opened() {
     let (listener, mut sink) = tcp_receiver_and_sink("idle_reconnect_secs = 0.2").await;
     let records = hostile_records();
     sink.deliver(&records[..2]).await.unwrap();
-    let mut first = next_connection(&listener).await;
     // The receiver reads until the sink closes its side, then closes its own.
-    let first_read = tokio::spawn(async move {
-        let mut all = Vec::new();
-        first.read_to_end(&mut all).await.map(|_| all)
-    });
+    let first_read = read_until_closed(next_connection(&listener).await);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     sink.deliver(&records[2..4]).await.unwrap();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(2), first_read)
-        .await
-        .expect("the idle connection was closed")
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        got,
+        everything_read(first_read, "the idle connection was closed").await,
         framed(&sink, &records[..2]),
         "the first batch, then EOF"
     );
@@ -958,10 +963,7 @@ async fn an_idle_connection_is_closed_in_order_and_a_new_one_opened() {
     assert_eq!(read_bytes(&mut second, want.len()).await, want);
 
     // At stop the sink shuts down its side and waits for the receiver to close.
-    let second_read = tokio::spawn(async move {
-        let mut rest = Vec::new();
-        second.read_to_end(&mut rest).await.map(|_| rest)
-    });
+    let second_read = read_until_closed(second);
     tokio::time::timeout(std::time::Duration::from_secs(2), sink.close())
         .await
         .expect("close ends once the receiver closed");
