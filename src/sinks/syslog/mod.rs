@@ -251,8 +251,7 @@ impl SyslogSink {
         }
         let resent = std::mem::take(&mut self.resend);
         if let Some(tcp) = self.connection.as_ref().and_then(Connection::tcp) {
-            self.unconfirmed.written(resent, tcp);
-            self.unconfirmed.written(frames, tcp);
+            self.unconfirmed.written([resent, frames], tcp);
         }
         self.last_write = Instant::now();
         Ok(())

@@ -56,10 +56,10 @@ impl Unconfirmed {
         self.widest_window = receiver_side(tcp).map_or(0, |side| side.window);
     }
 
-    /// `bytes` were written and flushed on `tcp`: holds them, then lets go of the oldest batches
-    /// the receiver has read.
-    pub(super) fn written(&mut self, bytes: Vec<u8>, tcp: &TcpStream) {
-        if !bytes.is_empty() {
+    /// `batches` were written and flushed on `tcp`, in this order: holds them, then lets go of the
+    /// oldest batches the receiver has read (one look at `tcp` for all of them).
+    pub(super) fn written(&mut self, batches: impl IntoIterator<Item = Vec<u8>>, tcp: &TcpStream) {
+        for bytes in batches.into_iter().filter(|b| !b.is_empty()) {
             self.bytes += bytes.len();
             self.batches.push_back(bytes);
         }
@@ -186,7 +186,7 @@ mod tests {
         if wrote.is_err() {
             return false;
         }
-        held.written(batch.to_vec(), ours);
+        held.written([batch.to_vec()], ours);
         true
     }
 
