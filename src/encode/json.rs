@@ -5,7 +5,7 @@
 //! a line. Invariant: each call appends exactly one line ending in `\n`; the vendor record is
 //! embedded whole, as the compact text the outbox holds.
 
-use chrono::SecondsFormat;
+use super::decimal::Decimal;
 
 use crate::event::OutboxRecord;
 
@@ -13,19 +13,11 @@ use crate::event::OutboxRecord;
 /// `{"source":…,"stream":…,"tenant":…,"id":…,"time":…,"ingest_time":…,"severity":…,"record":{…}}`.
 /// Times are RFC 3339 UTC with milliseconds.
 pub fn write_line(record: &OutboxRecord, out: &mut Vec<u8>) {
-    let time = record
-        .event_time
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
-    let ingest_time = record
-        .ingest_time
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
     let strings = [
         ("source", record.source.as_str()),
         ("stream", &record.stream),
         ("tenant", &record.tenant),
         ("id", &record.event_id),
-        ("time", &time),
-        ("ingest_time", &ingest_time),
     ];
     out.push(b'{');
     for (i, (key, value)) in strings.into_iter().enumerate() {
@@ -36,8 +28,17 @@ pub fn write_line(record: &OutboxRecord, out: &mut Vec<u8>) {
         out.push(b':');
         write_str(value, out);
     }
+    // Times need no escaping: digits, `-`, `:`, `.`, `T`, `Z` and a sign.
+    for (key, time) in [
+        (&b",\"time\":\""[..], record.event_time),
+        (b",\"ingest_time\":\"", record.ingest_time),
+    ] {
+        out.extend_from_slice(key);
+        super::timestamp::write_millis(time, out);
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"severity\":");
-    out.extend_from_slice(record.severity.to_string().as_bytes());
+    out.extend_from_slice(Decimal::unsigned(record.severity.into(), 1).as_bytes());
     out.extend_from_slice(b",\"record\":");
     write_record(&record.record, out);
     out.extend_from_slice(b"}\n");
@@ -45,6 +46,14 @@ pub fn write_line(record: &OutboxRecord, out: &mut Vec<u8>) {
 
 /// Appends `text` as a JSON string.
 pub(crate) fn write_str(text: &str, out: &mut Vec<u8>) {
+    // Most of what is written (ids, names, times) needs no escape: copied whole, without the
+    // setup of a serializer, which cost more than the copy for strings this short.
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // serde_json's string escaping is exact JSON; writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
 }
@@ -100,5 +109,50 @@ mod tests {
         assert!(text.ends_with(",\"record\":{\"a\":1}}\n"), "{text}");
         let parsed: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(parsed["record"]["a"], 1);
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = [
+            "",
+            "plain",
+            "with space",
+            "quote\"in",
+            "back\\slash",
+            "tab\tand\nline",
+            "\u{0}\u{1f}\u{7f}",
+            "é ü 漢字 🙂",
+            "C:\\Windows\\explorer.exe",
+            "</script>",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every byte below 0x80 alone and between plain text.
+        cases.extend((0u8..0x80).map(|b| format!("a{}b", char::from(b))));
+        for text in cases {
+            let mut out = Vec::new();
+            write_str(&text, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&text).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_times_outside_the_fast_path_are_still_rfc3339() {
+        let mut r = record(r#"{"a":1}"#);
+        r.event_time = chrono::DateTime::<Utc>::MIN_UTC;
+        let mut out = Vec::new();
+        write_line(&r, &mut out);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            parsed["time"],
+            r.event_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .as_str()
+        );
     }
 }

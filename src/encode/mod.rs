@@ -6,3 +6,4 @@ pub mod decimal;
 pub mod hec;
 pub mod json;
 pub mod syslog;
+pub mod timestamp;

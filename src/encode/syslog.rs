@@ -94,16 +94,7 @@ pub fn write_message(format: HeaderFormat, header: &Header<'_>, msg: &[u8], out:
         HeaderFormat::Rfc5424 => {
             out.extend_from_slice(b"1 ");
             if plain {
-                push_number(t.year() as u32, 4, out);
-                out.push(b'-');
-                push_number(t.month(), 2, out);
-                out.push(b'-');
-                push_number(t.day(), 2, out);
-                out.push(b'T');
-                push_clock(t, out);
-                out.push(b'.');
-                push_number(t.nanosecond() / 1_000_000, 3, out);
-                out.push(b'Z');
+                super::timestamp::write_millis(t, out);
             } else {
                 out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes());
             }
