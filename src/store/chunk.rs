@@ -48,7 +48,12 @@ pub(super) enum ChunkError {
 
 /// Encodes and compresses `entries` into a chunk body.
 pub(super) fn encode<'a>(entries: impl IntoIterator<Item = ChunkEntry<&'a str>>) -> Vec<u8> {
-    let mut raw = Vec::new();
+    let entries: Vec<ChunkEntry<&str>> = entries.into_iter().collect();
+    let size: usize = entries
+        .iter()
+        .map(|e| 4 + e.id.len() + 8 + 1 + 4 + e.record.len())
+        .sum();
+    let mut raw = Vec::with_capacity(size);
     for e in entries {
         raw.extend_from_slice(&len_u32(e.id).to_le_bytes());
         raw.extend_from_slice(e.id.as_bytes());
@@ -57,10 +62,16 @@ pub(super) fn encode<'a>(entries: impl IntoIterator<Item = ChunkEntry<&'a str>>)
         raw.extend_from_slice(&len_u32(e.record).to_le_bytes());
         raw.extend_from_slice(e.record.as_bytes());
     }
-    let mut body = Vec::with_capacity(5 + raw.len() / 3);
-    body.push(FORMAT);
-    body.extend_from_slice(&len_u32_bytes(raw.len()).to_le_bytes());
-    body.extend_from_slice(&lz4_flex::block::compress(&raw));
+    // Compressed straight behind the header: no second buffer to copy it out of.
+    let mut body = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(raw.len())];
+    body[0] = FORMAT;
+    body[1..5].copy_from_slice(&len_u32_bytes(raw.len()).to_le_bytes());
+    let written = lz4_flex::block::compress_into(&raw, &mut body[5..])
+        .expect("lz4's maximum output size always fits");
+    body.truncate(5 + written);
+    // Chunks wait in memory for their commit: keep what they hold, not the worst case (a shrink
+    // in place, not a copy).
+    body.shrink_to_fit();
     body
 }
 
