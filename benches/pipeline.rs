@@ -314,18 +314,28 @@ fn source_text(source: Source, servers: &Servers, interval: Option<f64>) -> Stri
     }
 }
 
+/// The sink's `batch_size`: 2,000, or `BENCH_BATCH` (to see what the per-batch costs, an fsync
+/// and a position commit each, weigh).
+fn batch_size() -> usize {
+    std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
+
 /// The `[sinks.out]` body of `sink`, writing under `dir` (file) or to `target`.
 fn sink_text(sink: SinkKind, dir: &Path, target: &str) -> String {
+    let batch = batch_size();
     match sink {
         SinkKind::File => format!(
-            "type = \"file\"\npath = {:?}\nrotate_bytes = 4294967296\nbatch_size = 2000",
+            "type = \"file\"\npath = {:?}\nrotate_bytes = 4294967296\nbatch_size = {batch}",
             dir.join(OUT_FILE).display().to_string()
         ),
         SinkKind::Syslog => {
-            format!("type = \"syslog\"\naddress = {target:?}\ntransport = \"tcp\"\nbatch_size = 2000\nhostname = \"bench\"")
+            format!("type = \"syslog\"\naddress = {target:?}\ntransport = \"tcp\"\nbatch_size = {batch}\nhostname = \"bench\"")
         }
         SinkKind::Hec => format!(
-            "type = \"splunk_hec\"\nurl = {target:?}\ntoken = {HEC_TOKEN:?}\ngzip = true\nbatch_size = 2000"
+            "type = \"splunk_hec\"\nurl = {target:?}\ntoken = {HEC_TOKEN:?}\ngzip = true\nbatch_size = {batch}"
         ),
     }
 }
