@@ -46,7 +46,7 @@ pub fn write_line(record: &OutboxRecord, out: &mut Vec<u8>) {
 
 /// Appends `text` as a JSON string.
 pub(crate) fn write_str(text: &str, out: &mut Vec<u8>) {
-    // Most of what is written (ids, names, times) needs no escape: copied whole, without the
+    // Most of what is written (ids, names, keys) needs no escape: copied whole, without the
     // setup of a serializer, which cost more than the copy for strings this short.
     if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
         out.push(b'"');

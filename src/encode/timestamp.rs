@@ -46,14 +46,19 @@ mod tests {
 
     #[test]
     fn times_are_written_as_chrono_writes_them() {
-        // Every few hours over ~330 years (leap years, century rules), sub-millisecond parts
-        // that must be cut, not rounded, and the edges of the fast path.
+        // Every ~13 days from 1967 to 2286 (every month, leap years), sub-millisecond parts that
+        // must be cut, not rounded, the century rules, and the edges of the fast path.
         let mut cases = vec![
             Utc.timestamp_opt(0, 0).unwrap(),
             Utc.timestamp_opt(-1, 999_999_999).unwrap(),
             Utc.timestamp_opt(951_782_400, 1_000_000).unwrap(),
             Utc.timestamp_opt(253_402_300_799, 999_999_999).unwrap(),
             Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(1900, 2, 28, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(1900, 3, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2000, 2, 29, 12, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2100, 2, 28, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(2100, 3, 1, 0, 0, 0).unwrap(),
         ];
         let mut s: i64 = -86_400 * 800;
         while s < 10_000_000_000 {
@@ -61,7 +66,7 @@ mod tests {
                 Utc.timestamp_opt(s, (s.rem_euclid(1000) as u32) * 1_000_777)
                     .unwrap(),
             );
-            s += 11_111_111;
+            s += 1_111_111;
         }
         for t in cases {
             assert_eq!(
