@@ -47,8 +47,7 @@ pub(super) enum ChunkError {
 }
 
 /// Encodes and compresses `entries` into a chunk body.
-pub(super) fn encode<'a>(entries: impl IntoIterator<Item = ChunkEntry<&'a str>>) -> Vec<u8> {
-    let entries: Vec<ChunkEntry<&str>> = entries.into_iter().collect();
+pub(super) fn encode(entries: &[ChunkEntry<&str>]) -> Vec<u8> {
     let size: usize = entries
         .iter()
         .map(|e| 4 + e.id.len() + 8 + 1 + 4 + e.record.len())
@@ -212,7 +211,7 @@ mod tests {
             },
             entry("", "{}"),
         ];
-        let body = encode(entries.clone());
+        let body = encode(&entries);
         let back = decode(&body, 3, 0, usize::MAX).unwrap();
         assert_eq!(back, entries.iter().map(owned).collect::<Vec<_>>());
     }
@@ -220,7 +219,7 @@ mod tests {
     #[test]
     fn records_read_back_are_slices_of_one_buffer_not_copies() {
         let entries = vec![entry("a", r#"{"id":"a"}"#), entry("b", r#"{"id":"b"}"#)];
-        let back = decode(&encode(entries), 2, 0, 2).unwrap();
+        let back = decode(&encode(&entries), 2, 0, 2).unwrap();
         // In the decompressed layout the second record starts right after the first one, its
         // id's length (4), its id (1), time (8), severity (1) and its record's length (4).
         let (first, second) = (back[0].record.as_ptr(), back[1].record.as_ptr());
@@ -235,7 +234,7 @@ mod tests {
             .into_iter()
             .map(|id| entry(id, "{}"))
             .collect();
-        let body = encode(entries.clone());
+        let body = encode(&entries);
         let ids = |v: Vec<ChunkEntry<SharedText>>| {
             v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>()
         };
@@ -249,7 +248,7 @@ mod tests {
     fn repetitive_json_shrinks() {
         let record = r#"{"@timestamp":"2026-11-30T10:00:00.000Z","event":{"action":"file-modified","id":"0_1d71796f-af5b-4231-9d8e-df6434da4663_935873453596901068_956171635867906205_5"},"user":{"email":"user@example.com","deviceUid":"935873453596901068"}}"#;
         let entries: Vec<_> = (0..500).map(|_| entry("x", record)).collect();
-        let body = encode(entries);
+        let body = encode(&entries);
         assert!(
             body.len() * 5 < 500 * record.len(),
             "{} bytes for {} of JSON",
@@ -260,14 +259,12 @@ mod tests {
 
     #[test]
     fn an_empty_chunk_decodes_to_nothing() {
-        assert!(decode(&encode(Vec::new()), 0, 0, usize::MAX)
-            .unwrap()
-            .is_empty());
+        assert!(decode(&encode(&[]), 0, 0, usize::MAX).unwrap().is_empty());
     }
 
     #[test]
     fn damage_is_an_error_not_a_panic() {
-        let body = encode(vec![entry("a", r#"{"id":"a"}"#), entry("b", "{}")]);
+        let body = encode(&[entry("a", r#"{"id":"a"}"#), entry("b", "{}")]);
         assert!(decode(&[], 2, 0, 10).is_err(), "empty");
         assert!(
             decode(&[2, 0, 0, 0, 0], 2, 0, 10).is_err(),

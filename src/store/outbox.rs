@@ -115,7 +115,7 @@ pub(super) async fn encode_chunks(entries: &[ChunkEntry<&str>]) -> Vec<EncodedCh
         chunks.push(EncodedChunk {
             records: take,
             bytes,
-            body: chunk::encode(these.iter().cloned()),
+            body: chunk::encode(these),
         });
         // Compressing a chunk takes a few milliseconds: let other tasks of this worker run.
         tokio::task::yield_now().await;
