@@ -116,15 +116,19 @@ impl Store {
         let started = std::time::Instant::now();
         // 0. Look the keys up before taking the turn: a read, and a quarter of what the turn was
         //    held for; the other writers (sinks recording deliveries) wait for the turn. It still
-        //    holds at step 1 unless the seen-set count moved (see `seen::SeenChanges`).
+        //    holds at step 1 unless the seen-set count moved (see `seen::SeenChanges`). Keys
+        //    newer than any the scope holds are not looked up (see `seen::SeenBounds`).
         let token = self.seen_token(scope);
+        let look_up = seen::to_look_up(&rows, self.seen_bound(scope));
+        let mut looked_up = look_up.len();
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(query_err("looking up seen ids"))?;
-        let known_before = seen::known(&mut conn, scope, &rows).await?;
+        let known_before = seen::known(&mut conn, scope, &look_up).await?;
         drop(conn);
+        drop(look_up);
         let looked_up_at = started.elapsed();
         let mut tx = self.begin("starting a page commit").await?;
         let turn_at = started.elapsed();
@@ -134,10 +138,13 @@ impl Store {
         //    never forgets an id that a later page would bring back. While ids recorded before
         //    the integer seen-set remain, one of those is not new either (its id is read back from
         //    the page's chunks: only while that older table holds rows).
+        let bound = self.raise_seen_bound(&mut tx, scope, &rows).await?;
         let known = if self.seen_token(scope) == token {
             known_before
         } else {
-            seen::known(&mut tx, scope, &rows).await?
+            let look_up = seen::to_look_up(&rows, Some(bound));
+            looked_up = look_up.len();
+            seen::known(&mut tx, scope, &look_up).await?
         };
         seen::upsert(&mut tx, scope, &rows, now_ms).await?;
         let mut fresh: HashSet<SeenKey> = rows
@@ -263,6 +270,7 @@ impl Store {
         tracing::trace!(
             source,
             events = rows.len(),
+            looked_up,
             lookup_us = looked_up_at.as_micros() as u64,
             turn_us = (turn_at - looked_up_at).as_micros() as u64,
             seen_us = (seen_at - turn_at).as_micros() as u64,

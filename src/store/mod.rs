@@ -215,6 +215,8 @@ pub struct Store {
     legacy_seen: Arc<std::sync::atomic::AtomicBool>,
     /// This process's changes to the seen-set, counted (see `seen.rs`).
     seen_changes: Arc<std::sync::Mutex<seen::SeenChanges>>,
+    /// Per seen-set scope, a key time no key is newer than (see `seen.rs`).
+    seen_bounds: Arc<std::sync::Mutex<seen::SeenBounds>>,
     /// Held while one task checkpoints the WAL, off the commit path (see `open.rs`).
     checkpointing: Arc<tokio::sync::Mutex<()>>,
     /// This process's turn to write: held for a whole write transaction (see [`Store::begin`]).

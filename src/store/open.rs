@@ -117,6 +117,7 @@ impl Store {
             scopes: Arc::default(),
             legacy_seen: Arc::default(),
             seen_changes: Arc::default(),
+            seen_bounds: Arc::default(),
             checkpointing: Arc::default(),
             writing: Arc::default(),
             writer_lock: lock,

@@ -1064,3 +1064,88 @@ async fn turn_handles_reach(store: &Store, n: usize) {
     .await;
     assert!(waited.is_ok(), "a task never queued for the writer's turn");
 }
+
+/// Keys newer than any of their scope skip the lookup (`seen::SeenBounds`); what is not newer is
+/// still looked up: after a reopen (the bound read from disk by the first commit), for a late
+/// insert older than the bound, and for ties with it.
+#[tokio::test]
+async fn only_keys_newer_than_the_scope_skip_the_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let p = Partition::new("events", "");
+    let page = |events: Vec<Event>| Page {
+        events,
+        ..Page::default()
+    };
+    let summary = |appended, duplicates| CommitSummary {
+        appended,
+        duplicates,
+        rejected: 0,
+    };
+    {
+        let store = Store::open(&path, Access::Writer).await.unwrap();
+        let s = store
+            .commit_page(
+                "src",
+                &p,
+                &page(vec![event("a", 100), event("b", 200)]),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, summary(2, 0));
+        let scope = store.seen_scope("src", "events").await.unwrap();
+        assert_eq!(store.seen_bound(scope), Some(200_000));
+    }
+    let store = Store::open(&path, Access::Writer).await.unwrap();
+    let scope = store.seen_scope("src", "events").await.unwrap();
+    assert_eq!(
+        store.seen_bound(scope),
+        None,
+        "not known before the first commit"
+    );
+    // An older page first: the bound comes from disk, not from this page alone.
+    let s = store
+        .commit_page("src", &p, &page(vec![event("a", 100)]), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(s, summary(0, 1));
+    assert_eq!(store.seen_bound(scope), Some(200_000));
+    let s = store
+        .commit_page(
+            "src",
+            &p,
+            &page(vec![event("b", 200), event("c", 300), event("late", 150)]),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, summary(2, 1), "b ties with the bound and was seen");
+    assert_eq!(store.seen_bound(scope), Some(300_000));
+    let s = store
+        .commit_page(
+            "src",
+            &p,
+            &page(vec![event("late", 150), event("c", 300), event("d", 400)]),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, summary(1, 2), "a late insert below the bound was seen");
+    // A reset forgets keys; the bound stays above them, so they are looked up and found new.
+    let r = store
+        .reset("src", Some(Utc.timestamp_opt(250, 0).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(r.seen, 2);
+    let s = store
+        .commit_page(
+            "src",
+            &p,
+            &page(vec![event("c", 300), event("d", 400)]),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, summary(2, 0));
+}
