@@ -27,11 +27,6 @@ pub(crate) fn int(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(Decimal::signed(n).as_bytes());
 }
 
-/// `n` as exactly `width` decimal digits (n < 10^width).
-fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
-    out.extend_from_slice(Decimal::unsigned(n, width).as_bytes());
-}
-
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
 /// `civil_from_days`).
 fn civil(days: i64) -> (i64, u64, u64) {
@@ -65,25 +60,37 @@ pub(crate) fn time(out: &mut Vec<u8>, ms: i64, micros: u64, fraction: usize) {
         return;
     }
     let in_day = ms.rem_euclid(86_400_000) as u64;
-    out.push(b'"');
-    padded(out, year as u64, 4);
-    out.push(b'-');
-    padded(out, month, 2);
-    out.push(b'-');
-    padded(out, day, 2);
-    out.push(b'T');
-    padded(out, in_day / 3_600_000, 2);
-    out.push(b':');
-    padded(out, in_day / 60_000 % 60, 2);
-    out.push(b':');
-    padded(out, in_day / 1000 % 60, 2);
-    out.push(b'.');
+    let year = year as u64;
+    let millis = in_day % 1000;
+    // `"YYYY-MM-DDTHH:MM:SS.` then the fraction: pairs of digits from a table, five of these
+    // are written for every file event a page serves.
+    let mut text = *b"\"0000-00-00T00:00:00.";
+    text[1..3].copy_from_slice(pair(year / 100));
+    text[3..5].copy_from_slice(pair(year % 100));
+    text[6..8].copy_from_slice(pair(month));
+    text[9..11].copy_from_slice(pair(day));
+    text[12..14].copy_from_slice(pair(in_day / 3_600_000));
+    text[15..17].copy_from_slice(pair(in_day / 60_000 % 60));
+    text[18..20].copy_from_slice(pair(in_day / 1000 % 60));
+    out.extend_from_slice(&text);
+    out.push(b'0' + (millis / 100) as u8);
+    out.extend_from_slice(pair(millis % 100));
     if fraction == 6 {
-        padded(out, in_day % 1000 * 1000 + micros, 6);
-    } else {
-        padded(out, in_day % 1000, 3);
+        out.push(b'0' + (micros / 100) as u8);
+        out.extend_from_slice(pair(micros % 100));
     }
     out.extend_from_slice(b"Z\"");
+}
+
+/// `n` (below 100) as two digits.
+fn pair(n: u64) -> &'static [u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let at = (n % 100) as usize * 2;
+    &PAIRS[at..at + 2]
 }
 
 #[cfg(test)]
