@@ -2,10 +2,9 @@
 -- Forward-only: never edit once landed.
 --
 -- The index cost a second B-tree insert for every id a page commit records (about a third of
--- recording a 10,000-event page). Pruning now walks each scope's keys older than the cut-off
--- (`key_time < cut-off`, a range of the primary key) and keeps those served since
--- (`seen_at >= cut-off`): a key's time is the vendor's time of the record, which is not after the
--- moment it was served, so a key last served before the cut-off also has a key time before it.
--- One from a vendor clock ahead of ours is kept until its key time passes the cut-off: later, never
--- sooner.
+-- recording a 10,000-event page). Pruning now walks two ranges of each scope's keys, those with a
+-- key time before the cut-off and those with one in the future, and deletes those not served since
+-- (`seen_at` before the cut-off). A key's time is the vendor's time of the record, not after the
+-- moment it was served unless a vendor clock ran ahead of ours: such a key, once its time is in
+-- the past, is kept until that time passes the cut-off. Later, never sooner (src/store/seen.rs).
 DROP INDEX IF EXISTS seen_ids_by_seen_at;

@@ -22,14 +22,21 @@ use sqlx::SqliteConnection;
 use super::{millis, query_err, Store, StoreError};
 use chrono::{DateTime, Utc};
 
-/// Forgets ids of scopes of source `?1` last served before `?2` (ms). A key's time is the vendor's
-/// time of its record, which is not after the moment it was served, so a key last served before
-/// `?2` also has a key time before it: the walk is a range of the primary key, with no index on
-/// `seen_at` to keep up at every insert. A key whose time a vendor clock put ahead of ours stays
-/// until that time passes `?2`: later than it could go, never sooner.
-const PRUNE_SQL: &str = "DELETE FROM seen_ids
-   WHERE scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)
-     AND key_time < ?2 AND seen_at < ?2";
+/// Forgets ids of scopes of source `?1` last served before `?2` (ms) whose key time is before
+/// `?2` too, or after `?3` (ms, the time of pruning). A key's time is the vendor's time of its
+/// record, which is not after the moment it was served unless a vendor clock ran ahead of ours: so
+/// the two ranges of the primary key hold every key last served before `?2`, with no index on
+/// `seen_at` to keep up at every insert. What they miss is a key whose time was ahead of ours when
+/// it was served and is now between `?2` and `?3`: it stays until its time passes `?2`, later than
+/// it could go, never sooner.
+const PRUNE_SQL: [&str; 2] = [
+    "DELETE FROM seen_ids
+      WHERE scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)
+        AND key_time < ?2 AND seen_at < ?2",
+    "DELETE FROM seen_ids
+      WHERE scope IN (SELECT scope FROM seen_scopes WHERE source = ?1)
+        AND key_time > ?3 AND seen_at < ?2",
+];
 
 /// Keys per statement: four variables each, far below SQLite's limit of 32,766. Each connection
 /// keeps its statements prepared, and a commit now looks keys up on one connection and records them
@@ -95,17 +102,20 @@ impl Store {
     /// Forgets seen ids of `source` last served before `before`, in both tables. Returns ids
     /// removed.
     ///
-    /// The integer seen-set is walked by its primary key: keys of a time before `before`, of which
-    /// those not served since go (see [`PRUNE_SQL`]).
+    /// The integer seen-set is walked by its primary key: keys of a time before `before` or in the
+    /// future, of which those not served since go (see [`PRUNE_SQL`]).
     pub async fn prune_seen(&self, source: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut removed = 0;
+        let now = millis(Utc::now());
         for sql in [
-            PRUNE_SQL,
+            PRUNE_SQL[0],
+            PRUNE_SQL[1],
             "DELETE FROM seen WHERE source = ?1 AND seen_at < ?2",
         ] {
             removed += sqlx::query(sql)
                 .bind(source)
                 .bind(millis(before))
+                .bind(now)
                 .execute(&self.pool)
                 .await
                 .map_err(query_err("pruning the seen-set"))?
@@ -136,10 +146,12 @@ impl Store {
 ///
 /// A bound is read from disk, and raised, only while the writer's turn is held (a page commit,
 /// before it records its keys): then no other commit of this process is between its read and its
-/// rows, and no other process writes. A bound raised for a transaction that then fails is only
+/// rows, and no other process writes the seen-set. A bound raised for a transaction that then fails is only
 /// higher than it needs to be. Resets and pruning only remove keys, so a bound stays true after
 /// them. A lookup outside the turn reads the bound after [`SeenChanges`]' token: a commit that
-/// raised it later ends before the lookup's turn, and moves the token.
+/// raised it later ends before the lookup's turn, and moves the token. A key time far in the
+/// future (a vendor clock ahead of ours) holds its scope's bound up: pages are then looked up
+/// whole, as before the bound, until pruning forgets that key and the store is opened again.
 #[derive(Debug, Default)]
 pub(super) struct SeenBounds(std::collections::HashMap<i64, i64>);
 
@@ -150,7 +162,7 @@ impl SeenBounds {
     }
 }
 
-/// Of `keys`, those a scope whose newest key time is `bound` may hold (`None`: not known, all).
+/// Of `keys`, those a scope whose key times are at most `bound` may hold (`None`: not known, all).
 pub(super) fn to_look_up(keys: &[(SeenKey, i64)], bound: Option<i64>) -> Vec<(SeenKey, i64)> {
     match bound {
         Some(bound) => keys
@@ -192,6 +204,7 @@ impl Store {
             .unwrap_or(i64::MIN),
         };
         let newest = keys.iter().map(|((t, _), _)| *t).max().unwrap_or(i64::MIN);
+        // Set, not maxed: the turn held makes this the only raise of the scope in progress.
         self.seen_bounds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -452,22 +465,21 @@ mod tests {
         let store = Store::open(&dir.path().join("s.db"), super::super::Access::Writer)
             .await
             .unwrap();
-        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(&format!(
-            "EXPLAIN QUERY PLAN {PRUNE_SQL}"
-        ))
-        .bind("src")
-        .bind(0i64)
-        .fetch_all(&store.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.3)
-        .collect();
-        assert!(
-            plan.iter()
-                .any(|step| step == "SEARCH seen_ids USING PRIMARY KEY (scope=? AND key_time<?)"),
-            "{plan:?}"
-        );
+        for (sql, range) in PRUNE_SQL.iter().zip(["key_time<?", "key_time>?"]) {
+            let plan: Vec<String> =
+                sqlx::query_as::<_, (i64, i64, i64, String)>(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .bind("src")
+                    .bind(0i64)
+                    .bind(0i64)
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.3)
+                    .collect();
+            let wanted = format!("SEARCH seen_ids USING PRIMARY KEY (scope=? AND {range})");
+            assert!(plan.iter().any(|step| *step == wanted), "{plan:?}");
+        }
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'seen_ids'",
         )
