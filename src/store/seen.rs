@@ -478,7 +478,7 @@ mod tests {
                     .map(|r| r.3)
                     .collect();
             let wanted = format!("SEARCH seen_ids USING PRIMARY KEY (scope=? AND {range})");
-            assert!(plan.iter().any(|step| *step == wanted), "{plan:?}");
+            assert!(plan.contains(&wanted), "{plan:?}");
         }
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'seen_ids'",
