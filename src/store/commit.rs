@@ -1,8 +1,8 @@
 //! Committing a polled page: the seen-set, the outbox append, rejected records and the cursor, in
 //! one transaction. What needs no writer's turn is done before it: the page is prepared (its
-//! records compressed, its seen-set keys made) so the caller can let it go, and its keys are
-//! looked up (a read; `seen::SeenChanges` says whether the answer still holds once the turn is
-//! held).
+//! seen-set keys made and looked up, a read; then the events found new compressed for the outbox,
+//! the others apart) so the caller can let it go. `seen::SeenChanges` says whether the lookup still
+//! holds once the turn is held; when it does not, the answer is made again from both sets of chunks.
 //!
 //! Must not: commit part of a page. Invariant: a crash leaves the old cursor, or the new one with
 //! its events on disk; an id the vendor keeps serving is never forgotten by age.
@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::chunk::ChunkEntry;
 use super::outbox::{self, Destination, EncodedChunk};
-use super::seen::{self, SeenKey};
+use super::seen::{self, SeenKey, SeenToken};
 use super::{commit_tx_then, millis, query_err, Store, StoreError};
 use crate::event::{Page, Partition, Rejected};
 use crate::shared_text::SharedText;
@@ -29,9 +29,10 @@ pub struct CommitSummary {
     pub rejected: u64,
 }
 
-/// A page made ready for its commit by [`Store::prepare_page`]: its records compressed into outbox
-/// chunks and its seen-set keys. It holds no record text of its own, so the page, and the response
-/// body its records share, can be let go while the commit waits for its turn and writes.
+/// A page made ready for its commit by [`Store::prepare_page`]: its seen-set keys, what a lookup
+/// found of them, and its records compressed into outbox chunks. It holds no record text of its
+/// own, so the page, and the response body its records share, can be let go while the commit waits
+/// for its turn and writes.
 pub struct PreparedPage {
     /// The partition's seen-set scope.
     scope: i64,
@@ -39,9 +40,20 @@ pub struct PreparedPage {
     now_ms: i64,
     /// Each event's seen-set key and event time (ms), in page order.
     rows: Vec<(SeenKey, i64)>,
-    /// Every event in page order, compressed on the likely guess that all are new (a page read
-    /// from the cursor on).
+    /// The seen-set's change count before the lookup (see `seen::SeenChanges`).
+    token: SeenToken,
+    /// Keys the seen-set held at the lookup.
+    known: HashSet<SeenKey>,
+    /// Keys looked up (the others were newer than any of the scope: `seen::SeenBounds`).
+    looked_up: usize,
+    /// Per event, in page order: new at the lookup (and first of its id in the page), so in
+    /// `chunks`; else in `spare`.
+    new_at_lookup: Vec<bool>,
+    /// The events new at the lookup, in page order, compressed: what the commit appends when the
+    /// lookup still holds.
     chunks: Vec<EncodedChunk>,
+    /// The other events, compressed apart: read back only when the lookup no longer holds.
+    spare: Vec<EncodedChunk>,
     /// Records that could not become events.
     rejected: Vec<Rejected>,
     /// The page's next cursor, if it moves it.
@@ -65,10 +77,14 @@ impl Store {
         self.commit_prepared(source, partition, prepared).await
     }
 
-    /// Makes `page` ready for [`Store::commit_prepared`]: its seen-set keys, and its records
-    /// compressed into chunks. Writes nothing of the page (it may create the partition's seen-set
-    /// scope, which is empty). Compressing takes a good part of a commit, and it is done here so
-    /// the writer's turn is not held for it and the page can be dropped before the commit.
+    /// Makes `page` ready for [`Store::commit_prepared`]: its seen-set keys, looked up (a read,
+    /// which needs no writer's turn: the other writers, sinks recording deliveries, wait for the
+    /// turn), and its records compressed into chunks, those found new apart from the others. Writes
+    /// nothing of the page (it may create the partition's seen-set scope, which is empty).
+    /// Compressing takes a good part of a commit, and it is done here so the writer's turn is not
+    /// held for it and the page can be dropped before the commit. Compressing only what the lookup
+    /// found new spares reading back and compressing again a page that repeats a record (a keyset
+    /// page repeats its boundary record: Tenable.sc, Jamf, Code42 alerts).
     pub async fn prepare_page(
         &self,
         source: &str,
@@ -76,19 +92,58 @@ impl Store {
         page: &Page,
         now: DateTime<Utc>,
     ) -> Result<PreparedPage, StoreError> {
+        let started = std::time::Instant::now();
         let scope = self.seen_scope(source, &partition.stream).await?;
-        let rows = page
+        let rows: Vec<(SeenKey, i64)> = page
             .events
             .iter()
             .map(|e| (seen::key(millis(e.key_time), &e.id), millis(e.time)))
             .collect();
-        let entries: Vec<ChunkEntry<&str>> = page.events.iter().map(chunk_entry).collect();
-        let chunks = outbox::encode_chunks(&entries).await;
+        // The token first, then the bound and the lookup: the commit compares the token again once
+        // it holds the turn (see `seen::SeenChanges`, `seen::SeenBounds`).
+        let token = self.seen_token(scope);
+        let look_up = seen::to_look_up(&rows, self.seen_bound(scope));
+        let known = if look_up.is_empty() {
+            HashSet::new()
+        } else {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(query_err("looking up seen ids"))?;
+            seen::known(&mut conn, scope, &look_up).await?
+        };
+        let looked_up_at = started.elapsed();
+        let new_at_lookup = first_new(&rows, &known);
+        let mut new = Vec::with_capacity(rows.len());
+        let mut old = Vec::new();
+        for (e, is_new) in page.events.iter().zip(&new_at_lookup) {
+            if *is_new {
+                new.push(chunk_entry(e));
+            } else {
+                old.push(chunk_entry(e));
+            }
+        }
+        let chunks = outbox::encode_chunks(&new).await;
+        let spare = outbox::encode_chunks(&old).await;
+        tracing::trace!(
+            source,
+            events = rows.len(),
+            looked_up = look_up.len(),
+            lookup_us = looked_up_at.as_micros() as u64,
+            compress_us = (started.elapsed() - looked_up_at).as_micros() as u64,
+            "page prepared"
+        );
         Ok(PreparedPage {
             scope,
             now_ms: millis(now),
+            looked_up: look_up.len(),
             rows,
+            token,
+            known,
+            new_at_lookup,
             chunks,
+            spare,
             rejected: page.rejected.clone(),
             cursor: page.cursor.clone(),
             clamped: page.cursor_clamped.is_some(),
@@ -108,39 +163,30 @@ impl Store {
             scope,
             now_ms,
             rows,
+            token,
+            known,
+            mut looked_up,
+            new_at_lookup,
             chunks,
+            spare,
             rejected: rejected_records,
             cursor,
             clamped,
         } = prepared;
         let started = std::time::Instant::now();
-        // 0. Look the keys up before taking the turn: a read, and a quarter of what the turn was
-        //    held for; the other writers (sinks recording deliveries) wait for the turn. It still
-        //    holds at step 1 unless the seen-set count moved (see `seen::SeenChanges`). Keys
-        //    newer than any the scope holds are not looked up (see `seen::SeenBounds`).
-        let token = self.seen_token(scope);
-        let look_up = seen::to_look_up(&rows, self.seen_bound(scope));
-        let mut looked_up = look_up.len();
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(query_err("looking up seen ids"))?;
-        let known_before = seen::known(&mut conn, scope, &look_up).await?;
-        drop(conn);
-        drop(look_up);
-        let looked_up_at = started.elapsed();
         let mut tx = self.begin("starting a page commit").await?;
         let turn_at = started.elapsed();
 
-        // 1. Remember ids; the keys not there before are new. An id the vendor served again stays
-        //    remembered as long as it keeps serving it (its `seen_at` moves), so pruning by age
-        //    never forgets an id that a later page would bring back. While ids recorded before
-        //    the integer seen-set remain, one of those is not new either (its id is read back from
-        //    the page's chunks: only while that older table holds rows).
+        // 1. Remember ids; the keys not there before are new. The lookup made before the turn
+        //    still holds unless the seen-set's count moved (see `seen::SeenChanges`); else the
+        //    keys are looked up again. An id the vendor served again stays remembered as long as
+        //    it keeps serving it (its `seen_at` moves), so pruning by age never forgets an id
+        //    that a later page would bring back. While ids recorded before the integer seen-set
+        //    remain, one of those is not new either (its id is read back from the page's chunks:
+        //    only while that older table holds rows).
         let bound = self.raise_seen_bound(&mut tx, scope, &rows).await?;
         let known = if self.seen_token(scope) == token {
-            known_before
+            known
         } else {
             let look_up = seen::to_look_up(&rows, Some(bound));
             looked_up = look_up.len();
@@ -154,7 +200,7 @@ impl Store {
             .collect();
         let mut entries: Option<Vec<ChunkEntry<SharedText>>> = None;
         if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && !fresh.is_empty() {
-            let all = outbox::decode_encoded(&chunks)?;
+            let all = page_entries(&new_at_lookup, &chunks, &spare)?;
             let candidates: Vec<&str> = all
                 .iter()
                 .zip(&rows)
@@ -172,8 +218,9 @@ impl Store {
         let seen_at = started.elapsed();
 
         // 2. Append the new events in vendor order (a page may repeat an id; keep the first),
-        //    compressed in chunks: each record is written once. When some were not new, the
-        //    page's chunks are read back and the new events compressed again.
+        //    compressed in chunks: each record is written once. When the new events are not those
+        //    the lookup found, the page's records are read back from both sets of chunks and the
+        //    new ones compressed again.
         let keep: Vec<bool> = rows.iter().map(|(k, _)| fresh.remove(k)).collect();
         let appended = keep.iter().filter(|k| **k).count() as u64;
         let duplicates = rows.len() as u64 - appended;
@@ -190,12 +237,13 @@ impl Store {
             ingest_ms: now_ms,
             target_sink: None,
         };
-        if duplicates == 0 {
+        let as_looked_up = keep == new_at_lookup;
+        if as_looked_up {
             outbox::append_encoded(&mut tx, &destination, &chunks).await?;
         } else if appended > 0 {
             let all = match entries {
                 Some(all) => all,
-                None => outbox::decode_encoded(&chunks)?,
+                None => page_entries(&new_at_lookup, &chunks, &spare)?,
             };
             let new_events: Vec<ChunkEntry<&str>> = all
                 .iter()
@@ -271,8 +319,8 @@ impl Store {
             source,
             events = rows.len(),
             looked_up,
-            lookup_us = looked_up_at.as_micros() as u64,
-            turn_us = (turn_at - looked_up_at).as_micros() as u64,
+            as_looked_up,
+            turn_us = turn_at.as_micros() as u64,
             seen_us = (seen_at - turn_at).as_micros() as u64,
             append_us = (appended_at - seen_at).as_micros() as u64,
             cursor_us = (cursor_at - appended_at).as_micros() as u64,
@@ -288,6 +336,37 @@ impl Store {
     }
 }
 
+/// Per row, in page order: its key is not in `known` and no row before it has the same key.
+fn first_new(rows: &[(SeenKey, i64)], known: &HashSet<SeenKey>) -> Vec<bool> {
+    let mut fresh: HashSet<SeenKey> = rows
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !known.contains(k))
+        .collect();
+    rows.iter().map(|(k, _)| fresh.remove(k)).collect()
+}
+
+/// Every record of a prepared page, in page order: those new at the lookup from `chunks`, the
+/// others from `spare`, as `new_at_lookup` placed them.
+fn page_entries(
+    new_at_lookup: &[bool],
+    chunks: &[EncodedChunk],
+    spare: &[EncodedChunk],
+) -> Result<Vec<ChunkEntry<SharedText>>, StoreError> {
+    let mut new = outbox::decode_encoded(chunks)?.into_iter();
+    let mut old = outbox::decode_encoded(spare)?.into_iter();
+    let all: Vec<_> = new_at_lookup
+        .iter()
+        .map_while(|is_new| if *is_new { new.next() } else { old.next() })
+        .collect();
+    if all.len() != new_at_lookup.len() || new.next().is_some() || old.next().is_some() {
+        return Err(query_err("reading back a page's compressed records")(
+            sqlx::Error::Protocol("a prepared page's chunks do not hold its records".into()),
+        ));
+    }
+    Ok(all)
+}
+
 /// How a chunk holds `event`.
 fn chunk_entry(event: &crate::event::Event) -> ChunkEntry<&str> {
     ChunkEntry {
@@ -295,5 +374,41 @@ fn chunk_entry(event: &crate::event::Event) -> ChunkEntry<&str> {
         time_ms: millis(event.time),
         severity: event.severity.value(),
         record: event.record.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> ChunkEntry<&str> {
+        ChunkEntry {
+            id,
+            time_ms: 7,
+            severity: 3,
+            record: id,
+        }
+    }
+
+    #[test]
+    fn the_first_of_each_new_key_is_new() {
+        let rows = [((1, 1), 0), ((2, 2), 0), ((1, 1), 0), ((3, 3), 0)];
+        let known = HashSet::from([(2, 2)]);
+        assert_eq!(first_new(&rows, &known), [true, false, false, true]);
+        assert_eq!(first_new(&rows, &HashSet::new()), [true, true, false, true]);
+    }
+
+    /// A page read back puts each record where the lookup's answer took it from, and chunks that
+    /// do not hold the page's records are an error, not a shorter page.
+    #[tokio::test]
+    async fn a_page_is_read_back_from_both_sets_of_chunks_in_page_order() {
+        let chunks = outbox::encode_chunks(&[entry("a"), entry("c")]).await;
+        let spare = outbox::encode_chunks(&[entry("b"), entry("d")]).await;
+        let all = page_entries(&[true, false, true, false], &chunks, &spare).unwrap();
+        let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert!(page_entries(&[true, false, true], &chunks, &spare).is_err());
+        assert!(page_entries(&[true, true, true, false], &chunks, &spare).is_err());
+        assert!(page_entries(&[true, false, true, false, false], &chunks, &spare).is_err());
     }
 }
