@@ -2,7 +2,10 @@
 //! one transaction. What needs no writer's turn is done before it: the page is prepared (its
 //! seen-set keys made and looked up, a read; then the events found new compressed for the outbox,
 //! the others apart) so the caller can let it go. `seen::SeenChanges` says whether the lookup still
-//! holds once the turn is held; when it does not, the answer is made again from both sets of chunks.
+//! holds once the turn is held; when it does not, the keys are looked up again. Only when the
+//! events to append are not those the lookup found new (after a reset, another tenant's commit of
+//! the same scope, or while the older seen table holds ids) is the page read back from both sets of
+//! chunks.
 //!
 //! Must not: commit part of a page. Invariant: a crash leaves the old cursor, or the new one with
 //! its events on disk; an id the vendor keeps serving is never forgotten by age.
@@ -42,17 +45,18 @@ pub struct PreparedPage {
     rows: Vec<(SeenKey, i64)>,
     /// The seen-set's change count before the lookup (see `seen::SeenChanges`).
     token: SeenToken,
-    /// Keys the seen-set held at the lookup.
+    /// Of the keys looked up, those the seen-set held.
     known: HashSet<SeenKey>,
     /// Keys looked up (the others were newer than any of the scope: `seen::SeenBounds`).
     looked_up: usize,
-    /// Per event, in page order: new at the lookup (and first of its id in the page), so in
+    /// Per event, in page order: new at the lookup (and first of its key in the page), so in
     /// `chunks`; else in `spare`.
     new_at_lookup: Vec<bool>,
-    /// The events new at the lookup, in page order, compressed: what the commit appends when the
-    /// lookup still holds.
+    /// The events new at the lookup, in page order, compressed: appended as they are when the
+    /// commit keeps exactly those events.
     chunks: Vec<EncodedChunk>,
-    /// The other events, compressed apart: read back only when the lookup no longer holds.
+    /// The other events, compressed apart: read back, with `chunks`, only when the commit keeps
+    /// other events than those, or must read ids for the older seen table.
     spare: Vec<EncodedChunk>,
     /// Records that could not become events.
     rejected: Vec<Rejected>,
@@ -82,9 +86,10 @@ impl Store {
     /// turn), and its records compressed into chunks, those found new apart from the others. Writes
     /// nothing of the page (it may create the partition's seen-set scope, which is empty).
     /// Compressing takes a good part of a commit, and it is done here so the writer's turn is not
-    /// held for it and the page can be dropped before the commit. Compressing only what the lookup
-    /// found new spares reading back and compressing again a page that repeats a record (a keyset
-    /// page repeats its boundary record: Tenable.sc, Jamf, Code42 alerts).
+    /// held for it and the page can be dropped before the commit. Keeping the events found new
+    /// apart spares reading back and compressing again a page that repeats a record (a keyset
+    /// page repeats its boundary record: Tenable.sc, Jamf, Code42 alerts). The page is held
+    /// through the lookup, which keys newer than any of the scope skip (`seen::SeenBounds`).
     pub async fn prepare_page(
         &self,
         source: &str,
@@ -103,6 +108,7 @@ impl Store {
         // it holds the turn (see `seen::SeenChanges`, `seen::SeenBounds`).
         let token = self.seen_token(scope);
         let look_up = seen::to_look_up(&rows, self.seen_bound(scope));
+        let looked_up = look_up.len();
         let known = if look_up.is_empty() {
             HashSet::new()
         } else {
@@ -113,6 +119,7 @@ impl Store {
                 .map_err(query_err("looking up seen ids"))?;
             seen::known(&mut conn, scope, &look_up).await?
         };
+        drop(look_up);
         let looked_up_at = started.elapsed();
         let new_at_lookup = first_new(&rows, &known);
         let mut new = Vec::with_capacity(rows.len());
@@ -129,7 +136,7 @@ impl Store {
         tracing::trace!(
             source,
             events = rows.len(),
-            looked_up = look_up.len(),
+            looked_up,
             lookup_us = looked_up_at.as_micros() as u64,
             compress_us = (started.elapsed() - looked_up_at).as_micros() as u64,
             "page prepared"
@@ -137,7 +144,7 @@ impl Store {
         Ok(PreparedPage {
             scope,
             now_ms: millis(now),
-            looked_up: look_up.len(),
+            looked_up,
             rows,
             token,
             known,
@@ -360,8 +367,12 @@ fn page_entries(
         .map_while(|is_new| if *is_new { new.next() } else { old.next() })
         .collect();
     if all.len() != new_at_lookup.len() || new.next().is_some() || old.next().is_some() {
+        // Only a defect gets here (the chunks were made from this page, in memory): the loop
+        // backs off, fetches the page again and prepares it again.
         return Err(query_err("reading back a page's compressed records")(
-            sqlx::Error::Protocol("a prepared page's chunks do not hold its records".into()),
+            sqlx::Error::Protocol(
+                "a prepared page's chunks do not hold its records (a defect of secrelay)".into(),
+            ),
         ));
     }
     Ok(all)

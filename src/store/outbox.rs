@@ -123,8 +123,9 @@ pub(super) async fn encode_chunks(entries: &[ChunkEntry<&str>]) -> Vec<EncodedCh
     chunks
 }
 
-/// The records of `chunks` (made by [`encode_chunks`]) read back, in order: a page whose events
-/// were not all new is compressed again from them, and its ids are read from them.
+/// The records of `chunks` (made by [`encode_chunks`]) read back, in order: a prepared page whose
+/// events to append are not those its lookup found new is put together again from them, and its
+/// ids are read from them for the older seen table.
 pub(super) fn decode_encoded(
     chunks: &[EncodedChunk],
 ) -> Result<Vec<ChunkEntry<SharedText>>, StoreError> {

@@ -1238,3 +1238,52 @@ async fn pruning_forgets_future_keys_not_served_since() {
         .unwrap();
     assert_eq!((s.appended, s.duplicates), (1, 1));
 }
+
+/// A page whose lookup found x seen and y new, committed after a reset forgot x: x comes back from
+/// the spare chunks and y from the page's chunks, both appended, in page order.
+#[tokio::test]
+async fn a_page_put_together_again_after_a_reset_keeps_its_order() {
+    let (_dir, store) = store().await;
+    let p = Partition::new("e", "");
+    store
+        .commit_page(
+            "s",
+            &p,
+            &Page {
+                events: vec![event("x", 1000)],
+                ..Page::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let turn = store.writing.clone().lock_owned().await;
+    let resetting = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .reset("s", Some(Utc.timestamp_opt(0, 0).unwrap()))
+                .await
+                .unwrap()
+        }
+    });
+    turn_handles_reach(&store, 4).await;
+    let committing = tokio::spawn({
+        let (store, p) = (store.clone(), p.clone());
+        async move {
+            let page = Page {
+                events: vec![event("w", 900), event("x", 1000), event("y", 1100)],
+                ..Page::default()
+            };
+            store.commit_page("s", &p, &page, Utc::now()).await.unwrap()
+        }
+    });
+    turn_handles_reach(&store, 6).await;
+    drop(turn);
+    assert_eq!(resetting.await.unwrap().seen, 1);
+    let s = committing.await.unwrap();
+    assert_eq!((s.appended, s.duplicates), (3, 0));
+    let records = store.read_batch(0, &["s".to_string()], 10).await.unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids, ["x", "w", "x", "y"]);
+}
