@@ -979,30 +979,7 @@ async fn a_write_transaction_that_reads_first_is_not_undone_by_another_writer() 
 #[tokio::test]
 async fn an_id_committed_by_another_partition_while_a_commit_waits_is_not_appended_twice() {
     let (_dir, store) = store().await;
-    // Two tenants of one stream share a seen-set scope. Both commits look id x up before the
-    // writer's turn (held here), find it unknown, then queue for the turn.
-    let turn = store.writing.clone().lock_owned().await;
-    let mut commits = Vec::new();
-    for tenant in ["t1", "t2"] {
-        let mine = store.clone();
-        commits.push(tokio::spawn(async move {
-            let page = Page {
-                events: vec![event("x", 1000)],
-                ..Page::default()
-            };
-            mine.commit_page("s", &Partition::new("e", tenant), &page, Utc::now())
-                .await
-                .unwrap()
-        }));
-        // Each task holds the turn's handle twice once it queues for it (its store's and its
-        // wait's), beside this store's and the held turn's: then its lookup is done.
-        turn_handles_reach(&store, 2 + 2 * commits.len()).await;
-    }
-    drop(turn);
-    let mut summaries = Vec::new();
-    for c in commits {
-        summaries.push(c.await.unwrap());
-    }
+    let summaries = tenants_racing_for_the_turn(&store, "x", 1000).await;
     // The first to get the turn appends x; the second finds its lookup outdated, looks again
     // under the turn, and drops x as seen.
     let appended: Vec<u64> = summaries.iter().map(|s| s.appended).collect();
@@ -1012,20 +989,52 @@ async fn an_id_committed_by_another_partition_while_a_commit_waits_is_not_append
     assert_eq!(records.len(), 1);
 }
 
+/// Two tenants of one stream (one seen-set scope) commit a page of `id` at `secs`: both look it up
+/// before the writer's turn (held here until both queued for it). Their summaries, in turn order.
+async fn tenants_racing_for_the_turn(store: &Store, id: &str, secs: i64) -> Vec<CommitSummary> {
+    let turn = store.writing.clone().lock_owned().await;
+    let mut commits = Vec::new();
+    for tenant in ["t1", "t2"] {
+        let (mine, id) = (store.clone(), id.to_string());
+        commits.push(tokio::spawn(async move {
+            let page = Page {
+                events: vec![event(&id, secs)],
+                ..Page::default()
+            };
+            mine.commit_page("s", &Partition::new("e", tenant), &page, Utc::now())
+                .await
+                .unwrap()
+        }));
+        // Each task holds the turn's handle twice once it queues for it (its store's and its
+        // wait's), beside this store's and the held turn's: then its lookup is done.
+        turn_handles_reach(store, 2 + 2 * commits.len()).await;
+    }
+    drop(turn);
+    let mut summaries = Vec::new();
+    for c in commits {
+        summaries.push(c.await.unwrap());
+    }
+    summaries
+}
+
 #[tokio::test]
 async fn an_id_forgotten_by_a_reset_while_a_commit_waits_is_appended_again() {
     let (_dir, store) = store().await;
+    let (reset, committed) = commit_behind_a_reset(&store, vec![event("x", 1000)]).await;
+    assert_eq!(reset.seen, 1);
+    // The reset forgot x after the commit looked it up: the commit looks again and appends it.
+    assert_eq!(committed.appended, 1);
+}
+
+/// Commits x (at 1000 s), then queues a reset that forgets every seen id (the writer's turn held
+/// here), then a commit of `events` behind it, which looks its keys up before the reset runs.
+async fn commit_behind_a_reset(store: &Store, events: Vec<Event>) -> (ResetSummary, CommitSummary) {
     let p = Partition::new("e", "");
-    let page = || Page {
+    let x = Page {
         events: vec![event("x", 1000)],
         ..Page::default()
     };
-    store
-        .commit_page("s", &p, &page(), Utc::now())
-        .await
-        .unwrap();
-    // A reset queues for the turn (held here); then a commit of x looks it up (seen) and queues
-    // behind it.
+    store.commit_page("s", &p, &x, Utc::now()).await.unwrap();
     let turn = store.writing.clone().lock_owned().await;
     let resetting = tokio::spawn({
         let store = store.clone();
@@ -1036,21 +1045,20 @@ async fn an_id_forgotten_by_a_reset_while_a_commit_waits_is_appended_again() {
                 .unwrap()
         }
     });
-    turn_handles_reach(&store, 4).await;
+    turn_handles_reach(store, 4).await;
     let committing = tokio::spawn({
         let (store, p) = (store.clone(), p.clone());
         async move {
-            store
-                .commit_page("s", &p, &page(), Utc::now())
-                .await
-                .unwrap()
+            let page = Page {
+                events,
+                ..Page::default()
+            };
+            store.commit_page("s", &p, &page, Utc::now()).await.unwrap()
         }
     });
-    turn_handles_reach(&store, 6).await;
+    turn_handles_reach(store, 6).await;
     drop(turn);
-    assert_eq!(resetting.await.unwrap().seen, 1);
-    // The reset forgot x after the commit looked it up: the commit looks again and appends it.
-    assert_eq!(committing.await.unwrap().appended, 1);
+    (resetting.await.unwrap(), committing.await.unwrap())
 }
 
 /// Waits (at most 10 s, else the test fails) until `n` handles to `store`'s writer's turn exist:
@@ -1156,35 +1164,16 @@ async fn only_keys_newer_than_the_scope_skip_the_lookup() {
 #[tokio::test]
 async fn an_id_newer_than_the_scope_committed_by_another_partition_is_not_appended_twice() {
     let (_dir, store) = store().await;
-    let page = |id: &str, secs| Page {
-        events: vec![event(id, secs)],
+    let y = Page {
+        events: vec![event("y", 500)],
         ..Page::default()
     };
     store
-        .commit_page("s", &Partition::new("e", "t0"), &page("y", 500), Utc::now())
+        .commit_page("s", &Partition::new("e", "t0"), &y, Utc::now())
         .await
         .unwrap();
-    let turn = store.writing.clone().lock_owned().await;
-    let mut commits = Vec::new();
-    for tenant in ["t1", "t2"] {
-        let mine = store.clone();
-        commits.push(tokio::spawn(async move {
-            mine.commit_page(
-                "s",
-                &Partition::new("e", tenant),
-                &page("x", 1000),
-                Utc::now(),
-            )
-            .await
-            .unwrap()
-        }));
-        turn_handles_reach(&store, 2 + 2 * commits.len()).await;
-    }
-    drop(turn);
-    let mut appended = Vec::new();
-    for c in commits {
-        appended.push(c.await.unwrap().appended);
-    }
+    let summaries = tenants_racing_for_the_turn(&store, "x", 1000).await;
+    let appended: Vec<u64> = summaries.iter().map(|s| s.appended).collect();
     assert_eq!(appended, [1, 0]);
     let records = store.read_batch(0, &["s".to_string()], 10).await.unwrap();
     assert_eq!(records.len(), 2, "y once and x once");
@@ -1244,45 +1233,10 @@ async fn pruning_forgets_future_keys_not_served_since() {
 #[tokio::test]
 async fn a_page_put_together_again_after_a_reset_keeps_its_order() {
     let (_dir, store) = store().await;
-    let p = Partition::new("e", "");
-    store
-        .commit_page(
-            "s",
-            &p,
-            &Page {
-                events: vec![event("x", 1000)],
-                ..Page::default()
-            },
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-    let turn = store.writing.clone().lock_owned().await;
-    let resetting = tokio::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .reset("s", Some(Utc.timestamp_opt(0, 0).unwrap()))
-                .await
-                .unwrap()
-        }
-    });
-    turn_handles_reach(&store, 4).await;
-    let committing = tokio::spawn({
-        let (store, p) = (store.clone(), p.clone());
-        async move {
-            let page = Page {
-                events: vec![event("w", 900), event("x", 1000), event("y", 1100)],
-                ..Page::default()
-            };
-            store.commit_page("s", &p, &page, Utc::now()).await.unwrap()
-        }
-    });
-    turn_handles_reach(&store, 6).await;
-    drop(turn);
-    assert_eq!(resetting.await.unwrap().seen, 1);
-    let s = committing.await.unwrap();
-    assert_eq!((s.appended, s.duplicates), (3, 0));
+    let page = vec![event("w", 900), event("x", 1000), event("y", 1100)];
+    let (reset, committed) = commit_behind_a_reset(&store, page).await;
+    assert_eq!(reset.seen, 1);
+    assert_eq!((committed.appended, committed.duplicates), (3, 0));
     let records = store.read_batch(0, &["s".to_string()], 10).await.unwrap();
     let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
     assert_eq!(ids, ["x", "w", "x", "y"]);
