@@ -200,35 +200,30 @@ impl Store {
             seen::known(&mut tx, scope, &look_up).await?
         };
         seen::upsert(&mut tx, scope, &rows, now_ms).await?;
-        let mut fresh: HashSet<SeenKey> = rows
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|k| !known.contains(k))
-            .collect();
+        // A page may repeat an id: the first is kept.
+        let mut keep = first_new(&rows, &known);
         let mut entries: Option<Vec<ChunkEntry<SharedText>>> = None;
-        if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && !fresh.is_empty() {
+        if self.legacy_seen.load(std::sync::atomic::Ordering::Acquire) && keep.contains(&true) {
             let all = page_entries(&new_at_lookup, &chunks, &spare)?;
             let candidates: Vec<&str> = all
                 .iter()
-                .zip(&rows)
-                .filter(|(_, (k, _))| fresh.contains(k))
+                .zip(&keep)
+                .filter(|(_, k)| **k)
                 .map(|(e, _)| e.id.as_str())
                 .collect();
             let old = seen::in_legacy(&mut tx, source, &partition.stream, &candidates).await?;
-            for (e, (k, _)) in all.iter().zip(&rows) {
-                if old.contains(e.id.as_str()) {
-                    fresh.remove(k);
+            for (e, k) in all.iter().zip(keep.iter_mut()) {
+                if *k && old.contains(e.id.as_str()) {
+                    *k = false;
                 }
             }
             entries = Some(all);
         }
         let seen_at = started.elapsed();
 
-        // 2. Append the new events in vendor order (a page may repeat an id; keep the first),
-        //    compressed in chunks: each record is written once. When the new events are not those
-        //    the lookup found, the page's records are read back from both sets of chunks and the
-        //    new ones compressed again.
-        let keep: Vec<bool> = rows.iter().map(|(k, _)| fresh.remove(k)).collect();
+        // 2. Append the new events in vendor order, compressed in chunks: each record is written
+        //    once. When the new events are not those the lookup found, the page's records are
+        //    read back from both sets of chunks and the new ones compressed again.
         let appended = keep.iter().filter(|k| **k).count() as u64;
         let duplicates = rows.len() as u64 - appended;
         let newest = rows

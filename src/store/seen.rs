@@ -146,9 +146,9 @@ impl Store {
 ///
 /// A bound is read from disk, and raised, only while the writer's turn is held (a page commit,
 /// before it records its keys): then no other commit of this process is between its read and its
-/// rows, and no other process writes the seen-set. A bound raised for a transaction that then fails is only
-/// higher than it needs to be. Resets and pruning only remove keys, so a bound stays true after
-/// them. A lookup outside the turn reads the bound after [`SeenChanges`]' token: a commit that
+/// rows, and no other process writes the seen-set. A bound raised for a transaction that then
+/// fails is only higher than it needs to be. Resets and pruning only remove keys, so a bound stays
+/// true after them. A lookup outside the turn reads the bound after [`SeenChanges`]' token: a commit that
 /// raised it later ends before the lookup's turn, and moves the token. A key time far in the
 /// future (a vendor clock ahead of ours) holds its scope's bound up: pages are then looked up
 /// whole, as before the bound, until pruning forgets that key and the store is opened again.
