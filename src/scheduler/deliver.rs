@@ -1,13 +1,15 @@
 //! The delivery half: one loop per sink that reads the outbox after the sink's position, delivers,
 //! and moves the position only after the receiver accepted.
 //!
-//! Must not: poll sources or format records. Invariant: the position moves in the same transaction
+//! Must not: poll sources or format records itself (it runs the sink's encoder). Invariant: the position moves in the same transaction
 //! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok` — to the end
 //! of the batch, or with a `Shortfall` to the end of the part the receiver took; on stop the
 //! loop drains what it can within the grace period and abandons the rest to the outbox. Every wait
 //! (linger, idle, backoff, a retry after a store error, a batch in flight) races the stop, so a
 //! stop ends the loop within the grace period. A daemon's sink never ends on its own: a receiver
-//! that refuses it is asked again at the longest backoff.
+//! that refuses it is asked again at the longest backoff. The next batch is read, and encoded by
+//! the sink's encoder, while one is delivered and recorded; it is sent only after that one's
+//! position is committed, so at most one batch is ever delivered and not yet recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +36,8 @@ pub const REFUSED: &str = "REFUSED by the receiver";
 /// A short batch (caught up) and the end of the loop prune at once.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a delivered batch waits for the read of the next one before it is recorded anyway
-/// (the read is then dropped and done again after).
+/// How long, once a batch is recorded, the loop waits for the next batch it read (and encoded)
+/// ahead before dropping that work and reading the batch again itself.
 const READ_AHEAD_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Longest a sink may spend closing its connection at the end (the receiver reading what is left).
@@ -105,8 +107,10 @@ pub async fn run_sink<K: Sink>(
     let mut deadline: Option<Instant> = None;
     // The current short batch has already waited its linger.
     let mut lingered = false;
-    // The batch after a position, read while the batch before it was delivered.
-    let mut read_ahead: Option<(i64, Vec<OutboxRecord>)> = None;
+    // The batch after a position, read (and encoded, where the sink has an encoder) while the
+    // batch before it was delivered and recorded.
+    let mut read_ahead: Option<(i64, Vec<OutboxRecord>, Option<Vec<u8>>)> = None;
+    let encoder = sink.encoder();
     let mut pruned_at = Instant::now();
     // Records were pruned since free pages were last given back.
     let mut pruned_since_reclaim = false;
@@ -132,15 +136,17 @@ pub async fn run_sink<K: Sink>(
         // position is then where the read started); else read now.
         let ahead = read_ahead
             .take()
-            .filter(|(after, b)| *after == position && !b.is_empty());
+            .filter(|(after, b, _)| *after == position && !b.is_empty());
         let reading = Instant::now();
         let read_ahead_used = ahead.is_some();
-        let read = match ahead {
-            Some((_, b)) => Ok(b),
+        let (read, encoded) = match ahead {
+            Some((_, b, encoded)) => (Ok(b), encoded),
             None => {
-                ctx.store
+                let read = ctx
+                    .store
                     .read_sink_batch(&name, position, &sources, batch_size)
-                    .await
+                    .await;
+                (read, None)
             }
         };
         let batch = match read {
@@ -200,35 +206,41 @@ pub async fn run_sink<K: Sink>(
                 }
             }
         };
-        // Read the next batch from the store while this one is delivered: the store's thread and
-        // the receiver work at once. Used only if this batch goes whole.
-        // A task of its own, so a slow read never holds up recording a delivered batch: it is
-        // waited for at most `READ_AHEAD_PATIENCE` once the batch is delivered.
+        // Read the next batch from the store, and encode it on a thread of its own, while this
+        // one is delivered and recorded: the store's thread, the encoding and the receiver work
+        // at once. Used only if this batch goes whole. A task of its own, so a slow read never
+        // holds up recording a delivered batch: it is waited for at most `READ_AHEAD_PATIENCE`
+        // once the batch is recorded.
         let last_seq = batch.last().map_or(position, |r| r.seq);
         let next = tokio::spawn({
             let (store, name, sources) = (ctx.store.clone(), name.clone(), sources.clone());
+            let encoder = encoder.clone();
             async move {
-                store
+                let next = store
                     .read_sink_batch(&name, last_seq, &sources, batch_size)
                     .await
-                    .ok()
+                    .ok()?;
+                match encoder {
+                    Some(encode) if !next.is_empty() => tokio::task::spawn_blocking(move || {
+                        let encoded = encode(&next);
+                        (next, Some(encoded))
+                    })
+                    .await
+                    .ok(),
+                    _ => Some((next, None)),
+                }
             }
         });
         let mut next = AbortOnDrop(next);
         let read_ms = reading.elapsed().as_millis() as u64;
         let delivering = Instant::now();
         let delivered = tokio::select! {
-            r = sink.deliver(&batch) => {
-                if r.is_ok() {
-                    // Bounded: recording the delivered batch must not wait on a busy store.
-                    read_ahead = tokio::time::timeout(READ_AHEAD_PATIENCE, &mut next.0)
-                        .await
-                        .ok()
-                        .and_then(|joined| joined.ok().flatten())
-                        .map(|b| (last_seq, b));
+            r = async {
+                match encoded {
+                    Some(bytes) => sink.deliver_encoded(&batch, bytes).await,
+                    None => sink.deliver(&batch).await,
                 }
-                r
-            }
+            } => r,
             _ = give_up => {
                 tracing::warn!(sink = %name, "grace period over with a batch in flight; it will be sent again");
                 break;
@@ -287,9 +299,15 @@ pub async fn run_sink<K: Sink>(
                     Ok(advanced) => position = advanced.unwrap_or(position),
                     Err(Abandoned) => break,
                 }
+                let record_ms = recording.elapsed().as_millis() as u64;
+                // Bounded: a busy store must not hold up the next delivery for long.
+                read_ahead = tokio::time::timeout(READ_AHEAD_PATIENCE, &mut next.0)
+                    .await
+                    .ok()
+                    .and_then(|joined| joined.ok().flatten())
+                    .map(|(b, encoded)| (last_seq, b, encoded));
                 tracing::debug!(sink = %name, records = batch.len(), read_ahead = read_ahead_used,
-                    read_ms, deliver_ms, record_ms = recording.elapsed().as_millis() as u64,
-                    "batch delivered");
+                    read_ms, deliver_ms, record_ms, "batch delivered");
                 delivered_since_prune = true;
                 if batch.len() < batch_size || pruned_at.elapsed() >= PRUNE_EVERY {
                     pruned_since_reclaim |= prune_passed(&ctx, &name, &sources).await > 0;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{run_sink, run_source, Context, Mode, SinkReport};
 use crate::event::{Event, Page, Partition, Severity};
 use crate::settings::SchedulerSettings;
-use crate::sinks::{Delivered, Sink, SinkError};
+use crate::sinks::{BatchEncoder, Delivered, Sink, SinkError};
 use crate::sources::{Source, SourceError};
 use crate::store::{Access, OutboxRecord, Store};
 
@@ -52,6 +52,9 @@ struct Call {
     at: Duration,
     ids: Vec<String>,
     step: Step,
+    /// What the loop encoded ahead for this batch (the sink's encoder writes its ids joined by
+    /// `,`); `None` when it came to `deliver` to encode.
+    encoded: Option<String>,
 }
 
 struct FakeSink {
@@ -61,19 +64,23 @@ struct FakeSink {
     closed_at: Arc<Mutex<Option<Duration>>>,
     store: Store,
     stop: CancellationToken,
+    /// Has an encoder (a batch's ids joined by `,`) for the loop to run ahead.
+    encodes: bool,
 }
 
-impl Sink for FakeSink {
-    fn name(&self) -> &str {
-        SINK
-    }
-
-    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+impl FakeSink {
+    /// Records the call and answers as its step says.
+    async fn answer(
+        &mut self,
+        batch: &[OutboxRecord],
+        encoded: Option<String>,
+    ) -> Result<Delivered, SinkError> {
         let step = self.steps.pop_front().unwrap_or(Step::Accept);
         self.calls.lock().unwrap().push(Call {
             at: self.t0.elapsed(),
             ids: batch.iter().map(|r| r.event_id.clone()).collect(),
             step,
+            encoded,
         });
         let fail = || SinkError::Unavailable {
             sink: SINK.into(),
@@ -95,6 +102,33 @@ impl Sink for FakeSink {
                 Err(fail())
             }
         }
+    }
+}
+
+impl Sink for FakeSink {
+    fn name(&self) -> &str {
+        SINK
+    }
+
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+        self.answer(batch, None).await
+    }
+
+    fn encoder(&self) -> Option<BatchEncoder> {
+        let encode = |batch: &[OutboxRecord]| {
+            let ids: Vec<&str> = batch.iter().map(|r| r.event_id.as_str()).collect();
+            ids.join(",").into_bytes()
+        };
+        self.encodes.then(|| Arc::new(encode) as BatchEncoder)
+    }
+
+    async fn deliver_encoded(
+        &mut self,
+        batch: &[OutboxRecord],
+        encoded: Vec<u8>,
+    ) -> Result<Delivered, SinkError> {
+        let encoded = String::from_utf8(encoded).expect("ids are text");
+        self.answer(batch, Some(encoded)).await
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
@@ -218,6 +252,7 @@ impl Rig {
             closed_at: self.closed_at.clone(),
             store: self.ctx.store.clone(),
             stop: self.ctx.stop.clone(),
+            encodes: false,
         }
     }
 
@@ -311,6 +346,42 @@ async fn a_short_batch_waits_its_linger_and_a_full_one_goes_at_once() {
     r.ctx.stop.cancel();
     let report = run.await.unwrap();
     assert_eq!((report.delivered, report.backlog), (6, 0));
+}
+
+/// The batch after a delivered one is read and encoded while that one is recorded, and sent as
+/// it was encoded; after a failure the batch is read and encoded again, never sent as encoded
+/// for another batch.
+#[tokio::test]
+async fn the_next_batch_is_encoded_ahead_and_sent_as_encoded() {
+    let r = rig(Timing::default()).await;
+    r.append(&["a", "b", "c", "d", "e", "f", "g"]).await;
+    let mut sink = r.sink(&[Step::Accept, Step::Fail]);
+    sink.encodes = true;
+    let run = tokio::spawn(run_sink(
+        r.ctx.clone(),
+        sink,
+        vec![SOURCE.to_string()],
+        2,
+        Duration::ZERO,
+    ));
+    let calls = r.until_calls(5).await;
+    let seen: Vec<(String, Option<&str>)> = calls
+        .iter()
+        .map(|c| (c.ids.join(","), c.encoded.as_deref()))
+        .collect();
+    let want = [
+        ("a,b", None),
+        ("c,d", Some("c,d")),
+        ("c,d", None),
+        ("e,f", Some("e,f")),
+        ("g", Some("g")),
+    ];
+    let want: Vec<(String, Option<&str>)> =
+        want.iter().map(|(ids, e)| (ids.to_string(), *e)).collect();
+    assert_eq!(seen, want);
+    r.ctx.stop.cancel();
+    let report = run.await.unwrap();
+    assert_eq!((report.delivered, report.backlog), (7, 0));
 }
 
 #[tokio::test]

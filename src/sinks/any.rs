@@ -12,7 +12,7 @@ use crate::sinks::file::FileSink;
 use crate::sinks::itop::ItopSink;
 use crate::sinks::splunk_hec::HecSink;
 use crate::sinks::syslog::SyslogSink;
-use crate::sinks::{Delivered, Sink, SinkError};
+use crate::sinks::{BatchEncoder, Delivered, Sink, SinkError};
 use crate::store::{OutboxRecord, Store};
 
 /// What building a sink needs besides its own settings.
@@ -131,6 +131,24 @@ impl Sink for AnySink {
             AnySink::Syslog(s) => s.deliver(batch).await,
             AnySink::SplunkHec(s) => s.deliver(batch).await,
             AnySink::Itop(s) => s.deliver(batch).await,
+        }
+    }
+
+    fn encoder(&self) -> Option<BatchEncoder> {
+        match self {
+            AnySink::Syslog(s) => s.encoder(),
+            AnySink::File(_) | AnySink::SplunkHec(_) | AnySink::Itop(_) => None,
+        }
+    }
+
+    async fn deliver_encoded(
+        &mut self,
+        batch: &[OutboxRecord],
+        encoded: Vec<u8>,
+    ) -> Result<Delivered, SinkError> {
+        match self {
+            AnySink::Syslog(s) => s.deliver_encoded(batch, encoded).await,
+            other => other.deliver(batch).await,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod splunk_hec;
 pub mod syslog;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::OutboxRecord;
@@ -65,6 +66,10 @@ pub enum SinkError {
     },
 }
 
+/// A sink's encoding of a batch into the bytes it sends: pure (no I/O, no clock, no state that
+/// delivering changes), so the same batch always gives the same bytes.
+pub type BatchEncoder = Arc<dyn Fn(&[OutboxRecord]) -> Vec<u8> + Send + Sync>;
+
 /// A transport that takes batches of outbox records.
 pub trait Sink: Send + 'static {
     /// The configured sink name.
@@ -75,6 +80,25 @@ pub trait Sink: Send + 'static {
         &mut self,
         batch: &[OutboxRecord],
     ) -> impl Future<Output = Result<Delivered, SinkError>> + Send;
+
+    /// The encoding `deliver` does first, for the delivery loop to run on the next batch while
+    /// this one is delivered and recorded, on another thread: encoding is most of a syslog sink's
+    /// work, and done inside `deliver` it waited for every write and position commit. `None`
+    /// (the default): `deliver` encodes as it goes.
+    fn encoder(&self) -> Option<BatchEncoder> {
+        None
+    }
+
+    /// [`Sink::deliver`] of `batch` given `encoded`, what [`Sink::encoder`] made of exactly this
+    /// batch. Default: `deliver`, ignoring `encoded`.
+    fn deliver_encoded(
+        &mut self,
+        batch: &[OutboxRecord],
+        encoded: Vec<u8>,
+    ) -> impl Future<Output = Result<Delivered, SinkError>> + Send {
+        drop(encoded);
+        self.deliver(batch)
+    }
 
     /// Checks that the receiver can be reached and written to, without moving data.
     fn check(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;

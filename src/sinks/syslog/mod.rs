@@ -17,42 +17,39 @@
 //! read plus one batch per receiver restart. UDP is at-most-once (a WARN at start-up says so).
 
 mod connection;
+mod frames;
 mod liveness;
 mod tls;
 mod udp;
 mod unread;
 
 use std::io::ErrorKind;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::encode::syslog::{self as frame, Framing, Header, HeaderFormat};
+use crate::encode::syslog::{Framing, HeaderFormat};
 use crate::mapping::Mappings;
 use crate::settings::{
-    SetupError, SyslogFormat, SyslogFraming, SyslogPayload, SyslogSinkSettings, SyslogTransport,
+    SetupError, SyslogFormat, SyslogFraming, SyslogSinkSettings, SyslogTransport,
 };
-use crate::sinks::{Delivered, Sink, SinkError};
+use crate::sinks::{BatchEncoder, Delivered, Sink, SinkError};
 use crate::store::OutboxRecord;
 use connection::Connection;
+use frames::MessageEncoder;
 use liveness::{close_gracefully, liveness, Closing, Liveness};
 use tls::tls_connector;
 use unread::Unconfirmed;
-
-/// Batches of at least this many records are encoded by two threads (see `SyslogSink::frames`);
-/// below it a thread's start costs more than it saves.
-const ENCODE_IN_TWO_FROM: usize = 200;
 
 /// The syslog sink.
 pub struct SyslogSink {
     name: String,
     settings: SyslogSinkSettings,
-    facility: u8,
-    hostname: String,
-    /// Source id → its vendor's mapping (the CEF fields).
-    mappings: Mappings,
+    /// The bytes of records and batches; shared with the delivery loop's encoding ahead.
+    encoder: Arc<MessageEncoder>,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connection: Option<Connection>,
     /// When the current TCP/TLS connection was opened or last carried a batch.
@@ -96,12 +93,26 @@ impl SyslogSink {
                 "UDP syslog is at-most-once: a datagram lost on the way or dropped by a busy \
                  receiver is gone without a trace (use TCP or TLS where every record matters)");
         }
-        Ok(SyslogSink {
-            name: name.to_string(),
+        let encoder = MessageEncoder {
             facility: settings.facility.number(),
             hostname: settings.hostname.clone().unwrap_or_else(local_hostname),
-            settings,
+            app_name: settings.app_name.clone(),
+            procid: std::process::id(),
+            format: match settings.format {
+                SyslogFormat::Rfc5424 => HeaderFormat::Rfc5424,
+                SyslogFormat::Rfc3164 => HeaderFormat::Rfc3164,
+            },
+            payload: settings.payload,
+            framing: match settings.framing {
+                SyslogFraming::OctetCounting => Framing::OctetCounting,
+                SyslogFraming::Lf => Framing::Lf,
+            },
             mappings: mappings.into(),
+        };
+        Ok(SyslogSink {
+            name: name.to_string(),
+            settings,
+            encoder: Arc::new(encoder),
             tls,
             connection: None,
             last_write: Instant::now(),
@@ -123,67 +134,9 @@ impl SyslogSink {
         }
     }
 
-    /// The framed messages of `batch`, in order. A large batch is encoded by two threads, each
-    /// half of it: mapping records to CEF is most of this sink's work (every record parsed), and
-    /// one core did it all while the other waited (measured: 21k events/s at one core).
-    fn frames(&self, framing: Framing, batch: &[OutboxRecord]) -> Vec<u8> {
-        let encode = |records: &[OutboxRecord]| {
-            let mut message = Vec::with_capacity(1024);
-            let mut frames = Vec::with_capacity(records.len() * 512);
-            for record in records {
-                message.clear();
-                self.message(record, &mut message);
-                frame::frame(framing, &message, &mut frames);
-            }
-            frames
-        };
-        if batch.len() < ENCODE_IN_TWO_FROM {
-            return encode(batch);
-        }
-        let (first, second) = batch.split_at(batch.len() / 2);
-        std::thread::scope(|scope| {
-            let later = scope.spawn(|| encode(second));
-            let mut frames = encode(first);
-            match later.join() {
-                Ok(rest) => frames.extend_from_slice(&rest),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            frames
-        })
-    }
-
-    /// The message (header and payload, unframed) for one record.
+    /// The message (header and payload, unframed) for one record, appended to `out`.
     pub fn message(&self, record: &OutboxRecord, out: &mut Vec<u8>) {
-        let payload = match self.settings.payload {
-            SyslogPayload::Json => {
-                let mut line = Vec::with_capacity(record.record.len() + 200);
-                crate::encode::json::write_line(record, &mut line);
-                line.pop();
-                line
-            }
-            SyslogPayload::Cef => self
-                .mappings
-                .of(&record.source)
-                .cef_of_text(&record.stream, &record.record, record.severity)
-                .to_line()
-                .into_bytes(),
-        };
-        // The event's time, not the send time: a batch sent again after a failure is the same
-        // bytes, and receivers that take the header time see when it happened.
-        let header = Header {
-            facility: self.facility,
-            severity: frame::severity_for(record.severity),
-            time: record.event_time,
-            hostname: &self.hostname,
-            app_name: &self.settings.app_name,
-            procid: Some(std::process::id()),
-            msgid: &record.stream,
-        };
-        let format = match self.settings.format {
-            SyslogFormat::Rfc5424 => HeaderFormat::Rfc5424,
-            SyslogFormat::Rfc3164 => HeaderFormat::Rfc3164,
-        };
-        frame::write_message(format, &header, &payload, out);
+        self.encoder.message(record, out);
     }
 }
 
@@ -286,11 +239,30 @@ impl Sink for SyslogSink {
         if self.settings.transport == SyslogTransport::Udp {
             return self.deliver_udp(batch).await;
         }
-        let framing = match self.settings.framing {
-            SyslogFraming::OctetCounting => Framing::OctetCounting,
-            SyslogFraming::Lf => Framing::Lf,
-        };
-        let frames = self.frames(framing, batch);
+        let frames = self.encoder.frames(batch);
+        self.send(frames).await?;
+        Ok(Delivered::default())
+    }
+
+    /// The frames of a batch, for TCP and TLS (UDP sends each message apart).
+    fn encoder(&self) -> Option<BatchEncoder> {
+        if self.settings.transport == SyslogTransport::Udp {
+            return None;
+        }
+        let encoder = Arc::clone(&self.encoder);
+        Some(Arc::new(move |batch: &[OutboxRecord]| {
+            encoder.frames(batch)
+        }))
+    }
+
+    async fn deliver_encoded(
+        &mut self,
+        batch: &[OutboxRecord],
+        frames: Vec<u8>,
+    ) -> Result<Delivered, SinkError> {
+        if self.settings.transport == SyslogTransport::Udp {
+            return self.deliver_udp(batch).await;
+        }
         self.send(frames).await?;
         Ok(Delivered::default())
     }

@@ -1,7 +1,9 @@
 //! Syslog sink unit tests: UDP cuts, mappings and the connection checks.
 
+use super::frames::ENCODE_IN_TWO_FROM;
 use super::udp::cut;
 use super::*;
+use crate::encode::syslog as frame;
 
 #[test]
 fn udp_cut_never_splits_a_character() {
@@ -71,5 +73,7 @@ fn a_large_batch_is_framed_in_record_order() {
         sink.message(record, &mut message);
         frame::frame(Framing::OctetCounting, &message, &mut one_by_one);
     }
-    assert_eq!(sink.frames(Framing::OctetCounting, &batch), one_by_one);
+    assert_eq!(sink.encoder.frames(&batch), one_by_one);
+    let ahead = sink.encoder().expect("TCP sinks encode ahead");
+    assert_eq!(ahead(&batch), one_by_one);
 }
