@@ -422,9 +422,12 @@ fn run_job(
             }
             SinkKind::Hec => {
                 servers.hec = Some(
-                    HecSim::start(HecSimConfig::default())
-                        .await
-                        .expect("hec simulator"),
+                    HecSim::start(HecSimConfig {
+                        keep_accepted: false,
+                        ..HecSimConfig::default()
+                    })
+                    .await
+                    .expect("hec simulator"),
                 )
             }
         }
@@ -448,6 +451,14 @@ fn run_job(
     let sim_ticks = thread_ticks(SIM_THREAD).saturating_sub(sim_before);
     let rcv_ticks = thread_ticks(RCV_THREAD).saturating_sub(rcv_before);
     assert!(out.status.success(), "benchmark for {n} events failed");
+    if let Some(hec) = &servers.hec {
+        // The receiver's count, not only the relay's word (a batch sent twice counts twice).
+        assert!(
+            hec.accepted_count() >= n,
+            "the HEC simulator took {} of {n} events",
+            hec.accepted_count()
+        );
+    }
     let v = child_result(&out.stdout, "RESULT ");
     let [secs, hwm_kib, write_bytes, child_ticks, record_bytes] = v[..] else {
         panic!("result line: {v:?}")

@@ -47,6 +47,8 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
+    type Encoded = ();
+
     fn name(&self) -> &str {
         &self.name
     }

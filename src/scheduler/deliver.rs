@@ -109,7 +109,7 @@ pub async fn run_sink<K: Sink>(
     let mut lingered = false;
     // The batch after a position, read (and encoded, where the sink has an encoder) while the
     // batch before it was delivered and recorded.
-    let mut read_ahead: Option<(i64, Vec<OutboxRecord>, Option<Vec<u8>>)> = None;
+    let mut read_ahead: Option<(i64, Vec<OutboxRecord>, Option<K::Encoded>)> = None;
     let encoder = sink.encoder();
     let mut pruned_at = Instant::now();
     // Records were pruned since free pages were last given back.

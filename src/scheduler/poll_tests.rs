@@ -232,6 +232,8 @@ impl Source for TrickleSource {
 struct AcceptingSink;
 
 impl crate::sinks::Sink for AcceptingSink {
+    type Encoded = ();
+
     fn name(&self) -> &str {
         "healthy"
     }

@@ -106,6 +106,8 @@ impl FakeSink {
 }
 
 impl Sink for FakeSink {
+    type Encoded = Vec<u8>;
+
     fn name(&self) -> &str {
         SINK
     }
@@ -114,12 +116,13 @@ impl Sink for FakeSink {
         self.answer(batch, None).await
     }
 
-    fn encoder(&self) -> Option<BatchEncoder> {
+    fn encoder(&self) -> Option<BatchEncoder<Vec<u8>>> {
         let encode = |batch: &[OutboxRecord]| {
             let ids: Vec<&str> = batch.iter().map(|r| r.event_id.as_str()).collect();
             ids.join(",").into_bytes()
         };
-        self.encodes.then(|| Arc::new(encode) as BatchEncoder)
+        self.encodes
+            .then(|| Arc::new(encode) as BatchEncoder<Vec<u8>>)
     }
 
     async fn deliver_encoded(

@@ -5,6 +5,8 @@
 //! Must not: name a vendor — sinks are handed the [`Mappings`] of the sources routed to them.
 //! Invariant: a sink that cannot be built is a [`SetupError`] naming its key, before anything runs.
 
+use std::sync::Arc;
+
 use crate::mapping::Mappings;
 use crate::settings::{FileSinkSettings, HttpSettings, ItopSettings, SetupError, SinkSettings};
 use crate::settings::{SplunkHecSettings, SyslogSinkSettings};
@@ -37,6 +39,14 @@ pub enum AnySink {
     SplunkHec(HecSink),
     /// iTop tickets.
     Itop(ItopSink),
+}
+
+/// What a sink of any transport encodes a batch to, ahead of delivering it.
+pub enum AnyEncoded {
+    /// Syslog frames.
+    Syslog(Vec<u8>),
+    /// HEC envelopes and request bodies.
+    SplunkHec(crate::sinks::splunk_hec::EncodedBatch),
 }
 
 /// Builds the sink `name` from its settings: one build function per transport.
@@ -116,6 +126,8 @@ impl AnySink {
 }
 
 impl Sink for AnySink {
+    type Encoded = AnyEncoded;
+
     fn name(&self) -> &str {
         match self {
             AnySink::File(s) => s.name(),
@@ -134,21 +146,38 @@ impl Sink for AnySink {
         }
     }
 
-    fn encoder(&self) -> Option<BatchEncoder> {
+    fn encoder(&self) -> Option<BatchEncoder<AnyEncoded>> {
         match self {
-            AnySink::Syslog(s) => s.encoder(),
-            AnySink::File(_) | AnySink::SplunkHec(_) | AnySink::Itop(_) => None,
+            AnySink::Syslog(s) => {
+                let encode = s.encoder()?;
+                Some(Arc::new(move |batch: &[OutboxRecord]| {
+                    AnyEncoded::Syslog(encode(batch))
+                }))
+            }
+            AnySink::SplunkHec(s) => {
+                let encode = s.encoder()?;
+                Some(Arc::new(move |batch: &[OutboxRecord]| {
+                    AnyEncoded::SplunkHec(encode(batch))
+                }))
+            }
+            AnySink::File(_) | AnySink::Itop(_) => None,
         }
     }
 
     async fn deliver_encoded(
         &mut self,
         batch: &[OutboxRecord],
-        encoded: Vec<u8>,
+        encoded: AnyEncoded,
     ) -> Result<Delivered, SinkError> {
-        match self {
-            AnySink::Syslog(s) => s.deliver_encoded(batch, encoded).await,
-            other => other.deliver(batch).await,
+        match (self, encoded) {
+            (AnySink::Syslog(s), AnyEncoded::Syslog(frames)) => {
+                s.deliver_encoded(batch, frames).await
+            }
+            (AnySink::SplunkHec(s), AnyEncoded::SplunkHec(bodies)) => {
+                s.deliver_encoded(batch, bodies).await
+            }
+            // Encoded by another sink's encoder: cannot happen, as each loop runs its own sink's.
+            (other, _) => other.deliver(batch).await,
         }
     }
 

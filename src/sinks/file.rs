@@ -43,6 +43,8 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
+    type Encoded = ();
+
     fn name(&self) -> &str {
         &self.name
     }

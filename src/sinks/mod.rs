@@ -66,12 +66,15 @@ pub enum SinkError {
     },
 }
 
-/// A sink's encoding of a batch into the bytes it sends: pure (no I/O, no clock, no state that
-/// delivering changes), so the same batch always gives the same bytes.
-pub type BatchEncoder = Arc<dyn Fn(&[OutboxRecord]) -> Vec<u8> + Send + Sync>;
+/// A sink's encoding of a batch into what it sends (`E`, its [`Sink::Encoded`]): pure (no I/O,
+/// no clock, no state that delivering changes), so the same batch always encodes the same.
+pub type BatchEncoder<E> = Arc<dyn Fn(&[OutboxRecord]) -> E + Send + Sync>;
 
 /// A transport that takes batches of outbox records.
 pub trait Sink: Send + 'static {
+    /// What [`Sink::encoder`] makes of a batch (`()` for a sink without one).
+    type Encoded: Send + 'static;
+
     /// The configured sink name.
     fn name(&self) -> &str;
 
@@ -85,7 +88,7 @@ pub trait Sink: Send + 'static {
     /// this one is delivered and recorded, on another thread: encoding is most of a syslog sink's
     /// work, and done inside `deliver` it waited for every write and position commit. `None`
     /// (the default): `deliver` encodes as it goes.
-    fn encoder(&self) -> Option<BatchEncoder> {
+    fn encoder(&self) -> Option<BatchEncoder<Self::Encoded>> {
         None
     }
 
@@ -94,7 +97,7 @@ pub trait Sink: Send + 'static {
     fn deliver_encoded(
         &mut self,
         batch: &[OutboxRecord],
-        encoded: Vec<u8>,
+        encoded: Self::Encoded,
     ) -> impl Future<Output = Result<Delivered, SinkError>> + Send {
         drop(encoded);
         self.deliver(batch)

@@ -452,6 +452,8 @@ pub fn client(
 }
 
 impl Sink for ItopSink {
+    type Encoded = ();
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -2,10 +2,11 @@
 //! bounded by request size, gzip-compressed, with Splunk's response codes handled as documented
 //! and optional indexer acknowledgement (reference/sink-protocols.md §3).
 //!
-//! Owns: the sink's setup, envelopes with their routes, and a batch from first request to the
-//! [`Delivered`] it reports; requests, replies and bad-event isolation are in `requests`, the
-//! channel and the ack wait in `acks`. Must not: build the
-//! envelope bytes itself (see `encode::hec`), or touch the outbox; its only state in the store is
+//! Owns: the sink's setup and a batch from first request to the [`Delivered`] it reports;
+//! envelopes with their routes, the cut into requests and their (gzip) bodies are in `bodies`
+//! (pure, so the delivery loop encodes the next batch ahead), requests, replies and bad-event
+//! isolation in `requests`, the channel and the ack wait in `acks`. Must not: build the envelope
+//! bytes itself (see `encode::hec`), or touch the outbox; its only state in the store is
 //! its channel and the acks it waits for, through a [`HecLedger`] scoped to this sink. Invariants:
 //! - Requests of a batch go one at a time, in order, so what HEC took is always a leading part of
 //!   the batch. A request that fails (503, timeout, 401...) after earlier ones got code 0 (and,
@@ -38,16 +39,19 @@
 //! - 401/403 stop the sink loudly with its records still in the outbox.
 
 mod acks;
+mod bodies;
 mod requests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::encode::hec::{write_event, HecMeta};
 use crate::mapping::Mappings;
 use crate::net::{self, TlsOptions};
 use crate::settings::{Secret, SetupError, SplunkHecSettings};
-use crate::sinks::{Delivered, Shortfall, Sink, SinkError};
+use crate::sinks::{BatchEncoder, Delivered, Shortfall, Sink, SinkError};
 use crate::store::{HecLedger, OutboxRecord, Store};
+pub use bodies::EncodedBatch;
+use bodies::HecEncoder;
 use requests::Pass;
 
 /// The largest HEC reply read: replies are a few hundred bytes of JSON, and a proxy or broken
@@ -60,9 +64,8 @@ pub struct HecSink {
     settings: SplunkHecSettings,
     http: reqwest::Client,
     token: Secret,
-    host: String,
-    /// Source id → its vendor's mapping (the default sourcetype).
-    mappings: Mappings,
+    /// Envelopes and request bodies; shared with the delivery loop's encoding ahead.
+    encoder: Arc<HecEncoder>,
     /// Its channel, pending acks and errors in the store, and nothing else there.
     ledger: HecLedger,
     channel: Option<String>,
@@ -95,16 +98,20 @@ impl HecSink {
             &at,
             &settings.url,
         )?;
-        Ok(HecSink {
-            name: name.to_string(),
-            token,
+        let encoder = HecEncoder {
             host: settings
                 .host
                 .clone()
                 .unwrap_or_else(crate::sinks::syslog::local_hostname),
+            settings: settings.clone(),
+            mappings: mappings.into(),
+        };
+        Ok(HecSink {
+            name: name.to_string(),
+            token,
+            encoder: Arc::new(encoder),
             settings,
             http: client,
-            mappings: mappings.into(),
             ledger: HecLedger::new(store, name),
             channel: None,
             ack_misses: None,
@@ -133,45 +140,72 @@ impl HecSink {
 
     /// The envelope of one record, with its route's index, sourcetype, host and source.
     pub fn envelope(&self, record: &OutboxRecord, out: &mut Vec<u8>) {
-        let mut index = self.settings.index.as_deref();
-        let mut sourcetype = None;
-        let mut host = self.host.as_str();
-        let mut source = None;
-        // A route for the source applies first, then one for the source and stream on top.
-        let routes = self
-            .settings
-            .routes
-            .iter()
-            .filter(|r| r.source == record.source);
-        let (general, specific): (Vec<_>, Vec<_>) = routes.partition(|r| r.stream.is_none());
-        for route in general.into_iter().chain(
-            specific
-                .into_iter()
-                .filter(|r| r.stream.as_deref() == Some(record.stream.as_str())),
-        ) {
-            index = route.index.as_deref().or(index);
-            sourcetype = route.sourcetype.as_deref().or(sourcetype);
-            host = route.host.as_deref().unwrap_or(host);
-            source = route.source_name.as_deref().or(source);
-        }
-        let default_type = self.mappings.of(&record.source).sourcetype(&record.stream);
-        let default_source = format!("secrelay:{}", record.source);
-        let meta = HecMeta {
-            host,
-            source: source.unwrap_or(&default_source),
-            sourcetype: sourcetype.unwrap_or(&default_type),
-            index,
-        };
-        write_event(record, &meta, out);
+        self.encoder.envelope(record, out);
     }
 }
 
 impl Sink for HecSink {
+    /// Envelopes and request bodies.
+    type Encoded = EncodedBatch;
+
     fn name(&self) -> &str {
         &self.name
     }
 
     async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+        self.deliver_batch(batch, None).await
+    }
+
+    fn encoder(&self) -> Option<BatchEncoder<EncodedBatch>> {
+        let encoder = Arc::clone(&self.encoder);
+        Some(Arc::new(move |batch: &[OutboxRecord]| {
+            encoder.encode(batch)
+        }))
+    }
+
+    async fn deliver_encoded(
+        &mut self,
+        batch: &[OutboxRecord],
+        encoded: EncodedBatch,
+    ) -> Result<Delivered, SinkError> {
+        self.deliver_batch(batch, Some(encoded)).await
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        let url = self.url("/services/collector/health");
+        let request = self
+            .http
+            .get(&url)
+            .header("Authorization", format!("Splunk {}", self.token.expose()));
+        let response = net::send(request, &url)
+            .await
+            .map_err(|e| self.unavailable(e.to_string(), None))?;
+        let status = response.status();
+        let body = net::read_body(response, REPLY_MAX_BYTES)
+            .await
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(self.unavailable(
+                format!(
+                    "{url}: HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ),
+                None,
+            ))
+        }
+    }
+}
+
+impl HecSink {
+    /// Delivers `batch`, with its envelopes and request bodies when the delivery loop encoded
+    /// them ahead (`None`: made here).
+    async fn deliver_batch(
+        &mut self,
+        batch: &[OutboxRecord],
+        encoded: Option<EncodedBatch>,
+    ) -> Result<Delivered, SinkError> {
         if batch.is_empty() {
             return Ok(Delivered::default());
         }
@@ -190,15 +224,11 @@ impl Sink for HecSink {
             pass.done = self.resume(channel, batch, &mut pass.rejected).await?;
         }
         if pass.done < batch.len() {
-            let events: Vec<Vec<u8>> = batch
-                .iter()
-                .map(|r| {
-                    let mut out = Vec::with_capacity(r.record.len() + 256);
-                    self.envelope(r, &mut out);
-                    out
-                })
-                .collect();
-            self.send(batch, &events, channel.as_deref(), &mut pass)
+            let encoded = encoded.unwrap_or_else(|| EncodedBatch {
+                events: self.encoder.envelopes(batch),
+                bodies: Vec::new(),
+            });
+            self.send(batch, encoded, channel.as_deref(), &mut pass)
                 .await;
         }
         // Records before `accepted` are with the receiver: with acks, up to the first request
@@ -240,30 +270,7 @@ impl Sink for HecSink {
             }),
         }
     }
-
-    async fn check(&mut self) -> Result<(), SinkError> {
-        let url = self.url("/services/collector/health");
-        let request = self
-            .http
-            .get(&url)
-            .header("Authorization", format!("Splunk {}", self.token.expose()));
-        let response = net::send(request, &url)
-            .await
-            .map_err(|e| self.unavailable(e.to_string(), None))?;
-        let status = response.status();
-        let body = net::read_body(response, REPLY_MAX_BYTES)
-            .await
-            .unwrap_or_default();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(self.unavailable(
-                format!(
-                    "{url}: HTTP {status}: {}",
-                    body.chars().take(200).collect::<String>()
-                ),
-                None,
-            ))
-        }
-    }
 }
+
+#[cfg(test)]
+mod tests;

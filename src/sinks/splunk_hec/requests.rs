@@ -1,17 +1,17 @@
 //! HEC requests: one batch cut into requests of at most `max_request_bytes`, each posted and its
 //! reply read as Splunk documents it, and the events HEC refuses isolated (reference/sink-protocols.md §3).
 //!
-//! Owns: the request body (concatenated envelopes, gzip), the reply codes and what they mean, and the
+//! Owns: posting request bodies (made by `bodies`), the reply codes and what they mean, and the
 //! order of requests within a pass. Must not: wait for acks (see `acks`) or decide what the delivery
 //! loop does with a shortfall (see `deliver` in the parent). Invariant: requests go one at a time and
 //! in order, so `Pass::done` always ends a leading part of the batch HEC took or refused.
 
 use std::collections::VecDeque;
-use std::io::Write;
 
 use reqwest::StatusCode;
 use serde::Deserialize;
 
+use super::bodies::{EncodedBatch, RequestBody};
 use super::{HecSink, REPLY_MAX_BYTES};
 use crate::net::{self, parse_retry_after};
 use crate::sinks::SinkError;
@@ -67,11 +67,10 @@ pub(super) struct Pass {
 impl HecSink {
     async fn post(
         &self,
-        events: &[Vec<u8>],
+        body: RequestBody,
         channel: Option<&str>,
     ) -> Result<Option<u64>, PostError> {
         let url = self.url("/services/collector/event");
-        let body: Vec<u8> = events.concat();
         let mut request = self
             .http
             .post(&url)
@@ -80,18 +79,10 @@ impl HecSink {
         if let Some(c) = channel {
             request = request.header("X-Splunk-Request-Channel", c);
         }
-        let request = if self.settings.gzip {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::fast(),
-            );
-            let compressed = encoder.write_all(&body).and_then(|()| encoder.finish());
-            match compressed {
-                Ok(gz) => request.header("Content-Encoding", "gzip").body(gz),
-                Err(_) => request.body(body),
-            }
+        let request = if body.gzip {
+            request.header("Content-Encoding", "gzip").body(body.bytes)
         } else {
-            request.body(body)
+            request.body(body.bytes)
         };
         let response = net::send(request, &url)
             .await
@@ -143,32 +134,24 @@ impl HecSink {
 
     /// Sends the records of `batch` from `pass.done` on, in requests of at most
     /// `max_request_bytes`, one at a time and in order, so that `pass.done` always ends a prefix
-    /// HEC took. Stops at the first request that fails for another reason than bad data.
+    /// HEC took. Stops at the first request that fails for another reason than bad data. A
+    /// request whose body `encoded` holds (the same records) is sent as that body.
     pub(super) async fn send(
         &self,
         batch: &[OutboxRecord],
-        events: &[Vec<u8>],
+        encoded: EncodedBatch,
         channel: Option<&str>,
         pass: &mut Pass,
     ) {
-        let max = self.settings.max_request_bytes;
-        let mut work: VecDeque<std::ops::Range<usize>> = VecDeque::new();
-        // Cut into requests of at most `max` bytes (an event larger than that goes alone).
-        let mut start = pass.done;
-        let mut size = 0;
-        for (i, e) in events.iter().enumerate().skip(pass.done) {
-            if i > start && size + e.len() > max {
-                work.push_back(start..i);
-                start = i;
-                size = 0;
-            }
-            size += e.len();
-        }
-        if start < events.len() {
-            work.push_back(start..events.len());
-        }
+        let EncodedBatch { events, mut bodies } = encoded;
+        let mut work: VecDeque<std::ops::Range<usize>> =
+            self.encoder.cut(&events, pass.done).into();
         while let Some(range) = work.pop_front() {
-            match self.post(&events[range.clone()], channel).await {
+            let body = match bodies.iter().position(|(r, _)| *r == range) {
+                Some(i) => bodies.swap_remove(i).1,
+                None => self.encoder.body(&events[range.clone()]),
+            };
+            match self.post(body, channel).await {
                 Ok(ack) => {
                     if let (Some(ack), Some(channel)) = (ack, channel) {
                         pass.unacked.push(Unacked {

@@ -231,6 +231,9 @@ impl SyslogSink {
 }
 
 impl Sink for SyslogSink {
+    /// The frames of a batch.
+    type Encoded = Vec<u8>;
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -245,7 +248,7 @@ impl Sink for SyslogSink {
     }
 
     /// The frames of a batch, for TCP and TLS (UDP sends each message apart).
-    fn encoder(&self) -> Option<BatchEncoder> {
+    fn encoder(&self) -> Option<BatchEncoder<Vec<u8>>> {
         if self.settings.transport == SyslogTransport::Udp {
             return None;
         }
