@@ -2,6 +2,9 @@
 //! syslog framing around them, and the JSON envelope. Prints events/s for each.
 //!
 //! `cargo bench --bench encode [-- <text>]`: with a text, only the measures whose label holds it.
+//! `ENCODE_N` sets the events per measure (default 1,000,000): a small N lets an instruction
+//! counter (`valgrind --tool=callgrind`) compare two builds where timings on a shared machine
+//! cannot.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -11,7 +14,13 @@ use secrelay::encode::syslog::{frame, write_message, Framing, Header, HeaderForm
 use secrelay::store::OutboxRecord;
 use secrelay::vendors::Vendor;
 
-const N: usize = 1_000_000;
+/// Events per measure: `ENCODE_N`, else 1,000,000.
+fn events() -> usize {
+    std::env::var("ENCODE_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000)
+}
 
 fn measure(label: &str, mut work: impl FnMut(usize) -> usize) {
     // `cargo bench` passes `--bench`; the first other argument picks measures by label.
@@ -25,14 +34,15 @@ fn measure(label: &str, mut work: impl FnMut(usize) -> usize) {
         bytes += work(i);
     }
     let started = Instant::now();
-    for i in 0..N {
+    let n = events();
+    for i in 0..n {
         bytes += work(i);
     }
     let secs = started.elapsed().as_secs_f64();
     black_box(bytes);
     println!(
         "{label:<58} {:>12.0} events/s {:>8.1} MB/s",
-        N as f64 / secs,
+        n as f64 / secs,
         bytes as f64 / secs / 1e6 / 1.0
     );
 }
@@ -63,7 +73,7 @@ fn main() {
         severity: 8,
         record: record_text.clone().into(),
     };
-    println!("one core, {N} events each");
+    println!("one core, {} events each", events());
     let mut line = String::with_capacity(2048);
     let built = Vendor::Code42.cef("file_events", &v2, 8);
     measure(
@@ -131,6 +141,19 @@ fn main() {
             message.clear();
             sink.message(&outbox, &mut message);
             message.len()
+        },
+    );
+    // Batches of 100, which one thread encodes (the sink splits larger ones in two).
+    let encode = secrelay::sinks::Sink::encoder(&sink).expect("a TCP sink encodes ahead");
+    let hundred = vec![outbox.clone(); 100];
+    let mut frames = Vec::new();
+    measure(
+        "Syslog frames of a batch as the sink's encoder makes them (Code42 v2)",
+        |i| {
+            if i % 100 == 0 {
+                frames = encode(&hundred);
+            }
+            frames.len() / 100
         },
     );
     let mut framed = Vec::with_capacity(4096);

@@ -1,16 +1,18 @@
 //! The delivery half: one loop per sink that reads the outbox after the sink's position, delivers,
 //! and moves the position only after the receiver accepted.
 //!
-//! Must not: poll sources or format records itself (it runs the sink's encoder). Invariant: the position moves in the same transaction
-//! that records the batch's dead letters, and only after `Sink::deliver` returned `Ok` — to the end
-//! of the batch, or with a `Shortfall` to the end of the part the receiver took; on stop the
-//! loop drains what it can within the grace period and abandons the rest to the outbox. Every wait
-//! (linger, idle, backoff, a retry after a store error, a batch in flight) races the stop, so a
-//! stop ends the loop within the grace period. A daemon's sink never ends on its own: a receiver
-//! that refuses it is asked again at the longest backoff. The next batch is read, and encoded by
-//! the sink's encoder, while one is delivered and recorded; it is sent only after that one's
-//! position is committed, so at most one batch is ever delivered and not yet recorded.
+//! Must not: poll sources or format records itself (it runs the sink's encoder). Invariant: the
+//! position moves in the same transaction that records the batch's dead letters, and only after
+//! `Sink::deliver` (or `deliver_encoded`) returned `Ok` — to the end of the batch, or with a
+//! `Shortfall` to the end of the part the receiver took; on stop the loop drains what it can
+//! within the grace period and abandons the rest to the outbox. Every wait (linger, idle, backoff,
+//! a retry after a store error, a batch in flight, the batch read ahead) races the stop, so a stop
+//! ends the loop within the grace period. A daemon's sink never ends on its own: a receiver that
+//! refuses it is asked again at the longest backoff. The next batch is read, and encoded by the
+//! sink's encoder, while one is delivered and recorded; it is sent only after that one's position
+//! is committed, so at most one batch is ever delivered and not yet recorded.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ pub const REFUSED: &str = "REFUSED by the receiver";
 /// A short batch (caught up) and the end of the loop prune at once.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
-/// How long, once a batch is recorded, the loop waits for the next batch it read (and encoded)
+/// How long, once a batch is recorded, the loop waits for the read of the next batch it started
 /// ahead before dropping that work and reading the batch again itself.
 const READ_AHEAD_PATIENCE: Duration = Duration::from_millis(100);
 
@@ -209,19 +211,23 @@ pub async fn run_sink<K: Sink>(
         // Read the next batch from the store, and encode it on a thread of its own, while this
         // one is delivered and recorded: the store's thread, the encoding and the receiver work
         // at once. Used only if this batch goes whole. A task of its own, so a slow read never
-        // holds up recording a delivered batch: it is waited for at most `READ_AHEAD_PATIENCE`
-        // once the batch is recorded.
+        // holds up recording a delivered batch (see `read_ahead_result`). A short batch is not
+        // encoded ahead: it waits its linger and is read again.
         let last_seq = batch.last().map_or(position, |r| r.seq);
+        let read_done = Arc::new(AtomicBool::new(false));
         let next = tokio::spawn({
             let (store, name, sources) = (ctx.store.clone(), name.clone(), sources.clone());
-            let encoder = encoder.clone();
+            let (encoder, read_done) = (encoder.clone(), read_done.clone());
             async move {
                 let next = store
                     .read_sink_batch(&name, last_seq, &sources, batch_size)
                     .await
                     .ok()?;
+                read_done.store(true, Ordering::Release);
+                let worth_encoding =
+                    !next.is_empty() && (next.len() >= batch_size || linger.is_zero());
                 match encoder {
-                    Some(encode) if !next.is_empty() => tokio::task::spawn_blocking(move || {
+                    Some(encode) if worth_encoding => tokio::task::spawn_blocking(move || {
                         let encoded = encode(&next);
                         (next, Some(encoded))
                     })
@@ -300,11 +306,8 @@ pub async fn run_sink<K: Sink>(
                     Err(Abandoned) => break,
                 }
                 let record_ms = recording.elapsed().as_millis() as u64;
-                // Bounded: a busy store must not hold up the next delivery for long.
-                read_ahead = tokio::time::timeout(READ_AHEAD_PATIENCE, &mut next.0)
+                read_ahead = read_ahead_result(&ctx, &mut next, &read_done)
                     .await
-                    .ok()
-                    .and_then(|joined| joined.ok().flatten())
                     .map(|(b, encoded)| (last_seq, b, encoded));
                 tracing::debug!(sink = %name, records = batch.len(), read_ahead = read_ahead_used,
                     read_ms, deliver_ms, record_ms, "batch delivered");
@@ -406,7 +409,31 @@ async fn close<K: Sink>(sink: &mut K, name: &str) {
     }
 }
 
-/// A task aborted when its handle is dropped (a read-ahead nobody will use).
+/// What the task reading (and encoding) the next batch ahead gave: waited for at most
+/// [`READ_AHEAD_PATIENCE`] while its read is under way, since a busy store must not hold up the
+/// next delivery, and, once the batch was read, until its encoding is done (encoding it again
+/// here would cost as much); never past a stop. `None`: read the batch again.
+async fn read_ahead_result<T>(
+    ctx: &Context,
+    next: &mut AbortOnDrop<Option<T>>,
+    read_done: &AtomicBool,
+) -> Option<T> {
+    let wait = async {
+        match tokio::time::timeout(READ_AHEAD_PATIENCE, &mut next.0).await {
+            Ok(joined) => joined.ok().flatten(),
+            Err(_) if read_done.load(Ordering::Acquire) => (&mut next.0).await.ok().flatten(),
+            Err(_) => None,
+        }
+    };
+    tokio::select! {
+        biased;
+        r = wait => r,
+        _ = ctx.stop.cancelled() => None,
+    }
+}
+
+/// A task aborted when its handle is dropped (a read-ahead nobody will use). Work it handed to
+/// the blocking pool (an encoding) runs to its end; only its result is dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {

@@ -2,7 +2,8 @@
 //! loop what to do.
 //!
 //! Owns: the contract between the delivery loop and a transport. Must not: read the store, move a
-//! position or sleep — the delivery loop in `scheduler` does that. Invariant: `deliver` returns `Ok`
+//! position or sleep — the delivery loop in `scheduler` does that. Invariant: `deliver` (and
+//! `deliver_encoded`, given what the sink's encoder made of that very batch) returns `Ok`
 //! only once the receiver has accepted the whole batch (minus the records it reports as rejected),
 //! or, with a [`Shortfall`], a leading part of it: records before `Shortfall::accepted` are with the
 //! receiver, the rest must be sent again. A transport that takes all or nothing (file, syslog) never

@@ -3,8 +3,9 @@
 //!
 //! Owns: the connection (opened at start and in `check`, reopened after a failure or an idle
 //! period, closed gracefully: `connection`, `liveness`), TLS trust and client certificates (`tls`),
-//! and UDP truncation (`udp`); here, the message of a record and the TCP/TLS write. Must not:
-//! build header or CEF bytes itself (see `encode::syslog`, `encode::cef` and each source's mapping).
+//! UDP truncation (`udp`), and the messages and frames of records (`frames`, pure, so the delivery
+//! loop encodes the next batch ahead); here, the TCP/TLS write. Must not: build header or CEF bytes
+//! itself (see `encode::syslog`, `encode::cef` and each source's mapping).
 //!
 //! Invariant: a TCP/TLS batch is reported delivered only after every byte was written and flushed
 //! on a connection found open (no FIN, reset or error, without blocking) just before the write and
