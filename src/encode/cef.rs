@@ -21,6 +21,9 @@ pub struct CefRecord {
     extension: Vec<(&'static str, std::ops::Range<usize>)>,
     /// The extension's values, unescaped, one after another.
     values: String,
+    /// A bit per key set ([`key_bit`]): a key whose bit is clear is not set, which answers
+    /// most of the "is it set already" questions a mapping asks without comparing keys.
+    key_bits: [u64; 4],
 }
 
 /// Header limits from the CEF spec (vendor, product, version, class id, name), on escaped text.
@@ -54,6 +57,7 @@ impl CefRecord {
             // Room for a vendor mapping's usual line, so building it does not reallocate.
             extension: Vec::with_capacity(48),
             values: String::with_capacity(1024),
+            key_bits: [0; 4],
         }
     }
 
@@ -71,6 +75,8 @@ impl CefRecord {
         let start = self.values.len();
         self.values.push_str(value);
         self.extension.push((key, start..self.values.len()));
+        let (word, bit) = key_bit(key);
+        self.key_bits[word] |= bit;
         self
     }
 
@@ -185,7 +191,8 @@ impl CefRecord {
 
     /// Whether `key` is set.
     pub fn has(&self, key: &str) -> bool {
-        self.extension.iter().any(|(k, _)| same_key(k, key))
+        let (word, bit) = key_bit(key);
+        self.key_bits[word] & bit != 0 && self.extension.iter().any(|(k, _)| same_key(k, key))
     }
 
     /// The value given for `key`, unescaped.
@@ -225,6 +232,21 @@ impl CefRecord {
         self.write(&mut out);
         out
     }
+}
+
+/// The bit of `key` in `CefRecord::key_bits` (word, mask), from its length and its first, third
+/// and last bytes, which tell apart most keys of a line (`cs1`…`cs6`, `cs1Label`…,
+/// `suser`/`duser`).
+fn key_bit(key: &str) -> (usize, u64) {
+    let b = key.as_bytes();
+    let at = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
+    let mixed = (b.len() as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(at(0).wrapping_mul(0x100_0000_01b3))
+        .wrapping_add(at(2).wrapping_mul(0xff51_afd7))
+        .wrapping_add(at(b.len().wrapping_sub(1)).wrapping_mul(131));
+    let slot = (mixed ^ (mixed >> 29)) % 256;
+    ((slot / 64) as usize, 1 << (slot % 64))
 }
 
 /// `a == b`, for keys: many differ in their first or last byte, which is checked before comparing
@@ -443,6 +465,69 @@ pub(crate) mod tests {
             .field("suser", "second")
             .field("duser", "x");
         assert_eq!(r.to_line(), "CEF:0|V|P|1|C|N|1|suser=first duser=x");
+    }
+
+    /// `has` answers exactly for every key, whichever share a bit in `key_bits`: the keys of a
+    /// full Code42 line set one by one, each checked before and after.
+    #[test]
+    fn has_is_exact_for_keys_that_share_a_bit() {
+        const KEYS: [&str; 40] = [
+            "externalId",
+            "end",
+            "rt",
+            "fileCreateTime",
+            "fileModificationTime",
+            "deviceExternalId",
+            "suser",
+            "duser",
+            "suid",
+            "shost",
+            "dvchost",
+            "src",
+            "dst",
+            "fname",
+            "filePath",
+            "fsize",
+            "fileType",
+            "fileHash",
+            "sproc",
+            "spriv",
+            "sourceServiceName",
+            "destinationServiceName",
+            "request",
+            "requestClientApplication",
+            "reason",
+            "cs1",
+            "cs1Label",
+            "cs2",
+            "cs2Label",
+            "cs3",
+            "cs3Label",
+            "cs4",
+            "cs4Label",
+            "cs5",
+            "cs5Label",
+            "cs6",
+            "cs6Label",
+            "cn1",
+            "cn1Label",
+            "msg",
+        ];
+        let mut r = CefRecord::new("V", "P", "1", "C", "N", 1);
+        for (i, key) in KEYS.iter().enumerate() {
+            assert!(!r.has(key), "{key} before it was set");
+            r.field(key, "v");
+            for (j, other) in KEYS.iter().enumerate() {
+                assert_eq!(r.has(other), j <= i, "{other} after {key}");
+            }
+        }
+        let shared = KEYS
+            .iter()
+            .filter(|k| KEYS.iter().any(|o| o != *k && key_bit(o) == key_bit(k)));
+        assert!(
+            shared.count() > 0,
+            "no two keys share a bit: the test checks no collision"
+        );
     }
 
     #[test]
