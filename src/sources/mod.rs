@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod http;
 pub mod jamf;
 pub mod json_envelope;
+pub mod json_scan;
 /// The dotted-path reader, at the crate root since sinks' rules use it too; here under its old path.
 pub use crate::json_path;
 pub mod record_fields;

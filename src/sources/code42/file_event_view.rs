@@ -616,6 +616,15 @@ impl<'a> FileEventView<'a> {
     /// a record with no fields (as a `Value` of `null` would); a record with a key given twice is
     /// read through a `Value`, which keeps the last.
     pub(super) fn of_text(text: &'a str, parsed: &'a mut Option<Value>) -> Self {
+        // The scanner reads most records; it declines the rest, which serde reads (as below).
+        if let Some(view) = Self::scan(text) {
+            return view;
+        }
+        Self::of_text_by_serde(text, parsed)
+    }
+
+    /// [`Self::of_text`] by serde's visitors alone: the reference the scanner is tested against.
+    pub(super) fn of_text_by_serde(text: &'a str, parsed: &'a mut Option<Value>) -> Self {
         match serde_json::from_str::<Nested<FileEventView<'a>>>(text) {
             Ok(Nested(view)) => view.unwrap_or_default(),
             Err(_) => Self::of_value(parsed.insert(record_value(text))),

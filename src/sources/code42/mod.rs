@@ -47,6 +47,7 @@ mod alerts;
 mod api;
 mod auth;
 pub mod cef;
+mod file_event_scan;
 mod file_event_view;
 mod file_events;
 pub mod mapping;
