@@ -14,11 +14,13 @@
 
 use std::borrow::Cow;
 
-/// How deep objects and lists may nest below the scan's start. serde_json refuses past 128
-/// levels; stopping well short of that keeps every answer on its side of the limit.
+/// How deep objects and lists may nest below the scan's start. serde_json refuses a value it
+/// reads (rather than ignores) past 128 levels; stopping well short of that keeps every answer on
+/// its side of the limit, at the cost of declining deep parts serde would only have ignored.
 pub const MAX_DEPTH: u32 = 64;
 
-/// A position in a JSON text, moving forward only.
+/// A position in a JSON text, moving forward only. Once a method has answered `None`, the scan
+/// is spent: its position and depth are wherever the refusal left them.
 #[derive(Debug)]
 pub struct JsonScan<'a> {
     text: &'a str,
@@ -331,11 +333,8 @@ fn string_stop(bytes: &[u8], from: usize) -> Option<usize> {
     const BACKSLASHES: u64 = ONES * b'\\' as u64;
     const SPACES: u64 = ONES * 0x20;
     let mut at = from;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let Ok(eight) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let x = u64::from_le_bytes(eight);
+    while let Some(eight) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = u64::from_le_bytes(*eight);
         let quote = x ^ QUOTES;
         let backslash = x ^ BACKSLASHES;
         let marks = (quote.wrapping_sub(ONES) & !quote

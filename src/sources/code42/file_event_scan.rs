@@ -17,9 +17,18 @@ use crate::sources::json_scan::{JsonScan, KeysSeen, Literal};
 
 /// Reads an object into a default `$ty`, each known key (numbered for [`KeysSeen`]) by its reader;
 /// a known key given twice answers `None`, as a derived struct refuses it. Unknown keys are
-/// skipped.
+/// skipped. The numbers must run 0, 1, 2, … in order (checked when compiling): a number given
+/// twice would decline good records, one past 63 every record.
 macro_rules! read_object {
     ($scan:expr, $ty:ty { $($bit:literal $key:literal => $field:ident : $read:expr,)* }) => {{
+        const _: () = {
+            let bits: &[u32] = &[$($bit),*];
+            let mut i = 0;
+            while i < bits.len() {
+                assert!(bits[i] as usize == i && i < 64, "keys are numbered 0, 1, 2, … below 64");
+                i += 1;
+            }
+        };
         let mut out = <$ty>::default();
         let mut seen = KeysSeen::default();
         $scan.object(|scan, key| match key {

@@ -332,3 +332,36 @@ fn mutated_records_are_read_as_serde_reads_them_or_left_to_it() {
         "the scan read only {read} of {tried} mutated records"
     );
 }
+
+#[test]
+fn edge_cases_are_read_as_serde_reads_them_or_left_to_it() {
+    // Parts serde only ignores: a lone surrogate escape, a number out of range, a NUL escape.
+    for text in [
+        r#"{"x":"\ud800","eventId":"e"}"#,
+        r#"{"source":{"x":"\ud800"},"eventId":"e"}"#,
+        r#"{"destination":{"tabs":[[1e999]]},"eventId":"e"}"#,
+        r#"{"eventId":{"x":1e999}}"#,
+        r#"{"x":"\u0000","eventId":"e"}"#,
+    ] {
+        assert!(agrees(text), "the scan declined {text}");
+    }
+    // Parts serde reads where the view expects an object, or reads as a value: it fails on them
+    // there (or reads `-0` as a float), so the scan must leave them to it.
+    for text in [
+        r#"{"risk":9e921,"eventId":"e"}"#,
+        r#"{"destination":"\ud800","eventId":"e"}"#,
+        r#"{"fileSize":-0}"#,
+        r#"{"eventType":[],"eventType":true}"#,
+        "{}\u{a0}",
+    ] {
+        assert!(FileEventView::scan(text).is_none(), "the scan read {text}");
+        assert!(!agrees(text));
+    }
+    // Nesting past serde's limit for values it reads, under a field it reads.
+    let deep = format!(
+        r#"{{"removableMediaBusType":{}1{}}}"#,
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    assert!(FileEventView::scan(&deep).is_none());
+}

@@ -8,7 +8,9 @@
 //! the record's `Value` by path: every field accepts any JSON (an unexpected type reads as absent,
 //! or as text where `as_text` would print it), so reading fails only on invalid JSON or a key
 //! given twice, and [`FileEventView::of_text`] then reads the record through a `Value` (which keeps
-//! the last of two keys, as before). Two exceptions:
+//! the last of two keys, as before). `of_text` first tries the JSON scanner
+//! (`file_event_scan.rs`), which gives the same view or declines; what it declines is read here.
+//! Two exceptions:
 //! - a `destination.tabs` that is an object rather than a list reads as no tabs, where a path
 //!   would have taken its key `0` as the first tab;
 //! - a record that a `Value` cannot hold, because of something in a part the mapping does not
