@@ -12,6 +12,8 @@
 //! own tokio runtime (threads named `bench-sim`), the receiver on another (`bench-rcv`); their
 //! shares of CPU are those threads' CPU time over the run (`/proc/self/task/<tid>/stat`) divided
 //! by the total of simulator, receiver and child (`/proc/self/stat` of the child, all its threads).
+//! That total, in CPU-seconds, is printed too: on a shared VM whose speed swings from hour to
+//! hour it compares two builds better than events/s does.
 //!
 //! `cargo bench --bench pipeline` runs the default set (Code42 100k and 500k to a file, Sophos
 //! 100k to a file). `-- code42 100000`, `-- sophos 100000`, `-- tenable 20000`,
@@ -194,7 +196,7 @@ fn main() {
         .build()
         .expect("receiver runtime");
     println!(
-        "{:>7} {:>6} {:>9} {:>8} {:>9} {:>10} {:>12} {:>9} {:>8} {:>8}",
+        "{:>7} {:>6} {:>9} {:>8} {:>9} {:>10} {:>12} {:>9} {:>8} {:>8} {:>6}",
         "source",
         "sink",
         "events",
@@ -204,7 +206,8 @@ fn main() {
         "written B/ev",
         "record B",
         "sim CPU",
-        "rcv CPU"
+        "rcv CPU",
+        "CPU s"
     );
     for (source, sink, n) in jobs {
         run_job(&sim_runtime, &rcv_runtime, source, sink, n);
@@ -465,7 +468,7 @@ fn run_job(
     };
     let all = (sim_ticks as f64 + rcv_ticks as f64 + child_ticks).max(1.0);
     println!(
-        "{:>7} {:>6} {:>9} {:>8.1} {:>9.0} {:>6.1} MiB {:>12.0} {:>9.0} {:>7.1}% {:>7.1}%",
+        "{:>7} {:>6} {:>9} {:>8.1} {:>9.0} {:>6.1} MiB {:>12.0} {:>9.0} {:>7.1}% {:>7.1}% {:>6.1}",
         source.name(),
         sink.name(),
         n,
@@ -475,7 +478,8 @@ fn run_job(
         write_bytes / n as f64,
         record_bytes,
         sim_ticks as f64 / all * 100.0,
-        rcv_ticks as f64 / all * 100.0
+        rcv_ticks as f64 / all * 100.0,
+        all / TICKS_PER_SEC
     );
     servers.stop(rt, Some(rcv_rt));
 }
