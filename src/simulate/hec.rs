@@ -471,4 +471,44 @@ mod tests {
         assert_eq!(check(r#"{"event":1,"fields":null}"#), Some(15));
         assert_eq!(check(r#"{"event":1,"fields":{"k":true}}"#), Some(15));
     }
+
+    /// Posts `body` with the simulator's token; the status and the reply's JSON.
+    async fn post(sim: &HecSim, body: Vec<u8>) -> (u16, Value) {
+        crate::net::install_crypto_provider();
+        let response = reqwest::Client::new()
+            .post(format!("{}/services/collector/event", sim.url()))
+            .header(
+                "authorization",
+                "Splunk 00000000-0000-4000-8000-00000000cafe",
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A byte that is not UTF-8 refuses its envelope: the envelopes before it are taken and the
+    /// bad one is named, as for any other invalid envelope.
+    #[tokio::test]
+    async fn a_byte_that_is_not_utf8_refuses_its_envelope_and_no_other() {
+        let sim = HecSim::start(HecSimConfig::default()).await.unwrap();
+        let good = r#"{"event":{"n":"é1"}} {"event":"two"}"#;
+        assert_eq!(post(&sim, good.as_bytes().to_vec()).await.0, 200);
+        assert_eq!(sim.accepted_count(), 2);
+        assert_eq!(sim.accepted()[0]["event"]["n"], "é1");
+        let mut bad = br#"{"event":"three"}{"event":"f"#.to_vec();
+        bad.push(0xff);
+        bad.extend_from_slice(br#"ur"}{"event":"five"}"#);
+        let (status, reply) = post(&sim, bad).await;
+        assert_eq!(status, 400);
+        assert_eq!(reply["code"], 6, "{reply}");
+        assert_eq!(reply["invalid-event-number"], 1, "{reply}");
+        assert_eq!(
+            sim.accepted_count(),
+            3,
+            "the envelope before the bad byte is taken"
+        );
+    }
 }
