@@ -98,54 +98,28 @@ impl<'a> JsonScan<'a> {
         (self.peek().is_none()).then_some(())
     }
 
-    fn descend(&mut self) -> Option<()> {
+    /// Reads `open`, then items separated by `,` (each read by `each`), then `close`, one level
+    /// deeper for as long.
+    fn items(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut each: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if !self.take(open) {
+            return None;
+        }
         self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
-    }
-
-    /// Reads an object: `each` is called with every key, the scan just past its `:`, and must
-    /// read or skip the value.
-    pub fn object(&mut self, mut each: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        if !self.take(b'{') {
+        if self.depth > MAX_DEPTH {
             return None;
         }
-        self.descend()?;
-        if !self.take(b'}') {
-            loop {
-                if self.peek()? != b'"' {
-                    return None;
-                }
-                let key = self.plain_string()?;
-                if !self.take(b':') {
-                    return None;
-                }
-                each(self, key)?;
-                if self.take(b',') {
-                    continue;
-                }
-                if self.take(b'}') {
-                    break;
-                }
-                return None;
-            }
-        }
-        self.depth -= 1;
-        Some(())
-    }
-
-    /// Reads a list: `each` is called at every item and must read or skip it.
-    pub fn list(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        if !self.take(b'[') {
-            return None;
-        }
-        self.descend()?;
-        if !self.take(b']') {
+        if !self.take(close) {
             loop {
                 each(self)?;
                 if self.take(b',') {
                     continue;
                 }
-                if self.take(b']') {
+                if self.take(close) {
                     break;
                 }
                 return None;
@@ -153,6 +127,26 @@ impl<'a> JsonScan<'a> {
         }
         self.depth -= 1;
         Some(())
+    }
+
+    /// Reads an object: `each` is called with every key, the scan just past its `:`, and must
+    /// read or skip the value.
+    pub fn object(&mut self, mut each: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.items(b'{', b'}', |scan| {
+            if scan.peek()? != b'"' {
+                return None;
+            }
+            let key = scan.plain_string()?;
+            if !scan.take(b':') {
+                return None;
+            }
+            each(scan, key)
+        })
+    }
+
+    /// Reads a list: `each` is called at every item and must read or skip it.
+    pub fn list(&mut self, each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.items(b'[', b']', each)
     }
 
     /// Reads a string: borrowed when it holds no escape, else unescaped (`None` at a `\u`).
