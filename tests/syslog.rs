@@ -9,6 +9,7 @@ mod rsyslog;
 mod tls;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
@@ -367,11 +368,19 @@ fn delivery(
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
+/// Records per batch in [`restarted_receiver_gets_every_record`] (~249 bytes each when framed).
+const RESTART_BATCH: usize = 200;
+/// Receiver restarts in [`restarted_receiver_gets_every_record`].
+const RESTARTS: usize = 5;
+
+/// Delivers 20,000 records (~50 KB per batch of 200) through the real delivery loop to a real
+/// rsyslog restarted five times on the same port while the loop runs, the sink closing each
+/// connection in order once it carried `confirm_after_bytes`; checks that every record arrived
+/// and returns the duplicates. A restart stops rsyslog reading, and what arrived since is lost in
+/// the reset its close sends: its kernel acknowledged those bytes, and its window need not show
+/// them, so only what was confirmed by a close in order may be let go.
+async fn restarted_receiver_gets_every_record(confirm_after_bytes: usize) -> usize {
     const RECORDS: usize = 20_000;
-    const BATCH: usize = 200;
-    const RESTARTS: usize = 5;
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut receiver = rsyslog::Rsyslog::start(dir.path(), None);
@@ -379,11 +388,14 @@ async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
     let (store, ids) = store_with_events(state.path(), RECORDS).await;
     let sink = SyslogSink::new(
         "s",
-        settings(&format!("address = \"127.0.0.1:{}\"", ports.1)),
+        settings(&format!(
+            "address = \"127.0.0.1:{}\"\nconfirm_after_bytes = {confirm_after_bytes}",
+            ports.1
+        )),
         vendors(),
     )
     .unwrap();
-    let task = delivery(store, sink, BATCH);
+    let task = delivery(store, sink, RESTART_BATCH);
     // Restart the receiver (SIGTERM, then a new one on the same port, appending to the same file)
     // each time another sixth of the records has arrived, while the loop keeps delivering.
     for restart in 1..=RESTARTS {
@@ -415,12 +427,29 @@ async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
     );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("{duplicates} duplicates after {RESTARTS} restarts");
-    // Per restart: the last batch, which it may have read, and what the sink held beyond what it
-    // had not read (its TCP window's shrink is held three times over; see
-    // `sinks::syslog::unread`). It stops reading for a moment only, so that is a batch or so.
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
+    // Every batch confirmed: a restart costs at most the batch it interrupted, and the one the
+    // sink was writing when the reset came.
+    let duplicates = restarted_receiver_gets_every_record(0).await;
     assert!(
-        duplicates <= 2 * RESTARTS * BATCH,
+        duplicates <= 2 * RESTARTS * RESTART_BATCH,
         "{duplicates} duplicates: more than two batches per restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_confirmation_a_restarted_receiver_gets_every_record() {
+    // 1 MiB between closes in order: a restart costs at most what was sent since the last one
+    // (~21 batches of ~50 KB), and the batch being written.
+    let batches_per_confirmation = (1 << 20) / (RESTART_BATCH * 249) + 1;
+    let duplicates = restarted_receiver_gets_every_record(1 << 20).await;
+    assert!(
+        duplicates <= (batches_per_confirmation + 1) * RESTARTS * RESTART_BATCH,
+        "{duplicates} duplicates: more than a confirmation's worth per restart"
     );
 }
 
@@ -611,10 +640,10 @@ fn take_frames(pending: &mut Vec<u8>) -> Vec<String> {
     lines
 }
 
-/// A receiver that, on its first connection, stops reading once it has `stop_after` records (as
-/// rsyslog does between a SIGTERM and closing its sockets), pauses, then closes with what it has not
-/// read still in its socket, which the kernel answers with a reset; on later connections it reads
-/// until the sink closes, then closes too.
+/// A receiver that, once it has read `stop_after` records in all, stops reading on the connection
+/// it is reading (as rsyslog does between a SIGTERM and closing its sockets), pauses, then closes
+/// it with what it has not read still in its socket, which the kernel answers with a reset; on
+/// every other connection it reads until the sink closes its side, then closes too.
 struct StallingReceiver {
     port: u16,
     /// Each id it read, and how many times.
@@ -640,18 +669,19 @@ impl StallingReceiver {
         let port = listener.local_addr().unwrap().port();
         let ids = Arc::new(Mutex::new(HashMap::new()));
         let seen = ids.clone();
+        // Records read on every connection so far, and whether it has stalled yet (once).
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn(async move {
-            let mut first = true;
             while let Ok((mut stream, _)) = listener.accept().await {
                 let seen = seen.clone();
-                let stall = first.then_some(stop_after);
-                first = false;
+                let read = read.clone();
+                let stalled = stalled.clone();
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
-                    let mut read = 0;
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
-                        if stall.is_some_and(|n| read >= n) {
+                        if read.load(SeqCst) >= stop_after && !stalled.swap(true, SeqCst) {
                             tokio::time::sleep(pause).await;
                             return; // dropped with bytes unread: a reset
                         }
@@ -660,7 +690,7 @@ impl StallingReceiver {
                             Ok(n) => pending.extend_from_slice(&buf[..n]),
                         }
                         let frames = take_frames(&mut pending);
-                        read += frames.len();
+                        read.fetch_add(frames.len(), SeqCst);
                         let counts = id_counts(&frames);
                         let mut seen = seen.lock().unwrap();
                         for (id, n) in counts {
@@ -680,10 +710,11 @@ impl Drop for StallingReceiver {
     }
 }
 
-/// Sends `records` records in batches of 100 through the real delivery loop (backfill: it drains
-/// the outbox and ends) to a receiver that stops reading after `stop_after` of them and then resets
-/// its first connection (see [`StallingReceiver`]), and checks that every record arrived, with at
-/// most two batches of duplicates; `lost` says what a missing record means.
+/// Sends `records` records in batches of 100 (~25 KB) through the real delivery loop (backfill: it
+/// drains the outbox and ends), each connection closed in order after two batches, to a receiver
+/// that stops reading after `stop_after` of them and then resets the connection it was reading
+/// (see [`StallingReceiver`]), and checks that every record arrived, with at most two batches of
+/// duplicates (what that connection carried); `lost` says what a missing record means.
 async fn a_receiver_that_stalls_gets_everything(
     records: usize,
     stop_after: usize,
@@ -696,7 +727,10 @@ async fn a_receiver_that_stalls_gets_everything(
     let receiver = StallingReceiver::start(stop_after, pause, receive_buffer).await;
     let sink = SyslogSink::new(
         "s",
-        settings(&format!("address = \"127.0.0.1:{}\"", receiver.port)),
+        settings(&format!(
+            "address = \"127.0.0.1:{}\"\nconfirm_after_bytes = 40000",
+            receiver.port
+        )),
         vendors(),
     )
     .unwrap();
@@ -731,9 +765,9 @@ async fn a_receiver_that_stalls_gets_everything(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_written_while_the_receiver_stopped_reading_go_again_after_its_reset() {
-    // It stops after 3 of 10 batches: the sink writes the other seven before the reset, each into a
-    // connection that is open and acknowledges them, and none of them is read. The reset comes as
-    // the sink closes at the end.
+    // It stops after 3 of 10 batches, on the second connection, which the sink has just written its
+    // second batch into (acknowledged, never read) and is closing in order to confirm both: the
+    // reset answers that close.
     a_receiver_that_stalls_gets_everything(
         1_000,
         300,
@@ -745,9 +779,8 @@ async fn batches_written_while_the_receiver_stopped_reading_go_again_after_its_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_during_a_blocked_write_sends_what_the_receiver_had_not_read_again() {
-    // A small receive buffer and more records than the sink's send buffer holds: once it stops
-    // reading, the sink's writes block until the reset, mid-run. What it acknowledged unread goes
-    // again ahead of the batch that failed.
+    // A small receive buffer: once it stops reading, the sink's write or its close in order waits
+    // until the reset, mid-run. What it acknowledged unread goes again on the next connection.
     a_receiver_that_stalls_gets_everything(
         20_000,
         300,
@@ -759,7 +792,7 @@ async fn a_reset_during_a_blocked_write_sends_what_the_receiver_had_not_read_aga
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_while_backfill_closes_the_connection_sends_the_last_batch_again() {
-    // It stops before the last batch: backfill has delivered everything and is closing the
+    // It stops within the last batch: backfill has delivered everything and is closing the last
     // connection when the reset comes.
     a_receiver_that_stalls_gets_everything(
         1_000,

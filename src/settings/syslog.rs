@@ -105,6 +105,15 @@ pub struct SyslogSinkSettings {
     /// swallow that batch. 0 keeps connections however long they idle. Default 60.
     #[serde(default = "sixty")]
     pub idle_reconnect_secs: f64,
+    /// TCP/TLS: once a connection has carried this many bytes, it is closed in order (the
+    /// receiver reads to our end and closes its side) and the next batch opens a new one. Plain
+    /// syslog has no receipt: only that close shows the receiver read what it was sent, so the
+    /// sink holds everything since the last one in memory and sends it again if the connection
+    /// ends any other way. It bounds that memory and the duplicates a receiver restart causes;
+    /// smaller means fewer duplicates and more connections. 0: after every batch. Default
+    /// 1,048,576 (1 MiB).
+    #[serde(default = "one_mib")]
+    pub confirm_after_bytes: usize,
 }
 
 /// A syslog facility, read from its name (`local4`, `daemon`, ...) when the settings load.
@@ -179,6 +188,10 @@ fn ten() -> f64 {
 fn sixty() -> f64 {
     60.0
 }
+fn one_mib() -> usize {
+    1 << 20
+}
+
 fn five_hundred() -> usize {
     500
 }

@@ -3,9 +3,9 @@
 //!
 //! Owns: [`Connection`], connecting with the sink's timeout, the idle reconnect, and choosing the
 //! batch to send again when a reused connection was found closed or reset. Must not: frame or
-//! write records (the parent does). Invariant: a connection found closed or reset before we closed
-//! it in order, soon after its last batch, gets what the receiver may not have read on it (see
-//! `unread`) again first on the next connection.
+//! write records (the parent does). Invariant: a connection found reset, or closed by the receiver
+//! soon after its last batch, has everything it carried unconfirmed (see `unread`) sent again first
+//! on the next connection; one the receiver closed in order long after its last batch read it all.
 
 use std::time::Duration;
 
@@ -22,17 +22,6 @@ pub(super) enum Connection {
     Udp(UdpSocket),
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Connection {
-    /// The TCP connection underneath (TLS runs on one); none for UDP.
-    pub(super) fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Connection::Udp(_) => None,
-            Connection::Tcp(tcp) => Some(tcp),
-            Connection::Tls(tls) => Some(tls.get_ref().0),
-        }
-    }
 }
 
 /// TCP keepalive: the first probe after this much silence on the connection.
@@ -113,9 +102,7 @@ impl SyslogSink {
             }
         };
         tracing::info!(sink = %self.name, address = %address, transport = transport_name(self.settings.transport), "connected");
-        if let Some(tcp) = connection.tcp() {
-            self.unconfirmed.connected(tcp);
-        }
+        self.unconfirmed.clear();
         self.connection = Some(connection);
         self.last_write = Instant::now();
         Ok(())
@@ -127,7 +114,8 @@ impl SyslogSink {
 
     /// Before a batch on a reused TCP/TLS connection: closes it in order after an idle period, and
     /// drops it when the receiver closed or reset it. Either way the next batch goes on a new
-    /// connection, preceded by the last one when the receiver may not have read all of it.
+    /// connection, preceded by what the old one carried unconfirmed when the receiver may not
+    /// have read all of it.
     pub(super) async fn check_reused(&mut self) {
         let Some(mut connection) = self.connection.take() else {
             return;
@@ -156,13 +144,7 @@ impl SyslogSink {
             return;
         }
         match liveness(&mut connection).await {
-            Liveness::Open => {
-                // The receiver may have read more since the last batch.
-                if let Some(tcp) = connection.tcp() {
-                    self.unconfirmed.settle(tcp);
-                }
-                self.connection = Some(connection);
-            }
+            Liveness::Open => self.connection = Some(connection),
             state => {
                 // A reset means bytes it had not read were thrown away; an orderly close soon after
                 // our last write may have crossed it. Long after, an orderly close means it read all.

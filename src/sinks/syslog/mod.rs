@@ -10,12 +10,15 @@
 //! Invariant: a TCP/TLS batch is reported delivered only after every byte was written and flushed
 //! on a connection found open (no FIN, reset or error, without blocking) just before the write and
 //! again just after it. After a failed write the connection is dropped and the whole batch is sent
-//! again on a new one. Plain syslog has no receipt: a receiver that stops with bytes still unread
-//! in its socket loses them. So every batch on a connection that the receiver may not have read
-//! (`unread`: the last one, and any its TCP window shows unread) is held, and sent again first on
-//! the next connection when this one is found closed or reset, or fails to close in order, before
-//! the receiver read it; at the end of a run too. Duplicates stay within what the receiver had not
-//! read plus one batch per receiver restart. UDP is at-most-once (a WARN at start-up says so).
+//! again on a new one. Plain syslog has no receipt: a receiver's kernel acknowledges what its
+//! process may never read (rsyslog stops reading at a SIGTERM and closes a moment later), and the
+//! sender cannot tell how much that is. Only a close in order proves the receiver read everything:
+//! we end our side, it reads to that end and closes its own. So everything a connection carried
+//! is held (`unread`) until such a close, which comes once it carried `confirm_after_bytes`, when
+//! it has idled, and at the end of a run; if the connection ends any other way (reset, a FIN of
+//! the receiver's crossing our writes, an error), all of that goes again first on the next one.
+//! Duplicates per receiver restart stay within what was sent since the last close in order. UDP is
+//! at-most-once (a WARN at start-up says so).
 
 mod connection;
 mod frames;
@@ -55,8 +58,8 @@ pub struct SyslogSink {
     connection: Option<Connection>,
     /// When the current TCP/TLS connection was opened or last carried a batch.
     last_write: Instant,
-    /// Frames reported delivered on the current connection that the receiver may not have read:
-    /// sent again first on the next one if this one ends before we close it in order.
+    /// Frames reported delivered on the current connection since it was opened or last closed in
+    /// order: sent again first on the next one if this one ends any other way.
     unconfirmed: Unconfirmed,
     /// Frames to send ahead of the next batch (see `unconfirmed`); cleared once written.
     resend: Vec<u8>,
@@ -204,23 +207,49 @@ impl SyslogSink {
             }
         }
         let resent = std::mem::take(&mut self.resend);
-        if let Some(tcp) = self.connection.as_ref().and_then(Connection::tcp) {
-            self.unconfirmed.written([resent, frames], tcp);
-        }
+        self.unconfirmed.written([resent, frames]);
         self.last_write = Instant::now();
+        if self.unconfirmed.bytes() >= self.settings.confirm_after_bytes {
+            self.confirm().await;
+        }
         Ok(())
     }
 
-    /// Drops a connection that failed during a write or right after it. What the receiver may not
-    /// have read on it goes again first on the next connection: a receiver stops reading some time
-    /// before it closes, and batches written meanwhile were acknowledged by its kernel only.
+    /// Closes the connection in order, so the receiver shows it read everything held since the
+    /// last such close; the next batch opens a new one. The batch just written stays delivered
+    /// whatever happens here: what the receiver may not have read goes again on the next connection.
+    async fn confirm(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        match close_gracefully(connection, self.close_within()).await {
+            Closing::InOrder => self.unconfirmed.clear(),
+            // Alive, but not closing its side after ours: nothing says it lost anything, and
+            // holding on would send the same bytes again at every later confirmation.
+            Closing::NoAnswer => {
+                tracing::warn!(sink = %self.name, address = %self.settings.address,
+                    "the receiver did not close its side in time after ours; taking what it acknowledged as read");
+                self.unconfirmed.clear();
+            }
+            Closing::Failed(e) => {
+                tracing::warn!(sink = %self.name, address = %self.settings.address,
+                    "closing the connection to confirm it failed ({e}); sending what it may not have read again");
+                self.hold_for_resend();
+            }
+        }
+    }
+
+    /// Drops a connection that failed during a write or right after it. Everything it carried since
+    /// it was opened or last closed in order goes again first on the next connection: a receiver
+    /// stops reading some time before it closes, and batches written meanwhile were acknowledged
+    /// by its kernel only.
     fn drop_in_doubt(&mut self) {
         self.connection = None;
         self.hold_for_resend();
     }
 
-    /// Moves what the receiver may not have read on the connection just ended ahead of the next
-    /// batch (after anything already waiting there, which is older).
+    /// Moves what the connection just ended carried unconfirmed ahead of the next batch (after
+    /// anything already waiting there, which is older).
     fn hold_for_resend(&mut self) {
         let unread = self.unconfirmed.take();
         if self.resend.is_empty() {
