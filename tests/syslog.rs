@@ -778,6 +778,19 @@ async fn batches_written_while_the_receiver_stopped_reading_go_again_after_its_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_receiver_with_a_large_buffer_never_read_goes_again_after_its_reset() {
+    // A 4 MiB receive buffer: its window stays far below its free space, so what it acknowledges
+    // after it stopped reading does not shrink that window, and only the close shows it unread.
+    a_receiver_that_stalls_gets_everything(
+        1_000,
+        300,
+        Some(4 << 20),
+        "acknowledged by a receiver whose window did not show them unread never arrived",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_during_a_blocked_write_sends_what_the_receiver_had_not_read_again() {
     // A small receive buffer: once it stops reading, the sink's write or its close in order waits
     // until the reset, mid-run. What it acknowledged unread goes again on the next connection.
