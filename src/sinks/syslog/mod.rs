@@ -14,9 +14,10 @@
 //! process may never read (rsyslog stops reading at a SIGTERM and closes a moment later), and the
 //! sender cannot tell how much that is. Only a close in order proves the receiver read everything:
 //! we end our side, it reads to that end and closes its own. So everything a connection carried
-//! is held (`unread`) until such a close, which comes once it carried `confirm_after_bytes`, when
-//! it has idled, and at the end of a run; if the connection ends any other way (reset, a FIN of
-//! the receiver's crossing our writes, an error), all of that goes again first on the next one.
+//! is held (`unread`) until such a close, which comes once it carried `confirm_after_bytes` (on a
+//! task of its own, one at a time, while the next batches go on a new connection), when it has
+//! idled, and at the end of a run; if the connection ends any other way (reset, a FIN of the
+//! receiver's crossing our writes, an error), all of that goes again first on a later one.
 //! Duplicates per receiver restart stay within what was sent since the last close in order. UDP is
 //! at-most-once (a WARN at start-up says so).
 
@@ -63,6 +64,8 @@ pub struct SyslogSink {
     unconfirmed: Unconfirmed,
     /// Frames to send ahead of the next batch (see `unconfirmed`); cleared once written.
     resend: Vec<u8>,
+    /// The previous connection, being closed in order while the next batches go on a new one.
+    confirming: Option<Confirming>,
     /// UDP messages cut to `udp_max_bytes` since start.
     truncated: u64,
 }
@@ -122,6 +125,7 @@ impl SyslogSink {
             last_write: Instant::now(),
             unconfirmed: Unconfirmed::default(),
             resend: Vec::new(),
+            confirming: None,
             truncated: 0,
         })
     }
@@ -163,6 +167,13 @@ async fn write_flushed<W: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+/// A connection being closed in order on a task of its own, so that the next batch need not wait
+/// for the receiver to read to its end; what it carried is held until that close ends.
+struct Confirming {
+    closing: tokio::task::JoinHandle<Closing>,
+    carried: Vec<u8>,
+}
+
 /// How long closing at the end of a run may take, sending again what a reset left in doubt (a
 /// receiver restarting just then): within the delivery loop's limit for a close (5 s).
 const CLOSE_BUDGET: Duration = Duration::from_millis(4_500);
@@ -171,6 +182,8 @@ impl SyslogSink {
     /// Writes what waits to be sent again, then `frames`, on a connection found open before and
     /// after the write; `Ok` when the receiver has them as far as TCP can tell.
     async fn send(&mut self, frames: Vec<u8>) -> Result<(), SinkError> {
+        // A confirmation that failed meanwhile: what it carried goes first, on this batch's connection.
+        self.settle_confirmation(false).await;
         self.check_reused().await;
         if self.connection.is_none() {
             self.connect().await?;
@@ -215,26 +228,51 @@ impl SyslogSink {
         Ok(())
     }
 
-    /// Closes the connection in order, so the receiver shows it read everything held since the
-    /// last such close; the next batch opens a new one. The batch just written stays delivered
-    /// whatever happens here: what the receiver may not have read goes again on the next connection.
+    /// Starts closing the connection in order, so the receiver shows it read everything held
+    /// since the last such close, and lets the next batch open a new one meanwhile. One close at a
+    /// time: the previous one is waited for first. The batch just written stays delivered whatever
+    /// the close ends in: what the receiver may not have read goes again on a later connection.
     async fn confirm(&mut self) {
+        self.settle_confirmation(true).await;
         let Some(connection) = self.connection.take() else {
             return;
         };
-        match close_gracefully(connection, self.close_within()).await {
-            Closing::InOrder => self.unconfirmed.clear(),
+        let within = self.close_within();
+        self.confirming = Some(Confirming {
+            closing: tokio::spawn(close_gracefully(connection, within)),
+            carried: self.unconfirmed.take(),
+        });
+    }
+
+    /// Takes the outcome of the close started by [`Self::confirm`], waiting for it with `wait`
+    /// (at most `close_within`): on a failure, what that connection carried goes ahead of
+    /// everything waiting to be sent again, being older.
+    async fn settle_confirmation(&mut self, wait: bool) {
+        let Some(confirming) = self.confirming.take() else {
+            return;
+        };
+        if !wait && !confirming.closing.is_finished() {
+            self.confirming = Some(confirming);
+            return;
+        }
+        let closing = confirming
+            .closing
+            .await
+            .unwrap_or_else(|e| Closing::Failed(format!("the close did not finish: {e}")));
+        match closing {
+            Closing::InOrder => {}
             // Alive, but not closing its side after ours: nothing says it lost anything, and
             // holding on would send the same bytes again at every later confirmation.
             Closing::NoAnswer => {
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
                     "the receiver did not close its side in time after ours; taking what it acknowledged as read");
-                self.unconfirmed.clear();
             }
             Closing::Failed(e) => {
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
-                    "closing the connection to confirm it failed ({e}); sending what it may not have read again");
-                self.hold_for_resend();
+                    "closing a connection to confirm it failed ({e}); sending what it carried again");
+                let mut carried = confirming.carried;
+                carried.extend_from_slice(&self.resend);
+                self.resend = carried;
             }
         }
     }
@@ -301,6 +339,7 @@ impl Sink for SyslogSink {
     }
 
     async fn check(&mut self) -> Result<(), SinkError> {
+        self.settle_confirmation(true).await;
         if let Some(connection) = self.connection.take() {
             match close_gracefully(connection, self.close_within()).await {
                 Closing::Failed(_) => self.hold_for_resend(),
@@ -315,6 +354,9 @@ impl Sink for SyslogSink {
         let deadline = Instant::now() + CLOSE_BUDGET;
         let mut pause = Duration::from_millis(50);
         loop {
+            // A close in order started by a delivery (or by the send below) ends first: if it
+            // failed, what it carried is sent again here.
+            self.settle_confirmation(true).await;
             let left = deadline.saturating_duration_since(Instant::now());
             if let Some(connection) = self.connection.take() {
                 if matches!(connection, Connection::Udp(_)) {
@@ -361,6 +403,7 @@ impl Sink for SyslogSink {
             }
         }
         self.connection = None;
+        self.confirming = None;
         self.unconfirmed.clear();
         self.resend.clear();
     }
