@@ -12,7 +12,10 @@
 //! # Delivery guarantees
 //! - **At-least-once.** A page's events, their ids and the new cursor are committed together; a
 //!   sink's position moves only after its receiver accepted the batch. A crash can repeat at most
-//!   the one batch per sink that was in flight.
+//!   the one batch per sink that was in flight. Plain syslog over TCP/TLS has no receipt: what a
+//!   connection carried is held in memory until the receiver closes it in order (see
+//!   `sinks::syslog`), so only a crash of ours together with a failure of the receiver's can lose
+//!   it (up to about `confirm_after_bytes`).
 //! - **Bounded duplicates.** The seen-set is durable, so overlapping windows, cursor boundary
 //!   repeats and `backfill --reset` (without `--days`) deliver nothing twice.
 //! - **Back-pressure, never drop.** Over `outbox.max_bytes` sources pause until sinks catch up.

@@ -442,11 +442,12 @@ async fn a_receiver_restarted_five_times_during_delivery_gets_every_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_default_confirmation_a_restarted_receiver_gets_every_record() {
-    // 1 MiB between closes in order: a restart costs at most what was sent since the last one
-    // (~21 batches of ~50 KB), and the batch being written.
-    let batches_per_confirmation = (1 << 20) / (RESTART_BATCH * 249) + 1;
-    let duplicates = restarted_receiver_gets_every_record(1 << 20).await;
+async fn with_a_close_every_256_kib_a_restarted_receiver_gets_every_record() {
+    // A close in order every 256 KiB (~6 batches): a restart costs at most what was sent since
+    // the last one, and the batch being written.
+    const CONFIRM: usize = 256 << 10;
+    let batches_per_confirmation = CONFIRM / (RESTART_BATCH * 249) + 1;
+    let duplicates = restarted_receiver_gets_every_record(CONFIRM).await;
     assert!(
         duplicates <= (batches_per_confirmation + 1) * RESTARTS * RESTART_BATCH,
         "{duplicates} duplicates: more than a confirmation's worth per restart"
@@ -648,6 +649,8 @@ struct StallingReceiver {
     port: u16,
     /// Each id it read, and how many times.
     ids: Arc<Mutex<HashMap<String, usize>>>,
+    /// Whether it stalled with bytes still unread in its socket (so its close was a reset).
+    stalled_unread: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -669,9 +672,10 @@ impl StallingReceiver {
         let port = listener.local_addr().unwrap().port();
         let ids = Arc::new(Mutex::new(HashMap::new()));
         let seen = ids.clone();
-        // Records read on every connection so far, and whether it has stalled yet (once).
+        // Records read on every connection so far, and whether the stall left bytes unread.
         let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled_unread_of_task = stalled.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let seen = seen.clone();
@@ -681,16 +685,31 @@ impl StallingReceiver {
                     let mut pending = Vec::new();
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
-                        if read.load(SeqCst) >= stop_after && !stalled.swap(true, SeqCst) {
-                            tokio::time::sleep(pause).await;
-                            return; // dropped with bytes unread: a reset
-                        }
                         match stream.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => pending.extend_from_slice(&buf[..n]),
                         }
                         let frames = take_frames(&mut pending);
-                        read.fetch_add(frames.len(), SeqCst);
+                        let before = read.fetch_add(frames.len(), SeqCst);
+                        if before < stop_after && before + frames.len() >= stop_after {
+                            // This connection crossed it: count what it read, stop reading, and
+                            // close with what arrived meanwhile unread (a reset).
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                for (id, n) in id_counts(&frames) {
+                                    *seen.entry(id).or_insert(0) += n;
+                                }
+                            }
+                            tokio::time::sleep(pause).await;
+                            // Looked at, not read: it must stay unread for the close to reset.
+                            let peek = stream.peek(&mut buf);
+                            let unread =
+                                tokio::time::timeout(std::time::Duration::from_millis(10), peek)
+                                    .await
+                                    .is_ok_and(|peeked| peeked.is_ok_and(|n| n > 0));
+                            stalled.store(unread, SeqCst);
+                            return;
+                        }
                         let counts = id_counts(&frames);
                         let mut seen = seen.lock().unwrap();
                         for (id, n) in counts {
@@ -700,7 +719,12 @@ impl StallingReceiver {
                 });
             }
         });
-        StallingReceiver { port, ids, task }
+        StallingReceiver {
+            port,
+            ids,
+            stalled_unread: stalled_unread_of_task,
+            task,
+        }
     }
 }
 
@@ -736,6 +760,10 @@ async fn a_receiver_that_stalls_gets_everything(
     .unwrap();
     let report = delivery(store, sink, 100).await.unwrap();
     assert_eq!(report.backlog, 0, "{report:?}");
+    assert!(
+        receiver.stalled_unread.load(SeqCst),
+        "the receiver stopped reading with nothing unread: no reset was shown"
+    );
     // The receiver reads what the last connection carried, up to its end.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let (missing, duplicates) = loop {
@@ -804,7 +832,7 @@ async fn a_reset_during_a_blocked_write_sends_what_the_receiver_had_not_read_aga
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_while_backfill_closes_the_connection_sends_the_last_batch_again() {
+async fn a_reset_while_backfill_closes_the_connection_sends_what_it_carried_again() {
     // It stops within the last batch: backfill has delivered everything and is closing the last
     // connection when the reset comes.
     a_receiver_that_stalls_gets_everything(
@@ -1014,4 +1042,66 @@ async fn an_idle_connection_is_closed_in_order_and_a_new_one_opened() {
         .await
         .expect("close ends once the receiver closed");
     assert!(second_read.await.unwrap().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn what_a_receiver_that_never_closes_its_side_carried_goes_again() {
+    // A close after every batch, waiting at most 0.3 s for the receiver's side.
+    let (listener, mut sink) =
+        tcp_receiver_and_sink("confirm_after_bytes = 0\ntimeout_secs = 0.3").await;
+    let records = hostile_records();
+    sink.deliver(&records[..2]).await.unwrap();
+    // It reads everything, our end too, but keeps its side open: it never shows it read it all.
+    let mut first = next_connection(&listener).await;
+    let want = framed(&sink, &records[..2]);
+    assert_eq!(read_bytes(&mut first, want.len()).await, want);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sink.deliver(&records[2..4]).await.unwrap();
+    let mut second = next_connection(&listener).await;
+    let mut want = framed(&sink, &records[..2]);
+    want.extend(framed(&sink, &records[2..4]));
+    assert_eq!(read_bytes(&mut second, want.len()).await, want);
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_receiver_that_resets_every_close_holds_new_batches_back_instead_of_growing_a_tail() {
+    let (listener, mut sink) = tcp_receiver_and_sink("confirm_after_bytes = 0").await;
+    // It reads each connection to our end, then closes it with a reset (SO_LINGER 0).
+    let receiver = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut all = Vec::new();
+                let _ = stream.read_to_end(&mut all).await;
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            });
+        }
+    });
+    // Batches of ~180 KB: nothing is ever confirmed, so each delivery adds one to what is held,
+    // until more than 1 MiB (`confirm_after_bytes` × 4 + 1 MiB) is.
+    let batch: Vec<OutboxRecord> = hostile_records().into_iter().cycle().take(600).collect();
+    let batch_bytes = framed(&sink, &batch).len();
+    assert!(batch_bytes > 150_000, "{batch_bytes}");
+    let mut refused = Vec::new();
+    for _ in 0..16 {
+        if let Err(e) = sink.deliver(&batch).await {
+            refused.push(e.to_string());
+        }
+    }
+    receiver.abort();
+    let first = refused
+        .first()
+        .expect("new batches are refused once what is held passes the limit");
+    assert!(first.contains("without a close in order"), "{first}");
+    // Once refused, what is held stops growing: every refusal names the same bytes.
+    let held: Vec<&str> = refused
+        .iter()
+        .map(|e| e.split(" bytes it may not").next().unwrap_or(e))
+        .map(|e| e.rsplit(' ').next().unwrap_or(e))
+        .collect();
+    assert!(refused.len() >= 4, "{refused:?}");
+    assert!(held.windows(2).all(|w| w[0] == w[1]), "{held:?}");
+    let bytes: usize = held[0].parse().unwrap();
+    assert!(bytes <= (1 << 20) + 2 * batch_bytes, "{bytes} bytes held");
 }

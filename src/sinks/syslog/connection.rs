@@ -1,8 +1,8 @@
 //! The syslog sink's connection: opened (UDP socket, or TCP with keepalive and
 //! `TCP_USER_TIMEOUT`, then TLS), and checked before a TCP/TLS connection is reused.
 //!
-//! Owns: [`Connection`], connecting with the sink's timeout, the idle reconnect, and choosing the
-//! batch to send again when a reused connection was found closed or reset. Must not: frame or
+//! Owns: [`Connection`], connecting with the sink's timeout, the idle reconnect, and whether what a
+//! reused connection carried goes again when it was found closed or reset. Must not: frame or
 //! write records (the parent does). Invariant: a connection found reset, or closed by the receiver
 //! soon after its last batch, has everything it carried unconfirmed (see `unread`) sent again first
 //! on the next connection; one the receiver closed in order long after its last batch read it all.
@@ -51,8 +51,8 @@ fn tune(tcp: &TcpStream, user_timeout: Duration) -> std::io::Result<()> {
 }
 
 impl SyslogSink {
-    /// Opens a connection by the configured transport (TCP/TLS within `timeout_secs`); what was
-    /// unconfirmed on the previous connection is no longer this one's (see `hold_for_resend`).
+    /// Opens a connection by the configured transport (TCP/TLS within `timeout_secs`); anything
+    /// still unconfirmed from the previous one goes ahead of the next batch (`hold_for_resend`).
     pub(super) async fn connect(&mut self) -> Result<(), SinkError> {
         let timeout = Duration::from_secs_f64(self.settings.timeout_secs);
         let address = self.settings.address.clone();
@@ -102,7 +102,9 @@ impl SyslogSink {
             }
         };
         tracing::info!(sink = %self.name, address = %address, transport = transport_name(self.settings.transport), "connected");
-        self.unconfirmed.clear();
+        // Still held here only when the previous connection was let go without a close in order
+        // (a look at it cut short): what it carried goes again.
+        self.hold_for_resend();
         self.connection = Some(connection);
         self.last_write = Instant::now();
         Ok(())

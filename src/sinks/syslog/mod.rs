@@ -62,7 +62,7 @@ pub struct SyslogSink {
     /// Frames reported delivered on the current connection since it was opened or last closed in
     /// order: sent again first on the next one if this one ends any other way.
     unconfirmed: Unconfirmed,
-    /// Frames to send ahead of the next batch (see `unconfirmed`); cleared once written.
+    /// Frames to send ahead of the next batch (see `unconfirmed`); moved there once written.
     resend: Vec<u8>,
     /// The previous connection, being closed in order while the next batches go on a new one.
     confirming: Option<Confirming>,
@@ -184,6 +184,21 @@ impl SyslogSink {
     async fn send(&mut self, frames: Vec<u8>) -> Result<(), SinkError> {
         // A confirmation that failed meanwhile: what it carried goes first, on this batch's connection.
         self.settle_confirmation(false).await;
+        if !frames.is_empty() && self.held_bytes() > self.hold_limit() {
+            // A receiver whose connections keep ending without a close in order (a reset as each
+            // closes, or no close at all) must not make every batch carry an ever longer tail:
+            // what is held goes alone and is confirmed before another batch is taken.
+            self.settle_confirmation(true).await;
+            Box::pin(self.send(Vec::new())).await?;
+            self.settle_confirmation(true).await;
+            if self.held_bytes() > self.hold_limit() {
+                return Err(self.unavailable(format!(
+                    "its connections keep ending without a close in order, so {} bytes it may not \
+                     have read wait to go again before new batches",
+                    self.held_bytes()
+                )));
+            }
+        }
         self.check_reused().await;
         if self.connection.is_none() {
             self.connect().await?;
@@ -237,7 +252,8 @@ impl SyslogSink {
         let Some(connection) = self.connection.take() else {
             return;
         };
-        let within = self.close_within();
+        // It blocks nothing, so it may wait as long as a write would.
+        let within = Duration::from_secs_f64(self.settings.timeout_secs);
         self.confirming = Some(Confirming {
             closing: tokio::spawn(close_gracefully(connection, within)),
             carried: self.unconfirmed.take(),
@@ -248,33 +264,51 @@ impl SyslogSink {
     /// (at most `close_within`): on a failure, what that connection carried goes ahead of
     /// everything waiting to be sent again, being older.
     async fn settle_confirmation(&mut self, wait: bool) {
-        let Some(confirming) = self.confirming.take() else {
+        let Some(confirming) = self.confirming.as_mut() else {
             return;
         };
         if !wait && !confirming.closing.is_finished() {
-            self.confirming = Some(confirming);
             return;
         }
-        let closing = confirming
-            .closing
+        // Awaited in place: a caller cut short here leaves it, and what it carried, held.
+        let closing = (&mut confirming.closing)
             .await
             .unwrap_or_else(|e| Closing::Failed(format!("the close did not finish: {e}")));
+        let Some(confirming) = self.confirming.take() else {
+            return;
+        };
         match closing {
             Closing::InOrder => {}
-            // Alive, but not closing its side after ours: nothing says it lost anything, and
-            // holding on would send the same bytes again at every later confirmation.
             Closing::NoAnswer => {
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
-                    "the receiver did not close its side in time after ours; taking what it acknowledged as read");
+                    "the receiver did not close its side in time after ours; sending what it carried again");
+                self.resend_first(confirming.carried);
             }
             Closing::Failed(e) => {
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
                     "closing a connection to confirm it failed ({e}); sending what it carried again");
-                let mut carried = confirming.carried;
-                carried.extend_from_slice(&self.resend);
-                self.resend = carried;
+                self.resend_first(confirming.carried);
             }
         }
+    }
+
+    /// Puts `carried` ahead of everything waiting to be sent again (it is older).
+    fn resend_first(&mut self, mut carried: Vec<u8>) {
+        carried.extend_from_slice(&self.resend);
+        self.resend = carried;
+    }
+
+    /// Most bytes held before new batches wait for what is held to be confirmed.
+    fn hold_limit(&self) -> usize {
+        self.settings.confirm_after_bytes.saturating_mul(4) + (1 << 20)
+    }
+
+    /// Bytes held that the receiver has not shown it read: waiting to be sent again, written on
+    /// the current connection, and carried by the one being closed.
+    fn held_bytes(&self) -> usize {
+        self.resend.len()
+            + self.unconfirmed.bytes()
+            + self.confirming.as_ref().map_or(0, |c| c.carried.len())
     }
 
     /// Drops a connection that failed during a write or right after it. Everything it carried since
@@ -341,9 +375,9 @@ impl Sink for SyslogSink {
     async fn check(&mut self) -> Result<(), SinkError> {
         self.settle_confirmation(true).await;
         if let Some(connection) = self.connection.take() {
-            match close_gracefully(connection, self.close_within()).await {
-                Closing::Failed(_) => self.hold_for_resend(),
-                Closing::InOrder | Closing::NoAnswer => self.unconfirmed.clear(),
+            // Otherwise what it carried goes again (`connect`).
+            if let Closing::InOrder = close_gracefully(connection, self.close_within()).await {
+                self.unconfirmed.clear();
             }
         }
         self.connect().await
@@ -356,8 +390,13 @@ impl Sink for SyslogSink {
         loop {
             // A close in order started by a delivery (or by the send below) ends first: if it
             // failed, what it carried is sent again here.
-            self.settle_confirmation(true).await;
             let left = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(left, self.settle_confirmation(true)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.connection.is_none() && self.unconfirmed.bytes() > 0 {
+                // Its connection was let go without a close in order (a look at it cut short).
+                self.hold_for_resend();
+            }
             if let Some(connection) = self.connection.take() {
                 if matches!(connection, Connection::Udp(_)) {
                     break;
@@ -387,9 +426,7 @@ impl Sink for SyslogSink {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = self.resend.len(),
-                    "stopping with bytes the receiver may not have read; they were not sent again in time");
-                break;
+                break; // what is held is logged below
             }
             match tokio::time::timeout(left, self.send(Vec::new())).await {
                 Ok(Ok(())) => {}
@@ -401,6 +438,11 @@ impl Sink for SyslogSink {
                 }
                 Err(_) => {}
             }
+        }
+        let held = self.held_bytes();
+        if held > 0 {
+            tracing::warn!(sink = %self.name, address = %self.settings.address, bytes = held,
+                "stopping with bytes the receiver has not shown it read; they were not sent again in time");
         }
         self.connection = None;
         self.confirming = None;

@@ -6,17 +6,21 @@
 //! `connection` and `liveness` do).
 //!
 //! Invariant: every byte written on the current connection is held here until the receiver has
-//! closed it in order after reading to our end (the parent then calls [`Unconfirmed::clear`]), or
-//! until it is taken to be sent again on the next connection. Plain syslog has no receipt, and a
-//! receiver's kernel acknowledges bytes its process never reads: rsyslog stops reading at a
-//! SIGTERM and closes a moment later, and the bytes that arrived meanwhile die in the reset. The
-//! sender cannot see how much that is: Linux advertises a receive window below its free buffer
-//! (by up to megabytes), so unread bytes need not shrink it. An earlier estimate from the window
-//! let such a batch go: 4 of 45 runs of `a_receiver_restarted_five_times_during_delivery_gets_
-//! every_record` lost one (`/proc/net/tcp` showed two batches unread at the reset, one held).
+//! closed it in order after reading to our end, or until it is taken to be sent again (a failed
+//! write, a reset, a close that failed or went unanswered, or a new connection opened while bytes
+//! are still held). The parent lets go without such a close in two cases only, each logged: a
+//! receiver that closed in order long after our last write (it read everything), and the end of a
+//! run. Plain syslog has no receipt, and a receiver's kernel acknowledges bytes its process never
+//! reads: rsyslog stops reading at a SIGTERM and closes a moment later, and the bytes that
+//! arrived meanwhile die in the reset. The sender cannot see how much that is: Linux advertises a
+//! receive window below its free buffer (by up to megabytes), so unread bytes need not shrink it.
+//! An earlier estimate from the window let such a batch go: 4 of 45 runs of
+//! `a_receiver_restarted_five_times_during_delivery_gets_every_record` lost one (`/proc/net/tcp`
+//! showed two batches unread at the reset, one held).
 //!
-//! Memory: at most the parent's `confirm_after_bytes` plus one batch, and what a failed
-//! connection left to send again.
+//! Memory: here at most `confirm_after_bytes` plus one batch; with what waits to be sent again and
+//! what the connection being closed carried, the parent holds at most 4 × `confirm_after_bytes`
+//! + 1 MiB + one batch before it refuses new batches.
 
 /// Batches written on the current connection that the receiver has not yet shown it read.
 #[derive(Default)]
