@@ -3,7 +3,9 @@
 //!
 //! Owns: its listener, the connections it accepted and the file. Must not: parse, reframe or drop
 //! anything (the file is the wire), or listen beyond loopback. Invariant: bytes are written in the
-//! order each connection sent them; one connection's bytes are never interleaved mid-read.
+//! order each connection sent them, up to its last LF at a time (or 1 MiB without one, or its
+//! end), so connections open at once (the sink opens the next while closing the last) never
+//! interleave inside a line.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
+
+/// Most bytes of a connection held back waiting for an LF (octet-counted frames need none).
+const MAX_PARTIAL: usize = 1 << 20;
 
 /// A running receiver. Dropping it stops accepting.
 pub struct SyslogReceiver {
@@ -49,17 +54,33 @@ impl SyslogReceiver {
                     let (file, open, bytes) = (file.clone(), open.clone(), bytes.clone());
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 64 * 1024];
+                        // What this connection sent after its last LF, written with the next one.
+                        let mut partial: Vec<u8> = Vec::new();
                         loop {
-                            match conn.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    let mut f = file.lock().await;
-                                    if f.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
-                                    let _ = f.flush().await;
-                                    bytes.fetch_add(n as u64, Ordering::SeqCst);
+                            let n = match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => 0,
+                                Ok(n) => n,
+                            };
+                            partial.extend_from_slice(&buf[..n]);
+                            let whole = if n == 0 || partial.len() > MAX_PARTIAL {
+                                partial.len()
+                            } else {
+                                partial
+                                    .iter()
+                                    .rposition(|b| *b == b'\n')
+                                    .map_or(0, |at| at + 1)
+                            };
+                            if whole > 0 {
+                                let mut f = file.lock().await;
+                                if f.write_all(&partial[..whole]).await.is_err() {
+                                    break;
                                 }
+                                let _ = f.flush().await;
+                                bytes.fetch_add(whole as u64, Ordering::SeqCst);
+                                partial.drain(..whole);
+                            }
+                            if n == 0 {
+                                break;
                             }
                         }
                         open.fetch_sub(1, Ordering::SeqCst);
@@ -132,5 +153,31 @@ mod tests {
             "<134>1 a\n<134>1 b\n"
         );
         assert_eq!(receiver.bytes(), 18);
+    }
+
+    #[tokio::test]
+    async fn connections_open_at_once_never_interleave_inside_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syslog.log");
+        let receiver = SyslogReceiver::start(&path).await.unwrap();
+        let pause = || tokio::time::sleep(Duration::from_millis(100));
+        let mut first = tokio::net::TcpStream::connect(receiver.address())
+            .await
+            .unwrap();
+        first.write_all(b"<134>1 first ").await.unwrap();
+        pause().await;
+        let mut second = tokio::net::TcpStream::connect(receiver.address())
+            .await
+            .unwrap();
+        second.write_all(b"<134>1 second\n").await.unwrap();
+        pause().await;
+        first.write_all(b"line\n<134>1 no LF").await.unwrap();
+        pause().await;
+        drop((first, second));
+        receiver.settle(Duration::from_secs(2)).await;
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "<134>1 second\n<134>1 first line\n<134>1 no LF"
+        );
     }
 }
