@@ -1106,3 +1106,36 @@ async fn a_receiver_that_resets_every_close_holds_new_batches_back_instead_of_gr
     let bytes: usize = held[0].parse().unwrap();
     assert!(bytes <= (1 << 20) + 2 * batch_bytes, "{bytes} bytes held");
 }
+
+#[tokio::test]
+async fn a_delivery_cut_short_while_a_close_is_pending_keeps_what_that_connection_carried() {
+    // A close after every batch, waiting up to 1 s for a receiver that never closes its side.
+    let (listener, mut sink) =
+        tcp_receiver_and_sink("confirm_after_bytes = 0\ntimeout_secs = 1").await;
+    let records = hostile_records();
+    sink.deliver(&records[..2]).await.unwrap();
+    let mut first = next_connection(&listener).await;
+    let first_batch = framed(&sink, &records[..2]);
+    assert_eq!(read_bytes(&mut first, first_batch.len()).await, first_batch);
+    // The next delivery writes its batch, then waits for the first connection's close, and is
+    // cut short there (as the stop grace cuts a delivery short).
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        sink.deliver(&records[2..4]),
+    )
+    .await;
+    assert!(cut.is_err(), "the delivery waited for the pending close");
+    let mut second = next_connection(&listener).await;
+    let second_batch = framed(&sink, &records[2..4]);
+    assert_eq!(
+        read_bytes(&mut second, second_batch.len()).await,
+        second_batch
+    );
+    // Once that close has gone unanswered, what the first connection carried goes again.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    sink.deliver(&records[4..6]).await.unwrap();
+    let mut want = first_batch;
+    want.extend(framed(&sink, &records[4..6]));
+    assert_eq!(read_bytes(&mut second, want.len()).await, want);
+    drop(first);
+}
