@@ -61,14 +61,16 @@ impl SyslogReceiver {
                                 Ok(0) | Err(_) => 0,
                                 Ok(n) => n,
                             };
+                            let before = partial.len();
                             partial.extend_from_slice(&buf[..n]);
+                            // Only the bytes just read can hold a newer LF than the last write's.
                             let whole = if n == 0 || partial.len() > MAX_PARTIAL {
                                 partial.len()
                             } else {
-                                partial
+                                buf[..n]
                                     .iter()
                                     .rposition(|b| *b == b'\n')
-                                    .map_or(0, |at| at + 1)
+                                    .map_or(0, |at| before + at + 1)
                             };
                             if whole > 0 {
                                 let mut f = file.lock().await;

@@ -171,7 +171,8 @@ async fn write_flushed<W: AsyncWrite + Unpin>(
 /// for the receiver to read to its end; what it carried is held until that close ends.
 struct Confirming {
     closing: tokio::task::JoinHandle<Closing>,
-    carried: Vec<u8>,
+    /// Joined into one buffer only if it has to go again.
+    carried: Unconfirmed,
 }
 
 /// How long closing at the end of a run may take, sending again what a reset left in doubt (a
@@ -256,7 +257,7 @@ impl SyslogSink {
         let within = Duration::from_secs_f64(self.settings.timeout_secs);
         self.confirming = Some(Confirming {
             closing: tokio::spawn(close_gracefully(connection, within)),
-            carried: self.unconfirmed.take(),
+            carried: std::mem::take(&mut self.unconfirmed),
         });
     }
 
@@ -277,17 +278,18 @@ impl SyslogSink {
         let Some(confirming) = self.confirming.take() else {
             return;
         };
+        let mut carried = confirming.carried;
         match closing {
             Closing::InOrder => {}
             Closing::NoAnswer => {
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
                     "the receiver did not close its side in time after ours; sending what it carried again");
-                self.resend_first(confirming.carried);
+                self.resend_first(carried.take());
             }
             Closing::Failed(e) => {
                 tracing::warn!(sink = %self.name, address = %self.settings.address,
                     "closing a connection to confirm it failed ({e}); sending what it carried again");
-                self.resend_first(confirming.carried);
+                self.resend_first(carried.take());
             }
         }
     }
@@ -308,7 +310,7 @@ impl SyslogSink {
     fn held_bytes(&self) -> usize {
         self.resend.len()
             + self.unconfirmed.bytes()
-            + self.confirming.as_ref().map_or(0, |c| c.carried.len())
+            + self.confirming.as_ref().map_or(0, |c| c.carried.bytes())
     }
 
     /// Drops a connection that failed during a write or right after it. Everything it carried since
