@@ -66,11 +66,11 @@ async fn wait_exit(mut child: Child, limit: Duration) -> (std::process::ExitStat
 
 async fn wait_for_lines(dir: &Path, at_least: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while delivered(dir).len() < at_least {
+    while delivered_so_far(dir).len() < at_least {
         assert!(
             Instant::now() < deadline,
             "only {} lines after {limit:?}",
-            delivered(dir).len()
+            delivered_so_far(dir).len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -92,7 +92,7 @@ async fn kill_9_mid_run_then_restart_loses_nothing_and_repeats_at_most_one_batch
     let mut first = first;
     first.kill().unwrap(); // SIGKILL: no flush, no cleanup
     first.wait().unwrap();
-    let at_kill = delivered(dir.path()).len();
+    let at_kill = delivered_so_far(dir.path()).len();
     let want = expected(&sim, &BOTH);
     assert!(
         at_kill < want.len(),

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{assert_exactly_once, counts, delivered, Delivered};
+use common::{assert_exactly_once, counts, delivered, delivered_so_far, Delivered};
 use secrelay::app::{self, BackfillOptions};
 use secrelay::settings::Settings;
 use secrelay::simulate::code42::{Code42Sim, Code42SimConfig};
@@ -584,11 +584,11 @@ async fn the_daemon_delivers_alerts_arriving_after_an_idle_stretch_exactly_once(
         let dir = dir.path().to_path_buf();
         async move {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while delivered(&dir).len() < want {
+            while delivered_so_far(&dir).len() < want {
                 assert!(
                     Instant::now() < deadline,
                     "{what}: {} of {want} delivered",
-                    delivered(&dir).len()
+                    delivered_so_far(&dir).len()
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -498,7 +498,7 @@ async fn a_retry_beside_a_running_daemon_is_delivered_by_it() {
     let daemon = Daemon::start(&secrelay::settings::Settings::from_toml(&text).unwrap());
     let mut want = expected(&sim, &["events", "alerts"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while delivered(dir.path()).len() < want.len() {
+    while delivered_so_far(dir.path()).len() < want.len() {
         assert!(std::time::Instant::now() < deadline, "the daemon delivers");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -513,7 +513,7 @@ async fn a_retry_beside_a_running_daemon_is_delivered_by_it() {
         String::from_utf8_lossy(&retry.stderr)
     );
     want.push(("events".into(), String::new(), "refused-2".into()));
-    while delivered(dir.path()).len() < want.len() {
+    while delivered_so_far(dir.path()).len() < want.len() {
         assert!(
             std::time::Instant::now() < deadline,
             "the daemon sends the retry"

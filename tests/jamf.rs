@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{assert_exactly_once, delivered, Delivered};
+use common::{assert_exactly_once, delivered, delivered_so_far, Delivered};
 use secrelay::app::{self, BackfillOptions};
 use secrelay::settings::{Settings, SourceSettings};
 use secrelay::simulate::jamf::{FleetChange, JamfSim, JamfSimConfig};
@@ -138,11 +138,11 @@ async fn a_computer_that_reports_during_a_pass_is_neither_lost_nor_duplicated() 
     sim.report(950);
     sim.report(5);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while delivered(dir.path()).len() < 1001 {
+    while delivered_so_far(dir.path()).len() < 1001 {
         assert!(
             Instant::now() < deadline,
             "only {} delivered",
-            delivered(dir.path()).len()
+            delivered_so_far(dir.path()).len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -369,7 +369,7 @@ fn idle_config(sim: &JamfSim, dir: &std::path::Path) -> Settings {
 
 async fn wait_for(dir: &std::path::Path, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while delivered(dir).len() < count && Instant::now() < deadline {
+    while delivered_so_far(dir).len() < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

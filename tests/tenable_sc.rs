@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{assert_exactly_once, delivered, Delivered};
+use common::{assert_exactly_once, delivered, delivered_so_far, Delivered};
 use secrelay::app::{self, BackfillOptions};
 use secrelay::settings::{Settings, SourceSettings};
 use secrelay::simulate::tenable_sc::{TenableChange, TenableSim, TenableSimConfig};
@@ -532,7 +532,7 @@ fn and_now(sim: &TenableSim, earlier: &[Delivered]) -> Vec<Delivered> {
 
 async fn wait_for_lines(dir: &std::path::Path, count: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while delivered(dir).len() < count && std::time::Instant::now() < deadline {
+    while delivered_so_far(dir).len() < count && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

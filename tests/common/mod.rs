@@ -120,6 +120,16 @@ pub type Delivered = (String, String, String);
 
 /// Every line of every NDJSON file under `dir/out`, parsed.
 pub fn delivered(dir: &Path) -> Vec<Delivered> {
+    read_delivered(dir, false)
+}
+
+/// The complete lines of every NDJSON file under `dir/out`, parsed, while a sink may be writing
+/// (or was killed writing): a last line without its `\n` is still being written, or torn.
+pub fn delivered_so_far(dir: &Path) -> Vec<Delivered> {
+    read_delivered(dir, true)
+}
+
+fn read_delivered(dir: &Path, complete_only: bool) -> Vec<Delivered> {
     let out = dir.join("out");
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&out) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
@@ -129,7 +139,10 @@ pub fn delivered(dir: &Path) -> Vec<Delivered> {
     files.sort();
     let mut lines = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).expect("output readable");
+        let mut text = std::fs::read_to_string(&file).expect("output readable");
+        if complete_only {
+            text.truncate(text.rfind('\n').map_or(0, |at| at + 1));
+        }
         for line in text.lines() {
             let v: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
