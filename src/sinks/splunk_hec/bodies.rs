@@ -2,9 +2,10 @@
 //! at most `max_request_bytes`, each body compressed when `gzip` is on.
 //!
 //! Owns: [`HecEncoder`] and what a batch encodes to ([`EncodedBatch`]). Must not: send, read a
-//! reply, or hold state that delivering changes. Invariant: pure — the same batch always gives the
-//! same envelopes, the same cut and the same bodies, so the bodies the delivery loop made ahead
-//! (`Sink::encoder`) are the bodies `deliver` would have made.
+//! reply, or hold state that delivering changes, or keep a batch's envelopes once they are in
+//! their bodies. Invariant: pure — the same batch always gives the same envelopes, the same cut
+//! and the same bodies, so the bodies the delivery loop made ahead (`Sink::encoder`) are the
+//! bodies `deliver` would have made.
 
 use std::io::Write;
 use std::ops::Range;
@@ -32,13 +33,66 @@ pub(super) struct RequestBody {
     pub(super) gzip: bool,
 }
 
-/// A batch encoded: each record's envelope, and the bodies of the requests that carry the batch
-/// from its first record on (see [`HecEncoder::cut`]).
+/// A batch encoded: the size of each record's envelope, and the bodies of the requests that carry
+/// the batch from its first record on (see [`HecEncoder::cut`]). The envelopes themselves are not
+/// kept: each went into its request's body as it was made, and a request cut differently later
+/// (a resumed batch, a halved request) renders its records again.
 pub struct EncodedBatch {
-    /// Record `i`'s envelope.
-    pub(super) events: Vec<Vec<u8>>,
-    /// Each request's records (a range of `events`) and its body, in order.
+    /// The size of record `i`'s envelope, in bytes.
+    pub(super) sizes: Vec<usize>,
+    /// Each request's records (a range of the batch) and its body, in order.
     pub(super) bodies: Vec<(Range<usize>, RequestBody)>,
+}
+
+/// Whether an envelope of `len` bytes starts a new request after `count` envelopes of `size`
+/// bytes in all: the one rule of [`HecEncoder::cut`] and [`HecEncoder::encode`] (an envelope
+/// larger than `max` goes alone).
+fn starts_new_request(count: usize, size: usize, len: usize, max: usize) -> bool {
+    count > 0 && size + len > max
+}
+
+/// A request body being written, envelope after envelope.
+enum BodyWriter {
+    /// Sent as written.
+    Plain(Vec<u8>),
+    /// Compressed as written.
+    Gzip(Box<flate2::write::GzEncoder<Vec<u8>>>),
+}
+
+impl BodyWriter {
+    /// An empty body, compressed when `gzip` says so, for about `size` bytes of envelopes.
+    fn new(gzip: bool, size: usize) -> BodyWriter {
+        if gzip {
+            BodyWriter::Gzip(Box::new(flate2::write::GzEncoder::new(
+                Vec::with_capacity(size / 4),
+                flate2::Compression::fast(),
+            )))
+        } else {
+            BodyWriter::Plain(Vec::with_capacity(size))
+        }
+    }
+
+    /// Appends one envelope. Compressing into memory cannot fail but for a lack of memory.
+    fn write(&mut self, envelope: &[u8]) -> std::io::Result<()> {
+        match self {
+            BodyWriter::Plain(bytes) => {
+                bytes.extend_from_slice(envelope);
+                Ok(())
+            }
+            BodyWriter::Gzip(encoder) => encoder.write_all(envelope),
+        }
+    }
+
+    /// The body as posted.
+    fn finish(self) -> std::io::Result<RequestBody> {
+        Ok(match self {
+            BodyWriter::Plain(bytes) => RequestBody { bytes, gzip: false },
+            BodyWriter::Gzip(encoder) => RequestBody {
+                bytes: encoder.finish()?,
+                gzip: true,
+            },
+        })
+    }
 }
 
 impl HecEncoder {
@@ -76,73 +130,93 @@ impl HecEncoder {
         write_event(record, &meta, out);
     }
 
-    /// The envelopes of `batch`, one per record.
-    pub(super) fn envelopes(&self, batch: &[OutboxRecord]) -> Vec<Vec<u8>> {
+    /// The size of each record's envelope in `batch`, in bytes, for [`HecEncoder::cut`].
+    pub(super) fn sizes(&self, batch: &[OutboxRecord]) -> Vec<usize> {
+        let mut envelope = Vec::new();
         batch
             .iter()
-            .map(|r| {
-                let mut out = Vec::with_capacity(r.record.len() + 256);
-                self.envelope(r, &mut out);
-                out
+            .map(|record| {
+                envelope.clear();
+                self.envelope(record, &mut envelope);
+                envelope.len()
             })
             .collect()
     }
 
-    /// `events` from `from` on, cut into requests of at most `max_request_bytes` (an event
-    /// larger than that goes alone).
-    pub(super) fn cut(&self, events: &[Vec<u8>], from: usize) -> Vec<Range<usize>> {
+    /// The records from `from` on, cut into requests of at most `max_request_bytes` of envelopes
+    /// (`sizes`, from [`HecEncoder::sizes`]); an envelope larger than that goes alone.
+    pub(super) fn cut(&self, sizes: &[usize], from: usize) -> Vec<Range<usize>> {
         let max = self.settings.max_request_bytes;
         let mut requests = Vec::new();
         let mut start = from;
         let mut size = 0;
-        for (i, e) in events.iter().enumerate().skip(from) {
-            if i > start && size + e.len() > max {
+        for (i, &len) in sizes.iter().enumerate().skip(from) {
+            if starts_new_request(i - start, size, len, max) {
                 requests.push(start..i);
                 start = i;
                 size = 0;
             }
-            size += e.len();
+            size += len;
         }
-        if start < events.len() {
-            requests.push(start..events.len());
+        if start < sizes.len() {
+            requests.push(start..sizes.len());
         }
         requests
     }
 
-    /// The body of a request carrying `events`: concatenated, compressed when `gzip` is on (sent
-    /// plain if compressing fails, which writing to memory does not).
-    pub(super) fn body(&self, events: &[Vec<u8>]) -> RequestBody {
-        let plain = events.concat();
-        if !self.settings.gzip {
-            return RequestBody {
-                bytes: plain,
-                gzip: false,
-            };
+    /// The body of a request carrying `records`, rendered again (a request cut otherwise than
+    /// the one encoded ahead).
+    pub(super) fn body(&self, records: &[OutboxRecord]) -> RequestBody {
+        let mut envelopes = Vec::new();
+        for record in records {
+            self.envelope(record, &mut envelopes);
         }
-        let mut encoder = flate2::write::GzEncoder::new(
-            Vec::with_capacity(plain.len() / 4),
-            flate2::Compression::fast(),
-        );
-        match encoder.write_all(&plain).and_then(|()| encoder.finish()) {
-            Ok(bytes) => RequestBody { bytes, gzip: true },
-            Err(_) => RequestBody {
-                bytes: plain,
-                gzip: false,
-            },
+        if self.settings.gzip {
+            let mut writer = BodyWriter::new(true, envelopes.len());
+            if let Ok(body) = writer.write(&envelopes).and_then(|()| writer.finish()) {
+                return body;
+            }
+        }
+        // Sent plain rather than not at all when compressing fails.
+        RequestBody {
+            bytes: envelopes,
+            gzip: false,
         }
     }
 
-    /// `batch` encoded: its envelopes and the bodies of its requests from its first record on.
+    /// `batch` encoded: its envelopes' sizes and the bodies of its requests from its first record
+    /// on, cut as [`HecEncoder::cut`] cuts from 0. Each envelope goes into its body as it is made,
+    /// so no more than one envelope of the batch is held uncompressed besides the bodies.
     pub(super) fn encode(&self, batch: &[OutboxRecord]) -> EncodedBatch {
-        let events = self.envelopes(batch);
-        let bodies = self
-            .cut(&events, 0)
-            .into_iter()
-            .map(|range| {
-                let body = self.body(&events[range.clone()]);
-                (range, body)
-            })
-            .collect();
-        EncodedBatch { events, bodies }
+        let max = self.settings.max_request_bytes;
+        let gzip = self.settings.gzip;
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut bodies = Vec::new();
+        let mut envelope = Vec::new();
+        let mut writer = BodyWriter::new(gzip, max);
+        let (mut start, mut size, mut failed) = (0, 0, false);
+        let mut close = |range: Range<usize>, writer: BodyWriter, failed: bool| {
+            let body = match writer.finish() {
+                Ok(body) if !failed => body,
+                _ => self.body(&batch[range.clone()]),
+            };
+            bodies.push((range, body));
+        };
+        for (i, record) in batch.iter().enumerate() {
+            envelope.clear();
+            self.envelope(record, &mut envelope);
+            if starts_new_request(i - start, size, envelope.len(), max) {
+                let full = std::mem::replace(&mut writer, BodyWriter::new(gzip, max));
+                close(start..i, full, failed);
+                (start, size, failed) = (i, 0, false);
+            }
+            failed |= writer.write(&envelope).is_err();
+            size += envelope.len();
+            sizes.push(envelope.len());
+        }
+        if start < batch.len() {
+            close(start..batch.len(), writer, failed);
+        }
+        EncodedBatch { sizes, bodies }
     }
 }

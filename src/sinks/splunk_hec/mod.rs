@@ -225,7 +225,7 @@ impl HecSink {
         }
         if pass.done < batch.len() {
             let encoded = encoded.unwrap_or_else(|| EncodedBatch {
-                events: self.encoder.envelopes(batch),
+                sizes: self.encoder.sizes(batch),
                 bodies: Vec::new(),
             });
             self.send(batch, encoded, channel.as_deref(), &mut pass)

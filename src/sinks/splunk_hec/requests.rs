@@ -143,13 +143,12 @@ impl HecSink {
         channel: Option<&str>,
         pass: &mut Pass,
     ) {
-        let EncodedBatch { events, mut bodies } = encoded;
-        let mut work: VecDeque<std::ops::Range<usize>> =
-            self.encoder.cut(&events, pass.done).into();
+        let EncodedBatch { sizes, mut bodies } = encoded;
+        let mut work: VecDeque<std::ops::Range<usize>> = self.encoder.cut(&sizes, pass.done).into();
         while let Some(range) = work.pop_front() {
             let body = match bodies.iter().position(|(r, _)| *r == range) {
                 Some(i) => bodies.swap_remove(i).1,
-                None => self.encoder.body(&events[range.clone()]),
+                None => self.encoder.body(&batch[range.clone()]),
             };
             match self.post(body, channel).await {
                 Ok(ack) => {

@@ -68,14 +68,65 @@ async fn a_body_encoded_ahead_goes_only_for_its_own_records() {
         .collect();
     assert_eq!(cut, [(0, 4)]);
     // Marked, to tell which body went: the envelope of another record.
-    let marked = sink.encoder.body(&sink.encoder.envelopes(&records(9)[8..]));
+    let marked = sink.encoder.body(&records(9)[8..]);
     encoded.bodies[0].1 = marked;
     sink.deliver_encoded(&batch, encoded).await.unwrap();
     assert_eq!(taken(&hec), ["e-8"]);
 
     let mut encoded = encode(&batch);
-    let marked = sink.encoder.body(&sink.encoder.envelopes(&records(9)[8..]));
+    let marked = sink.encoder.body(&records(9)[8..]);
     encoded.bodies = vec![(0..1, marked)];
     sink.deliver_encoded(&batch, encoded).await.unwrap();
     assert_eq!(taken(&hec), ["e-8", "e-0", "e-1", "e-2", "e-3"]);
+}
+
+/// `body` unpacked: the envelopes it carries.
+fn unpacked(body: &bodies::RequestBody) -> Vec<u8> {
+    if !body.gzip {
+        return body.bytes.clone();
+    }
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&body.bytes[..]),
+        &mut plain,
+    )
+    .unwrap();
+    plain
+}
+
+/// A batch encoded ahead is cut as `cut` cuts it from its first record, and each body carries
+/// exactly the envelopes its records render to, with and without gzip; so a request cut anew
+/// (`body`) is byte for byte the one made ahead.
+#[tokio::test]
+async fn a_batch_encoded_ahead_is_cut_and_rendered_as_each_request_alone() {
+    let hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = plain_sink(&hec, dir.path()).await;
+    // Records of 160-170 bytes: 1,000 bytes hold six, and one of 1,500 goes alone.
+    let mut batch = records(40);
+    batch[17].record = format!(r#"{{"id":"e-17","pad":"{}"}}"#, "x".repeat(1500)).into();
+    for gzip in [false, true] {
+        let encoder = Arc::get_mut(&mut sink.encoder).unwrap();
+        encoder.settings.gzip = gzip;
+        encoder.settings.max_request_bytes = 1000;
+        let encoded = sink.encoder.encode(&batch);
+        assert_eq!(encoded.sizes, sink.encoder.sizes(&batch));
+        let cut: Vec<_> = encoded.bodies.iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(cut, sink.encoder.cut(&encoded.sizes, 0));
+        assert!(cut.contains(&(17..18)), "{cut:?}");
+        assert!(cut.len() > 7, "{cut:?}");
+        for (range, body) in &encoded.bodies {
+            assert_eq!(body.gzip, gzip);
+            let mut envelopes = Vec::new();
+            for record in &batch[range.clone()] {
+                sink.envelope(record, &mut envelopes);
+            }
+            assert_eq!(unpacked(body), envelopes, "{range:?}");
+            assert_eq!(
+                unpacked(&sink.encoder.body(&batch[range.clone()])),
+                envelopes
+            );
+            assert!(range.len() == 1 || envelopes.len() <= 1000, "{range:?}");
+        }
+    }
 }
