@@ -716,14 +716,32 @@ fn child(args: &[String]) {
     }
     let delivered: u64 = summary.sinks.iter().map(|s| s.delivered).sum();
     assert_eq!(delivered, n, "every event delivered once");
-    // Mean record size as the file sink wrote it (one NDJSON line per record); 0 for other sinks.
-    let record_bytes =
-        std::fs::metadata(dir.join(OUT_FILE)).map_or(0, |m| m.len()) as f64 / n as f64;
+    // Mean record size as the file sink wrote it (one NDJSON line per record), the files it
+    // rotated at `rotate_bytes` (4 GiB: past ~3M events) included; 0 for other sinks.
+    let record_bytes = output_bytes(dir) as f64 / n as f64;
     println!(
         "RESULT {secs} {} {written} {} {record_bytes}",
         proc_status_kib("VmHWM:"),
         own_cpu_ticks()
     );
+}
+
+/// Bytes in the file sink's output: the active file and those rotated beside it
+/// (`out-<stamp>.ndjson`).
+fn output_bytes(dir: &Path) -> u64 {
+    let stem = OUT_FILE.trim_end_matches(".ndjson");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name == OUT_FILE || (name.starts_with(&format!("{stem}-")) && name.ends_with(".ndjson"))
+        })
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// A `/proc/self/status` field in KiB (VmHWM: peak resident set size).
