@@ -4,7 +4,8 @@
 //!
 //! Owns: the simulated findings (added, re-observed, mitigated and corrupted by tests, at once or
 //! scheduled before the n-th analysis request so they land between the pages of a pass) and
-//! faults. Must not: be reachable from anything but loopback.
+//! faults. Must not: be reachable from anything but loopback. Invariant: a page found through
+//! the index by sort field (rebuilt after every change) is the page a scan of every finding finds.
 //!
 //! Quirks modelled (reference/vendor-apis.md §3 unless noted; harsher behaviour where unsure):
 //! - Envelope `{type, response, error_code, error_msg, warnings, timestamp}`; a non-zero
@@ -33,7 +34,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::State;
@@ -148,9 +149,139 @@ struct Finding {
     corrupt: Option<(String, String)>,
 }
 
+/// The findings, numbered by position, and their order by sort field for the queries that can
+/// use it: a page of a million findings is then found in the time of a thousand, not by a scan
+/// of all of them (which made this simulator the bottleneck of a 1M-finding backfill).
+#[derive(Default)]
+struct Findings {
+    list: Vec<Finding>,
+    /// `(sort key, position)` ascending, for `[cumulative, patched]` (`lastSeen` of the open
+    /// findings, `lastMitigated` of the mitigated ones); built by the first query after a change.
+    by_key: OnceLock<[Vec<(i64, u32)>; 2]>,
+}
+
+impl Findings {
+    /// The list, to change: the order by sort field is made again by the next query.
+    fn list_mut(&mut self) -> &mut Vec<Finding> {
+        self.by_key = OnceLock::new();
+        &mut self.list
+    }
+
+    /// The findings of one source type in the order of their sort field.
+    fn by_key(&self, patched: bool) -> &[(i64, u32)] {
+        let [open, mitigated] = self.by_key.get_or_init(|| {
+            let (mut open, mut mitigated) = (Vec::new(), Vec::new());
+            for (i, f) in self.list.iter().enumerate() {
+                match f.mitigated {
+                    Some(at) => mitigated.push((at, i as u32)),
+                    None => open.push((f.last_seen, i as u32)),
+                }
+            }
+            open.sort_unstable();
+            mitigated.sort_unstable();
+            [open, mitigated]
+        });
+        if patched {
+            mitigated
+        } else {
+            open
+        }
+    }
+}
+
+/// What an analysis query selects, as [`select`] reads it.
+struct Selection<'q> {
+    /// `sourceType` `patched` (else `cumulative`).
+    patched: bool,
+    /// A time filter: its name (`lastSeen` or `lastMitigated`) and inclusive bounds.
+    bounds: Option<(&'q str, i64, i64)>,
+    /// A `severity` filter's values.
+    severities: Option<Vec<String>>,
+    /// `endOffset`: rows past it are not needed.
+    end: usize,
+    /// The request's number, which orders ties anew each time.
+    number: u64,
+}
+
+/// The first `end` matching findings in the order served (sort field, ties shuffled per request),
+/// and how many match in all (`totalRecords`). `use_index: false` always scans every finding, as
+/// the index must give the same answer (the tests hold the two to it).
+fn select<'f>(
+    findings: &'f Findings,
+    seed: u64,
+    q: &Selection<'_>,
+    use_index: bool,
+) -> (Vec<&'f Finding>, usize) {
+    let patched = q.patched;
+    let key = |f: &Finding| {
+        if patched {
+            f.mitigated.unwrap_or(0)
+        } else {
+            f.last_seen
+        }
+    };
+    // Ties in the sort field come back in a different order on every request.
+    let order = |f: &&Finding| (key(f), mix(mix(seed ^ q.number) ^ f.n));
+    // The index holds the sort field of each source type; a filter on the other time field, or
+    // on severity, is answered by a scan.
+    let indexed = use_index
+        && q.severities.is_none()
+        && match q.bounds {
+            None => true,
+            Some(("lastMitigated", ..)) => patched,
+            Some(_) => !patched,
+        };
+    let (mut matched, total) = if indexed {
+        let keys = findings.by_key(patched);
+        let window = match q.bounds {
+            Some((_, a, b)) => {
+                &keys[keys.partition_point(|k| k.0 < a)..keys.partition_point(|k| k.0 <= b)]
+            }
+            None => keys,
+        };
+        // The first `end` rows are among those before the `end`-th key and every row sharing it.
+        let mut take = q.end.min(window.len());
+        if let Some(&(last, _)) = take.checked_sub(1).map(|i| &window[i]) {
+            take += window[take..].iter().take_while(|k| k.0 == last).count();
+        }
+        let rows = window[..take]
+            .iter()
+            .map(|&(_, i)| &findings.list[i as usize])
+            .collect();
+        (rows, window.len())
+    } else {
+        let rows: Vec<&Finding> = findings
+            .list
+            .iter()
+            .filter(|f| f.mitigated.is_some() == patched)
+            .filter(|f| match q.bounds {
+                Some(("lastMitigated", a, b)) => f.mitigated.is_some_and(|m| m >= a && m <= b),
+                Some((_, a, b)) => f.last_seen >= a && f.last_seen <= b,
+                None => true,
+            })
+            .filter(|f| {
+                q.severities.as_ref().is_none_or(|wanted| {
+                    let r = mix(seed ^ mix(f.n));
+                    wanted.contains(&(r % 5).to_string())
+                })
+            })
+            .collect();
+        let total = rows.len();
+        (rows, total)
+    };
+    // Only the rows up to `end` need their order (the key is a total order: `mix` is a
+    // bijection, so no two findings tie): select them, then sort just those.
+    if q.end < matched.len() {
+        matched.select_nth_unstable_by_key(q.end, order);
+        matched.truncate(q.end);
+    }
+    matched.sort_unstable_by_key(order);
+    (matched, total)
+}
+
 struct Shared {
     config: TenableSimConfig,
-    findings: RwLock<Vec<Finding>>,
+    findings: RwLock<Findings>,
     faults: TenableFaults,
     sessions: Mutex<Vec<(String, String, Instant)>>,
     logins: AtomicU64,
@@ -197,7 +328,7 @@ impl TenableSim {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config,
-            findings: RwLock::new(Vec::new()),
+            findings: RwLock::new(Findings::default()),
             faults: TenableFaults::default(),
             sessions: Mutex::new(Vec::new()),
             logins: AtomicU64::new(0),
@@ -246,6 +377,7 @@ impl TenableSim {
             .findings
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        let findings = findings.list_mut();
         let start = findings.len() as u64;
         let span = (to - from).max(1);
         let numbers = (0..count)
@@ -313,7 +445,7 @@ impl TenableSim {
             .findings
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = findings.iter_mut().find(|f| f.n == n) {
+        if let Some(f) = findings.list_mut().iter_mut().find(|f| f.n == n) {
             f.corrupt = Some((field.to_string(), text.to_string()));
         }
     }
@@ -342,6 +474,7 @@ impl TenableSim {
             .read()
             .unwrap_or_else(|e| e.into_inner());
         findings
+            .list
             .iter()
             .filter(|f| f.mitigated.is_some() == patched)
             .map(|f| identity(self.shared.config.seed, f))
@@ -358,6 +491,7 @@ impl TenableSim {
             .unwrap_or_else(|e| e.into_inner());
         let seed = self.shared.config.seed;
         findings
+            .list
             .iter()
             .map(|f| {
                 let mut out = Vec::new();
@@ -419,6 +553,7 @@ fn remember(s: &Shared, findings: &[Finding]) {
 
 fn apply(s: &Shared, change: &TenableChange) {
     let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
+    let findings = findings.list_mut();
     // Findings are numbered by their position, so `n` indexes them.
     let changed = match change {
         TenableChange::Reobserve { n, at } => findings.get_mut(*n as usize).map(|f| {
@@ -892,6 +1027,7 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64)
     if arrivals > 0 {
         if let Some((_, a, b)) = bounds {
             let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
+            let findings = findings.list_mut();
             let first = findings.len();
             for i in 0..arrivals {
                 findings.push(new_finding(
@@ -904,38 +1040,14 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64)
         }
     }
     let findings = s.findings.read().unwrap_or_else(|e| e.into_inner());
-    let mut matched: Vec<&Finding> = findings
-        .iter()
-        .filter(|f| f.mitigated.is_some() == patched)
-        .filter(|f| match bounds {
-            Some(("lastMitigated", a, b)) => f.mitigated.is_some_and(|m| m >= a && m <= b),
-            Some((_, a, b)) => f.last_seen >= a && f.last_seen <= b,
-            None => true,
-        })
-        .filter(|f| {
-            severities.as_ref().is_none_or(|wanted| {
-                let r = mix(s.config.seed ^ mix(f.n));
-                wanted.contains(&(r % 5).to_string())
-            })
-        })
-        .collect();
-    let key = |f: &Finding| {
-        if patched {
-            f.mitigated.unwrap_or(0)
-        } else {
-            f.last_seen
-        }
+    let selection = Selection {
+        patched,
+        bounds,
+        severities,
+        end,
+        number,
     };
-    // Ties in the sort field come back in a different order on every request.
-    let order = |f: &&Finding| (key(f), mix(mix(s.config.seed ^ number) ^ f.n));
-    let total = matched.len();
-    // Only the rows up to `end` need their order (the key is a total order: `mix` is a
-    // bijection, so no two findings tie): select them, then sort just those.
-    if end < total {
-        matched.select_nth_unstable_by_key(end, order);
-        matched.truncate(end);
-    }
-    matched.sort_unstable_by_key(order);
+    let (matched, total) = select(&findings, s.config.seed, &selection, true);
     let rows = matched.get(start..).unwrap_or_default();
     let body = analysis_body(
         s.config.seed,
@@ -956,6 +1068,62 @@ fn analysis_response(s: &Shared, headers: &HeaderMap, body: &Value, number: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index answers every query as the scan of all findings does: the same rows in the same
+    /// order and the same total, with ties on the sort field, both source types, every kind of
+    /// filter and offsets short of, at and past the end; and again after the findings change.
+    #[test]
+    fn the_index_selects_what_a_scan_of_every_finding_selects() {
+        let seed = 11;
+        let base = 1_764_547_200;
+        let mut findings = Findings::default();
+        // 40 distinct times for 3,000 findings: ties of ~75 rows on every key.
+        for n in 0..3_000u64 {
+            let mut f = new_finding(seed, n, base + (mix(n) % 40) as i64 * 60);
+            if mix(n ^ 0xA5).is_multiple_of(4) {
+                f.mitigated = Some(base + (mix(n ^ 0x5A) % 30) as i64 * 60);
+            }
+            findings.list_mut().push(f);
+        }
+        let numbers = |rows: &[&Finding]| rows.iter().map(|f| f.n).collect::<Vec<_>>();
+        let mut indexed_queries = 0;
+        for case in 0..2_000u64 {
+            if case == 1_000 {
+                // A re-observation and a mitigation move rows between keys and source types.
+                let list = findings.list_mut();
+                list[7].last_seen = base + 5 * 60;
+                list[7].mitigated = None;
+                list[8].mitigated = Some(base);
+            }
+            let r = mix(case ^ 0xBEEF);
+            let (a, b) = (
+                base + (r % 50) as i64 * 60,
+                base + ((r >> 8) % 50) as i64 * 60,
+            );
+            let bounds = match (r >> 16) % 4 {
+                0 => None,
+                1 | 2 => Some(("lastSeen", a.min(b), a.max(b))),
+                _ => Some(("lastMitigated", a.min(b), a.max(b))),
+            };
+            let q = Selection {
+                patched: (r >> 20).is_multiple_of(3),
+                bounds,
+                severities: (r >> 24)
+                    .is_multiple_of(5)
+                    .then(|| vec!["1".into(), "4".into()]),
+                end: [0, 1, 50, 1_000, 5_000][((r >> 28) % 5) as usize],
+                number: r >> 32,
+            };
+            let (by_index, total) = select(&findings, seed, &q, true);
+            let (by_scan, scanned_total) = select(&findings, seed, &q, false);
+            assert_eq!(total, scanned_total, "case {case}");
+            assert_eq!(numbers(&by_index), numbers(&by_scan), "case {case}");
+            if q.severities.is_none() && total > q.end && q.end > 0 {
+                indexed_queries += 1;
+            }
+        }
+        assert!(indexed_queries > 300, "{indexed_queries}");
+    }
 
     /// Rows and the page around them are written as the bytes their `Value`s serialise to.
     #[test]
