@@ -726,20 +726,12 @@ fn child(args: &[String]) {
     );
 }
 
-/// Bytes in the file sink's output: the active file and those rotated beside it
-/// (`out-<stamp>.ndjson`).
+/// Bytes in the file sink's output: the active file and those it rotated beside it.
 fn output_bytes(dir: &Path) -> u64 {
-    let stem = OUT_FILE.trim_end_matches(".ndjson");
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            name == OUT_FILE || (name.starts_with(&format!("{stem}-")) && name.ends_with(".ndjson"))
-        })
-        .filter_map(|entry| entry.metadata().ok())
+    let rotated = secrelay::sinks::file::rotated_files(dir, "out", "ndjson").unwrap_or_default();
+    std::iter::once(dir.join(OUT_FILE))
+        .chain(rotated)
+        .filter_map(|path| std::fs::metadata(path).ok())
         .map(|m| m.len())
         .sum()
 }

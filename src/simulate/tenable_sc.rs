@@ -552,6 +552,12 @@ fn remember(s: &Shared, findings: &[Finding]) {
 }
 
 fn apply(s: &Shared, change: &TenableChange) {
+    if *change == TenableChange::ExpireSessions {
+        if let Ok(mut sessions) = s.sessions.lock() {
+            sessions.clear();
+        }
+        return;
+    }
     let mut findings = s.findings.write().unwrap_or_else(|e| e.into_inner());
     let findings = findings.list_mut();
     // Findings are numbered by their position, so `n` indexes them.
@@ -572,12 +578,8 @@ fn apply(s: &Shared, change: &TenableChange) {
             f.mitigated = Some(*at);
             *n as usize..*n as usize + 1
         }),
-        TenableChange::ExpireSessions => {
-            if let Ok(mut sessions) = s.sessions.lock() {
-                sessions.clear();
-            }
-            None
-        }
+        // Answered above: it changes no finding, so the order by sort field stays.
+        TenableChange::ExpireSessions => None,
     };
     if let Some(range) = changed {
         remember(s, &findings[range]);
