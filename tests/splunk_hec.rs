@@ -1,6 +1,7 @@
 //! The Splunk HEC sink against the HEC simulator: envelopes and routing, gzip, isolating a bad
 //! event (by `invalid-event-number`), a refused token, an outage of 503s and intermittent 503s
-//! mid-batch, indexer acks across a restart and acks that never come.
+//! mid-batch, indexer acks across a restart and acks that never come, and a receiver that stops,
+//! restarts and ends its connections mid-request, driven by the daemon's delivery loop.
 
 mod common;
 
@@ -762,4 +763,74 @@ async fn a_refused_sink_in_the_daemon_pauses_only_its_sources_and_gets_everythin
         .find(|k| k.state.sink == "splunk")
         .unwrap();
     assert!(!splunk.refused && !splunk.full, "{state:?}");
+}
+
+/// Waits until the simulator has accepted at least `n` envelopes.
+async fn wait_accepted(hec: &HecSim, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hec.accepted_count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} accepted",
+            hec.accepted_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The daemon's delivery loop against a receiver that goes down (port closed, connections ended)
+/// and comes back on the same port, then ends its connections in the middle of requests, twice
+/// before indexing them and twice after: every record arrives, and only what the receiver never
+/// answered goes twice. Batches of 250 in gzip requests of ~50 envelopes, so a batch is cut
+/// anew from where it broke off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_restarts_and_drops_connections_mid_request_gets_every_record() {
+    let sim = common::finished_sim(Identity::Tenant, 1, 4000).await;
+    let mut hec = HecSim::start(HecSimConfig::default()).await.unwrap();
+    // Slow requests, so that a stop or a crash finds one under way.
+    hec.faults().delay_ms.store(15, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let s = pipeline_config(
+        &sim,
+        &hec,
+        dir.path(),
+        "batch_size = 250\nmax_request_bytes = 50000\ngzip = true",
+    );
+    let want = common::expected(&sim, &["events"]).len();
+    assert_eq!(want, 4000);
+    let daemon = common::Daemon::start(&s);
+
+    wait_accepted(&hec, 600, "before the stop").await;
+    hec.stop().await;
+    let at_stop = hec.accepted_count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hec.accepted_count(), at_stop, "nothing accepted while down");
+    hec.listen_again().await.unwrap();
+
+    wait_accepted(&hec, at_stop + 1000, "after the restart").await;
+    hec.faults()
+        .crash_before_indexing
+        .store(2, Ordering::SeqCst);
+    wait_accepted(&hec, at_stop + 1800, "after crashes before indexing").await;
+    hec.faults().crash_after_indexing.store(2, Ordering::SeqCst);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while index_counts(&hec).len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} indexed",
+            index_counts(&hec).len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+    assert_eq!(hec.faults().crash_before_indexing.load(Ordering::SeqCst), 0);
+    assert_eq!(hec.faults().crash_after_indexing.load(Ordering::SeqCst), 0);
+    let counts = index_counts(&hec);
+    assert_eq!(counts.len(), want, "nothing lost");
+    let duplicates = hec.accepted().len() - want;
+    // What the receiver indexed but never answered: a request cut off by the stop and the two
+    // crashes after indexing, each at most the rest of its batch.
+    assert!(duplicates <= 3 * 250, "{duplicates} duplicates");
+    assert!(duplicates > 0, "the crashes after indexing were sent again");
 }

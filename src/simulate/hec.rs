@@ -5,7 +5,9 @@
 //!
 //! Owns: the events it accepted (in order, for tests to compare) and faults: 503s (all, a count, or
 //! every n-th request), slowness, acks that come late or never (as behind a load balancer without
-//! sticky sessions). Must not: be reachable from anything but loopback. Invariant: a request with an
+//! sticky sessions), a stop and a restart on the same port (every connection ended), and
+//! connections closed in the middle of a request, before or after its events were indexed (a
+//! crash: the sender cannot tell which). Must not: be reachable from anything but loopback. Invariant: a request with an
 //! invalid event is answered as Splunk does: the events before it are indexed, it and the rest of
 //! the request are not, and the 400 names it by its zero-based place (`invalid-event-number`).
 
@@ -68,6 +70,12 @@ pub struct HecFaults {
     pub revoke_token: AtomicBool,
     /// Answer 503 to every n-th event request (counting all of them); 0 turns it off.
     pub fail_every: AtomicU64,
+    /// End every open connection, with no answer, instead of answering this many event
+    /// requests; their events are not indexed.
+    pub crash_before_indexing: AtomicU64,
+    /// Index the events of this many event requests, then end every open connection with no
+    /// answer: the sender has to send them again, and they are indexed twice.
+    pub crash_after_indexing: AtomicU64,
 }
 
 struct Shared {
@@ -85,13 +93,16 @@ struct Shared {
     /// (channel, ack id) → when it was accepted.
     acks: Mutex<HashMap<(String, u64), Instant>>,
     next_ack: Mutex<HashMap<String, u64>>,
+    /// Notified to end every open connection (the crash faults).
+    close_all: Arc<tokio::sync::Notify>,
 }
 
 /// A running simulator. Dropping it stops the server.
 pub struct HecSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    _server: super::ServerTask,
+    /// `None` while stopped ([`HecSim::stop`]).
+    server: Option<super::ServerTask>,
 }
 
 impl HecSim {
@@ -100,6 +111,7 @@ impl HecSim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            close_all: Arc::new(tokio::sync::Notify::new()),
             config,
             faults: HecFaults::default(),
             accepted: Mutex::new(Vec::new()),
@@ -111,17 +123,29 @@ impl HecSim {
             acks: Mutex::new(HashMap::new()),
             next_ack: Mutex::new(HashMap::new()),
         });
-        let app = Router::new()
-            .route("/services/collector/event", post(event))
-            .route("/services/collector/ack", post(ack))
-            .route("/services/collector/health", get(health))
-            .with_state(shared.clone());
-        let server = super::spawn_server(listener, app, None);
+        let server = serve(listener, &shared);
         Ok(HecSim {
             shared,
             addr,
-            _server: server,
+            server: Some(server),
         })
+    }
+
+    /// Stops the server as a receiver that goes down does: its port refuses connections and every
+    /// open one ends, a request under way with no answer. What it accepted is kept.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Serves again on the same port after [`HecSim::stop`], with what it had accepted.
+    pub async fn listen_again(&mut self) -> std::io::Result<()> {
+        if self.server.is_none() {
+            let listener = tokio::net::TcpListener::bind(self.addr).await?;
+            self.server = Some(serve(listener, &self.shared));
+        }
+        Ok(())
     }
 
     /// Base URL.
@@ -292,6 +316,29 @@ fn index(s: &Shared, envelopes: &[&str]) {
     }
 }
 
+/// Serves the simulator's routes on `listener`.
+fn serve(listener: tokio::net::TcpListener, shared: &Arc<Shared>) -> super::ServerTask {
+    let app = Router::new()
+        .route("/services/collector/event", post(event))
+        .route("/services/collector/ack", post(ack))
+        .route("/services/collector/health", get(health))
+        .with_state(shared.clone());
+    super::spawn_server_closable(listener, app, None, shared.close_all.clone())
+}
+
+/// Takes one from a fault's count; whether there was one.
+fn count_down(fault: &AtomicU64) -> bool {
+    fault
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Ends every open connection, this request's too: it is never answered.
+async fn crash(s: &Shared) -> Response {
+    s.close_all.notify_waiters();
+    std::future::pending().await
+}
+
 async fn event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     s.requests.fetch_add(1, Ordering::SeqCst);
     let delay = s.faults.delay_ms.load(Ordering::SeqCst);
@@ -301,11 +348,10 @@ async fn event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     if let Some(r) = token_refusal(&s, &headers) {
         return r;
     }
-    let counted_down = s
-        .faults
-        .unavailable
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+    if count_down(&s.faults.crash_before_indexing) {
+        return crash(&s).await;
+    }
+    let counted_down = count_down(&s.faults.unavailable);
     let every = s.faults.fail_every.load(Ordering::SeqCst);
     let nth = every > 0 && s.requests.load(Ordering::SeqCst) % every == 0;
     if s.faults.busy.load(Ordering::SeqCst) || counted_down || nth {
@@ -374,6 +420,9 @@ async fn event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
         return reply(StatusCode::BAD_REQUEST, 5, "No data");
     }
     index(&s, &envelopes);
+    if count_down(&s.faults.crash_after_indexing) {
+        return crash(&s).await;
+    }
     match (s.config.ack, channel) {
         (true, Some(channel)) => {
             let id = {

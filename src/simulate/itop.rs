@@ -467,7 +467,7 @@ impl ItopSim {
 
 /// Serves `app`, closing a connection unanswered while [`ItopFaults::drop_connections`] is counting.
 fn serve(listener: tokio::net::TcpListener, app: Router, shared: Arc<Shared>) -> super::ServerTask {
-    super::ServerTask(tokio::spawn(async move {
+    super::ServerTask::of_task(tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;

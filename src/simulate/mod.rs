@@ -76,44 +76,108 @@ impl TokenLedger {
     }
 }
 
-/// A simulator's server task; dropping it stops the server.
-pub struct ServerTask(tokio::task::JoinHandle<()>);
+/// A simulator's server task; dropping it stops the server and ends every connection it has
+/// open, as a receiver that stops does (a task per connection would outlive the accept loop).
+pub struct ServerTask {
+    task: tokio::task::JoinHandle<()>,
+    /// Asks the accept loop of [`spawn_server`] to end its connections and return; `None` for a
+    /// server of its own loop, which is aborted.
+    stop: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl ServerTask {
+    /// A server that runs its own accept loop in `task`.
+    pub(crate) fn of_task(task: tokio::task::JoinHandle<()>) -> ServerTask {
+        ServerTask { task, stop: None }
+    }
+
+    /// Stops the server and waits until its port is closed and every connection task has ended,
+    /// so that nothing more is accepted after this returns.
+    pub async fn stop(mut self) {
+        match &self.stop {
+            Some(stop) => stop.cancel(),
+            None => self.task.abort(),
+        }
+        let _ = (&mut self.task).await;
+    }
+}
 
 impl Drop for ServerTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Serves `app` on `listener`, over HTTPS when `tls` is given (for the TLS tests: private CAs,
-/// client certificates), until the returned task is dropped.
+/// client certificates), until the returned task is dropped. Every connection ends, with no
+/// answer to a request under way, when the task is dropped or `close_all` is notified.
 pub fn spawn_server(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> ServerTask {
-    ServerTask(tokio::spawn(async move {
-        let Some(config) = tls else {
-            let _ = axum::serve(listener, app).await;
-            return;
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    spawn_server_closable(listener, app, tls, Arc::new(tokio::sync::Notify::new()))
+}
+
+/// [`spawn_server`], with every open connection ended (no answer sent) each time `close_all` is
+/// notified: a receiver that crashes in the middle of requests.
+pub fn spawn_server_closable(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    close_all: Arc<tokio::sync::Notify>,
+) -> ServerTask {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        // Owned by this task: aborting it drops the set, which aborts every connection.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                // A failed handshake (untrusted client, no client certificate) just ends the connection.
-                let Ok(stream) = acceptor.accept(tcp).await else {
+            let accepted = tokio::select! {
+                () = stopped.cancelled() => {
+                    connections.shutdown().await;
                     return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                }
+                accepted = listener.accept() => accepted,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let Ok((tcp, _)) = accepted else { continue };
+            let (acceptor, app, close_all) = (acceptor.clone(), app.clone(), close_all.clone());
+            connections.spawn(async move {
+                let closed = close_all.notified();
+                match acceptor {
+                    None => tokio::select! {
+                        () = serve_connection(tcp, app) => {}
+                        () = closed => {}
+                    },
+                    // A failed handshake (untrusted client, no client certificate) just ends the
+                    // connection.
+                    Some(acceptor) => tokio::select! {
+                        () = async {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                serve_connection(stream, app).await;
+                            }
+                        } => {}
+                        () = closed => {}
+                    },
+                }
             });
         }
-    }))
+    });
+    ServerTask {
+        task,
+        stop: Some(stop),
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it.
+async fn serve_connection<S>(stream: S, app: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }
